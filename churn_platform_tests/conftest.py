@@ -1,0 +1,32 @@
+"""Shared fixtures: a real embedded Kafka broker per test session, fresh topics per test."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from churn_platform.kafka.admin import ensure_topic
+from churn_platform.kafka.broker import EmbeddedBroker
+from churn_platform.kafka.config import KafkaSettings
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory) -> EmbeddedBroker:
+    """One Tansu broker on a free loopback port for the whole test session."""
+    log = tmp_path_factory.mktemp("broker") / "broker.log"
+    with EmbeddedBroker(log_path=log) as running:
+        yield running
+
+
+@pytest.fixture
+def kafka_settings(broker: EmbeddedBroker) -> KafkaSettings:
+    return broker.settings
+
+
+@pytest.fixture
+def topic(kafka_settings: KafkaSettings) -> str:
+    """A new, empty 3-partition topic for this test."""
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    ensure_topic(kafka_settings, name, partitions=3)
+    return name

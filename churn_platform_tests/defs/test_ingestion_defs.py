@@ -1,0 +1,126 @@
+"""Dagster wiring, real: definitions load, the asset materializes, the sensor ticks."""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+import pytest
+
+from churn_platform.defs.ingestion.assets import REJECTED_RATE_CHECK, raw_customer_events
+from churn_platform.defs.ingestion.sensors import customer_events_sensor
+from churn_platform.defs.resources.kafka import KafkaResource
+from churn_platform.defs.resources.lake import LakeResource
+from churn_platform.lake.raw import read_raw_events
+from churn_platform.lake.store import Lake
+from churn_platform_tests.ingestion.test_extract import produce_round
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as test_instance:
+        yield test_instance
+
+
+def resources(settings, topic, lake_root):
+    return {
+        "kafka": KafkaResource(bootstrap_servers=settings.bootstrap_servers, events_topic=topic),
+        "lake": LakeResource(root=str(lake_root)),
+    }
+
+
+def test_definitions_load_with_every_asset_sensor_and_job(monkeypatch):
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "broker.example:9092")
+    monkeypatch.setenv("KAFKA_SASL_PASSWORD", "s3cret-never-shown")
+    monkeypatch.setenv("CHURN_LAKE", "memory://lake")
+    from churn_platform.definitions import defs
+
+    definitions = defs()
+    repo = definitions.get_repository_def()
+    assert dg.AssetKey("raw_customer_events") in {a for a in repo.asset_graph.get_all_asset_keys()}
+    assert definitions.resolve_sensor_def("customer_events_sensor")
+    assert definitions.resolve_job_def("raw_customer_events_job")
+    kafka = definitions.resources["kafka"]
+    assert isinstance(kafka.sasl_password, dg.EnvVar)  # resolved at run time, not stored
+    assert "s3cret" not in repr(kafka)
+
+
+def test_asset_materializes_with_metadata_and_check(kafka_settings, topic, tmp_path, instance):
+    valid, bad = produce_round(kafka_settings, topic, seed=300, bad_fraction=0.005)
+    result = dg.materialize(
+        [raw_customer_events], instance=instance, resources=resources(kafka_settings, topic, tmp_path)
+    )
+    assert result.success
+    metadata = result.asset_materializations_for_node("raw_customer_events")[0].metadata
+    assert metadata["rows"].value == len(valid)
+    assert metadata["rejected"].value == sum(bad.values())
+    assert "| partition |" in metadata["offsets"].value
+    check = result.get_asset_check_evaluations()[0]
+    assert check.check_name == REJECTED_RATE_CHECK
+    assert check.passed
+    assert sorted(read_raw_events(Lake(tmp_path), [topic])["event_id"].to_list()) == sorted(valid)
+
+
+def test_too_many_rejects_fail_the_blocking_check(kafka_settings, topic, tmp_path, instance):
+    produce_round(kafka_settings, topic, seed=301, bad_fraction=0.2)
+    result = dg.materialize(
+        [raw_customer_events],
+        instance=instance,
+        resources=resources(kafka_settings, topic, tmp_path),
+        raise_on_error=False,
+    )
+    evaluation = result.get_asset_check_evaluations()[0]
+    assert not evaluation.passed
+    assert evaluation.metadata["rejected_rate"].value > 0.01
+
+
+def tick(instance, settings_or_address, topic, cursor=None):
+    kafka = (
+        KafkaResource(bootstrap_servers=settings_or_address, events_topic=topic)
+        if isinstance(settings_or_address, str)
+        else KafkaResource(bootstrap_servers=settings_or_address.bootstrap_servers, events_topic=topic)
+    )
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"kafka": kafka})
+    return customer_events_sensor(context), context.cursor
+
+
+def test_sensor_first_tick_nothing_new_new_data_and_broker_down(kafka_settings, topic, instance):
+    # topic exists but is empty: the first tick records watermarks only if they moved
+    produce_round(kafka_settings, topic, seed=310, bad_fraction=0.0)
+    first, cursor = tick(instance, kafka_settings, topic)
+    assert isinstance(first, dg.RunRequest)
+    assert cursor and all(v >= 0 for v in json.loads(cursor).values())
+
+    again, same_cursor = tick(instance, kafka_settings, topic, cursor)
+    assert isinstance(again, dg.SkipReason)
+    assert "no new data" in again.skip_message
+    assert same_cursor == cursor
+
+    produce_round(kafka_settings, topic, seed=311, bad_fraction=0.0)
+    produce_round(kafka_settings, topic, seed=312, bad_fraction=0.0)  # move the lagging watermark
+    moved, new_cursor = tick(instance, kafka_settings, topic, cursor)
+    assert isinstance(moved, dg.RunRequest)
+    assert new_cursor != cursor
+
+    from churn_platform.kafka.broker import free_port
+
+    address = f"127.0.0.1:{free_port()}"
+    down, down_cursor = tick(instance, address, topic, new_cursor)
+    assert isinstance(down, dg.SkipReason)
+    assert address in down.skip_message and "unreachable" in down.skip_message
+    assert down_cursor == new_cursor
+
+
+def test_sensor_waits_for_missing_topic_and_running_extract(kafka_settings, topic, instance):
+    missing, _ = tick(instance, kafka_settings, f"{topic}-not-yet")
+    assert isinstance(missing, dg.SkipReason) and "does not exist" in missing.skip_message
+
+    produce_round(kafka_settings, topic, seed=320, bad_fraction=0.0)
+    from churn_platform.defs.ingestion.assets import raw_customer_events_job
+    from churn_platform.definitions import defs
+
+    job = defs().resolve_job_def(raw_customer_events_job.name)
+    instance.create_run_for_job(job, status=dg.DagsterRunStatus.STARTED)
+    busy, cursor = tick(instance, kafka_settings, topic)
+    assert isinstance(busy, dg.SkipReason) and "already" in busy.skip_message
+    assert cursor is None

@@ -1,0 +1,159 @@
+"""The validator: one reason code per way to break the contract, both paths agreeing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from churn_platform.events.contract import TS_MIN_MS, Event, Reason, Rejection
+from churn_platform.events.validation import validate, validate_batch
+
+NOW = 1_790_000_000_000  # 2026-09-21T...Z, a fixed clock for the future-ts rule
+
+
+def event(**overrides) -> dict:
+    body = {
+        "event_id": "e-1",
+        "customer_id": "c-1",
+        "event_type": "login",
+        "ts": "2026-09-01T10:00:00.250Z",
+        "value": 3.5,
+        "attributes": {"plan": "pro", "mrr": 49},
+    }
+    body.update(overrides)
+    return {k: v for k, v in body.items() if v is not ...}
+
+
+def raw(**overrides) -> bytes:
+    return json.dumps(event(**overrides)).encode()
+
+
+BAD = {
+    Reason.EMPTY: b"",
+    Reason.TOO_LARGE: raw(attributes={"blob": "x" * 1000, **{f"k{i}": "y" * 900 for i in range(80)}}),
+    Reason.INVALID_UTF8: b'{"event_id":"e","customer_id":"\xff","event_type":"login","ts":"2026-09-01T10:00:00Z"}',
+    Reason.INVALID_JSON: b'{"event_id": "e-1", ',
+    Reason.NOT_AN_OBJECT: b"[1, 2, 3]",
+    Reason.MISSING_FIELD: raw(customer_id=...),
+    Reason.BAD_TYPE: raw(customer_id=12345),
+    Reason.BAD_EVENT_ID: raw(event_id="x" * 129),
+    Reason.BAD_CUSTOMER_ID: raw(customer_id="abc\u0007def"),
+    Reason.BAD_EVENT_TYPE: raw(event_type="Login-Event"),
+    Reason.BAD_TS: raw(ts="2026-09-01 10:00:00"),
+    Reason.TS_OUT_OF_RANGE: raw(ts="1999-12-31T23:59:59Z"),
+    Reason.BAD_VALUE: b'{"event_id":"e","customer_id":"c","event_type":"login","ts":"2026-09-01T10:00:00Z","value":1e999}',
+    Reason.BAD_ATTRIBUTES: raw(attributes={"nested": {"no": 1}}),
+}
+
+
+def test_every_reason_code_has_a_case():
+    assert set(BAD) == set(Reason.ALL)
+
+
+@pytest.mark.parametrize("reason", sorted(BAD))
+def test_each_way_to_break_the_contract_gets_its_reason(reason):
+    result = validate(BAD[reason], now=NOW)
+    assert isinstance(result, Rejection), result
+    assert result.reason == reason, result.detail
+    assert result.detail
+
+
+def test_a_valid_event_is_typed():
+    result = validate(raw(), now=NOW)
+    assert result == Event(
+        event_id="e-1",
+        customer_id="c-1",
+        event_type="login",
+        ts_ms=1_788_256_800_250,
+        value=3.5,
+        attributes={"plan": "pro", "mrr": 49},
+    )
+
+
+@pytest.mark.parametrize(
+    ("ts", "expected"),
+    [
+        ("2026-09-01T10:00:00Z", 1_788_256_800_000),
+        ("2026-09-01T12:00:00+02:00", 1_788_256_800_000),
+        ("2026-09-01T10:00:00.123456Z", 1_788_256_800_123),
+        (1_788_256_800_000, 1_788_256_800_000),
+    ],
+)
+def test_timestamps_in_rfc3339_or_epoch_ms(ts, expected):
+    assert validate(raw(ts=ts), now=NOW).ts_ms == expected
+    batch = validate_batch([raw(ts=ts)], now=NOW)
+    assert batch.events.column("ts").cast("int64").to_pylist() == [expected]
+
+
+def test_future_limit_is_one_day_after_now():
+    day = 24 * 3600 * 1000
+    assert isinstance(validate(raw(ts=NOW + day), now=NOW), Event)
+    assert validate(raw(ts=NOW + day + 1), now=NOW).reason == Reason.TS_OUT_OF_RANGE
+    assert validate(raw(ts=TS_MIN_MS - 1), now=NOW).reason == Reason.TS_OUT_OF_RANGE
+
+
+def test_optional_fields_may_be_absent_or_null():
+    assert isinstance(validate(raw(value=..., attributes=...), now=NOW), Event)
+    assert isinstance(validate(raw(value=None, attributes=None), now=NOW), Event)
+
+
+def test_batch_keeps_valid_rows_beside_every_kind_of_bad_one():
+    good = [raw(event_id=f"g{i}", ts=1_788_256_800_000 + i) for i in range(5)]
+    mixed = []
+    for i, bad in enumerate(BAD.values()):
+        mixed += [good[i % 5], bad]
+    batch = validate_batch(mixed, now=NOW)
+    assert batch.indices.to_pylist() == list(range(0, len(mixed), 2))
+    assert [r for _, r, _ in batch.rejects] == list(BAD)
+    assert [i for i, _, _ in batch.rejects] == list(range(1, len(mixed), 2))
+    assert batch.events.column("event_id").to_pylist() == [json.loads(mixed[i])["event_id"] for i in range(0, len(mixed), 2)]
+    attributes = batch.events.column("attributes").to_pylist()
+    assert json.loads(attributes[0]) == {"plan": "pro", "mrr": 49}
+
+
+def test_none_value_is_empty_not_a_crash():
+    batch = validate_batch([None, raw()], now=NOW)
+    assert batch.rejects[0][:2] == (0, Reason.EMPTY)
+    assert batch.events.num_rows == 1
+
+
+json_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=20)
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=5), inner, max_size=3)),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    field=st.sampled_from(["event_id", "customer_id", "event_type", "ts", "value", "attributes"]),
+    replacement=json_values,
+)
+def test_single_and_batch_paths_agree(field, replacement):
+    """Whatever goes in one field, both paths accept or reject it the same way."""
+    message = raw(**{field: replacement})
+    single = validate(message, now=NOW)
+    batch = validate_batch([raw(), message], now=NOW)
+    if isinstance(single, Rejection):
+        assert batch.indices.to_pylist() == [0]
+        assert batch.rejects == [(1, single.reason, single.detail)]
+    else:
+        assert batch.indices.to_pylist() == [0, 1]
+        row = batch.events.slice(1).to_pylist()[0]
+        assert row["ts"].timestamp() * 1000 == pytest.approx(single.ts_ms)
+        assert row["customer_id"] == single.customer_id
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_never_crash(data):
+    result = validate(data, now=NOW)
+    assert isinstance(result, Event | Rejection)
+    batch = validate_batch([data, raw()], now=NOW)
+    assert batch.events.num_rows + len(batch.rejects) == 2

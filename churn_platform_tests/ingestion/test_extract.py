@@ -1,0 +1,173 @@
+"""The exactly-once extract against a real broker: rounds, crashes, caps, bad input."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime
+
+import pytest
+
+from churn_platform.events.contract import Reason
+from churn_platform.events.simulator import SimulatorConfig, simulate
+from churn_platform.ingestion.extract import ExtractConfig, ExtractError, extract_topic
+from churn_platform.kafka.producer import EventProducer
+from churn_platform.lake.ledger import LedgerCorrupt, read_ledger
+from churn_platform.lake.paths import ledger_path
+from churn_platform.lake.raw import range_files, read_quarantine, read_raw_events
+from churn_platform.lake.store import Lake
+
+END = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def produce_round(settings, topic, seed, customers=40, days=20, bad_fraction=0.05):
+    """Produce one simulated batch; returns (valid event ids, Counter of bad reasons)."""
+    messages = list(
+        simulate(SimulatorConfig(customers=customers, days=days, seed=seed, end=END, bad_fraction=bad_fraction))
+    )
+    with EventProducer(settings) as producer:
+        for m in messages:
+            producer.send(topic, m.value, m.key)
+    valid = [m.event_id for m in messages if m.expected_reason is None]
+    bad = Counter(m.expected_reason for m in messages if m.expected_reason is not None)
+    return valid, bad
+
+
+@pytest.fixture
+def lake(tmp_path) -> Lake:
+    return Lake(tmp_path / "lake")
+
+
+def test_rounds_extract_every_valid_event_exactly_once(kafka_settings, topic, lake):
+    expected_ids: list[str] = []
+    expected_bad: Counter[str] = Counter()
+    for round_number in range(3):
+        valid, bad = produce_round(kafka_settings, topic, seed=100 + round_number)
+        expected_ids += valid
+        expected_bad += bad
+        result = extract_topic(kafka_settings, lake, ExtractConfig(topic=topic))
+        assert result.rows == len(valid)
+        assert result.rejected_by_reason == dict(sorted(bad.items()))
+
+    # an extract with nothing new changes nothing
+    again = extract_topic(kafka_settings, lake, ExtractConfig(topic=topic))
+    assert again.messages == 0 and again.files == []
+
+    events = read_raw_events(lake, [topic])
+    assert sorted(events["event_id"].to_list()) == sorted(expected_ids)
+    assert events["event_id"].n_unique() == events.height
+    assert events.select("_partition", "_offset").is_duplicated().sum() == 0
+    quarantine = read_quarantine(lake, [topic])
+    assert Counter(quarantine["reason"].to_list()) == expected_bad
+    assert set(expected_bad) == set(Reason.ALL)  # the simulator injected every kind
+    # every offset of every partition is accounted for, once
+    ledger = read_ledger(lake, topic)
+    offsets = events.select("_partition", "_offset").rows() + quarantine.select("partition", "offset").rows()
+    assert len(offsets) == len(set(offsets)) == sum(ledger.offsets.values())
+
+
+def test_crash_between_files_and_ledger_then_rerun_is_still_exactly_once(kafka_settings, topic, lake):
+    first, _ = produce_round(kafka_settings, topic, seed=7, bad_fraction=0.0)
+    extract_topic(kafka_settings, lake, ExtractConfig(topic=topic))
+    ledger_before = read_ledger(lake, topic)
+
+    second, _ = produce_round(kafka_settings, topic, seed=8, bad_fraction=0.02)
+
+    def crash(stage: str) -> None:
+        if stage == "files_written":
+            raise KeyboardInterrupt("simulated crash after files, before the ledger")
+
+    with pytest.raises(KeyboardInterrupt):
+        extract_topic(kafka_settings, lake, ExtractConfig(topic=topic), fault_hook=crash)
+    # the crashed run's files exist but nothing reads them: the ledger did not move
+    assert read_ledger(lake, topic).offsets == ledger_before.offsets
+    assert sorted(read_raw_events(lake, [topic])["event_id"].to_list()) == sorted(first)
+
+    # more data arrives before the rerun, so the rerun covers a different range
+    third, _ = produce_round(kafka_settings, topic, seed=9, bad_fraction=0.0)
+    result = extract_topic(kafka_settings, lake, ExtractConfig(topic=topic))
+    assert result.leftovers_removed > 0
+    ids = read_raw_events(lake, [topic])["event_id"].to_list()
+    assert sorted(ids) == sorted(first + second + third)
+    on_disk = range_files(lake, "raw/customer_events")
+    assert sum(1 for f in on_disk) == len({(f.path) for f in on_disk})
+
+
+def test_crash_after_ledger_skips_nothing(kafka_settings, topic, lake):
+    valid, _ = produce_round(kafka_settings, topic, seed=21, bad_fraction=0.0)
+
+    def crash(stage: str) -> None:
+        if stage == "ledger_written":
+            raise KeyboardInterrupt("crash before the consumer-group commit")
+
+    with pytest.raises(KeyboardInterrupt):
+        extract_topic(kafka_settings, lake, ExtractConfig(topic=topic), fault_hook=crash)
+    rerun = extract_topic(kafka_settings, lake, ExtractConfig(topic=topic))
+    assert rerun.messages == 0
+    assert sorted(read_raw_events(lake, [topic])["event_id"].to_list()) == sorted(valid)
+
+
+def test_cap_per_partition_reads_in_steps(kafka_settings, topic, lake):
+    valid, _ = produce_round(kafka_settings, topic, seed=31, bad_fraction=0.0)
+    runs = 0
+    while True:
+        result = extract_topic(kafka_settings, lake, ExtractConfig(topic=topic, max_messages_per_partition=50))
+        runs += 1
+        assert all(end - start <= 50 for start, end in result.offsets().values())
+        if result.messages == 0:
+            break
+    assert runs > 2
+    assert sorted(read_raw_events(lake, [topic])["event_id"].to_list()) == sorted(valid)
+
+
+def test_two_worker_processes_give_the_same_lake(kafka_settings, topic, lake):
+    valid, bad = produce_round(kafka_settings, topic, seed=41)
+    result = extract_topic(kafka_settings, lake, ExtractConfig(topic=topic, workers=2))
+    assert result.workers == 2
+    assert sorted(read_raw_events(lake, [topic])["event_id"].to_list()) == sorted(valid)
+    assert Counter(read_quarantine(lake, [topic])["reason"].to_list()) == bad
+
+
+def test_group_offsets_mirror_the_ledger(kafka_settings, topic, lake):
+    from confluent_kafka import Consumer, TopicPartition
+
+    produce_round(kafka_settings, topic, seed=51, bad_fraction=0.0)
+    result = extract_topic(kafka_settings, lake, ExtractConfig(topic=topic, group_id="lag-check"))
+    assert result.group_committed
+    consumer = Consumer(kafka_settings.client_config(**{"group.id": "lag-check"}))
+    try:
+        committed = consumer.committed([TopicPartition(topic, p) for p in result.offsets()], timeout=10)
+    finally:
+        consumer.close()
+    assert {tp.partition: tp.offset for tp in committed} == read_ledger(lake, topic).offsets
+
+
+def test_dead_letter_topic_gets_the_rejects(kafka_settings, topic, lake):
+    from churn_platform.kafka.admin import partitions_of
+    from churn_platform.kafka.reader import OffsetRangeReader
+
+    _, bad = produce_round(kafka_settings, topic, seed=61, bad_fraction=0.1)
+    dlq = f"{topic}-dlq"
+    extract_topic(kafka_settings, lake, ExtractConfig(topic=topic, dead_letter_topic=dlq))
+    reader = OffsetRangeReader(kafka_settings, dlq, {p: 0 for p in partitions_of(kafka_settings, dlq)})
+    reasons = Counter()
+    for chunk in reader.chunks():
+        for message in chunk.messages:
+            reasons[dict(message.headers())["reason"].decode()] += 1
+    assert reasons == bad
+
+
+def test_missing_topic_and_corrupt_ledger_are_named(kafka_settings, topic, lake):
+    with pytest.raises(ExtractError, match="does not exist"):
+        extract_topic(kafka_settings, lake, ExtractConfig(topic=f"{topic}-missing"))
+    lake.write_bytes(ledger_path(topic), b"{not json")
+    with pytest.raises(LedgerCorrupt, match=ledger_path(topic)):
+        extract_topic(kafka_settings, lake, ExtractConfig(topic=topic))
+
+
+def test_ledger_beyond_the_topic_is_an_error_not_a_silent_skip(kafka_settings, topic, lake):
+    from churn_platform.lake.ledger import write_ledger
+
+    produce_round(kafka_settings, topic, seed=71, bad_fraction=0.0)
+    write_ledger(lake, topic, {0: 10_000_000, 1: 0, 2: 0})
+    with pytest.raises(ExtractError, match="reset-ledger"):
+        extract_topic(kafka_settings, lake, ExtractConfig(topic=topic, stall_timeout=10))
