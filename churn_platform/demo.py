@@ -52,7 +52,9 @@ def run_demo(
         log(f"lake: {lake.uri}")
 
         log(f"simulating {sim.customers} customers over {sim.days} days (seed {sim.seed}) ...")
-        produced = produce_simulation(settings, topic, sim, partitions=partitions, progress=progress)
+        produced = produce_simulation(
+            settings, topic, sim, partitions=partitions, progress=progress
+        )
         log(
             f"produced {produced.messages_produced} messages "
             f"({produced.events_valid_produced} valid) in {produced.seconds:.1f} s"

@@ -29,12 +29,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from churn_platform.kafka.config import KafkaConfigError
+
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
     except KeyboardInterrupt:
         return 130
-    except UserError as exc:
+    except (UserError, KafkaConfigError) as exc:
         print(f"churn-platform {args.command}: {exc}", file=sys.stderr)
         return 2
 

@@ -7,9 +7,9 @@ import signal
 import threading
 
 from churn_platform.cli import UserError
+from churn_platform.events.contract import EVENTS_TOPIC
 from churn_platform.kafka.admin import BrokerUnavailable, ensure_topic
 from churn_platform.kafka.broker import DEFAULT_HOST, DEFAULT_PORT, EmbeddedBroker
-from churn_platform.events.contract import EVENTS_TOPIC
 
 
 def add_parser(subparsers) -> None:
@@ -18,11 +18,21 @@ def add_parser(subparsers) -> None:
         help="run the embedded Kafka-protocol broker (Tansu) on 127.0.0.1",
         description="Run the embedded Tansu broker (memory storage: topics are lost when it stops).",
     )
-    parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
-    parser.add_argument("--topic", default=EVENTS_TOPIC, help="topic to create at start (default %(default)s)")
-    parser.add_argument("--partitions", type=int, default=6, help="partitions of that topic (default 6)")
-    parser.add_argument("--log", default="var/broker.log", help="broker log file (default %(default)s)")
+    parser.add_argument(
+        "--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})"
+    )
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})"
+    )
+    parser.add_argument(
+        "--topic", default=EVENTS_TOPIC, help="topic to create at start (default %(default)s)"
+    )
+    parser.add_argument(
+        "--partitions", type=int, default=6, help="partitions of that topic (default 6)"
+    )
+    parser.add_argument(
+        "--log", default="var/broker.log", help="broker log file (default %(default)s)"
+    )
     parser.set_defaults(handler=run)
 
 

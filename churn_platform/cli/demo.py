@@ -30,8 +30,10 @@ def run(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     settings = KafkaSettings.from_env() if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") else None
-    log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.json else (
-        lambda msg: print(msg, flush=True)
+    log = (
+        (lambda msg: print(msg, file=sys.stderr, flush=True))
+        if args.json
+        else (lambda msg: print(msg, flush=True))
     )
     try:
         summary = run_demo(

@@ -6,15 +6,14 @@ import argparse
 import json
 
 from churn_platform.cli import UserError
-from churn_platform.cli.common import add_kafka_arguments, kafka_settings
+from churn_platform.cli.common import add_kafka_arguments, kafka_settings, lake_root
 from churn_platform.events.contract import EVENTS_TOPIC
 from churn_platform.ingestion.extract import ExtractConfig, ExtractError, extract_topic
+from churn_platform.kafka.admin import BrokerUnavailable
 from churn_platform.lake.ledger import LedgerCorrupt
 from churn_platform.lake.paths import QUARANTINE_DIR, RAW_EVENTS_DIR, ledger_path
 from churn_platform.lake.raw import range_files
 from churn_platform.lake.store import Lake, LakeError
-from churn_platform.kafka.admin import BrokerUnavailable
-from churn_platform.cli.common import lake_root
 
 
 def add_parser(subparsers) -> None:
@@ -67,7 +66,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UserError(str(exc)) from exc
     if args.reset_ledger:
-        print(f"reset: removed {reset_topic(lake, args.topic)} files of {args.topic!r} from {lake.uri}")
+        print(
+            f"reset: removed {reset_topic(lake, args.topic)} files of {args.topic!r} from {lake.uri}"
+        )
     try:
         result = extract_topic(settings, lake, config)
     except (ExtractError, BrokerUnavailable, LedgerCorrupt, LakeError) as exc:

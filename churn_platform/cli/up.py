@@ -7,6 +7,7 @@ then SIGKILL) when this command ends, however it ends.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -29,12 +30,22 @@ def add_parser(subparsers) -> None:
         "up",
         help="start the broker, a live simulator and the Dagster UI (Ctrl-C stops all)",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address the UI binds (default 127.0.0.1)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address the UI binds (default 127.0.0.1)"
+    )
     parser.add_argument("--ui-port", type=int, default=3000, help="Dagster UI port (default 3000)")
-    parser.add_argument("--broker-port", type=int, default=DEFAULT_PORT, help="broker port (default 9092)")
-    parser.add_argument("--rate", type=float, default=20.0, help="live events per second (default 20)")
-    parser.add_argument("--customers", type=int, default=2000, help="simulated customers (default 2000)")
-    parser.add_argument("--history-days", type=int, default=30, help="history produced first (default 30)")
+    parser.add_argument(
+        "--broker-port", type=int, default=DEFAULT_PORT, help="broker port (default 9092)"
+    )
+    parser.add_argument(
+        "--rate", type=float, default=20.0, help="live events per second (default 20)"
+    )
+    parser.add_argument(
+        "--customers", type=int, default=2000, help="simulated customers (default 2000)"
+    )
+    parser.add_argument(
+        "--history-days", type=int, default=30, help="history produced first (default 30)"
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.set_defaults(handler=run)
 
@@ -49,7 +60,11 @@ class ProcessGroup:
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as out:
             child = subprocess.Popen(
-                argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                argv,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         self.children.append((name, child))
@@ -74,10 +89,8 @@ class ProcessGroup:
 
 
 def _signal_group(child: subprocess.Popen, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(child.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def run(args: argparse.Namespace) -> int:
@@ -87,7 +100,9 @@ def run(args: argparse.Namespace) -> int:
     shutil.rmtree(UP_DIR / "lake", ignore_errors=True)
     project = Path.cwd()
     if not (project / "workspace.yaml").exists():
-        raise UserError("run `churn-platform up` from the project directory (workspace.yaml not found)")
+        raise UserError(
+            "run `churn-platform up` from the project directory (workspace.yaml not found)"
+        )
     try:
         broker = EmbeddedBroker(port=args.broker_port, log_path=UP_DIR / "broker.log").start()
     except BrokerUnavailable as exc:
@@ -103,21 +118,56 @@ def run(args: argparse.Namespace) -> int:
         }
         exe = [sys.executable, "-m", "churn_platform.cli"]
         subprocess.run(
-            [*exe, "simulate", "--customers", str(args.customers), "--days", str(args.history_days),
-             "--seed", str(args.seed), "--no-progress"],
-            env=env, check=True, stdout=subprocess.DEVNULL,
+            [
+                *exe,
+                "simulate",
+                "--customers",
+                str(args.customers),
+                "--days",
+                str(args.history_days),
+                "--seed",
+                str(args.seed),
+                "--no-progress",
+            ],
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
         )
         group.start(
             "simulator",
-            [*exe, "simulate", "--live", "--rate", str(args.rate), "--customers", str(args.customers),
-             "--days", str(args.history_days), "--seed", str(args.seed), "--no-progress"],
-            env, UP_DIR / "simulator.log",
+            [
+                *exe,
+                "simulate",
+                "--live",
+                "--rate",
+                str(args.rate),
+                "--customers",
+                str(args.customers),
+                "--days",
+                str(args.history_days),
+                "--seed",
+                str(args.seed),
+                "--no-progress",
+            ],
+            env,
+            UP_DIR / "simulator.log",
         )
         group.start(
             "dagster",
-            [sys.executable, "-m", "dagster", "dev", "-h", args.host, "-p", str(args.ui_port),
-             "-w", str(project / "workspace.yaml")],
-            env, UP_DIR / "dagster.log",
+            [
+                sys.executable,
+                "-m",
+                "dagster",
+                "dev",
+                "-h",
+                args.host,
+                "-p",
+                str(args.ui_port),
+                "-w",
+                str(project / "workspace.yaml"),
+            ],
+            env,
+            UP_DIR / "dagster.log",
         )
         print(
             f"Churn Platform is up:\n"

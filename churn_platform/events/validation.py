@@ -15,6 +15,7 @@ import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from itertools import islice
 from typing import Annotated
 
 import msgspec
@@ -40,7 +41,11 @@ from churn_platform.events.contract import (
 # per column with RE2 in the batch path, with `re` for a single message. Python's
 # `re` inside msgspec would cost more than the whole decode.
 _ID = Annotated[str, msgspec.Meta(min_length=1, max_length=ID_MAX_LENGTH)]
-_TS = Annotated[datetime, msgspec.Meta(tz=True)] | int
+# epoch-ms integers must fit an int64 column; anything beyond is out of range anyway
+_TS = (
+    Annotated[datetime, msgspec.Meta(tz=True)]
+    | Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+)
 _ATTR_KEY = Annotated[str, msgspec.Meta(min_length=1, max_length=ATTRIBUTE_KEY_MAX_LENGTH)]
 _ATTR_VALUE = Annotated[str, msgspec.Meta(max_length=ATTRIBUTE_VALUE_MAX_LENGTH)] | int | float
 _CONTROL_CHARS = r"[\x00-\x1f\x7f]"
@@ -81,6 +86,8 @@ def _classify(message: str) -> str:
         return Reason.BAD_ATTRIBUTES
     if path == "$":
         return Reason.NOT_AN_OBJECT
+    if path == "$.ts" and message.startswith(("Expected `int` >=", "Expected `int` <=")):
+        return Reason.TS_OUT_OF_RANGE
     if ", got `" in message:
         return Reason.BAD_TYPE
     return _FIELD_REASONS.get(path, Reason.BAD_TYPE)
@@ -126,7 +133,8 @@ def _post_checks(wire: _WireEvent, ts_ms: int, now: int) -> Rejection | None:
         return Rejection(Reason.BAD_CUSTOMER_ID, "customer_id contains control characters")
     if not EVENT_TYPE_RE.match(wire.event_type):
         return Rejection(
-            Reason.BAD_EVENT_TYPE, f"event_type {wire.event_type[:80]!r} does not match {EVENT_TYPE_PATTERN}"
+            Reason.BAD_EVENT_TYPE,
+            f"event_type {wire.event_type[:80]!r} does not match {EVENT_TYPE_PATTERN}",
         )
     rejection = _ts_rejection(ts_ms, now)
     if rejection is not None:
@@ -163,6 +171,56 @@ def validate(
         value=wire.value,
         attributes=wire.attributes,
     )
+
+
+def _decode_all(
+    values: list[bytes | None], max_bytes: int
+) -> tuple[list[_WireEvent], list[int] | None, list[tuple[int, str, str]]]:
+    """Decode every value; returns (decoded, their input positions, rejects).
+
+    `list.extend(map(decode, ...))` runs the loop in C and keeps what it decoded
+    before an exception, so a bad message costs one Python-level step and the
+    loop resumes right after it. Positions are None when nothing was rejected.
+    """
+    rejects: list[tuple[int, str, str]] = []
+    skip: set[int] = set()
+    if (
+        None in values
+        or b"" in values
+        or max(map(len, filter(None, values)), default=0) > max_bytes
+    ):
+        for i, raw in enumerate(values):
+            rejection = _precheck(raw, max_bytes)
+            if rejection is not None:
+                rejects.append((i, rejection.reason, rejection.detail))
+                skip.add(i)
+    candidates = [i for i in range(len(values)) if i not in skip] if skip else None
+    todo = values if candidates is None else [values[i] for i in candidates]
+
+    decode = _DECODER.decode
+    wires: list[_WireEvent] = []
+    failed: list[int] = []  # positions in `todo`
+    start = 0
+    while start < len(todo):
+        before = len(wires)
+        try:
+            wires.extend(map(decode, islice(todo, start, None)))
+            break
+        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
+            bad = start + len(wires) - before
+            failed.append(bad)
+            start = bad + 1
+    for bad in failed:
+        i = bad if candidates is None else candidates[bad]
+        rejection = _decode(todo[bad])
+        rejects.append((i, rejection.reason, rejection.detail))
+
+    if not rejects:
+        return wires, None, rejects
+    rejects.sort()
+    rejected = {i for i, _, _ in rejects}
+    positions = [i for i in range(len(values)) if i not in rejected]
+    return wires, positions, rejects
 
 
 @dataclass(frozen=True)
@@ -218,28 +276,7 @@ def validate_batch(
     max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
 ) -> ValidatedBatch:
     """Validate a chunk of message values at once; same rules as `validate`."""
-    decode = _DECODER.decode
-    validation_error = msgspec.ValidationError
-    decode_error = msgspec.DecodeError
-    wires: list[_WireEvent] = []
-    positions: list[int] = []
-    rejects: list[tuple[int, str, str]] = []
-    for i, raw in enumerate(values):
-        if not raw or len(raw) > max_bytes:
-            r = _precheck(raw, max_bytes)
-            rejects.append((i, r.reason, r.detail))
-            continue
-        try:
-            wires.append(decode(raw))
-            positions.append(i)
-        except validation_error as exc:
-            message = str(exc)
-            rejects.append((i, _classify(message), message))
-        except decode_error as exc:
-            rejects.append((i, Reason.INVALID_JSON, str(exc)))
-        except UnicodeDecodeError as exc:
-            rejects.append((i, Reason.INVALID_UTF8, str(exc)))
-
+    wires, positions, rejects = _decode_all(values, max_bytes)
     if not wires:
         return ValidatedBatch(_EMPTY_EVENTS.empty_table(), pa.array([], pa.int64()), rejects)
 
@@ -264,13 +301,17 @@ def validate_batch(
     )
     bad = pc.or_(bad, pc.fill_null(pc.invert(pc.is_finite(value)), False))
 
-    index = pa.array(positions, type=pa.int64())
+    index = (
+        pa.array(positions, type=pa.int64())
+        if positions is not None
+        else pa.array(range(len(wires)), type=pa.int64())
+    )
     keep = None
     if pc.any(bad).as_py():
         for row in pc.indices_nonzero(bad).to_pylist():
             wire = wires[row]
             r = _post_checks(wire, _ts_ms(wire.ts), now)
-            rejects.append((positions[row], r.reason, r.detail))
+            rejects.append((row if positions is None else positions[row], r.reason, r.detail))
         rejects.sort()
         keep = pc.invert(bad)
 

@@ -21,10 +21,9 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import polars as pl
 import pyarrow as pa
 
 from churn_platform.events.contract import (
@@ -38,7 +37,12 @@ from churn_platform.kafka.config import KafkaSettings
 from churn_platform.kafka.producer import EventProducer
 from churn_platform.kafka.reader import Chunk, OffsetRangeReader, ReadError, fast_consumer
 from churn_platform.lake.ledger import read_ledger, write_ledger
-from churn_platform.lake.paths import QUARANTINE_DIR, RAW_EVENTS_DIR, quarantine_path, raw_events_path
+from churn_platform.lake.paths import (
+    QUARANTINE_DIR,
+    RAW_EVENTS_DIR,
+    quarantine_path,
+    raw_events_path,
+)
 from churn_platform.lake.raw import range_files
 from churn_platform.lake.store import Lake
 
@@ -76,7 +80,9 @@ class ExtractConfig:
             if value is None and optional:
                 continue
             if not isinstance(value, int) or value < minimum:
-                raise ValueError(f"extract setting {name} must be an integer >= {minimum}, got {value!r}")
+                raise ValueError(
+                    f"extract setting {name} must be an integer >= {minimum}, got {value!r}"
+                )
         if not self.topic:
             raise ValueError("extract setting topic must not be empty")
 
@@ -289,7 +295,9 @@ def _run_workers(
 ) -> dict[int, PartitionOutcome]:
     ordered = sorted(starts)
     shares = [ordered[i::workers] for i in range(workers)]
-    jobs = [(settings, lake.uri, config, {p: starts[p] for p in share}) for share in shares if share]
+    jobs = [
+        (settings, lake.uri, config, {p: starts[p] for p in share}) for share in shares if share
+    ]
     outcomes: dict[int, PartitionOutcome] = {}
     if len(jobs) <= 1:
         for job in jobs:
@@ -321,31 +329,54 @@ def extract_partitions(
         chunk_size=config.chunk_size,
         stall_timeout=config.stall_timeout,
     )
-    sink = _Sink(lake, config.topic, {p: PartitionOutcome(p, s, s) for p, s in starts.items()})
+    sink = _Sink(
+        lake,
+        config.topic,
+        {p: PartitionOutcome(p, s, s) for p, s in starts.items()},
+        EventProducer(settings) if config.dead_letter_topic else None,
+        config.dead_letter_topic,
+    )
     now = now_ms()
-    for chunk in reader.chunks():
-        sink.add(chunk, config.max_message_bytes, now)
-        if sink.buffered_rows >= config.flush_rows:
-            sink.flush()
-    sink.flush()
-    if config.dead_letter_topic and sink.dead_letters:
-        _send_dead_letters(settings, config, sink.dead_letters)
+    try:
+        for chunk in reader.chunks():
+            sink.add(chunk, config.max_message_bytes, now)
+            if sink.buffered_rows >= config.flush_rows:
+                sink.flush()
+        sink.close()
+    except BaseException:
+        sink.abort()
+        raise
     for p, outcome in sink.outcomes.items():
         outcome.end = reader.next_offsets[p]
     return sink.outcomes
 
 
 class _Sink:
-    """Buffers validated rows and rejects; `flush` writes them as range files."""
+    """Buffers validated rows and rejects; `flush` writes them as range files.
 
-    def __init__(self, lake: Lake, topic: str, outcomes: dict[int, PartitionOutcome]) -> None:
+    Files are written by a small thread pool while the reader goes on: Parquet
+    encoding, compression and fsync release the GIL. At most one flush is in
+    flight, which bounds memory at about two flushes' worth of rows.
+    """
+
+    def __init__(
+        self,
+        lake: Lake,
+        topic: str,
+        outcomes: dict[int, PartitionOutcome],
+        dead_letters: EventProducer | None = None,
+        dead_letter_topic: str | None = None,
+    ) -> None:
         self.lake = lake
         self.topic = topic
         self.outcomes = outcomes
         self.tables: list[pa.Table] = []
         self.rejects: list[tuple] = []
-        self.dead_letters: list[tuple] = []
         self.buffered_rows = 0
+        self.dead_letters = dead_letters
+        self.dead_letter_topic = dead_letter_topic
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="lake-writer")
+        self._pending: list[Future] = []
 
     def add(self, chunk: Chunk, max_bytes: int, now: int) -> None:
         batch = validate_batch(chunk.values, now=now, max_bytes=max_bytes)
@@ -360,38 +391,54 @@ class _Sink:
             )
             self.tables.append(table)
             self.buffered_rows += n
-        if batch.rejects:
-            stamp = now
-            for position, reason, detail in batch.rejects:
-                message = chunk.messages[position]
-                row = (
+        for position, reason, detail in batch.rejects:
+            self.rejects.append(
+                (
                     self.topic,
                     chunk.partitions[position],
                     chunk.offsets[position],
-                    message.key(),
+                    chunk.messages[position].key(),
                     chunk.values[position],
                     reason,
                     detail,
-                    stamp,
+                    now,
                 )
-                self.rejects.append(row)
-                self.dead_letters.append(row)
-            self.buffered_rows += len(batch.rejects)
+            )
+        self.buffered_rows += len(batch.rejects)
 
     def flush(self) -> None:
+        """Hand the buffered rows to the writers (after the previous flush finished)."""
+        self._collect()
         if self.tables:
-            frame = pl.from_arrow(pa.concat_tables(self.tables))
+            order = [
+                ("_partition", "ascending"),
+                ("event_date", "ascending"),
+                ("_offset", "ascending"),
+            ]
+            table = pa.concat_tables(self.tables).sort_by(order)
             self.tables = []
-            for (partition, day), group in frame.partition_by(
-                ["_partition", "event_date"], as_dict=True, maintain_order=True
-            ).items():
-                offsets = group["_offset"]
-                path = raw_events_path(day, self.topic, partition, offsets.min(), offsets.max())
-                size = self.lake.write_parquet(path, group.to_arrow())
-                outcome = self.outcomes[partition]
-                outcome.rows += group.height
-                outcome.files.append(path)
-                outcome.bytes += size
+            groups = (
+                table.group_by(["_partition", "event_date"], use_threads=False)
+                .aggregate([("_offset", "min"), ("_offset", "max"), ("_offset", "count")])
+                .sort_by(order[:2])
+            )
+            start = 0
+            for partition, day, first, last, count in zip(
+                *(
+                    groups.column(name).to_pylist()
+                    for name in (
+                        "_partition",
+                        "event_date",
+                        "_offset_min",
+                        "_offset_max",
+                        "_offset_count",
+                    )
+                ),
+                strict=True,
+            ):
+                path = raw_events_path(day, self.topic, partition, first, last)
+                self._submit(partition, path, table.slice(start, count), count, {})
+                start += count
         if self.rejects:
             by_partition: dict[int, list[tuple]] = {}
             for row in self.rejects:
@@ -400,34 +447,58 @@ class _Sink:
             for partition, rows in by_partition.items():
                 columns = list(zip(*rows, strict=True))
                 table = pa.table(
-                    [pa.array(col, type=f.type) for col, f in zip(columns, QUARANTINE_SCHEMA, strict=True)],
+                    [
+                        pa.array(col, type=f.type)
+                        for col, f in zip(columns, QUARANTINE_SCHEMA, strict=True)
+                    ],
                     schema=QUARANTINE_SCHEMA,
                 )
                 path = quarantine_path(self.topic, partition, min(columns[2]), max(columns[2]))
-                size = self.lake.write_parquet(path, table)
-                outcome = self.outcomes[partition]
-                outcome.files.append(path)
-                outcome.bytes += size
-                counts = Counter(columns[5])
-                for reason, count in counts.items():
-                    outcome.rejected[reason] = outcome.rejected.get(reason, 0) + count
+                self._submit(partition, path, table, 0, Counter(columns[5]))
+                if self.dead_letters is not None:
+                    for topic, part, offset, key, value, reason, detail, _ in rows:
+                        self.dead_letters.send(
+                            self.dead_letter_topic,
+                            value,
+                            key,
+                            headers=[
+                                ("reason", reason.encode()),
+                                ("detail", detail.encode()[:1000]),
+                                ("source", f"{topic}/{part}/{offset}".encode()),
+                            ],
+                        )
         self.buffered_rows = 0
 
+    def _submit(
+        self, partition: int, path: str, table: pa.Table, rows: int, rejected: Counter
+    ) -> None:
+        future = self._pool.submit(self.lake.write_parquet, path, table)
+        future.info = (partition, path, rows, rejected)
+        self._pending.append(future)
 
-def _send_dead_letters(settings: KafkaSettings, config: ExtractConfig, rows: list[tuple]) -> None:
-    producer = EventProducer(settings)
-    for topic, partition, offset, key, value, reason, detail, _stamp in rows:
-        producer.send(
-            config.dead_letter_topic,
-            value,
-            key,
-            headers=[
-                ("reason", reason.encode()),
-                ("detail", detail.encode()[:1000]),
-                ("source", f"{topic}/{partition}/{offset}".encode()),
-            ],
-        )
-    producer.close()
+    def _collect(self) -> None:
+        pending, self._pending = self._pending, []
+        for future in pending:
+            size = future.result()  # a failed write fails the run before the ledger moves
+            partition, path, rows, rejected = future.info
+            outcome = self.outcomes[partition]
+            outcome.files.append(path)
+            outcome.bytes += size
+            outcome.rows += rows
+            for reason, count in rejected.items():
+                outcome.rejected[reason] = outcome.rejected.get(reason, 0) + count
+
+    def close(self) -> None:
+        """Flush what is buffered and wait until every file (and dead letter) is written."""
+        self.flush()
+        self._collect()
+        self._pool.shutdown(wait=True)
+        if self.dead_letters is not None:
+            self.dead_letters.close()
+
+    def abort(self) -> None:
+        """Stop writing: what was written stays beyond the ledger, for the next run to replace."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _commit_group(
@@ -447,4 +518,3 @@ def _commit_group(
         result.group_commit_error = f"{type(exc).__name__}: {exc}"
     finally:
         consumer.close()
-

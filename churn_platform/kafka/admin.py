@@ -45,7 +45,9 @@ def ensure_topic(
     return True
 
 
-def list_topics(settings: KafkaSettings, timeout: float = 10.0, admin: AdminClient | None = None) -> dict:
+def list_topics(
+    settings: KafkaSettings, timeout: float = 10.0, admin: AdminClient | None = None
+) -> dict:
     """Topic name → metadata; raises `BrokerUnavailable` naming the address."""
     admin = admin or admin_client(settings)
     try:
@@ -74,7 +76,9 @@ def high_watermarks(settings: KafkaSettings, topic: str, timeout: float = 5.0) -
 
     partitions = partitions_of(settings, topic, timeout=timeout)
     consumer = Consumer(
-        settings.client_config(**{"group.id": "churn-platform-watermarks", "enable.auto.commit": False})
+        settings.client_config(
+            **{"group.id": "churn-platform-watermarks", "enable.auto.commit": False}
+        )
     )
     try:
         marks = {}

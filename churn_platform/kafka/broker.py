@@ -7,6 +7,7 @@ which is what a demo and a test want. Against a real cluster nothing here runs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -121,17 +122,13 @@ class EmbeddedBroker:
         """Stop the broker (SIGTERM, then SIGKILL) and wait for it to exit."""
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
             try:
                 process.wait(timeout)
             except subprocess.TimeoutExpired:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
                 process.wait(timeout)
         if self._log_file is not None:
             self._log_file.close()

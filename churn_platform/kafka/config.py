@@ -61,11 +61,16 @@ class KafkaSettings:
             raise KafkaConfigError(
                 f"KAFKA_SASL_MECHANISM={mechanism!r} is not one of {', '.join(SASL_MECHANISMS)}"
             )
-        if protocol and protocol.upper().startswith("SASL") and mechanism in (
-            None,
-            "PLAIN",
-            "SCRAM-SHA-256",
-            "SCRAM-SHA-512",
+        if (
+            protocol
+            and protocol.upper().startswith("SASL")
+            and mechanism
+            in (
+                None,
+                "PLAIN",
+                "SCRAM-SHA-256",
+                "SCRAM-SHA-512",
+            )
         ):
             missing = [
                 env
@@ -108,4 +113,3 @@ class KafkaSettings:
 
     def __repr__(self) -> str:  # never print secrets, even by accident
         return f"KafkaSettings({self.describe()})"
-

@@ -64,7 +64,9 @@ class EventProducer:
             except BufferError:
                 self._producer.poll(0.05)
 
-    def send_all(self, topic: str, messages: Iterable[tuple[bytes | str | None, bytes | None]]) -> int:
+    def send_all(
+        self, topic: str, messages: Iterable[tuple[bytes | str | None, bytes | None]]
+    ) -> int:
         """Queue (key, value) pairs; returns how many were queued."""
         n = 0
         for key, value in messages:

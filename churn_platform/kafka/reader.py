@@ -39,7 +39,9 @@ class ReadError(RuntimeError):
 
 def fast_consumer(settings: KafkaSettings, group_id: str, **overrides: object) -> Consumer:
     """A consumer tuned for reading ranges fast; `group_id` is used only for commits."""
-    return Consumer(settings.client_config(**{"group.id": group_id, **FAST_CONSUMER_CONFIG, **overrides}))
+    return Consumer(
+        settings.client_config(**{"group.id": group_id, **FAST_CONSUMER_CONFIG, **overrides})
+    )
 
 
 @dataclass
@@ -91,7 +93,9 @@ class OffsetRangeReader:
             consumer.assign(
                 [TopicPartition(self.topic, p, offset) for p, offset in self.start_offsets.items()]
             )
-            self._finish(consumer, remaining, [p for p in remaining if self.next_offsets[p] >= stop[p]])
+            self._finish(
+                consumer, remaining, [p for p in remaining if self.next_offsets[p] >= stop[p]]
+            )
             bounded = self.max_per_partition is not None
             values: list[bytes | None] = []
             partitions: list[int] = []

@@ -56,10 +56,14 @@ def read_ledger(lake: Lake, topic: str) -> Ledger:
             f"the ledger {lake.url(relative)} is corrupt ({exc}); restore it from a backup, or "
             "delete it together with the topic's lake files to re-extract from the start"
         ) from exc
-    return Ledger(topic=topic, offsets=offsets, updated_at=body.get("updated_at"), run_id=body.get("run_id"))
+    return Ledger(
+        topic=topic, offsets=offsets, updated_at=body.get("updated_at"), run_id=body.get("run_id")
+    )
 
 
-def write_ledger(lake: Lake, topic: str, offsets: dict[int, int], run_id: str | None = None) -> Ledger:
+def write_ledger(
+    lake: Lake, topic: str, offsets: dict[int, int], run_id: str | None = None
+) -> Ledger:
     """Replace the ledger atomically with `offsets`."""
     ledger = Ledger(
         topic=topic,

@@ -15,7 +15,9 @@ RAW_EVENTS_DIR = "raw/customer_events"
 LEDGER_DIR = "raw/_ledger"
 QUARANTINE_DIR = "quarantine/customer_events"
 
-_RANGE_FILE = re.compile(r"^(?P<topic>.+)-p(?P<partition>\d+)-(?P<first>\d+)-(?P<last>\d+)\.parquet$")
+_RANGE_FILE = re.compile(
+    r"^(?P<topic>.+)-p(?P<partition>\d+)-(?P<first>\d+)-(?P<last>\d+)\.parquet$"
+)
 
 
 @dataclass(frozen=True, order=True)

@@ -93,7 +93,10 @@ def _read(lake: Lake, files: list[RangeFile], schema) -> pl.DataFrame:
 
 
 def read_raw_events(
-    lake: Lake, topics: Iterable[str] | None = None, start: date | None = None, end: date | None = None
+    lake: Lake,
+    topics: Iterable[str] | None = None,
+    start: date | None = None,
+    end: date | None = None,
 ) -> pl.DataFrame:
     """All committed raw events (optionally of event dates in [start, end])."""
     return _read(lake, committed_raw_files(lake, topics, start, end), RAW_EVENTS_SCHEMA)

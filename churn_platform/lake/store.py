@@ -13,9 +13,9 @@ import uuid
 from pathlib import Path
 
 import fsspec
-from fsspec.implementations.local import LocalFileSystem
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
 DEFAULT_LAKE_ROOT = "var/lake"
 PARQUET_COMPRESSION = "zstd"

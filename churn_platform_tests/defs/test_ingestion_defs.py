@@ -48,7 +48,9 @@ def test_definitions_load_with_every_asset_sensor_and_job(monkeypatch):
 def test_asset_materializes_with_metadata_and_check(kafka_settings, topic, tmp_path, instance):
     valid, bad = produce_round(kafka_settings, topic, seed=300, bad_fraction=0.005)
     result = dg.materialize(
-        [raw_customer_events], instance=instance, resources=resources(kafka_settings, topic, tmp_path)
+        [raw_customer_events],
+        instance=instance,
+        resources=resources(kafka_settings, topic, tmp_path),
     )
     assert result.success
     metadata = result.asset_materializations_for_node("raw_customer_events")[0].metadata
@@ -78,7 +80,9 @@ def tick(instance, settings_or_address, topic, cursor=None):
     kafka = (
         KafkaResource(bootstrap_servers=settings_or_address, events_topic=topic)
         if isinstance(settings_or_address, str)
-        else KafkaResource(bootstrap_servers=settings_or_address.bootstrap_servers, events_topic=topic)
+        else KafkaResource(
+            bootstrap_servers=settings_or_address.bootstrap_servers, events_topic=topic
+        )
     )
     context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"kafka": kafka})
     return customer_events_sensor(context), context.cursor
@@ -116,8 +120,8 @@ def test_sensor_waits_for_missing_topic_and_running_extract(kafka_settings, topi
     assert isinstance(missing, dg.SkipReason) and "does not exist" in missing.skip_message
 
     produce_round(kafka_settings, topic, seed=320, bad_fraction=0.0)
-    from churn_platform.defs.ingestion.assets import raw_customer_events_job
     from churn_platform.definitions import defs
+    from churn_platform.defs.ingestion.assets import raw_customer_events_job
 
     job = defs().resolve_job_def(raw_customer_events_job.name)
     instance.create_run_for_job(job, status=dg.DagsterRunStatus.STARTED)

@@ -33,7 +33,9 @@ def raw(**overrides) -> bytes:
 
 BAD = {
     Reason.EMPTY: b"",
-    Reason.TOO_LARGE: raw(attributes={"blob": "x" * 1000, **{f"k{i}": "y" * 900 for i in range(80)}}),
+    Reason.TOO_LARGE: raw(
+        attributes={"blob": "x" * 1000, **{f"k{i}": "y" * 900 for i in range(80)}}
+    ),
     Reason.INVALID_UTF8: b'{"event_id":"e","customer_id":"\xff","event_type":"login","ts":"2026-09-01T10:00:00Z"}',
     Reason.INVALID_JSON: b'{"event_id": "e-1", ',
     Reason.NOT_AN_OBJECT: b"[1, 2, 3]",
@@ -109,7 +111,9 @@ def test_batch_keeps_valid_rows_beside_every_kind_of_bad_one():
     assert batch.indices.to_pylist() == list(range(0, len(mixed), 2))
     assert [r for _, r, _ in batch.rejects] == list(BAD)
     assert [i for i, _, _ in batch.rejects] == list(range(1, len(mixed), 2))
-    assert batch.events.column("event_id").to_pylist() == [json.loads(mixed[i])["event_id"] for i in range(0, len(mixed), 2)]
+    assert batch.events.column("event_id").to_pylist() == [
+        json.loads(mixed[i])["event_id"] for i in range(0, len(mixed), 2)
+    ]
     attributes = batch.events.column("attributes").to_pylist()
     assert json.loads(attributes[0]) == {"plan": "pro", "mrr": 49}
 
@@ -125,7 +129,9 @@ json_scalars = st.one_of(
 )
 json_values = st.recursive(
     json_scalars,
-    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=5), inner, max_size=3)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
     max_leaves=6,
 )
 

@@ -22,7 +22,11 @@ END = datetime(2026, 11, 1, tzinfo=UTC)
 def produce_round(settings, topic, seed, customers=40, days=20, bad_fraction=0.05):
     """Produce one simulated batch; returns (valid event ids, Counter of bad reasons)."""
     messages = list(
-        simulate(SimulatorConfig(customers=customers, days=days, seed=seed, end=END, bad_fraction=bad_fraction))
+        simulate(
+            SimulatorConfig(
+                customers=customers, days=days, seed=seed, end=END, bad_fraction=bad_fraction
+            )
+        )
     )
     with EventProducer(settings) as producer:
         for m in messages:
@@ -61,11 +65,16 @@ def test_rounds_extract_every_valid_event_exactly_once(kafka_settings, topic, la
     assert set(expected_bad) == set(Reason.ALL)  # the simulator injected every kind
     # every offset of every partition is accounted for, once
     ledger = read_ledger(lake, topic)
-    offsets = events.select("_partition", "_offset").rows() + quarantine.select("partition", "offset").rows()
+    offsets = (
+        events.select("_partition", "_offset").rows()
+        + quarantine.select("partition", "offset").rows()
+    )
     assert len(offsets) == len(set(offsets)) == sum(ledger.offsets.values())
 
 
-def test_crash_between_files_and_ledger_then_rerun_is_still_exactly_once(kafka_settings, topic, lake):
+def test_crash_between_files_and_ledger_then_rerun_is_still_exactly_once(
+    kafka_settings, topic, lake
+):
     first, _ = produce_round(kafka_settings, topic, seed=7, bad_fraction=0.0)
     extract_topic(kafka_settings, lake, ExtractConfig(topic=topic))
     ledger_before = read_ledger(lake, topic)
@@ -110,7 +119,9 @@ def test_cap_per_partition_reads_in_steps(kafka_settings, topic, lake):
     valid, _ = produce_round(kafka_settings, topic, seed=31, bad_fraction=0.0)
     runs = 0
     while True:
-        result = extract_topic(kafka_settings, lake, ExtractConfig(topic=topic, max_messages_per_partition=50))
+        result = extract_topic(
+            kafka_settings, lake, ExtractConfig(topic=topic, max_messages_per_partition=50)
+        )
         runs += 1
         assert all(end - start <= 50 for start, end in result.offsets().values())
         if result.messages == 0:
@@ -135,7 +146,9 @@ def test_group_offsets_mirror_the_ledger(kafka_settings, topic, lake):
     assert result.group_committed
     consumer = Consumer(kafka_settings.client_config(**{"group.id": "lag-check"}))
     try:
-        committed = consumer.committed([TopicPartition(topic, p) for p in result.offsets()], timeout=10)
+        committed = consumer.committed(
+            [TopicPartition(topic, p) for p in result.offsets()], timeout=10
+        )
     finally:
         consumer.close()
     assert {tp.partition: tp.offset for tp in committed} == read_ledger(lake, topic).offsets
@@ -148,7 +161,9 @@ def test_dead_letter_topic_gets_the_rejects(kafka_settings, topic, lake):
     _, bad = produce_round(kafka_settings, topic, seed=61, bad_fraction=0.1)
     dlq = f"{topic}-dlq"
     extract_topic(kafka_settings, lake, ExtractConfig(topic=topic, dead_letter_topic=dlq))
-    reader = OffsetRangeReader(kafka_settings, dlq, {p: 0 for p in partitions_of(kafka_settings, dlq)})
+    reader = OffsetRangeReader(
+        kafka_settings, dlq, {p: 0 for p in partitions_of(kafka_settings, dlq)}
+    )
     reasons = Counter()
     for chunk in reader.chunks():
         for message in chunk.messages:

@@ -1,6 +1,5 @@
 """Ingestion assets: the exactly-once extract of customer events into the lake."""
 
-
 import dagster as dg
 
 from churn_platform.defs.resources.kafka import KafkaResource
@@ -52,7 +51,9 @@ def raw_customer_events(
         run_id=context.run_id[:12],
     )
     if result.group_commit_error:
-        context.log.warning(f"consumer-group commit failed (the ledger is committed): {result.group_commit_error}")
+        context.log.warning(
+            f"consumer-group commit failed (the ledger is committed): {result.group_commit_error}"
+        )
     offsets = "\n".join(
         f"| {p} | {start} | {end} | {end - start} |" for p, (start, end) in result.offsets().items()
     )

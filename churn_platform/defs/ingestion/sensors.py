@@ -1,6 +1,5 @@
 """`customer_events_sensor`: request an extract when the topic's watermarks move."""
 
-
 import json
 
 import dagster as dg
