@@ -3,8 +3,8 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-# the project-local Dagster instance (dagster.yaml lives here; data under var/)
-export DAGSTER_HOME := $(CURDIR)
+# the project-local Dagster instance: dagster.yaml is copied there, data stays under var/
+export DAGSTER_HOME := $(CURDIR)/var/dagster
 
 .PHONY: install demo test up broker lint bench clean
 

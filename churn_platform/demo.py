@@ -18,6 +18,7 @@ from churn_platform.defs.resources.kafka import KafkaResource
 from churn_platform.defs.resources.lake import LakeResource
 from churn_platform.events.contract import EVENTS_TOPIC
 from churn_platform.events.simulator import SimulatorConfig, produce_simulation
+from churn_platform.instance import prepare_dagster_home
 from churn_platform.kafka.broker import EmbeddedBroker
 from churn_platform.kafka.config import KafkaSettings
 from churn_platform.lake.ledger import read_ledger
@@ -118,6 +119,7 @@ def _instance():
     if os.environ.get("DAGSTER_HOME"):
         from contextlib import nullcontext
 
+        prepare_dagster_home()
         return nullcontext(dg.DagsterInstance.get())
     return dg.instance_for_test()
 

@@ -19,8 +19,11 @@ from pathlib import Path
 
 from churn_platform.cli import UserError
 from churn_platform.events.contract import EVENTS_TOPIC
+from churn_platform.instance import prepare_dagster_home
 from churn_platform.kafka.admin import BrokerUnavailable, ensure_topic
 from churn_platform.kafka.broker import DEFAULT_PORT, EmbeddedBroker
+from churn_platform.kafka.config import KafkaSettings
+from churn_platform.lake.store import DEFAULT_LAKE_ROOT
 
 UP_DIR = Path("var/up")
 
@@ -47,6 +50,11 @@ def add_parser(subparsers) -> None:
         "--history-days", type=int, default=30, help="history produced first (default 30)"
     )
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--state-dir",
+        default=str(UP_DIR),
+        help="lake and logs of this session (default %(default)s)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -97,24 +105,35 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    shutil.rmtree(UP_DIR / "lake", ignore_errors=True)
     project = Path.cwd()
     if not (project / "workspace.yaml").exists():
         raise UserError(
             "run `churn-platform up` from the project directory (workspace.yaml not found)"
         )
-    try:
-        broker = EmbeddedBroker(port=args.broker_port, log_path=UP_DIR / "broker.log").start()
-    except BrokerUnavailable as exc:
-        raise UserError(str(exc)) from exc
+    state = Path(args.state_dir).resolve()
+    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if external:
+        # your cluster keeps its data, so the lake (CHURN_LAKE or var/lake) is kept too
+        broker = None
+        settings = KafkaSettings.from_env()
+        lake = os.environ.get("CHURN_LAKE") or DEFAULT_LAKE_ROOT
+    else:
+        # the embedded broker starts empty, so the lake starts empty too
+        shutil.rmtree(state / "lake", ignore_errors=True)
+        lake = str(state / "lake")
+        try:
+            broker = EmbeddedBroker(port=args.broker_port, log_path=state / "broker.log").start()
+        except BrokerUnavailable as exc:
+            raise UserError(str(exc)) from exc
+        settings = broker.settings
     group = ProcessGroup()
     try:
-        ensure_topic(broker.settings, EVENTS_TOPIC)
+        ensure_topic(settings, EVENTS_TOPIC)
         env = {
             **os.environ,
-            "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
-            "CHURN_LAKE": str(project / UP_DIR / "lake"),
-            "DAGSTER_HOME": str(project),
+            "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+            "CHURN_LAKE": lake,
+            "DAGSTER_HOME": str(prepare_dagster_home()),
         }
         exe = [sys.executable, "-m", "churn_platform.cli"]
         subprocess.run(
@@ -150,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
                 "--no-progress",
             ],
             env,
-            UP_DIR / "simulator.log",
+            state / "simulator.log",
         )
         group.start(
             "dagster",
@@ -167,14 +186,14 @@ def run(args: argparse.Namespace) -> int:
                 str(project / "workspace.yaml"),
             ],
             env,
-            UP_DIR / "dagster.log",
+            state / "dagster.log",
         )
         print(
             f"Churn Platform is up:\n"
             f"  Dagster UI   http://{args.host}:{args.ui_port}  (sensor customer_events_sensor is on)\n"
-            f"  Kafka        {broker.bootstrap_servers}  topic {EVENTS_TOPIC}, live events at {args.rate}/s\n"
-            f"  lake         {UP_DIR / 'lake'}\n"
-            f"  logs         {UP_DIR}/*.log\n"
+            f"  Kafka        {settings.bootstrap_servers}  topic {EVENTS_TOPIC}, live events at {args.rate}/s\n"
+            f"  lake         {lake}\n"
+            f"  logs         {state}/*.log\n"
             "Ctrl-C stops everything.",
             flush=True,
         )
@@ -182,9 +201,10 @@ def run(args: argparse.Namespace) -> int:
             dead = group.exited()
             if dead:
                 name, code = dead[0]
-                raise UserError(f"{name} exited with code {code}; see {UP_DIR / (name + '.log')}")
+                raise UserError(f"{name} exited with code {code}; see {state / (name + '.log')}")
     finally:
         group.stop()
-        broker.stop()
+        if broker is not None:
+            broker.stop()
         print("stopped: dagster, simulator, broker", flush=True)
     return 0
