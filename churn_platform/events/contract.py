@@ -110,6 +110,11 @@ RAW_EVENTS_SCHEMA = pa.schema(
     ]
 )
 
+# Low-cardinality columns compress well as dictionaries; ids and offsets do not.
+RAW_EVENTS_DICTIONARY_COLUMNS = ["customer_id", "event_type", "attributes", "_topic"]
+# Min/max statistics where readers prune on them (time and offset ranges).
+RAW_EVENTS_STATISTICS_COLUMNS = ["ts", "event_date", "_partition", "_offset"]
+
 QUARANTINE_SCHEMA = pa.schema(
     [
         pa.field("topic", pa.string(), nullable=False),

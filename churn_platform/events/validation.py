@@ -245,15 +245,17 @@ def _timestamps_ms(values: list) -> pa.Array:
     if kinds == {int}:
         return pa.array(values, type=pa.int64())
     ints = [v if type(v) is int else None for v in values]
-    dts = [None if type(v) is int else v for v in values]
+    dts = [_EPOCH if type(v) is int else v for v in values]  # placeholders, overridden
     return pc.coalesce(pa.array(ints, type=pa.int64()), _dt_to_ms(dts))
 
 
 def _dt_to_ms(values: list) -> pa.Array:
-    micros = pc.cast(pa.array(values, type=pa.timestamp("us", tz="UTC")), pa.int64())
-    # Integer division truncates toward zero; only pre-1970 instants would differ
-    # from the scalar path's floor, and those are out of range either way.
-    return pc.divide(micros, 1000)
+    # datetime.timestamp() through map() is the cheapest way out of Python
+    # objects. A float of seconds carries the microsecond within 0.4 µs here,
+    # so floor(seconds * 1000 + 0.0005) gives exactly the truncated
+    # millisecond of `_ts_ms` (a test compares both on random instants).
+    seconds = pa.array(list(map(datetime.timestamp, values)), pa.float64())
+    return pc.cast(pc.floor(pc.add(pc.multiply(seconds, 1000.0), 0.0005)), pa.int64())
 
 
 _EMPTY_EVENTS = pa.schema(

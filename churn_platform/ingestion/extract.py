@@ -15,6 +15,7 @@ backlog is large (validation is CPU-bound Python; two cores read faster than one
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import time
@@ -22,6 +23,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -30,6 +32,8 @@ from churn_platform.events.contract import (
     DEFAULT_MAX_MESSAGE_BYTES,
     EVENTS_TOPIC,
     QUARANTINE_SCHEMA,
+    RAW_EVENTS_DICTIONARY_COLUMNS,
+    RAW_EVENTS_STATISTICS_COLUMNS,
 )
 from churn_platform.events.validation import now_ms, validate_batch
 from churn_platform.kafka.admin import ensure_topic, partitions_of
@@ -62,7 +66,9 @@ class ExtractConfig:
     group_id: str = "churn-platform-extract"
     max_messages_per_partition: int | None = None
     workers: int | None = None  # None: one, or one per core when the backlog is large
-    chunk_size: int = 100_000
+    # Small chunks keep the freshly allocated objects in cache and memory reused:
+    # 20k read+validated 20% faster than 100k, with a third of the system time.
+    chunk_size: int = 20_000
     flush_rows: int = 1_000_000
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     dead_letter_topic: str | None = None
@@ -303,11 +309,14 @@ def _run_workers(
         for job in jobs:
             outcomes.update(extract_partitions(*job))
         return outcomes
-    # spawn, not fork: librdkafka threads in this process must not be forked
+    # The children are spawned, not forked (librdkafka threads must not be
+    # forked); while they start, this process already works on its own share.
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=len(jobs), mp_context=context) as pool:
-        for part in pool.map(_extract_job, jobs):
-            outcomes.update(part)
+    with ProcessPoolExecutor(max_workers=len(jobs) - 1, mp_context=context) as pool:
+        children = [pool.submit(_extract_job, job) for job in jobs[1:]]
+        outcomes.update(extract_partitions(*jobs[0]))
+        for child in children:
+            outcomes.update(child.result())
     return outcomes
 
 
@@ -337,18 +346,37 @@ def extract_partitions(
         config.dead_letter_topic,
     )
     now = now_ms()
-    try:
-        for chunk in reader.chunks():
-            sink.add(chunk, config.max_message_bytes, now)
-            if sink.buffered_rows >= config.flush_rows:
-                sink.flush()
-        sink.close()
-    except BaseException:
-        sink.abort()
-        raise
+    with _gc_paused():
+        try:
+            for chunk in reader.chunks():
+                sink.add(chunk, config.max_message_bytes, now)
+                if sink.buffered_rows >= config.flush_rows:
+                    sink.flush()
+            sink.close()
+        except BaseException:
+            sink.abort()
+            raise
     for p, outcome in sink.outcomes.items():
         outcome.end = reader.next_offsets[p]
     return sink.outcomes
+
+
+@contextmanager
+def _gc_paused():
+    """Pause the cyclic garbage collector while reading.
+
+    A chunk keeps ~100k Message objects and decoded events alive; every
+    collection the allocations trigger walks all of them, which halved the
+    reader's speed. Nothing here forms reference cycles, so plain reference
+    counting frees it all; the collector resumes (and catches up) afterwards.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 class _Sink:
@@ -383,11 +411,14 @@ class _Sink:
         if batch.events.num_rows:
             partitions = pa.array(chunk.partitions, pa.int32())
             offsets = pa.array(chunk.offsets, pa.int64())
+            if batch.rejects:  # otherwise every message is a row, in order
+                partitions = partitions.take(batch.indices)
+                offsets = offsets.take(batch.indices)
             n = batch.events.num_rows
             table = (
                 batch.events.append_column("_topic", pa.repeat(pa.scalar(self.topic), n))
-                .append_column("_partition", partitions.take(batch.indices))
-                .append_column("_offset", offsets.take(batch.indices))
+                .append_column("_partition", partitions)
+                .append_column("_offset", offsets)
             )
             self.tables.append(table)
             self.buffered_rows += n
@@ -437,7 +468,7 @@ class _Sink:
                 strict=True,
             ):
                 path = raw_events_path(day, self.topic, partition, first, last)
-                self._submit(partition, path, table.slice(start, count), count, {})
+                self._submit(partition, path, table.slice(start, count), count, {}, raw=True)
                 start += count
         if self.rejects:
             by_partition: dict[int, list[tuple]] = {}
@@ -470,9 +501,23 @@ class _Sink:
         self.buffered_rows = 0
 
     def _submit(
-        self, partition: int, path: str, table: pa.Table, rows: int, rejected: Counter
+        self,
+        partition: int,
+        path: str,
+        table: pa.Table,
+        rows: int,
+        rejected: Counter,
+        raw: bool = False,
     ) -> None:
-        future = self._pool.submit(self.lake.write_parquet, path, table)
+        options = (
+            {
+                "dictionary_columns": RAW_EVENTS_DICTIONARY_COLUMNS,
+                "statistics_columns": RAW_EVENTS_STATISTICS_COLUMNS,
+            }
+            if raw
+            else {}
+        )
+        future = self._pool.submit(self.lake.write_parquet, path, table, **options)
         future.info = (partition, path, rows, rejected)
         self._pending.append(future)
 

@@ -6,6 +6,7 @@ Dagster resource; secrets are never part of `repr`, logs or metadata.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,6 +26,13 @@ ENV_TO_CLIENT = {
 SECRET_PROPERTIES = frozenset({"sasl.password", "ssl.key.password"})
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI")
+
+
+def librdkafka_logger() -> logging.Logger:
+    logger = logging.getLogger("churn_platform.librdkafka")
+    if not logger.handlers:
+        logger.addHandler(logging.NullHandler())
+    return logger
 
 
 class KafkaConfigError(ValueError):
@@ -98,8 +106,16 @@ class KafkaSettings:
         return cls(bootstrap_servers=bootstrap, security=security)
 
     def client_config(self, **overrides: object) -> dict[str, object]:
-        """A librdkafka configuration dict for this cluster plus `overrides`."""
-        config: dict[str, object] = {"bootstrap.servers": self.bootstrap_servers}
+        """A librdkafka configuration dict for this cluster plus `overrides`.
+
+        librdkafka's own log lines (a "Connection refused" every few ms while a
+        broker is down) go to the `churn_platform.librdkafka` logger instead of
+        stderr; failures still surface as exceptions that name the address.
+        """
+        config: dict[str, object] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "logger": librdkafka_logger(),
+        }
         config.update(self.security)
         config.update(overrides)
         return config

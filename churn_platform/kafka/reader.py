@@ -1,9 +1,11 @@
 """Read exact offset ranges of a topic: from given start offsets to partition EOF.
 
 The reader uses `assign()` (no consumer-group join: we own the offsets) and
-`enable.partition.eof`, and stops each partition at the EOF it first reaches,
-or at a per-partition cap. It does not trust the high watermark, which the
-embedded broker reports from the last batch's base offset.
+`enable.partition.eof`. A partition's range ends at the offset of the first EOF
+event it reports (or at a per-partition cap); the partition is done once every
+message below that offset has been read, because the EOF event can overtake
+messages still queued locally. The high watermark is not trusted: the embedded
+broker reports it from the last batch's base offset.
 """
 
 from __future__ import annotations
@@ -31,6 +33,12 @@ FAST_CONSUMER_CONFIG = {
     "queued.max.messages.kbytes": 65_536,
     "fetch.wait.max.ms": 100,
 }
+
+
+_error = Message.error
+_value = Message.value
+_partition = Message.partition
+_offset = Message.offset
 
 
 class ReadError(RuntimeError):
@@ -70,8 +78,9 @@ class OffsetRangeReader:
     start_offsets: dict[int, int]
     group_id: str = "churn-platform-extract"
     max_per_partition: int | None = None
-    chunk_size: int = 100_000
+    chunk_size: int = 20_000
     stall_timeout: float = 30.0
+    eof_grace: float = 1.0
     next_offsets: dict[int, int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -96,7 +105,8 @@ class OffsetRangeReader:
             self._finish(
                 consumer, remaining, [p for p in remaining if self.next_offsets[p] >= stop[p]]
             )
-            bounded = self.max_per_partition is not None
+            eof_seen: dict[int, float] = {}  # partition → when its EOF event came
+            last_seen: dict[int, float] = {}  # partition → when its last message came
             values: list[bytes | None] = []
             partitions: list[int] = []
             offsets: list[int] = []
@@ -104,42 +114,57 @@ class OffsetRangeReader:
             last_progress = time.monotonic()
             while remaining:
                 batch = consumer.consume(min(self.chunk_size, 100_000), 0.5)
-                if not batch:
-                    if time.monotonic() - last_progress > self.stall_timeout:
-                        raise ReadError(
-                            f"no data and no end-of-partition from Kafka at "
-                            f"{self.settings.bootstrap_servers} for {self.stall_timeout:.0f} s while "
-                            f"reading {self.topic!r} partitions {sorted(remaining)}: is the broker up?"
-                        )
-                    continue
-                last_progress = time.monotonic()
-                eof: dict[int, int] = {}
-                errors = [m for m in batch if m.error() is not None]
-                if errors:
+                now = time.monotonic()
+                if batch:
+                    last_progress = now
+                elif now - last_progress > self.stall_timeout:
+                    raise ReadError(
+                        f"no data and no end-of-partition from Kafka at "
+                        f"{self.settings.bootstrap_servers} for {self.stall_timeout:.0f} s while "
+                        f"reading {self.topic!r} partitions {sorted(remaining)}: is the broker up?"
+                    )
+                if any(map(_error, batch)):
+                    errors = [m for m in batch if m.error() is not None]
                     batch = [m for m in batch if m.error() is None]
                     for m in errors:
-                        self._on_error(m, remaining, eof)
-                    for p, offset in eof.items():
-                        stop[p] = min(stop[p], offset)
-                    bounded = True
-                if bounded:
-                    # A partition's messages arrive in offset order and its EOF
-                    # after all of them, so everything below the stop is ours and
-                    # anything at or past it (newer data) is the next run's.
-                    batch = [m for m in batch if m.offset() < stop[m.partition()]]
+                        p = self._on_error(m)
+                        if p is not None and p in remaining and p not in eof_seen:
+                            # The EOF event can overtake messages of its partition
+                            # still queued locally: the partition is done only when
+                            # everything below the EOF offset has been read.
+                            eof_seen[p] = now
+                            stop[p] = min(stop[p], m.offset())
                 if batch:
-                    values += [m.value() for m in batch]
-                    parts = [m.partition() for m in batch]
-                    offs = [m.offset() for m in batch]
+                    # map() over the method descriptors keeps these loops in C
+                    parts = list(map(_partition, batch))
+                    offs = list(map(_offset, batch))
+                    # messages of a partition arrive in offset order: the last is the highest
+                    last = dict(zip(parts, offs, strict=True))
+                    if any(o >= stop[p] for p, o in last.items()):
+                        # past a cap or an EOF: newer data belongs to the next run
+                        keep = [
+                            i
+                            for i, (p, o) in enumerate(zip(parts, offs, strict=True))
+                            if o < stop[p]
+                        ]
+                        batch = [batch[i] for i in keep]
+                        parts = [parts[i] for i in keep]
+                        offs = [offs[i] for i in keep]
+                        last = dict(zip(parts, offs, strict=True))
+                    values += map(_value, batch)
                     partitions += parts
                     offsets += offs
                     messages += batch
-                    self._advance(parts, offs)
-                for p, offset in eof.items():
-                    # offsets between the last message and EOF (transaction markers,
-                    # compacted records) hold no data: the range ends at EOF
-                    self.next_offsets[p] = max(self.next_offsets[p], min(offset, stop[p]))
-                done = [p for p in remaining if p in eof or self.next_offsets[p] >= stop[p]]
+                    for p, offset in last.items():
+                        self.next_offsets[p] = offset + 1
+                        last_seen[p] = now
+                done = [p for p in remaining if self.next_offsets[p] >= stop[p]]
+                for p in remaining.intersection(eof_seen).difference(done):
+                    if now - max(eof_seen[p], last_seen.get(p, 0.0)) > self.eof_grace:
+                        # offsets between the last message and EOF hold no data
+                        # (transaction markers, compacted records): the range ends at EOF
+                        self.next_offsets[p] = max(self.next_offsets[p], stop[p])
+                        done.append(p)
                 self._finish(consumer, remaining, done)
                 if len(values) >= self.chunk_size or (not remaining and values):
                     yield Chunk(values, partitions, offsets, messages)
@@ -152,20 +177,12 @@ class OffsetRangeReader:
             remaining.difference_update(done)
             consumer.pause([TopicPartition(self.topic, p) for p in done])
 
-    def _advance(self, partitions: list[int], offsets: list[int]) -> None:
-        # Messages of one partition arrive in offset order, so the last one seen
-        # for each partition is its highest.
-        last = dict(zip(partitions, offsets, strict=True))
-        for p, offset in last.items():
-            self.next_offsets[p] = offset + 1
-
-    def _on_error(self, message: Message, remaining: set[int], eof: dict[int, int]) -> None:
+    def _on_error(self, message: Message) -> int | None:
+        """The partition of an EOF event; raises on errors that stop the read."""
         err = message.error()
         code = err.code()
         if code == KafkaError._PARTITION_EOF:
-            if message.partition() in remaining:
-                eof.setdefault(message.partition(), message.offset())
-            return
+            return message.partition()
         if code in (KafkaError.OFFSET_OUT_OF_RANGE, KafkaError._AUTO_OFFSET_RESET):
             p = message.partition()
             raise ReadError(
@@ -185,3 +202,4 @@ class OffsetRangeReader:
                 f"reading {self.topic!r} from {self.settings.bootstrap_servers} failed: {err.str()}"
             )
         # Anything else (a transient broker or network error) librdkafka retries itself.
+        return None

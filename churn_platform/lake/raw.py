@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import date
+from typing import TYPE_CHECKING
 
-import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -24,6 +24,9 @@ from churn_platform.lake.paths import (
     parse_range_file,
 )
 from churn_platform.lake.store import Lake, LakeError
+
+if TYPE_CHECKING:
+    import polars as pl
 
 
 def ledger_topics(lake: Lake) -> list[str]:
@@ -80,6 +83,8 @@ def committed_raw_files(
 
 
 def _read(lake: Lake, files: list[RangeFile], schema) -> pl.DataFrame:
+    import polars as pl  # not at import: extract workers load this module but never read
+
     if not files:
         return pl.from_arrow(schema.empty_table())
     tables = []

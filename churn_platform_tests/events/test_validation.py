@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given, settings
@@ -163,3 +164,27 @@ def test_arbitrary_bytes_never_crash(data):
     assert isinstance(result, Event | Rejection)
     batch = validate_batch([data, raw()], now=NOW)
     assert batch.events.num_rows + len(batch.rejects) == 2
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.datetimes(
+                min_value=datetime(2000, 1, 1),
+                max_value=datetime(2030, 1, 1),
+                timezones=st.sampled_from(
+                    [UTC, timezone(timedelta(hours=5, minutes=30)), timezone(-timedelta(hours=8))]
+                ),
+            ),
+            st.integers(min_value=TS_MIN_MS, max_value=NOW),
+        ),
+        min_size=1,
+        max_size=20,
+    )
+)
+def test_vectorised_timestamps_equal_the_exact_scalar_conversion(instants):
+    """The batch path converts via float seconds; it must still give the exact millisecond."""
+    from churn_platform.events.validation import _timestamps_ms, _ts_ms
+
+    assert _timestamps_ms(instants).to_pylist() == [_ts_ms(v) for v in instants]
