@@ -67,12 +67,10 @@ def run_demo(
         result = dg.materialize(
             [raw_customer_events],
             instance=instance,
+            # the demo prints its own summary; Dagster's step-by-step log is in the UI
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
             resources={
-                "kafka": KafkaResource(
-                    bootstrap_servers=settings.bootstrap_servers,
-                    events_topic=topic,
-                    **_security_fields(settings),
-                ),
+                "kafka": KafkaResource.from_settings(settings, topic),
                 "lake": LakeResource(root=lake.uri),
             },
         )
@@ -104,14 +102,6 @@ def run_demo(
             "dagster_run_id": result.run_id,
             "seconds": round(time.perf_counter() - started, 2),
         }
-
-
-def _security_fields(settings: KafkaSettings) -> dict[str, str]:
-    from churn_platform.defs.resources.kafka import _FIELD_ENV
-    from churn_platform.kafka.config import ENV_TO_CLIENT
-
-    by_property = {ENV_TO_CLIENT[env]: name for name, env in _FIELD_ENV.items()}
-    return {by_property[p]: v for p, v in settings.security.items() if p in by_property}
 
 
 def _instance():

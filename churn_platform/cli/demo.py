@@ -19,7 +19,8 @@ def add_parser(subparsers) -> None:
         description="Starts the embedded broker (unless KAFKA_BOOTSTRAP_SERVERS is set), runs the "
         "simulator and materializes the pipeline's assets, then prints a summary.",
     )
-    add_size_arguments(parser)
+    # a few malformed messages by default, so the demo shows the quarantine at work
+    add_size_arguments(parser, bad_fraction=0.002)
     parser.add_argument("--partitions", type=int, default=6, help="topic partitions (default 6)")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     parser.set_defaults(handler=run)

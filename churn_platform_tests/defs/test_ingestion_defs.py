@@ -128,3 +128,20 @@ def test_sensor_waits_for_missing_topic_and_running_extract(kafka_settings, topi
     busy, cursor = tick(instance, kafka_settings, topic)
     assert isinstance(busy, dg.SkipReason) and "already" in busy.skip_message
     assert cursor is None
+
+
+def test_resource_round_trips_security_settings():
+    from churn_platform.kafka.config import KafkaSettings
+
+    settings = KafkaSettings.from_env(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": "b:9092",
+            "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "KAFKA_SASL_MECHANISM": "PLAIN",
+            "KAFKA_SASL_USERNAME": "u",
+            "KAFKA_SASL_PASSWORD": "pw-123",
+        }
+    )
+    again = KafkaResource.from_settings(settings, "events").settings()
+    assert again.client_config()["sasl.password"] == "pw-123"
+    assert again.security == settings.security

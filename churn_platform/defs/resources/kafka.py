@@ -55,6 +55,15 @@ class KafkaResource(dg.ConfigurableResource):
                 fields[name] = dg.EnvVar(env)
         return cls(**fields)
 
+    @classmethod
+    def from_settings(cls, settings: KafkaSettings, events_topic: str) -> KafkaResource:
+        """A resource with these settings as plain values (for runs started from code)."""
+        by_property = {ENV_TO_CLIENT[env]: name for name, env in _FIELD_ENV.items()}
+        fields = {by_property[p]: v for p, v in settings.security.items() if p in by_property}
+        return cls(
+            bootstrap_servers=settings.bootstrap_servers, events_topic=events_topic, **fields
+        )
+
     def settings(self) -> KafkaSettings:
         security = {}
         for name, env in _FIELD_ENV.items():
