@@ -55,7 +55,7 @@ from churn_platform.events.contract import (
     SUBSCRIPTION_STARTED,
     Rejection,
 )
-from churn_platform.events.validation import now_ms, validate
+from churn_platform.events.validation import now_ms, validate_batch
 from churn_platform.kafka.admin import DEFAULT_PARTITIONS, ensure_topic
 from churn_platform.kafka.config import KafkaSettings
 from churn_platform.kafka.producer import EventProducer
@@ -1123,10 +1123,10 @@ def _produce_batch(
     if built.canon is not None:
         types = built.canon["event_type"].drop_nulls().value_counts()
         counts.event_types.update(dict(zip(*types.get_columns(), strict=True)))
+    # the extract's own batch validator: same rules, a fraction of the cost
     bad = [
-        (i, check)
-        for i, value in enumerate(values)
-        if (check := validate(value, now=now)).__class__ is Rejection
+        (i, Rejection(reason, detail))
+        for i, reason, detail in validate_batch(values, now=now).rejects
     ]
     for _, check in bad:
         counts.invalid[check.reason] += 1
