@@ -67,7 +67,12 @@ def test_up_serves_the_ui_extracts_via_the_sensor_and_stops_everything(tmp_path)
         text=True,
     )
     try:
-        wait_for(lambda: ui_answers(ui_port), 120, "the Dagster UI")
+
+        def ui_up() -> bool:
+            assert process.poll() is None, f"`up` exited early: {process.stdout.read()}"
+            return ui_answers(ui_port)
+
+        wait_for(ui_up, 120, "the Dagster UI")
         ledger = state / "lake" / "raw" / "_ledger" / "customer-events.json"
         # no human: the sensor sees the topic move and an extract run commits the ledger
         wait_for(ledger.exists, 120, "a sensor-triggered extract")

@@ -7,6 +7,7 @@ from churn_platform.defs.resources.lake import LakeResource
 from churn_platform.ingestion.extract import ExtractConfig, extract_topic
 
 EXTRACT_CONCURRENCY_TAG = "churn-platform/extract"
+EXTRACT_POOL = "kafka_extract"
 REJECTED_RATE_CHECK = "rejected_rate_below_threshold"
 
 
@@ -30,7 +31,9 @@ class ExtractRunConfig(dg.Config):
             description="Share of messages quarantined in this run is at most max_rejected_rate.",
         )
     ],
-    tags={EXTRACT_CONCURRENCY_TAG: "true"},
+    # one extract at a time, however it is launched (sensor, UI, backfill):
+    # dagster.yaml limits every pool to 1 slot
+    pool=EXTRACT_POOL,
 )
 def raw_customer_events(
     context: dg.AssetExecutionContext,
