@@ -9,18 +9,25 @@ from __future__ import annotations
 
 import dagster as dg
 
+from churn_platform.defs.features.definitions import features_definitions
 from churn_platform.defs.ingestion.definitions import ingestion_definitions
+from churn_platform.defs.resources.beam import BeamRunnerResource
 from churn_platform.defs.resources.kafka import KafkaResource
 from churn_platform.defs.resources.lake import LakeResource
 
 
 def resources_from_env() -> dict[str, dg.ConfigurableResource]:
-    return {"kafka": KafkaResource.from_env(), "lake": LakeResource.from_env()}
+    return {
+        "kafka": KafkaResource.from_env(),
+        "lake": LakeResource.from_env(),
+        "beam": BeamRunnerResource(),
+    }
 
 
 @dg.definitions
 def defs() -> dg.Definitions:
     return dg.Definitions.merge(
         ingestion_definitions(),
+        features_definitions(),
         dg.Definitions(resources=resources_from_env()),
     )

@@ -9,6 +9,7 @@ import os
 import shutil
 import time
 from contextlib import ExitStack
+from datetime import timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -82,6 +83,7 @@ def run_demo(
         quarantine = read_quarantine(lake, [topic])
         ledger = read_ledger(lake, topic)
         files = committed_raw_files(lake, [topic])
+        features = _features_and_labels(lake, instance, log)
         return {
             "bootstrap_servers": settings.bootstrap_servers,
             "topic": topic,
@@ -100,8 +102,59 @@ def run_demo(
             "lake_files": len(files),
             "event_dates": len({f.path.split("/")[2] for f in files}),
             "dagster_run_id": result.run_id,
+            **features,
             "seconds": round(time.perf_counter() - started, 2),
         }
+
+
+def _features_and_labels(lake: Lake, instance: dg.DagsterInstance, log) -> dict:
+    """Features (Beam) for the latest complete as-of date and the latest labelable one."""
+    from churn_platform.defs.features.definitions import features_definitions
+    from churn_platform.defs.resources.beam import BeamRunnerResource
+    from churn_platform.features.materialize import read_features
+    from churn_platform.ml.labels import DEFAULT_HORIZON_DAYS, complete_through, read_labels
+
+    through = complete_through(lake)
+    if through is None:
+        return {}
+    latest = through
+    labelable = through - timedelta(days=DEFAULT_HORIZON_DAYS)
+    definitions = features_definitions(
+        {"CHURN_LAKE": lake.uri, "CHURN_FEATURES_START_DATE": labelable.isoformat()}
+    )
+    resources = {"lake": LakeResource(root=lake.uri), "beam": BeamRunnerResource()}
+    job = dg.Definitions.merge(definitions, dg.Definitions(resources=resources)).resolve_job_def(
+        "features_job"
+    )
+    summary: dict = {}
+    for as_of in sorted({labelable, latest}):
+        log(f"materializing customer_features and churn_labels as of {as_of} (Beam) ...")
+        outcome = job.execute_in_process(
+            instance=instance,
+            partition_key=as_of.isoformat(),
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+            raise_on_error=False,
+        )
+        if not outcome.success:
+            raise RuntimeError(f"the features run for {as_of} failed; see the Dagster logs above")
+        checks = outcome.get_asset_check_evaluations()
+        summary["checks_passed"] = summary.get("checks_passed", 0) + sum(c.passed for c in checks)
+        summary["checks_failed"] = summary.get("checks_failed", 0) + sum(
+            not c.passed for c in checks
+        )
+    table = read_features(lake, latest)
+    labels = read_labels(lake, labelable)
+    summary.update(
+        {
+            "features_as_of": latest.isoformat(),
+            "customers_with_features": table.height,
+            "feature_count": table.width - 2,
+            "labels_as_of": labelable.isoformat(),
+            "customers_labelled": labels.height,
+            "churn_rate": round(float(labels["churned"].mean()), 4) if labels.height else None,
+        }
+    )
+    return summary
 
 
 def _instance():
@@ -128,6 +181,17 @@ def format_summary(summary: dict) -> str:
         f"  lake                 {summary['lake_root']}  "
         f"({summary['lake_files']} Parquet files over {summary['event_dates']} event dates)",
         f"  Dagster run          {summary['dagster_run_id']}",
+        *(
+            [
+                f"  features             {summary['customers_with_features']:,} active customers × "
+                f"{summary['feature_count']} features as of {summary['features_as_of']} (Beam)",
+                f"  labels               {summary['customers_labelled']:,} customers as of "
+                f"{summary['labels_as_of']}, {summary['churn_rate']:.1%} churned within 30 days",
+                f"  checks               {summary['checks_passed']} passed, {summary['checks_failed']} failed",
+            ]
+            if "features_as_of" in summary
+            else []
+        ),
         f"  took                 {summary['seconds']} s",
     ]
     return "\n".join(lines)

@@ -1,0 +1,141 @@
+"""Feature assets: per-customer features and churn labels, one partition per as-of date.
+
+Built by `build_feature_assets(partitions_def)` because the partitions' start
+date is decided when definitions load (see `definitions.py`), never at import.
+"""
+
+from datetime import date
+from typing import Literal
+
+import dagster as dg
+from pydantic import Field
+
+from churn_platform.defs.resources.beam import BeamRunnerResource
+from churn_platform.defs.resources.lake import LakeResource
+from churn_platform.features.materialize import (
+    DEFAULT_ENGINE,
+    features_dir,
+    materialize_features,
+    null_rates_markdown,
+    read_features,
+)
+from churn_platform.ml.labels import (
+    DEFAULT_HORIZON_DAYS,
+    NotYetLabelable,
+    labels_dir,
+    materialize_labels,
+)
+
+RAW_EVENTS = dg.AssetKey("raw_customer_events")
+
+
+class CustomerFeaturesConfig(dg.Config):
+    """How to compute the feature table."""
+
+    engine: Literal["beam", "polars"] = Field(
+        default=DEFAULT_ENGINE,
+        description="'beam' (the Beam pipeline on the beam resource's runner) or 'polars' "
+        "(one process; small lakes).",
+    )
+    shards: int | None = Field(
+        default=None, description="Customer shards of the Beam pipeline (default: its own)."
+    )
+
+
+class ChurnLabelsConfig(dg.Config):
+    """How far ahead a cancellation counts as churn."""
+
+    horizon_days: int = Field(default=DEFAULT_HORIZON_DAYS, ge=1, le=365)
+
+
+def build_feature_assets(
+    partitions_def: dg.PartitionsDefinition,
+) -> tuple[dg.AssetsDefinition, dg.AssetsDefinition]:
+    """`customer_features` and `churn_labels` over `partitions_def` (as-of dates)."""
+
+    @dg.asset(
+        group_name="features",
+        partitions_def=partitions_def,
+        deps=[RAW_EVENTS],
+        kinds={"beam", "parquet"},
+    )
+    def customer_features(
+        context: dg.AssetExecutionContext,
+        config: CustomerFeaturesConfig,
+        lake: LakeResource,
+        beam: BeamRunnerResource,
+    ) -> dg.MaterializeResult:
+        """Per-customer churn features of every customer active at the end of the as-of date."""
+        as_of = date.fromisoformat(context.partition_key)
+        store = lake.lake()
+        runner = beam.settings() if config.engine == "beam" else None
+        result = materialize_features(
+            store, as_of, engine=config.engine, runner=runner, shards=config.shards
+        )
+        table = read_features(store, as_of)
+        return dg.MaterializeResult(
+            metadata={
+                "rows": dg.MetadataValue.int(result.rows),
+                "customers": dg.MetadataValue.int(result.customers),
+                "feature_count": len(result.spec.columns()),
+                "activity_types": ", ".join(result.spec.activity_types) or "(none)",
+                "null_rates": dg.MetadataValue.md(null_rates_markdown(table, result.spec)),
+                "engine": result.engine,
+                "events_read": result.events_read,
+                "seconds": dg.MetadataValue.float(round(result.seconds, 3)),
+                "events_per_second": dg.MetadataValue.float(round(result.events_per_second, 1)),
+                "files": len(result.output_files),
+                "lake": dg.MetadataValue.path(store.url(features_dir(as_of))),
+            }
+        )
+
+    @dg.asset(
+        group_name="features",
+        partitions_def=partitions_def,
+        deps=[customer_features, RAW_EVENTS],
+        kinds={"parquet"},
+        output_required=False,
+    )
+    def churn_labels(
+        context: dg.AssetExecutionContext, config: ChurnLabelsConfig, lake: LakeResource
+    ):
+        """Whether each customer active at the as-of date cancels within the horizon after it."""
+        as_of = date.fromisoformat(context.partition_key)
+        store = lake.lake()
+        customers = read_features(store, as_of, columns=["customer_id"])["customer_id"]
+        try:
+            result = materialize_labels(store, customers, as_of, config.horizon_days)
+        except NotYetLabelable as exc:
+            # Not a failure: the partition stays unmaterialized until the lake has
+            # seen the whole horizon, and a backfill or daily run stays green.
+            context.log.warning(str(exc))
+            context.log_event(
+                dg.AssetObservation(
+                    asset_key=context.asset_key,
+                    partition=context.partition_key,
+                    metadata={
+                        "status": "not yet labelable",
+                        "reason": str(exc),
+                        "labelable_from": exc.labelable_from.isoformat(),
+                        "complete_through": (
+                            exc.complete_through.isoformat() if exc.complete_through else "(empty)"
+                        ),
+                        "horizon_days": exc.horizon_days,
+                    },
+                )
+            )
+            return
+        yield dg.MaterializeResult(
+            metadata={
+                "rows": dg.MetadataValue.int(result.rows),
+                "churned": result.churned,
+                "churn_rate": dg.MetadataValue.float(round(result.churn_rate, 4)),
+                "horizon_days": result.horizon_days,
+                "complete_through": result.complete_through.isoformat(),
+                "cancellations_read": result.cancellations_read,
+                "seconds": dg.MetadataValue.float(round(result.seconds, 3)),
+                "lake": dg.MetadataValue.path(store.url(labels_dir(as_of))),
+            }
+        )
+
+    return customer_features, churn_labels

@@ -1,0 +1,118 @@
+"""Blocking checks on each `customer_features` partition: schema, nulls, ranges, row count.
+
+Each check reads the materialized partition back from the lake, so it judges
+what downstream assets will read, whichever engine wrote it. A failed check
+(severity ERROR) stops `churn_labels` when both run in the same run.
+"""
+
+from collections.abc import Callable
+from datetime import date
+
+import dagster as dg
+import polars as pl
+
+from churn_platform.defs.resources.lake import LakeResource
+from churn_platform.features.materialize import (
+    CheckOutcome,
+    FeaturesMissing,
+    active_customers,
+    check_nulls,
+    check_ranges,
+    check_row_count,
+    check_schema,
+    read_feature_spec,
+    read_features,
+)
+from churn_platform.lake.store import Lake
+
+FEATURES = dg.AssetKey("customer_features")
+SCHEMA_CHECK = "schema_matches_feature_list"
+NULLS_CHECK = "no_unexpected_nulls"
+RANGES_CHECK = "values_in_range"
+ROW_COUNT_CHECK = "one_row_per_active_customer"
+
+Judge = Callable[[Lake, date, pl.DataFrame], CheckOutcome]
+
+
+def _judge_schema(lake: Lake, as_of: date, table: pl.DataFrame) -> CheckOutcome:
+    return check_schema(table, read_feature_spec(lake, as_of))
+
+
+def _judge_nulls(lake: Lake, as_of: date, table: pl.DataFrame) -> CheckOutcome:
+    return check_nulls(table, read_feature_spec(lake, as_of))
+
+
+def _judge_ranges(lake: Lake, as_of: date, table: pl.DataFrame) -> CheckOutcome:
+    return check_ranges(table, as_of)
+
+
+def _judge_row_count(lake: Lake, as_of: date, table: pl.DataFrame) -> CheckOutcome:
+    return check_row_count(table, active_customers(lake, as_of))
+
+
+def _evaluate(context: dg.AssetCheckExecutionContext, lake: Lake, judge: Judge):
+    as_of = date.fromisoformat(context.partition_key)
+    try:
+        passed, details = judge(lake, as_of, read_features(lake, as_of))
+    except FeaturesMissing as exc:
+        passed, details = False, {"error": str(exc)}
+    if not passed:
+        context.log.error(f"customer_features as of {as_of}: {details}")
+    return dg.AssetCheckResult(
+        passed=passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={
+            key: value if isinstance(value, int | float | str) else dg.MetadataValue.json(value)
+            for key, value in details.items()
+        },
+    )
+
+
+def build_feature_checks(
+    partitions_def: dg.PartitionsDefinition,
+) -> list[dg.AssetChecksDefinition]:
+    """The four blocking checks of `customer_features`, partitioned like it."""
+
+    def spec(name: str, description: str) -> dict:
+        return {
+            "asset": FEATURES,
+            "name": name,
+            "description": description,
+            "blocking": True,
+            "partitions_def": partitions_def,
+        }
+
+    @dg.asset_check(
+        **spec(SCHEMA_CHECK, "Columns, order and types are the documented features for the spec.")
+    )
+    def schema_matches_feature_list(context: dg.AssetCheckExecutionContext, lake: LakeResource):
+        return _evaluate(context, lake.lake(), _judge_schema)
+
+    @dg.asset_check(**spec(NULLS_CHECK, "Nulls only in columns documented as nullable."))
+    def no_unexpected_nulls(context: dg.AssetCheckExecutionContext, lake: LakeResource):
+        return _evaluate(context, lake.lake(), _judge_nulls)
+
+    @dg.asset_check(
+        **spec(
+            RANGES_CHECK,
+            "Counts >= 0, recency <= tenure and within 90 days, mrr >= 0, active days <= 28.",
+        )
+    )
+    def values_in_range(context: dg.AssetCheckExecutionContext, lake: LakeResource):
+        return _evaluate(context, lake.lake(), _judge_ranges)
+
+    @dg.asset_check(
+        **spec(
+            ROW_COUNT_CHECK,
+            "One row per customer active at the as-of date, recomputed from raw lifecycle events.",
+        )
+    )
+    def one_row_per_active_customer(context: dg.AssetCheckExecutionContext, lake: LakeResource):
+        return _evaluate(context, lake.lake(), _judge_row_count)
+
+    return [
+        schema_matches_feature_list,
+        no_unexpected_nulls,
+        values_in_range,
+        one_row_per_active_customer,
+    ]

@@ -1,0 +1,78 @@
+"""Feature wiring: daily as-of partitions, the feature and label assets, checks and job.
+
+The partitions start at `CHURN_FEATURES_START_DATE` (YYYY-MM-DD) when set, else
+at the lake's earliest committed event date when the lake is local and
+readable while definitions load, else `FALLBACK_HISTORY_DAYS` before today.
+Partition d stands for the as-of instant "end of day d (UTC)", so its data is
+complete only once d is over: the latest partition is yesterday's
+(`end_offset=0`), never the day still filling up.
+"""
+
+import os
+import warnings
+from collections.abc import Mapping
+from datetime import UTC, date, datetime, timedelta
+
+import dagster as dg
+
+from churn_platform.defs.features.assets import build_feature_assets
+from churn_platform.defs.features.checks import build_feature_checks
+from churn_platform.features.materialize import first_event_date
+from churn_platform.lake.store import DEFAULT_LAKE_ROOT, Lake, LakeError
+
+START_DATE_ENV = "CHURN_FEATURES_START_DATE"
+FALLBACK_HISTORY_DAYS = 365
+FEATURES_JOB = "features_job"
+
+
+def features_start_date(
+    environ: Mapping[str, str] | None = None, today: date | None = None
+) -> date:
+    """The first as-of date: the env var, else the lake's first event date, else a year ago."""
+    environ = os.environ if environ is None else environ
+    today = today or datetime.now(UTC).date()
+    configured = (environ.get(START_DATE_ENV) or "").strip()
+    if configured:
+        try:
+            return date.fromisoformat(configured)
+        except ValueError as exc:
+            raise ValueError(
+                f"{START_DATE_ENV}={configured!r} is not a date: set it to YYYY-MM-DD or unset it"
+            ) from exc
+    try:
+        lake = Lake(environ.get("CHURN_LAKE") or DEFAULT_LAKE_ROOT)
+        # an object store is not listed while definitions load: that could be slow or offline
+        first = first_event_date(lake) if lake.is_local else None
+    except (LakeError, OSError, ValueError):
+        first = None
+    return first or today - timedelta(days=FALLBACK_HISTORY_DAYS)
+
+
+def features_partitions(environ: Mapping[str, str] | None = None) -> dg.DailyPartitionsDefinition:
+    return dg.DailyPartitionsDefinition(
+        start_date=features_start_date(environ).isoformat(), timezone="UTC", end_offset=0
+    )
+
+
+def _partitioned_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetChecksDefinition]:
+    # Partitioned checks are a Dagster preview; they are what lets each as-of
+    # date carry its own check results, so the warning is expected, not news.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        return build_feature_checks(partitions)
+
+
+def features_definitions(environ: Mapping[str, str] | None = None) -> dg.Definitions:
+    partitions = features_partitions(environ)
+    customer_features, churn_labels = build_feature_assets(partitions)
+    features_job = dg.define_asset_job(
+        FEATURES_JOB,
+        selection=dg.AssetSelection.assets(customer_features, churn_labels),
+        partitions_def=partitions,
+        description="Customer features, their checks and churn labels for one as-of date.",
+    )
+    return dg.Definitions(
+        assets=[customer_features, churn_labels],
+        asset_checks=_partitioned_checks(partitions),
+        jobs=[features_job],
+    )

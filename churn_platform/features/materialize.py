@@ -1,0 +1,443 @@
+"""Materializing the feature table of an as-of date, reading it back, and checking it.
+
+`materialize_features` runs one engine and leaves the same lake layout either
+way: `features/customer_features/as_of=YYYY-MM-DD/*.parquet` plus the spec
+JSON (which activity types the table tracks; they are discovered per date).
+"beam" is the Beam pipeline (`churn_platform.features.pipeline`), the one that
+scales out; "polars" is the single-process reference, for small lakes and tests.
+
+The `check_*` functions judge a materialized table and return
+`CheckOutcome(passed, details)`; the row-count check recomputes the active
+customers from the raw lifecycle events on its own, so a bug in the feature
+code cannot vouch for itself.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from churn_platform.events.contract import LIFECYCLE_EVENT_TYPES, SUBSCRIPTION_CANCELLED
+from churn_platform.features.definitions import (
+    LOOKBACK_DAYS,
+    FeatureSpec,
+    as_of_end,
+    compute_features,
+    discover_spec,
+    window_start,
+)
+from churn_platform.features.inputs import feature_inputs, read_inputs
+from churn_platform.lake.raw import committed_raw_files, event_date_of
+from churn_platform.lake.store import Lake, LakeError
+
+if TYPE_CHECKING:
+    from churn_platform.features.options import BeamRunnerSettings
+
+FEATURES_DIR = "features/customer_features"
+# the Beam pipeline's names (churn_platform.features.pipeline), kept here so
+# that reading and the polars engine do not need Beam installed
+SPEC_FILE = "_spec.json"
+POLARS_PART = "part-00000-of-00001.parquet"
+ENGINES = ("beam", "polars")
+DEFAULT_ENGINE = "beam"
+NULL_RATE_TOP = 10
+_RECENCY = re.compile(r"_days_since_last$")
+_COUNT = re.compile(r"_count_(\d+)d$")
+_STATE_COLUMNS = ["event_id", "customer_id", "event_type", "ts"]
+
+
+class FeaturesMissing(LakeError):
+    """No materialized feature table for the as-of date."""
+
+
+class CheckOutcome(NamedTuple):
+    passed: bool
+    details: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class MaterializedFeatures:
+    """What one engine wrote for one as-of date."""
+
+    as_of: date
+    engine: str
+    rows: int  # one per customer active at the as-of date
+    customers: int  # distinct customers in the events read
+    events_read: int
+    spec: FeatureSpec
+    output_files: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events_read / self.seconds if self.seconds > 0 else 0.0
+
+
+def features_dir(as_of: date) -> str:
+    return f"{FEATURES_DIR}/as_of={as_of.isoformat()}"
+
+
+def first_event_date(lake: Lake) -> date | None:
+    """The earliest committed event date in the lake (the first sensible as-of date)."""
+    days = [d for f in committed_raw_files(lake) if (d := event_date_of(f.path)) is not None]
+    return min(days) if days else None
+
+
+# --- engines -------------------------------------------------------------------
+
+
+def materialize_features(
+    lake: Lake,
+    as_of: date,
+    engine: str = DEFAULT_ENGINE,
+    runner: BeamRunnerSettings | None = None,
+    shards: int | None = None,
+) -> MaterializedFeatures:
+    """Compute the feature table as of `as_of` with `engine` and write it (replacing any)."""
+    if engine == "polars":
+        return _materialize_polars(lake, as_of)
+    if engine != "beam":
+        raise ValueError(f"unknown feature engine {engine!r}: choose one of {', '.join(ENGINES)}")
+    try:
+        from churn_platform.features.pipeline import run_feature_pipeline
+    except ImportError as exc:
+        raise ImportError(
+            "the 'beam' feature engine needs churn_platform.features.pipeline "
+            f"(run_feature_pipeline), which could not be imported ({exc}); "
+            "install apache-beam or run with engine 'polars'"
+        ) from exc
+    kwargs: dict[str, Any] = {"runner": runner}
+    if shards is not None:
+        kwargs["shards"] = shards
+    result = run_feature_pipeline(lake.uri, as_of, **kwargs)
+    return MaterializedFeatures(
+        as_of=result.as_of,
+        engine="beam",
+        rows=result.rows,
+        customers=result.customers,
+        events_read=result.events_read,
+        spec=result.spec,
+        output_files=[str(f) for f in result.output_files],
+        seconds=result.seconds,
+    )
+
+
+def _materialize_polars(lake: Lake, as_of: date) -> MaterializedFeatures:
+    started = time.perf_counter()
+    events = read_inputs(lake, feature_inputs(lake, as_of))
+    spec = discover_spec(events, as_of)
+    table = compute_features(events, as_of, spec)
+    customers = events["customer_id"].n_unique()
+    counts = {"customers": customers, "events_read": events.height}
+    files = write_features(lake, as_of, table, spec, counts)
+    return MaterializedFeatures(
+        as_of=as_of,
+        engine="polars",
+        rows=table.height,
+        customers=customers,
+        events_read=events.height,
+        spec=spec,
+        output_files=files,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def write_features(
+    lake: Lake,
+    as_of: date,
+    table: pl.DataFrame,
+    spec: FeatureSpec,
+    counts: dict[str, int] | None = None,
+) -> list[str]:
+    """Write the table (one part) and its spec manifest, then drop what a previous run left.
+
+    The layout is the Beam pipeline's: parts, then `_spec.json` (the spec, the
+    run's counts and the part list); anything else in the directory is stale.
+    """
+    directory = features_dir(as_of)
+    part = f"{directory}/{POLARS_PART}"
+    lake.write_parquet(part, table.to_arrow())
+    spec_file = f"{directory}/{SPEC_FILE}"
+    for stale in lake.list_files(directory):
+        if stale not in (part, spec_file):
+            lake.remove(stale)
+    manifest = {
+        **spec.to_dict(),
+        "as_of": as_of.isoformat(),
+        "rows": table.height,
+        **(counts or {}),
+        "shards": 1,
+        "files": [part],
+    }
+    lake.write_bytes(spec_file, json.dumps(manifest, indent=2).encode())
+    return [part]
+
+
+# --- reading back ----------------------------------------------------------------
+
+
+def feature_files(lake: Lake, as_of: date) -> list[str]:
+    return lake.list_files(features_dir(as_of), ".parquet")
+
+
+def read_features(lake: Lake, as_of: date, columns: list[str] | None = None) -> pl.DataFrame:
+    """The materialized feature table of `as_of`, sorted by customer_id."""
+    files = feature_files(lake, as_of)
+    if not files:
+        raise FeaturesMissing(
+            f"no feature table under {lake.url(features_dir(as_of))}: "
+            f"materialize customer_features for {as_of.isoformat()} first"
+        )
+    tables = []
+    for path in files:
+        try:
+            with lake.fs.open(lake.path(path), "rb") as handle:
+                tables.append(pq.read_table(handle, columns=columns))
+        except Exception as exc:  # a damaged file is named, never read as empty
+            raise LakeError(f"could not read {lake.url(path)}: {exc}") from exc
+    table = pl.from_arrow(pa.concat_tables(tables, promote_options="default"))
+    return table.sort("customer_id") if "customer_id" in table.columns else table
+
+
+def read_feature_spec(lake: Lake, as_of: date) -> FeatureSpec:
+    """The spec written beside the feature table of `as_of` (`_spec.json`)."""
+    path = f"{features_dir(as_of)}/{SPEC_FILE}"
+    try:
+        body = json.loads(lake.read_bytes(path))
+    except FileNotFoundError as exc:
+        raise FeaturesMissing(
+            f"no feature spec at {lake.url(path)}: "
+            f"materialize customer_features for {as_of.isoformat()} (again)"
+        ) from exc
+    return FeatureSpec.from_dict(body)
+
+
+# --- checks ----------------------------------------------------------------------
+
+
+def check_schema(table: pl.DataFrame, spec: FeatureSpec) -> CheckOutcome:
+    """Columns, their order and types are exactly the documented list for `spec`."""
+    expected = {name: str(dtype) for name, dtype in spec.schema().items()}
+    actual = {name: str(dtype) for name, dtype in table.schema.items()}
+    missing = [c for c in expected if c not in actual]
+    unexpected = [c for c in actual if c not in expected]
+    wrong_type = {
+        c: {"expected": expected[c], "actual": actual[c]}
+        for c in expected
+        if c in actual and actual[c] != expected[c]
+    }
+    order_ok = [c for c in actual if c in expected] == [c for c in expected if c in actual]
+    spec_problems = _spec_problems(spec)
+    passed = not (missing or unexpected or wrong_type or spec_problems) and order_ok
+    return CheckOutcome(
+        passed,
+        {
+            "expected_columns": len(expected),
+            "actual_columns": len(actual),
+            "missing": missing,
+            "unexpected": unexpected,
+            "wrong_type": wrong_type,
+            "column_order_ok": order_ok,
+            "spec_problems": spec_problems,
+            "activity_types": list(spec.activity_types),
+        },
+    )
+
+
+def _spec_problems(spec: FeatureSpec) -> list[str]:
+    problems = []
+    lifecycle = sorted(set(spec.activity_types) & LIFECYCLE_EVENT_TYPES)
+    if lifecycle:
+        problems.append(f"lifecycle types tracked as activity: {lifecycle}")
+    untracked = sorted(set(spec.valued_types) - set(spec.activity_types))
+    if untracked:
+        problems.append(f"valued types that are not activity types: {untracked}")
+    if len(set(spec.activity_types)) != len(spec.activity_types):
+        problems.append("activity types repeat")
+    return problems
+
+
+def check_nulls(table: pl.DataFrame, spec: FeatureSpec) -> CheckOutcome:
+    """No nulls outside `spec.nullable()` (key columns are never null)."""
+    allowed = spec.nullable()
+    counts = table.null_count().row(0, named=True) if table.width else {}
+    offending = {c: n for c, n in counts.items() if n and c not in allowed}
+    return CheckOutcome(
+        not offending,
+        {
+            "columns_with_forbidden_nulls": offending,
+            "nullable_columns": len(allowed & set(table.columns)),
+            "rows": table.height,
+        },
+    )
+
+
+def _range_rules(table: pl.DataFrame, as_of: date) -> dict[str, pl.Expr]:
+    """Rule name → expression that is True on a violating row (nulls never violate)."""
+    columns = set(table.columns)
+    rules: dict[str, pl.Expr] = {}
+    if "as_of" in columns:
+        rules["as_of is the partition date"] = pl.col("as_of") != pl.lit(as_of, dtype=pl.Date)
+    counts = [c for c in table.columns if _COUNT.search(c)]
+    non_negative = counts + [
+        c
+        for c in (
+            "events_28d",
+            "active_days_28d",
+            "plan_changes",
+            "tenure_days",
+            "days_since_last_event",
+            "days_since_subscription_change",
+            "mrr",
+        )
+        if c in columns
+    ]
+    recency = [c for c in table.columns if _RECENCY.search(c)]
+    if "days_since_last_event" in columns:
+        recency.append("days_since_last_event")
+    for c in non_negative + [c for c in recency if c not in non_negative]:
+        rules[f"{c} >= 0"] = pl.col(c) < 0
+    if "tenure_days" in columns:
+        for c in recency:
+            rules[f"{c} <= tenure_days"] = pl.col(c) > pl.col("tenure_days")
+    for c in recency:
+        rules[f"{c} < {LOOKBACK_DAYS}"] = pl.col(c) >= LOOKBACK_DAYS
+    if "active_days_28d" in columns:
+        rules["active_days_28d <= 28"] = pl.col("active_days_28d") > 28
+    if "trend_28d" in columns:
+        rules["trend_28d > 0"] = pl.col("trend_28d") <= 0
+    # shorter windows never count more than the longer ones that contain them
+    by_prefix: dict[str, list[tuple[int, str]]] = {}
+    for c in counts:
+        match = _COUNT.search(c)
+        by_prefix.setdefault(c[: match.start()], []).append((int(match.group(1)), c))
+    for windows in by_prefix.values():
+        ordered = [c for _, c in sorted(windows)]
+        for short, long in zip(ordered, ordered[1:], strict=False):
+            rules[f"{short} <= {long}"] = pl.col(short) > pl.col(long)
+    return rules
+
+
+def check_ranges(table: pl.DataFrame, as_of: date, examples: int = 5) -> CheckOutcome:
+    """Counts >= 0, recency within tenure and the lookback, mrr >= 0, active days <= 28, …"""
+    rules = _range_rules(table, as_of)
+    if not rules or table.is_empty():
+        return CheckOutcome(True, {"rules": len(rules), "violations": {}})
+    flags = table.select(
+        pl.col("customer_id"), *[expr.fill_null(False).alias(name) for name, expr in rules.items()]
+    )
+    totals = flags.select(pl.exclude("customer_id").sum()).row(0, named=True)
+    violations = {
+        name: {
+            "rows": int(n),
+            "examples": flags.filter(pl.col(name))["customer_id"].head(examples).to_list(),
+        }
+        for name, n in totals.items()
+        if n
+    }
+    return CheckOutcome(not violations, {"rules": len(rules), "violations": violations})
+
+
+def active_customers(lake: Lake, as_of: date) -> pl.Series:
+    """Customers active at the end of `as_of`, straight from the raw events.
+
+    Written apart from `compute_features` on purpose (the row-count check
+    compares the two): a customer is active when its latest lifecycle event by
+    (ts, event_id) is not a cancellation, or, with no lifecycle events at all,
+    when it had any activity in the lookback window.
+    """
+    end = as_of_end(as_of)
+    first_window_day = as_of - timedelta(days=LOOKBACK_DAYS - 1)
+    lifecycle = sorted(LIFECYCLE_EVENT_TYPES)
+    tables = []
+    for f in committed_raw_files(lake, end=as_of):
+        day = event_date_of(f.path)
+        in_window = day is not None and day >= first_window_day
+        filters = None if in_window else [("event_type", "in", lifecycle)]
+        try:
+            with lake.fs.open(lake.path(f.path), "rb") as handle:
+                tables.append(pq.read_table(handle, columns=_STATE_COLUMNS, filters=filters))
+        except Exception as exc:  # a damaged file is named, never read as empty
+            raise LakeError(f"could not read {lake.url(f.path)}: {exc}") from exc
+    if not tables:
+        return pl.Series("customer_id", [], dtype=pl.String)
+    events = (
+        pl.from_arrow(pa.concat_tables(tables))
+        .filter(pl.col("ts") < end)
+        .unique(subset="event_id", keep="first", maintain_order=True)
+    )
+    is_lifecycle = pl.col("event_type").is_in(lifecycle)
+    latest = (
+        events.filter(is_lifecycle)
+        .sort(["customer_id", "ts", "event_id"])
+        .group_by("customer_id")
+        .agg(pl.col("event_type").last().alias("last_type"))
+    )
+    subscribed = latest.filter(pl.col("last_type") != SUBSCRIPTION_CANCELLED)["customer_id"]
+    recently_active = (
+        events.filter(~is_lifecycle & (pl.col("ts") >= window_start(as_of)))
+        .select("customer_id")
+        .unique()
+        .join(latest.select("customer_id"), on="customer_id", how="anti")["customer_id"]
+    )
+    return pl.concat([subscribed, recently_active]).unique().sort().rename("customer_id")
+
+
+def check_row_count(table: pl.DataFrame, active: pl.Series, examples: int = 5) -> CheckOutcome:
+    """One row per customer active at d, and no one else."""
+    ids = table["customer_id"] if "customer_id" in table.columns else pl.Series([], dtype=pl.String)
+    present = set(ids.to_list())
+    expected = set(active.to_list())
+    missing = sorted(expected - present)
+    unexpected = sorted(present - expected)
+    duplicates = ids.len() - ids.n_unique()
+    passed = table.height == len(expected) and not (missing or unexpected or duplicates)
+    return CheckOutcome(
+        passed,
+        {
+            "rows": table.height,
+            "active_customers": len(expected),
+            "missing": len(missing),
+            "missing_examples": missing[:examples],
+            "unexpected": len(unexpected),
+            "unexpected_examples": unexpected[:examples],
+            "duplicate_customer_ids": duplicates,
+        },
+    )
+
+
+# --- metadata --------------------------------------------------------------------
+
+
+def null_rates(table: pl.DataFrame, spec: FeatureSpec, top: int = NULL_RATE_TOP) -> pl.DataFrame:
+    """The `top` features by null rate (highest first; ties by name)."""
+    features = [c for c in spec.columns() if c in table.columns]
+    if not features:
+        return pl.DataFrame(
+            schema={"feature": pl.String, "nulls": pl.Int64, "null_rate": pl.Float64}
+        )
+    counts = table.select(features).null_count().row(0, named=True)
+    rows = table.height
+    frame = pl.DataFrame(
+        {
+            "feature": list(counts),
+            "nulls": [int(n) for n in counts.values()],
+            "null_rate": [n / rows if rows else 0.0 for n in counts.values()],
+        }
+    )
+    return frame.sort(["null_rate", "feature"], descending=[True, False]).head(top)
+
+
+def null_rates_markdown(table: pl.DataFrame, spec: FeatureSpec, top: int = NULL_RATE_TOP) -> str:
+    lines = ["| feature | null rate | nulls |", "|---|---:|---:|"]
+    for name, nulls, rate in null_rates(table, spec, top).iter_rows():
+        lines.append(f"| `{name}` | {rate:.1%} | {nulls} |")
+    return "\n".join(lines)

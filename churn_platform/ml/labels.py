@@ -1,0 +1,212 @@
+"""Churn labels: did a customer active at the end of as-of date d cancel within the horizon?
+
+A customer in the feature table at d (the customers active at the end of d)
+churned when a `subscription_cancelled` event has a ts in (end of d, end of
+d + horizon], i.e. `as_of_end(d) <= ts < as_of_end(d + horizon)`: exactly the
+events the features as of d never see, up to the end of the horizon's last day.
+
+A date is labelled only when the lake has observed its whole horizon. That is
+judged by the data, not the wall clock: the lake is complete through the day
+before its latest committed event date (the latest day may still be filling),
+so d is labelable when d + horizon <= that day. Otherwise `NotYetLabelable`
+says from which lake date on it will be.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from churn_platform.events.contract import SUBSCRIPTION_CANCELLED
+from churn_platform.features.definitions import as_of_end
+from churn_platform.lake.raw import committed_raw_files, event_date_of
+from churn_platform.lake.store import Lake, LakeError
+
+DEFAULT_HORIZON_DAYS = 30
+LABELS_DIR = "labels/churn_labels"
+LABELS_FILE = "labels.parquet"
+LABEL_SCHEMA = {
+    "customer_id": pl.String(),
+    "as_of": pl.Date(),
+    "churned": pl.Boolean(),
+    "horizon_days": pl.Int64(),
+}
+_CANCELLATION_COLUMNS = ["event_id", "customer_id", "event_type", "ts"]
+
+
+class NotYetLabelable(ValueError):
+    """The lake has not yet observed the whole horizon after the as-of date."""
+
+    def __init__(self, as_of: date, horizon_days: int, complete_through: date | None) -> None:
+        self.as_of = as_of
+        self.horizon_days = horizon_days
+        self.complete_through = complete_through
+        self.horizon_end = as_of + timedelta(days=horizon_days)
+        # the first event date whose presence proves the horizon's last day complete
+        self.labelable_from = self.horizon_end + timedelta(days=1)
+        seen = (
+            f"the lake is complete only through {complete_through.isoformat()}"
+            if complete_through
+            else "the lake holds no committed events"
+        )
+        super().__init__(
+            f"churn labels as of {as_of.isoformat()} with a {horizon_days}-day horizon need every "
+            f"event through {self.horizon_end.isoformat()}, but {seen}; the date becomes labelable "
+            f"once the lake holds events dated {self.labelable_from.isoformat()} or later"
+        )
+
+
+@dataclass(frozen=True)
+class LabelResult:
+    """What `materialize_labels` wrote for one as-of date."""
+
+    as_of: date
+    horizon_days: int
+    rows: int
+    churned: int
+    complete_through: date
+    cancellations_read: int
+    path: str
+    seconds: float = 0.0
+
+    @property
+    def churn_rate(self) -> float:
+        return self.churned / self.rows if self.rows else 0.0
+
+
+def labels_dir(as_of: date) -> str:
+    return f"{LABELS_DIR}/as_of={as_of.isoformat()}"
+
+
+def labels_path(as_of: date) -> str:
+    return f"{labels_dir(as_of)}/{LABELS_FILE}"
+
+
+def complete_through(lake: Lake) -> date | None:
+    """The last event date the lake has fully observed (the day before its latest one)."""
+    days = [d for f in committed_raw_files(lake) if (d := event_date_of(f.path)) is not None]
+    return max(days) - timedelta(days=1) if days else None
+
+
+def ensure_labelable(as_of: date, horizon_days: int, through: date | None) -> None:
+    """Raise `NotYetLabelable` unless the lake, complete `through` a date, covers the horizon."""
+    if horizon_days < 1:
+        raise ValueError(f"horizon_days must be at least 1 (got {horizon_days})")
+    if through is None or as_of + timedelta(days=horizon_days) > through:
+        raise NotYetLabelable(as_of, horizon_days, through)
+
+
+def read_cancellations(lake: Lake, as_of: date, horizon_days: int) -> pl.DataFrame:
+    """`subscription_cancelled` events in the horizon after `as_of` (only its dates are read)."""
+    first = as_of + timedelta(days=1)
+    last = as_of + timedelta(days=horizon_days)
+    tables = []
+    for f in committed_raw_files(lake, start=first, end=last):
+        try:
+            with lake.fs.open(lake.path(f.path), "rb") as handle:
+                tables.append(
+                    pq.read_table(
+                        handle,
+                        columns=_CANCELLATION_COLUMNS,
+                        filters=[("event_type", "=", SUBSCRIPTION_CANCELLED)],
+                    )
+                )
+        except Exception as exc:  # a damaged file is named, never read as empty
+            raise LakeError(f"could not read {lake.url(f.path)}: {exc}") from exc
+    if not tables:
+        return pl.DataFrame(
+            schema={
+                "event_id": pl.String,
+                "customer_id": pl.String,
+                "event_type": pl.String,
+                "ts": pl.Datetime("ms", "UTC"),
+            }
+        )
+    return pl.from_arrow(pa.concat_tables(tables)).unique(subset="event_id", maintain_order=True)
+
+
+def compute_labels(
+    customers: pl.Series | list[str],
+    cancellations: pl.DataFrame,
+    as_of: date,
+    horizon_days: int = DEFAULT_HORIZON_DAYS,
+) -> pl.DataFrame:
+    """One label row per active customer, sorted by customer_id.
+
+    `customers` are the customers active at the end of `as_of` (the feature
+    table's customer_id); `cancellations` holds events with at least
+    customer_id, event_type and ts (anything outside the horizon is ignored).
+    """
+    start, end = as_of_end(as_of), as_of_end(as_of + timedelta(days=horizon_days))
+    churned = (
+        cancellations.lazy()
+        .filter(
+            (pl.col("event_type") == SUBSCRIPTION_CANCELLED)
+            & (pl.col("ts") >= start)
+            & (pl.col("ts") < end)
+        )
+        .select("customer_id")
+        .unique()
+        .with_columns(pl.lit(True).alias("churned"))
+    )
+    active = pl.LazyFrame({"customer_id": pl.Series(customers, dtype=pl.String)}).unique()
+    return (
+        active.join(churned, on="customer_id", how="left")
+        .select(
+            pl.col("customer_id"),
+            pl.lit(as_of, dtype=pl.Date).alias("as_of"),
+            pl.col("churned").fill_null(False),
+            pl.lit(horizon_days, dtype=pl.Int64).alias("horizon_days"),
+        )
+        .sort("customer_id")
+        .collect()
+        .cast(LABEL_SCHEMA)
+    )
+
+
+def write_labels(lake: Lake, labels: pl.DataFrame, as_of: date) -> str:
+    """Atomically write (or replace) the labels of `as_of`; returns the lake path."""
+    path = labels_path(as_of)
+    lake.write_parquet(path, labels.to_arrow())
+    return path
+
+
+def read_labels(lake: Lake, as_of: date) -> pl.DataFrame:
+    """The materialized labels of `as_of`."""
+    path = labels_path(as_of)
+    if not lake.exists(path):
+        raise FileNotFoundError(
+            f"no churn labels at {lake.url(path)}: materialize churn_labels for {as_of} first"
+        )
+    with lake.fs.open(lake.path(path), "rb") as handle:
+        return pl.from_arrow(pq.read_table(handle))
+
+
+def materialize_labels(
+    lake: Lake,
+    customers: pl.Series | list[str],
+    as_of: date,
+    horizon_days: int = DEFAULT_HORIZON_DAYS,
+) -> LabelResult:
+    """Label the active `customers` of `as_of` and write them; refuses incomplete horizons."""
+    started = time.perf_counter()
+    through = complete_through(lake)
+    ensure_labelable(as_of, horizon_days, through)
+    cancellations = read_cancellations(lake, as_of, horizon_days)
+    labels = compute_labels(customers, cancellations, as_of, horizon_days)
+    path = write_labels(lake, labels, as_of)
+    return LabelResult(
+        as_of=as_of,
+        horizon_days=horizon_days,
+        rows=labels.height,
+        churned=int(labels["churned"].sum()),
+        complete_through=through,
+        cancellations_read=cancellations.height,
+        path=path,
+        seconds=time.perf_counter() - started,
+    )

@@ -1,0 +1,147 @@
+"""Churn labels: the horizon's edges, completeness of the lake, and the hand-built case."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import polars as pl
+import pytest
+
+from churn_platform.events.contract import SUBSCRIPTION_CANCELLED
+from churn_platform.features.definitions import as_of_end
+from churn_platform.features.materialize import materialize_features, read_features
+from churn_platform.ml.labels import (
+    LABEL_SCHEMA,
+    NotYetLabelable,
+    complete_through,
+    compute_labels,
+    ensure_labelable,
+    materialize_labels,
+    read_cancellations,
+    read_labels,
+)
+from churn_platform_tests.defs.lake_builder import (
+    AS_OF,
+    append_messages,
+    cancelled,
+    hand_built_lake,
+    started,
+)
+
+D = date(2024, 3, 1)
+MS = timedelta(milliseconds=1)
+
+
+def cancellations(rows: list[tuple[str, object]]) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "customer_id": [c for c, _ in rows],
+            "event_type": [SUBSCRIPTION_CANCELLED] * len(rows),
+            "ts": [ts for _, ts in rows],
+        },
+        schema={"customer_id": pl.String, "event_type": pl.String, "ts": pl.Datetime("ms", "UTC")},
+    )
+
+
+def test_horizon_is_end_of_d_exclusive_to_end_of_d_plus_horizon_inclusive():
+    horizon = 7
+    start, end = as_of_end(D), as_of_end(D + timedelta(days=horizon))
+    events = cancellations(
+        [
+            ("on_d", start - MS),  # still day d: the features see it
+            ("first_instant", start),
+            ("last_instant", end - MS),
+            ("day_after", end),
+            ("not_active", start + timedelta(hours=1)),
+            ("twice", start + timedelta(days=1)),
+            ("twice", start + timedelta(days=2)),
+        ]
+    )
+    customers = ["on_d", "first_instant", "last_instant", "day_after", "twice", "stays"]
+    labels = compute_labels(customers, events, D, horizon)
+
+    assert dict(labels.schema) == LABEL_SCHEMA
+    assert labels["customer_id"].to_list() == sorted(customers)
+    assert dict(zip(labels["customer_id"], labels["churned"], strict=True)) == {
+        "day_after": False,
+        "first_instant": True,
+        "last_instant": True,
+        "on_d": False,
+        "stays": False,
+        "twice": True,
+    }
+    assert set(labels["as_of"]) == {D} and set(labels["horizon_days"]) == {horizon}
+
+
+def test_other_event_types_never_count_and_no_customers_gives_an_empty_table():
+    other = cancellations([("a", as_of_end(D))]).with_columns(
+        pl.lit("subscription_changed").alias("event_type")
+    )
+    assert not compute_labels(["a"], other, D)["churned"].any()
+    assert compute_labels([], other, D).is_empty()
+
+
+def test_a_date_is_labelable_only_when_the_lake_covers_its_horizon():
+    ensure_labelable(D, 30, D + timedelta(days=30))
+    with pytest.raises(NotYetLabelable) as refused:
+        ensure_labelable(D, 30, D + timedelta(days=29))
+    message = str(refused.value)
+    assert refused.value.labelable_from == date(2024, 4, 1)
+    assert "2024-03-01" in message and "complete only through 2024-03-30" in message
+    assert "labelable once the lake holds events dated 2024-04-01 or later" in message
+    with pytest.raises(NotYetLabelable, match="holds no committed events"):
+        ensure_labelable(D, 30, None)
+    with pytest.raises(ValueError, match="at least 1"):
+        ensure_labelable(D, 0, D + timedelta(days=100))
+
+
+def test_the_lake_is_complete_through_the_day_before_its_latest_event_date(tmp_path):
+    lake = hand_built_lake(tmp_path)
+    assert complete_through(lake) == date(2024, 4, 9)
+
+
+def test_only_cancellations_inside_the_horizon_are_read(tmp_path):
+    lake = hand_built_lake(tmp_path)
+    found = read_cancellations(lake, AS_OF, 30)
+    assert found["customer_id"].to_list() == ["c_churn"]
+    assert read_cancellations(lake, AS_OF, 31)["customer_id"].sort().to_list() == [
+        "c_churn",
+        "c_late",
+    ]
+
+
+def test_hand_built_case_end_to_end(tmp_path):
+    lake = hand_built_lake(tmp_path)
+    materialize_features(lake, AS_OF, engine="polars")
+    customers = read_features(lake, AS_OF, columns=["customer_id"])["customer_id"]
+    assert "c_gone" not in customers.to_list()  # cancelled on d: not active at d
+
+    result = materialize_labels(lake, customers, AS_OF, 30)
+    labels = read_labels(lake, AS_OF)
+    assert dict(zip(labels["customer_id"], labels["churned"], strict=True)) == {
+        "c_activity": False,
+        "c_churn": True,
+        "c_late": False,
+        "c_quiet": False,
+        "c_stay": False,
+    }
+    assert (result.rows, result.churned, result.complete_through) == (5, 1, date(2024, 4, 9))
+
+    # a second run replaces the file: same rows, not twice as many
+    materialize_labels(lake, customers, AS_OF, 31)
+    again = read_labels(lake, AS_OF)
+    assert again.height == 5 and set(again["horizon_days"]) == {31}
+    assert again.filter(pl.col("churned"))["customer_id"].to_list() == ["c_churn", "c_late"]
+
+
+def test_a_date_becomes_labelable_when_later_events_arrive(tmp_path):
+    lake = hand_built_lake(tmp_path)
+    late = AS_OF + timedelta(days=14)
+    with pytest.raises(NotYetLabelable) as refused:
+        materialize_labels(lake, ["c_stay"], late, 30)
+    assert refused.value.labelable_from == date(2024, 4, 15)
+
+    day = as_of_end(date(2024, 4, 14))
+    append_messages(lake, [started("c_new", day), cancelled("c_stay", day - MS)], now=day)
+    result = materialize_labels(lake, ["c_stay"], late, 30)
+    assert result.churned == 1
