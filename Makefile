@@ -34,6 +34,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/extract.py
+	$(PY) benchmarks/features.py
 
 clean:
 	rm -rf var .pytest_cache

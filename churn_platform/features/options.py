@@ -6,8 +6,12 @@ Pure (no Dagster): the Dagster resource and the command line both build a
 Locally the pipeline runs on the Python DirectRunner's batch engine, the
 FnApiRunner, which is named explicitly: in Beam 2.77 the runner *called*
 "DirectRunner" first tries the Prism runner, which downloads a Go binary at
-run time (fails or hangs offline) and only then falls back. So
+run time (which fails offline) and only then falls back. So
 `runner="DirectRunner"` here means FnApiRunner, and Prism is refused.
+`direct_running_mode`: `in_memory` runs in this process; `multi_processing`
+starts `direct_num_workers` worker processes (everything shipped to them
+pickles); `multi_threading` runs workers as threads. On 2 cores none was
+faster than `in_memory` (benchmarks/results/features.json).
 
 A cluster runner gets its own options through `extra_args`, passed to Beam
 unchanged, for example::
@@ -15,6 +19,12 @@ unchanged, for example::
     BeamRunnerSettings(
         runner="FlinkRunner",
         extra_args=["--flink_master=flink-jobmanager:8081", "--parallelism=4",
+                    "--environment_type=DOCKER",
+                    "--sdk_container_image=registry.example.com/churn-platform-beam:0.1.0"],
+    )
+    BeamRunnerSettings(
+        runner="SparkRunner",
+        extra_args=["--spark_master_url=spark://spark-master:7077",
                     "--environment_type=DOCKER",
                     "--sdk_container_image=registry.example.com/churn-platform-beam:0.1.0"],
     )

@@ -1,7 +1,7 @@
 """The Beam feature pipeline: `compute_features` for every customer as of a date, at scale.
 
     python -m churn_platform.features.pipeline --lake var/lake --as_of 2026-11-20 \\
-        [--shards 16] [--read_tasks 16] \\
+        [--shards 8] [--read_tasks 8] \\
         [--runner DirectRunner] [--direct_num_workers 1] [--direct_running_mode in_memory]
 
 (`--runner` and the other runner options go through `BeamRunnerSettings`;
@@ -39,10 +39,11 @@ Exactness also assumes what the event contract says: an event_id names one
 event of one customer (a retry repeats that customer's event), so dropping
 repeats within a customer's shard is dropping them globally.
 
-Speed (2-core machine, see benchmarks/features.py): Beam's data plane copies
-each encoded byte several times between stages, so the shuffle is bound by
-bytes; a `FrameBatch` ships compressed Arrow IPC. More, smaller shards make
-`compute_features` faster (its cost grows faster than linearly with the frame).
+Speed (2 cores, benchmarks/features.py): at 10M events about 0.8x the polars
+reference's events/s, at 2M about 0.55x (Beam's start-up, ~1.5 s, weighs more);
+peak memory is a third of the reference's, as shards are computed one by one.
+Beam's data plane copies each encoded byte several times between stages, so
+the shuffle is bound by bytes: a `FrameBatch` ships compressed Arrow IPC.
 """
 
 from __future__ import annotations
@@ -80,10 +81,12 @@ from churn_platform.lake.store import DEFAULT_LAKE_ROOT, Lake, LakeError
 
 FEATURES_DIR = "features/customer_features"
 SPEC_FILE = "_spec.json"
-DEFAULT_SHARDS = 16
-# Enough tasks to spread reads over workers, few enough that the per-batch
-# overhead (read tasks x shards batches) stays small.
-DEFAULT_READ_TASKS = 16
+# Measured at 2M and 10M events on 2 cores: 8 to 16 shards and 8 to 16 read
+# tasks were equally fast within noise, 32 shards slower (per-batch overhead:
+# read tasks x shards batches). A cluster wants more of both (at least its
+# parallelism).
+DEFAULT_SHARDS = 8
+DEFAULT_READ_TASKS = 8
 # Seed of the customer → shard hash. polars' hash is stable within a polars
 # version, which is all a run needs: every worker of one job runs one image.
 SHARD_SEED = 20261120
@@ -175,9 +178,9 @@ class FrameBatch:
     and the FnApiRunner decodes and re-encodes values when it groups them, so
     the shuffle is bound by bytes and by codec work. A batch is compressed
     once, when made, and decompressed at most once, however often Beam
-    re-encodes it: plainly pickled frames (~110 bytes an event) made the
-    pipeline 2.5x slower than the polars reference at 10M events; these
-    (~13 bytes an event) brought it close to the reference.
+    re-encodes it. At 10M events, plainly pickled frames (~110 bytes an
+    event) ran at 0.4x the polars reference's speed, these (~13 bytes an
+    event) at 0.8x.
 
     Compressing when the batch is made, not while Beam writes it, matters in
     `multi_threading` mode: there (Beam 2.77) a timer flushes the worker's
