@@ -53,8 +53,16 @@ VALUE_WINDOW_DAYS = 28
 TREND_WINDOW_DAYS = 28
 LOOKBACK_DAYS = max(WINDOWS_DAYS)
 KEY_COLUMNS = ("customer_id", "as_of")
-# columns an event frame must have (the raw lake has more; they are ignored)
-EVENT_COLUMNS = ("event_id", "customer_id", "event_type", "ts", "value", "attributes")
+# the columns (and types) of an event frame; the raw lake has more, ignored here
+EVENT_SCHEMA = {
+    "event_id": pl.String,
+    "customer_id": pl.String,
+    "event_type": pl.String,
+    "ts": pl.Datetime("ms", "UTC"),
+    "value": pl.Float64,
+    "attributes": pl.String,
+}
+EVENT_COLUMNS = tuple(EVENT_SCHEMA)
 
 OVERALL_FEATURES = (
     "active_days_28d",

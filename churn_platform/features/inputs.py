@@ -15,20 +15,11 @@ from datetime import date, timedelta
 import polars as pl
 
 from churn_platform.events.contract import LIFECYCLE_EVENT_TYPES
-from churn_platform.features.definitions import EVENT_COLUMNS, LOOKBACK_DAYS
+from churn_platform.features.definitions import EVENT_COLUMNS, EVENT_SCHEMA, LOOKBACK_DAYS
 from churn_platform.lake.raw import committed_raw_files, event_date_of
 from churn_platform.lake.store import Lake, LakeError
 
-_EMPTY = pl.DataFrame(
-    schema={
-        "event_id": pl.String,
-        "customer_id": pl.String,
-        "event_type": pl.String,
-        "ts": pl.Datetime("ms", "UTC"),
-        "value": pl.Float64,
-        "attributes": pl.String,
-    }
-)
+_EMPTY = pl.DataFrame(schema=EVENT_SCHEMA)
 
 
 @dataclass(frozen=True)

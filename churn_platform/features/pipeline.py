@@ -68,6 +68,7 @@ from apache_beam.runners.runner import PipelineState
 from churn_platform.events.contract import LIFECYCLE_EVENT_TYPES
 from churn_platform.features.definitions import (
     EVENT_COLUMNS,
+    EVENT_SCHEMA,
     KEY_COLUMNS,
     FeatureSpec,
     as_of_end,
@@ -92,14 +93,7 @@ DEFAULT_READ_TASKS = 8
 SHARD_SEED = 20261120
 METRICS_NAMESPACE = "customer_features"
 _LIFECYCLE = sorted(LIFECYCLE_EVENT_TYPES)
-_EVENT_SCHEMA = {
-    "event_id": pl.String,
-    "customer_id": pl.String,
-    "event_type": pl.String,
-    "ts": pl.Datetime("ms", "UTC"),
-    "value": pl.Float64,
-    "attributes": pl.String,
-}
+
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -118,7 +112,7 @@ def spec_path(as_of: date) -> str:
 
 
 def empty_events() -> pl.DataFrame:
-    return pl.DataFrame(schema=_EVENT_SCHEMA)
+    return pl.DataFrame(schema=EVENT_SCHEMA)
 
 
 # --- options and results ------------------------------------------------------

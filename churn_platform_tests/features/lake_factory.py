@@ -29,6 +29,7 @@ from churn_platform.events.contract import (
 )
 from churn_platform.events.simulator import SimulatorConfig, simulate
 from churn_platform.events.validation import validate_batch
+from churn_platform.features.definitions import EVENT_SCHEMA
 from churn_platform.lake.ledger import read_ledger, write_ledger
 from churn_platform.lake.paths import raw_events_path
 from churn_platform.lake.store import Lake
@@ -68,14 +69,7 @@ def events_frame(rows: Iterable[dict]) -> pl.DataFrame:
     """A frame of event rows in the lake's column types."""
     return pl.DataFrame(
         list(rows),
-        schema={
-            "event_id": pl.String,
-            "customer_id": pl.String,
-            "event_type": pl.String,
-            "ts": pl.Datetime("ms", "UTC"),
-            "value": pl.Float64,
-            "attributes": pl.String,
-        },
+        schema=EVENT_SCHEMA,
     )
 
 

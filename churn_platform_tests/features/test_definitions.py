@@ -9,6 +9,7 @@ import polars as pl
 import pytest
 
 from churn_platform.features.definitions import (
+    EVENT_SCHEMA,
     FeatureSpec,
     compute_features,
     discover_spec,
@@ -38,14 +39,7 @@ ev.n = 0
 def frame(rows):
     return pl.DataFrame(
         rows,
-        schema={
-            "event_id": pl.String,
-            "customer_id": pl.String,
-            "event_type": pl.String,
-            "ts": pl.Datetime("ms", "UTC"),
-            "value": pl.Float64,
-            "attributes": pl.String,
-        },
+        schema=EVENT_SCHEMA,
     )
 
 
