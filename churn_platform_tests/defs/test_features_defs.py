@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
@@ -49,7 +48,6 @@ from churn_platform_tests.defs.lake_builder import (
 
 CHECKS = {SCHEMA_CHECK, NULLS_CHECK, RANGES_CHECK, ROW_COUNT_CHECK}
 SIM_AS_OF = "2024-03-10"
-HAS_BEAM_PIPELINE = importlib.util.find_spec("churn_platform.features.pipeline") is not None
 
 
 @pytest.fixture
@@ -131,9 +129,7 @@ def test_start_date_comes_from_the_lake_else_a_year_back(tmp_path):
 
 ENGINES = [
     "polars",
-    pytest.param(
-        "beam", marks=pytest.mark.skipif(not HAS_BEAM_PIPELINE, reason="no Beam pipeline yet")
-    ),
+    "beam",
 ]
 
 
@@ -259,7 +255,6 @@ def test_labels_on_the_hand_built_case_and_a_horizon_not_yet_passed(tmp_path, in
     assert "churn_labels" in materialized(run_features(lake, instance, late))
 
 
-@pytest.mark.skipif(not HAS_BEAM_PIPELINE, reason="churn_platform.features.pipeline not there yet")
 def test_the_beam_engine_writes_the_same_table_as_polars(tmp_path, instance):
     from churn_platform.features import pipeline
 
