@@ -404,7 +404,8 @@ class _Sink:
         self.dead_letters = dead_letters
         self.dead_letter_topic = dead_letter_topic
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="lake-writer")
-        self._pending: list[Future] = []
+        # (write in flight, what it writes: partition, path, rows, rejects per reason)
+        self._pending: list[tuple[Future, tuple[int, str, int, Counter]]] = []
 
     def add(self, chunk: Chunk, max_bytes: int, now: int) -> None:
         batch = validate_batch(chunk.values, now=now, max_bytes=max_bytes)
@@ -518,14 +519,12 @@ class _Sink:
             else {}
         )
         future = self._pool.submit(self.lake.write_parquet, path, table, **options)
-        future.info = (partition, path, rows, rejected)
-        self._pending.append(future)
+        self._pending.append((future, (partition, path, rows, rejected)))
 
     def _collect(self) -> None:
         pending, self._pending = self._pending, []
-        for future in pending:
+        for future, (partition, path, rows, rejected) in pending:
             size = future.result()  # a failed write fails the run before the ledger moves
-            partition, path, rows, rejected = future.info
             outcome = self.outcomes[partition]
             outcome.files.append(path)
             outcome.bytes += size
