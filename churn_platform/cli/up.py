@@ -135,39 +135,16 @@ def run(args: argparse.Namespace) -> int:
             "CHURN_LAKE": lake,
             "DAGSTER_HOME": str(prepare_dagster_home()),
         }
-        exe = [sys.executable, "-m", "churn_platform.cli"]
-        subprocess.run(
-            [
-                *exe,
-                "simulate",
-                "--customers",
-                str(args.customers),
-                "--days",
-                str(args.history_days),
-                "--seed",
-                str(args.seed),
-                "--no-progress",
-            ],
-            env=env,
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
+        # the same business twice: its history first, then live from where it ends
+        simulate = [
+            *(sys.executable, "-m", "churn_platform.cli", "simulate"),
+            *("--customers", str(args.customers), "--days", str(args.history_days)),
+            *("--seed", str(args.seed), "--no-progress"),
+        ]
+        subprocess.run(simulate, env=env, check=True, stdout=subprocess.DEVNULL)
         group.start(
             "simulator",
-            [
-                *exe,
-                "simulate",
-                "--live",
-                "--rate",
-                str(args.rate),
-                "--customers",
-                str(args.customers),
-                "--days",
-                str(args.history_days),
-                "--seed",
-                str(args.seed),
-                "--no-progress",
-            ],
+            [*simulate, "--live", "--rate", str(args.rate)],
             env,
             state / "simulator.log",
         )
