@@ -35,17 +35,21 @@ from churn_platform.features.definitions import (
     window_start,
 )
 from churn_platform.features.inputs import feature_inputs, read_inputs
+from churn_platform.lake.paths import (
+    FEATURE_SPEC_FILE,
+    feature_part_path,
+    feature_spec_path,
+    features_dir,
+)
 from churn_platform.lake.raw import committed_raw_files, event_date_of
 from churn_platform.lake.store import Lake, LakeError
 
 if TYPE_CHECKING:
     from churn_platform.features.options import BeamRunnerSettings
 
-FEATURES_DIR = "features/customer_features"
-# the Beam pipeline's names (churn_platform.features.pipeline), kept here so
-# that reading and the polars engine do not need Beam installed
-SPEC_FILE = "_spec.json"
-POLARS_PART = "part-00000-of-00001.parquet"
+SPEC_FILE = FEATURE_SPEC_FILE
+# the polars engine writes the Beam pipeline's layout with a single part
+POLARS_PART = feature_part_path(date.min, 0, 1).rpartition("/")[2]
 ENGINES = ("beam", "polars")
 DEFAULT_ENGINE = "beam"
 NULL_RATE_TOP = 10
@@ -79,10 +83,6 @@ class MaterializedFeatures:
     @property
     def events_per_second(self) -> float:
         return self.events_read / self.seconds if self.seconds > 0 else 0.0
-
-
-def features_dir(as_of: date) -> str:
-    return f"{FEATURES_DIR}/as_of={as_of.isoformat()}"
 
 
 def first_event_date(lake: Lake) -> date | None:
@@ -163,9 +163,9 @@ def write_features(
     run's counts and the part list); anything else in the directory is stale.
     """
     directory = features_dir(as_of)
-    part = f"{directory}/{POLARS_PART}"
+    part = feature_part_path(as_of, 0, 1)
     lake.write_parquet(part, table.to_arrow())
-    spec_file = f"{directory}/{SPEC_FILE}"
+    spec_file = feature_spec_path(as_of)
     for stale in lake.list_files(directory):
         if stale not in (part, spec_file):
             lake.remove(stale)
@@ -209,7 +209,7 @@ def read_features(lake: Lake, as_of: date, columns: list[str] | None = None) -> 
 
 def read_feature_spec(lake: Lake, as_of: date) -> FeatureSpec:
     """The spec written beside the feature table of `as_of` (`_spec.json`)."""
-    path = f"{features_dir(as_of)}/{SPEC_FILE}"
+    path = feature_spec_path(as_of)
     try:
         body = json.loads(lake.read_bytes(path))
     except FileNotFoundError as exc:

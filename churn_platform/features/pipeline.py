@@ -78,10 +78,11 @@ from churn_platform.features.definitions import (
 )
 from churn_platform.features.inputs import FeatureInputs, feature_inputs
 from churn_platform.features.options import BeamRunnerSettings
+from churn_platform.lake.paths import feature_part_path as part_path
+from churn_platform.lake.paths import feature_spec_path as spec_path
+from churn_platform.lake.paths import features_dir
 from churn_platform.lake.store import DEFAULT_LAKE_ROOT, Lake, LakeError
 
-FEATURES_DIR = "features/customer_features"
-SPEC_FILE = "_spec.json"
 # Measured at 2M and 10M events on 2 cores: 8 to 16 shards and 8 to 16 read
 # tasks were equally fast within noise, 32 shards slower (per-batch overhead:
 # read tasks x shards batches). A cluster wants more of both (at least its
@@ -96,19 +97,6 @@ _LIFECYCLE = sorted(LIFECYCLE_EVENT_TYPES)
 
 
 _LOGGER = logging.getLogger(__name__)
-
-
-def features_dir(as_of: date) -> str:
-    """The lake directory of the feature table as of `as_of`."""
-    return f"{FEATURES_DIR}/as_of={as_of.isoformat()}"
-
-
-def part_path(as_of: date, shard: int, shards: int) -> str:
-    return f"{features_dir(as_of)}/part-{shard:05d}-of-{shards:05d}.parquet"
-
-
-def spec_path(as_of: date) -> str:
-    return f"{features_dir(as_of)}/{SPEC_FILE}"
 
 
 def empty_events() -> pl.DataFrame:

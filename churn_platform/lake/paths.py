@@ -14,6 +14,10 @@ from datetime import date
 RAW_EVENTS_DIR = "raw/customer_events"
 LEDGER_DIR = "raw/_ledger"
 QUARANTINE_DIR = "quarantine/customer_events"
+FEATURES_DIR = "features/customer_features"
+FEATURE_SPEC_FILE = "_spec.json"
+LABELS_DIR = "labels/churn_labels"
+LABELS_FILE = "labels.parquet"
 
 _RANGE_FILE = re.compile(
     r"^(?P<topic>.+)-p(?P<partition>\d+)-(?P<first>\d+)-(?P<last>\d+)\.parquet$"
@@ -45,6 +49,27 @@ def raw_events_path(event_date: date, topic: str, partition: int, first: int, la
 
 def quarantine_path(topic: str, partition: int, first: int, last: int) -> str:
     return f"{QUARANTINE_DIR}/{range_file_name(topic, partition, first, last)}"
+
+
+def features_dir(as_of: date) -> str:
+    """The directory of the feature table as of `as_of` (parts + spec)."""
+    return f"{FEATURES_DIR}/as_of={as_of.isoformat()}"
+
+
+def feature_part_path(as_of: date, shard: int, shards: int) -> str:
+    return f"{features_dir(as_of)}/part-{shard:05d}-of-{shards:05d}.parquet"
+
+
+def feature_spec_path(as_of: date) -> str:
+    return f"{features_dir(as_of)}/{FEATURE_SPEC_FILE}"
+
+
+def labels_dir(as_of: date) -> str:
+    return f"{LABELS_DIR}/as_of={as_of.isoformat()}"
+
+
+def labels_path(as_of: date) -> str:
+    return f"{labels_dir(as_of)}/{LABELS_FILE}"
 
 
 def parse_range_file(path: str) -> RangeFile | None:

@@ -24,12 +24,11 @@ import pyarrow.parquet as pq
 
 from churn_platform.events.contract import SUBSCRIPTION_CANCELLED
 from churn_platform.features.definitions import as_of_end
+from churn_platform.lake.paths import labels_path
 from churn_platform.lake.raw import committed_raw_files, event_date_of
 from churn_platform.lake.store import Lake, LakeError
 
 DEFAULT_HORIZON_DAYS = 30
-LABELS_DIR = "labels/churn_labels"
-LABELS_FILE = "labels.parquet"
 LABEL_SCHEMA = {
     "customer_id": pl.String(),
     "as_of": pl.Date(),
@@ -77,14 +76,6 @@ class LabelResult:
     @property
     def churn_rate(self) -> float:
         return self.churned / self.rows if self.rows else 0.0
-
-
-def labels_dir(as_of: date) -> str:
-    return f"{LABELS_DIR}/as_of={as_of.isoformat()}"
-
-
-def labels_path(as_of: date) -> str:
-    return f"{labels_dir(as_of)}/{LABELS_FILE}"
 
 
 def complete_through(lake: Lake) -> date | None:

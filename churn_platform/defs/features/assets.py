@@ -19,10 +19,10 @@ from churn_platform.features.materialize import (
     null_rates_markdown,
     read_features,
 )
+from churn_platform.lake.paths import labels_dir
 from churn_platform.ml.labels import (
     DEFAULT_HORIZON_DAYS,
     NotYetLabelable,
-    labels_dir,
     materialize_labels,
 )
 
