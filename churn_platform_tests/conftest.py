@@ -30,3 +30,7 @@ def topic(kafka_settings: KafkaSettings) -> str:
     name = f"test-{uuid.uuid4().hex[:12]}"
     ensure_topic(kafka_settings, name, partitions=3)
     return name
+
+
+# the simulated lake with features and labels that the ML tests share (built once)
+from churn_platform_tests.ml.ml_lake import ml_lake  # noqa: E402,F401

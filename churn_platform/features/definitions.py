@@ -26,7 +26,7 @@ Features (names are stable; `<type>` is each activity type found in the data):
 | `events_28d` | activity events in the 28 days up to d | never |
 | `days_since_last_event` | days since the last activity event, within 90 days | none in 90 days |
 | `trend_28d` | (events in the last 28 days + 1) / (events in the 28 before + 1) | never |
-| `tenure_days` | days since the first `subscription_started` (else the first event seen) | never |
+| `tenure_days` | days since the first `subscription_started` (else the first event in the 90 days, so at most 89) | never |
 | `plan` | plan at d (`unknown` without lifecycle events) | never |
 | `mrr` | monthly recurring revenue at d (0 when unknown) | never |
 | `plan_changes` | `subscription_changed` events up to d | never |
@@ -206,7 +206,14 @@ def compute_features(
     )
     counts = _activity_features(activity, spec, end, last_day)
 
-    first_seen = frame.group_by("customer_id").agg(pl.col("ts").min().alias("_first_ts"))
+    # Without a subscription start, tenure counts from the first event in the
+    # lookback (at most 89 days): older activity is not an input (engines read
+    # older files for lifecycle events only), so the fallback must not use it.
+    in_window = pl.col("ts") >= window_start(as_of)
+    first_seen = frame.group_by("customer_id").agg(
+        pl.col("ts").filter(in_window).min().alias("_first_window_ts"),
+        pl.col("ts").min().alias("_first_ts"),
+    )
     customers = (
         first_seen.join(state, on="customer_id", how="left")
         .join(counts, on="customer_id", how="left")
@@ -228,7 +235,9 @@ def compute_features(
         (
             (pl.col("events_28d").fill_null(0) + 1) / (pl.col("_events_prior_28d").fill_null(0) + 1)
         ).alias("trend_28d"),
-        _days_between(last_day, pl.coalesce("_started_ts", "_first_ts")).alias("tenure_days"),
+        _days_between(last_day, pl.coalesce("_started_ts", "_first_window_ts", "_first_ts")).alias(
+            "tenure_days"
+        ),
         pl.col("plan").fill_null(UNKNOWN_PLAN),
         pl.col("mrr").fill_null(0.0),
         pl.col("plan_changes").fill_null(0),

@@ -1,0 +1,341 @@
+"""Training and evaluation: a time split, two calibrated models, holdout metrics, the gate.
+
+The split is by as-of date, never random:
+
+    train dates  <  calibration dates  <  (purged)  <  holdout dates
+
+The holdout is the latest `holdout_dates` as-of dates. A date d whose label
+horizon reaches past the first holdout date (d + horizon > holdout start) is
+purged: its labels were decided by events the holdout's labels also look at,
+and the same customers sit in both, so training on it would let the model
+recall holdout outcomes. The latest remaining dates calibrate the
+probabilities (`estimators.calibrate`), the rest fit the models.
+
+Both pipelines (gradient boosting, the candidate; logistic regression, the
+baseline) are fitted on the same rows and judged on the same holdout.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+
+import numpy as np
+import polars as pl
+from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
+from threadpoolctl import threadpool_limits
+
+from churn_platform.ml.estimators import (
+    BASELINE_KIND,
+    CANDIDATE_KIND,
+    CalibrationMethod,
+    build_estimator,
+    calibrate,
+    positive_probability,
+)
+from churn_platform.ml.frame import LABEL_COLUMN, model_input
+from churn_platform.ml.labels import DEFAULT_HORIZON_DAYS
+
+DEFAULT_SEED = 42
+DEFAULT_MIN_ROC_AUC = 0.75
+DEFAULT_MAX_REGRESSION = 0.005
+
+
+class TrainingError(ValueError):
+    """The training set cannot support the requested split or fit."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = DEFAULT_SEED
+    horizon_days: int = DEFAULT_HORIZON_DAYS
+    holdout_dates: int = 2
+    calibration_dates: int = 1
+    calibration: CalibrationMethod = "sigmoid"
+    max_train_rows: int | None = None  # sample whole customers above this
+    importance_repeats: int = 3
+    importance_rows: int = 3_000
+    # OpenMP threads for the boosting. One by default: two cores shared with a
+    # broker and other runs made four threads spin (a fit took 5-10x longer),
+    # and permutation importance is many small predictions.
+    threads: int | None = 1
+
+
+@dataclass(frozen=True)
+class Split:
+    train: pl.DataFrame
+    calibration: pl.DataFrame
+    holdout: pl.DataFrame
+    train_dates: list[date]
+    calibration_dates: list[date]
+    holdout_dates: list[date]
+    purged_dates: list[date]
+    sampled_customers: int | None = None
+
+    def describe(self) -> dict:
+        def span(dates: list[date]) -> str:
+            return f"{dates[0].isoformat()}..{dates[-1].isoformat()}" if dates else "(none)"
+
+        return {
+            "train_dates": span(self.train_dates),
+            "train_rows": self.train.height,
+            "calibration_dates": span(self.calibration_dates),
+            "calibration_rows": self.calibration.height,
+            "holdout_dates": span(self.holdout_dates),
+            "holdout_rows": self.holdout.height,
+            "purged_dates": [d.isoformat() for d in self.purged_dates],
+        }
+
+
+def split_by_time(table: pl.DataFrame, config: TrainConfig) -> Split:
+    """Train / calibration / holdout by as-of date, purging dates whose labels overlap the holdout."""
+    dates = sorted(table["as_of"].unique().to_list())
+    need = config.holdout_dates + config.calibration_dates + 1
+    if config.holdout_dates < 1 or config.calibration_dates < 1:
+        raise TrainingError("holdout_dates and calibration_dates must each be at least 1")
+    if len(dates) < need:
+        raise TrainingError(
+            f"the training set has {len(dates)} as-of dates; a time split needs at least {need} "
+            f"({config.holdout_dates} holdout, {config.calibration_dates} calibration, 1 train) "
+            "after purging: add dates (training_set's date count or cadence) or more history"
+        )
+    holdout = dates[-config.holdout_dates :]
+    horizon = timedelta(days=config.horizon_days)
+    earlier = [d for d in dates[: -config.holdout_dates] if d + horizon <= holdout[0]]
+    purged = [d for d in dates[: -config.holdout_dates] if d + horizon > holdout[0]]
+    if len(earlier) < config.calibration_dates + 1:
+        raise TrainingError(
+            f"after purging {len(purged)} as-of dates whose {config.horizon_days}-day label "
+            f"horizon overlaps the holdout ({holdout[0].isoformat()}), {len(earlier)} remain; "
+            f"{config.calibration_dates + 1} are needed: add older dates (training_set's date "
+            "count) or a longer history"
+        )
+    calibration = earlier[-config.calibration_dates :]
+    train = earlier[: -config.calibration_dates]
+
+    def rows(chosen: list[date]) -> pl.DataFrame:
+        return table.filter(pl.col("as_of").is_in(chosen))
+
+    train_rows, sampled = _sample_customers(rows(train), config)
+    return Split(
+        train=train_rows,
+        calibration=rows(calibration),
+        holdout=rows(holdout),
+        train_dates=train,
+        calibration_dates=calibration,
+        holdout_dates=holdout,
+        purged_dates=purged,
+        sampled_customers=sampled,
+    )
+
+
+def _sample_customers(train: pl.DataFrame, config: TrainConfig) -> tuple[pl.DataFrame, int | None]:
+    """Whole customers (all their dates) at random, seeded, until about `max_train_rows`."""
+    if config.max_train_rows is None or train.height <= config.max_train_rows:
+        return train, None
+    customers = train["customer_id"].unique().sort()
+    share = config.max_train_rows / train.height
+    keep = customers.sample(fraction=share, seed=config.seed, shuffle=False)
+    return train.filter(pl.col("customer_id").is_in(keep.implode())), keep.len()
+
+
+# --- metrics --------------------------------------------------------------------
+
+
+def top_decile(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
+    """(lift, capture) of the 10% highest scores: churn rate there / overall, share of churners."""
+    n = max(1, int(np.ceil(len(y) * 0.1)))
+    order = np.argsort(-p, kind="stable")[:n]
+    positives = y.sum()
+    if positives == 0:
+        return 0.0, 0.0
+    caught = y[order].sum()
+    return float((caught / n) / (positives / len(y))), float(caught / positives)
+
+
+def evaluate(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    """Holdout metrics: ROC AUC, PR AUC, Brier score, top-decile lift and churn capture."""
+    y = np.asarray(y, dtype=int)
+    if len(np.unique(y)) < 2:
+        raise TrainingError("the holdout holds only one class: ROC AUC is undefined")
+    lift, capture = top_decile(y, p)
+    return {
+        "roc_auc": round(float(roc_auc_score(y, p)), 4),
+        "pr_auc": round(float(average_precision_score(y, p)), 4),
+        "brier": round(float(brier_score_loss(y, p)), 5),
+        "top_decile_lift": round(lift, 3),
+        "top_decile_capture": round(capture, 4),
+        "base_rate": round(float(y.mean()), 4),
+        "rows": int(len(y)),
+        "positives": int(y.sum()),
+    }
+
+
+# --- training -------------------------------------------------------------------
+
+
+@dataclass
+class TrainedModels:
+    candidate: object
+    baseline: object
+    features: list[str]
+    split: Split
+    metrics: dict[str, dict[str, float]]  # {"candidate": {...}, "baseline": {...}}
+    holdout_scores: dict[str, np.ndarray]
+    holdout_labels: np.ndarray
+    importance: pl.DataFrame = field(default_factory=pl.DataFrame)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _xy(rows: pl.DataFrame, features: list[str]) -> tuple[pl.DataFrame, np.ndarray]:
+    return model_input(rows, features), rows[LABEL_COLUMN].cast(pl.Int8).to_numpy()
+
+
+def fit_calibrated(kind, split: Split, features: list[str], config: TrainConfig):
+    x, y = _xy(split.train, features)
+    if len(np.unique(y)) < 2:
+        raise TrainingError("the training dates hold only one class: nothing to learn")
+    fitted = build_estimator(kind, features, config.seed).fit(x, y)
+    xc, yc = _xy(split.calibration, features)
+    if len(np.unique(yc)) < 2:
+        raise TrainingError(
+            f"the calibration dates {split.describe()['calibration_dates']} hold only one class: "
+            "raise calibration_dates or use more customers"
+        )
+    return calibrate(fitted, xc, yc, config.calibration)
+
+
+def train_models(table: pl.DataFrame, features: list[str], config: TrainConfig) -> TrainedModels:
+    """Split by time, fit and calibrate both models, evaluate them on the holdout."""
+    with threadpool_limits(limits=config.threads):
+        return _train_models(table, features, config)
+
+
+def _train_models(table: pl.DataFrame, features: list[str], config: TrainConfig) -> TrainedModels:
+    split = split_by_time(table, config)
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    candidate = fit_calibrated(CANDIDATE_KIND, split, features, config)
+    seconds["candidate_fit"] = time.perf_counter() - started
+    started = time.perf_counter()
+    baseline = fit_calibrated(BASELINE_KIND, split, features, config)
+    seconds["baseline_fit"] = time.perf_counter() - started
+    xh, yh = _xy(split.holdout, features)
+    scores = {
+        "candidate": positive_probability(candidate, xh),
+        "baseline": positive_probability(baseline, xh),
+    }
+    metrics = {name: evaluate(yh, p) for name, p in scores.items()}
+    started = time.perf_counter()
+    importance = feature_importance(candidate, xh, yh, config)
+    seconds["importance"] = time.perf_counter() - started
+    return TrainedModels(
+        candidate=candidate,
+        baseline=baseline,
+        features=features,
+        split=split,
+        metrics=metrics,
+        holdout_scores=scores,
+        holdout_labels=yh,
+        importance=importance,
+        seconds=seconds,
+    )
+
+
+def feature_importance(
+    estimator, x: pl.DataFrame, y: np.ndarray, config: TrainConfig
+) -> pl.DataFrame:
+    """Permutation importance: the drop in holdout ROC AUC when one feature is shuffled.
+
+    Done here rather than with `sklearn.inspection.permutation_importance`,
+    which turns the frame into an array the column-named pipeline cannot read.
+    """
+    rng = np.random.default_rng(config.seed)
+    if x.height > config.importance_rows:
+        rows = np.sort(rng.choice(x.height, config.importance_rows, replace=False))
+        if len(np.unique(y[rows])) == 2:  # a sample with one class has no ROC AUC: keep all
+            x, y = x[rows], y[rows]
+    reference = roc_auc_score(y, positive_probability(estimator, x))
+    means, stds = [], []
+    for name in x.columns:
+        drops = []
+        for _ in range(config.importance_repeats):
+            shuffled = x.with_columns(x[name].gather(rng.permutation(x.height)).alias(name))
+            drops.append(reference - roc_auc_score(y, positive_probability(estimator, shuffled)))
+        means.append(float(np.mean(drops)))
+        stds.append(float(np.std(drops)))
+    return pl.DataFrame({"feature": x.columns, "importance": means, "std": stds}).sort(
+        "importance", descending=True
+    )
+
+
+# --- the promotion gate ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    min_roc_auc: float = DEFAULT_MIN_ROC_AUC
+    max_regression: float = DEFAULT_MAX_REGRESSION  # allowed ROC AUC drop against the champion
+    must_beat_baseline: bool = True
+
+
+def quality_floor(metrics: dict[str, dict[str, float]], gate: GateConfig) -> tuple[bool, list[str]]:
+    """Does the candidate clear the absolute floor (and the baseline, if required)?"""
+    auc, base = metrics["candidate"]["roc_auc"], metrics["baseline"]["roc_auc"]
+    reasons = []
+    ok = auc >= gate.min_roc_auc
+    reasons.append(f"holdout ROC AUC {auc:.4f} {'≥' if ok else '<'} floor {gate.min_roc_auc:.4f}")
+    if gate.must_beat_baseline:
+        beats = auc > base
+        ok = ok and beats
+        reasons.append(f"candidate {auc:.4f} {'>' if beats else '≤'} logistic baseline {base:.4f}")
+    return ok, reasons
+
+
+def no_regression(
+    candidate_auc: float, champion_auc: float | None, champion_version: str | None, gate: GateConfig
+) -> tuple[bool, list[str]]:
+    """Is the candidate at least as good as the champion on the candidate's holdout?"""
+    if champion_auc is None:
+        return True, ["no champion yet: nothing to regress against"]
+    ok = candidate_auc >= champion_auc - gate.max_regression
+    return ok, [
+        f"candidate {candidate_auc:.4f} vs champion {champion_version} {champion_auc:.4f} on the "
+        f"same holdout (allowed drop {gate.max_regression:.4f}): "
+        f"{'no regression' if ok else 'regression'}"
+    ]
+
+
+def model_card(
+    version: str,
+    trained: TrainedModels,
+    training_rows: int,
+    data_range: str,
+    gate_reasons: list[str],
+    passed: bool,
+) -> str:
+    """A short markdown card: what the model is, on what data, how good, against what."""
+    c, b = trained.metrics["candidate"], trained.metrics["baseline"]
+    split = trained.split.describe()
+    lines = [
+        f"# Churn model {version}",
+        "",
+        "Calibrated HistGradientBoostingClassifier (scikit-learn Pipeline); "
+        "baseline: calibrated logistic regression on the same rows.",
+        "",
+        f"- Data: as-of dates {data_range}, {training_rows} rows in the training set",
+        f"- Split by time: train {split['train_dates']} ({split['train_rows']} rows), "
+        f"calibration {split['calibration_dates']} ({split['calibration_rows']}), "
+        f"holdout {split['holdout_dates']} ({split['holdout_rows']}); "
+        f"purged {len(split['purged_dates'])} dates",
+        f"- Features: {len(trained.features)}",
+        "",
+        "| metric | candidate | baseline |",
+        "|---|---:|---:|",
+    ]
+    for key in ("roc_auc", "pr_auc", "brier", "top_decile_lift", "top_decile_capture"):
+        lines.append(f"| {key} | {c[key]} | {b[key]} |")
+    lines += ["", f"Gate: {'passed' if passed else 'failed'}", ""]
+    lines += [f"- {reason}" for reason in gate_reasons]
+    return "\n".join(lines) + "\n"

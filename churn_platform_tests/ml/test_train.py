@@ -1,0 +1,400 @@
+"""Training: the time split, customer sampling, metrics, both models, the gate and the card."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+import numpy as np
+import polars as pl
+import pytest
+from threadpoolctl import threadpool_limits
+
+from churn_platform.events.replay import ReplayMapping, SubscriptionMapping, rows_to_messages
+from churn_platform.lake.store import Lake
+from churn_platform.ml.frame import LABEL_COLUMN
+from churn_platform.ml.train import (
+    GateConfig,
+    TrainConfig,
+    TrainedModels,
+    TrainingError,
+    _sample_customers,
+    evaluate,
+    model_card,
+    no_regression,
+    quality_floor,
+    split_by_time,
+    top_decile,
+    train_models,
+)
+from churn_platform.ml.training_set import (
+    TrainingSet,
+    build_training_set,
+    ensure_inputs,
+    training_dates,
+)
+from churn_platform_tests.defs.lake_builder import append_messages
+
+# small permutation importance: the full default costs more than both fits together
+FAST = TrainConfig(importance_rows=600, importance_repeats=1)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """OpenMP threads only spin on a busy machine (a fit took 10 s instead of 1 s)."""
+    with threadpool_limits(limits=1):
+        yield
+
+
+def weekly_table(dates: int, customers: int = 30, start: date = date(2025, 1, 5)) -> pl.DataFrame:
+    """Customer i is present from date i % 3 on; churned for every fifth customer."""
+    rows = [
+        {
+            "customer_id": f"c{i:03d}",
+            "as_of": start + timedelta(days=7 * k),
+            "x": float(i),
+            LABEL_COLUMN: i % 5 == 0,
+        }
+        for i in range(customers)
+        for k in range(dates)
+        if k >= i % 3
+    ]
+    return pl.DataFrame(rows)
+
+
+# --- the split ---------------------------------------------------------------------
+
+
+def test_split_orders_train_calibration_holdout_and_purges_the_overlap():
+    """Holdout = last 2 dates; a date is purged exactly when d + horizon > first holdout date."""
+    table = weekly_table(10)
+    dates = sorted(table["as_of"].unique().to_list())
+    split = split_by_time(table, TrainConfig())
+
+    assert split.holdout_dates == dates[8:]
+    assert split.purged_dates == dates[4:8]  # 28, 21, 14 and 7 days before the holdout
+    assert split.calibration_dates == [dates[3]]  # 35 days before: its horizon ends in time
+    assert split.train_dates == dates[:3]
+    assert max(split.train_dates) < min(split.calibration_dates)
+    assert max(split.calibration_dates) < min(split.holdout_dates)
+    for rows, chosen in (
+        (split.train, split.train_dates),
+        (split.calibration, split.calibration_dates),
+        (split.holdout, split.holdout_dates),
+    ):
+        assert sorted(rows["as_of"].unique().to_list()) == chosen
+        assert rows.height == table.filter(pl.col("as_of").is_in(chosen)).height
+    purged_rows = table.filter(pl.col("as_of").is_in(split.purged_dates)).height
+    total = split.train.height + split.calibration.height + split.holdout.height + purged_rows
+    assert total == table.height
+    assert split.sampled_customers is None
+    assert split.describe()["purged_dates"] == [d.isoformat() for d in dates[4:8]]
+
+
+def test_purge_boundary_is_strictly_past_the_holdout_start():
+    """d + horizon == first holdout date is kept; one day more and d is purged."""
+    table = weekly_table(6)
+    dates = sorted(table["as_of"].unique().to_list())
+    kept = split_by_time(table, TrainConfig(horizon_days=7))
+    assert kept.purged_dates == [] and kept.calibration_dates == [dates[3]]
+    purged = split_by_time(table, TrainConfig(horizon_days=8))
+    assert purged.purged_dates == [dates[3]]
+    assert purged.calibration_dates == [dates[2]] and purged.train_dates == dates[:2]
+
+
+def test_too_few_dates_are_a_training_error_saying_what_to_add():
+    with pytest.raises(TrainingError) as refused:
+        split_by_time(weekly_table(3), TrainConfig())
+    message = str(refused.value)
+    assert "has 3 as-of dates; a time split needs at least 4" in message
+    assert "2 holdout, 1 calibration, 1 train" in message and "add dates" in message
+
+    with pytest.raises(TrainingError) as refused:
+        split_by_time(weekly_table(6), TrainConfig())  # a 30-day horizon purges all 4 others
+    message = str(refused.value)
+    assert "after purging 4 as-of dates whose 30-day label horizon overlaps" in message
+    assert "0 remain; 2 are needed" in message and "add older dates" in message
+
+    with pytest.raises(TrainingError, match="must each be at least 1"):
+        split_by_time(weekly_table(10), TrainConfig(holdout_dates=0))
+
+
+# --- sampling whole customers -------------------------------------------------------
+
+
+def test_sampling_keeps_whole_customers_seeded_and_about_the_size():
+    table = weekly_table(4, customers=300)  # 300 customers with 2 to 4 dates each
+    config = TrainConfig(max_train_rows=300, seed=5)
+    sample, customers = _sample_customers(table, config)
+
+    assert customers == sample["customer_id"].n_unique() > 0
+    assert 0.7 * 300 <= sample.height <= 1.3 * 300
+    per_customer = table.group_by("customer_id").len()
+    sampled = sample.group_by("customer_id").len()
+    assert (
+        sampled.join(per_customer, on="customer_id", suffix="_all")
+        .filter(pl.col("len") != pl.col("len_all"))
+        .is_empty()
+    )
+
+    again, _ = _sample_customers(table, config)
+    assert set(again["customer_id"]) == set(sample["customer_id"])
+    other, _ = _sample_customers(table, TrainConfig(max_train_rows=300, seed=6))
+    assert set(other["customer_id"]) != set(sample["customer_id"])
+
+    whole, none = _sample_customers(table, TrainConfig(max_train_rows=table.height))
+    assert none is None and whole.height == table.height
+
+
+def test_split_samples_only_the_train_dates():
+    table = weekly_table(10, customers=300)
+    split = split_by_time(table, TrainConfig(max_train_rows=200))
+    everyone = table.filter(pl.col("as_of").is_in(split.holdout_dates)).height
+    assert split.sampled_customers == split.train["customer_id"].n_unique()
+    assert split.train.height < table.filter(pl.col("as_of").is_in(split.train_dates)).height
+    assert split.holdout.height == everyone
+
+
+# --- metrics -------------------------------------------------------------------------
+
+
+def test_top_decile_of_a_perfect_ranking():
+    """Lift = 1/base rate, capped when the churners outnumber the decile; capture likewise."""
+    few = np.array([1] * 5 + [0] * 95)
+    assert top_decile(few, few.astype(float)) == (10.0, 1.0)  # 5 of 10 top, base rate 5%
+    many = np.array([1] * 20 + [0] * 80)
+    assert top_decile(many, many.astype(float)) == (5.0, 0.5)  # 10 of 20 churners in the top
+    assert top_decile(many, 1.0 - many) == (0.0, 0.0)  # the worst ranking catches none
+    assert top_decile(np.zeros(50, dtype=int), np.linspace(0, 1, 50)) == (0.0, 0.0)
+
+    odd = np.array([1] * 10 + [0] * 85)  # 95 rows: the top decile is ceil(9.5) = 10 rows
+    lift, capture = top_decile(odd, odd.astype(float))
+    assert capture == 1.0 and lift == pytest.approx((10 / 10) / (10 / 95))
+
+
+def test_evaluate_on_known_answers():
+    y = np.array([0, 0, 1, 1])
+    metrics = evaluate(y, np.array([0.1, 0.4, 0.35, 0.8]))
+    assert metrics["roc_auc"] == 0.75  # 3 of the 4 (positive, negative) pairs are in order
+    assert metrics["pr_auc"] == pytest.approx(0.8333, abs=1e-4)
+    assert metrics["brier"] == pytest.approx((0.01 + 0.16 + 0.4225 + 0.04) / 4, abs=1e-5)
+    assert (metrics["base_rate"], metrics["rows"], metrics["positives"]) == (0.5, 4, 2)
+
+    perfect = np.array([1] * 5 + [0] * 95)
+    best = evaluate(perfect, perfect * 0.9 + 0.05)
+    assert (best["roc_auc"], best["pr_auc"], best["top_decile_lift"]) == (1.0, 1.0, 10.0)
+    assert best["top_decile_capture"] == 1.0
+    assert best["brier"] == pytest.approx(0.0025)
+
+
+def test_a_one_class_holdout_is_a_training_error():
+    with pytest.raises(TrainingError, match="only one class: ROC AUC is undefined"):
+        evaluate(np.zeros(10), np.linspace(0, 1, 10))
+
+
+# --- both models on the simulated lake ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def training(ml_lake) -> TrainingSet:
+    return build_training_set(ml_lake.lake, ml_lake.dates.dates)
+
+
+@pytest.fixture(scope="module")
+def trained(_one_thread, training) -> TrainedModels:
+    return train_models(training.table, training.features, FAST)
+
+
+def test_candidate_beats_the_floor_and_the_baseline(trained, training):
+    """Observed on this fixture: candidate 0.8773, baseline 0.8516 holdout ROC AUC."""
+    candidate, baseline = trained.metrics["candidate"], trained.metrics["baseline"]
+    assert candidate["roc_auc"] > 0.75 and baseline["roc_auc"] > 0.75
+    assert candidate["roc_auc"] > baseline["roc_auc"]
+    assert candidate["top_decile_lift"] > 2.0
+    assert trained.split.holdout_dates == training.dates[-2:]
+    assert candidate["rows"] == baseline["rows"] == trained.split.holdout.height
+    assert 0 < candidate["positives"] < candidate["rows"]
+
+
+def test_scores_are_probabilities_of_the_holdout_rows(trained):
+    labels = trained.split.holdout[LABEL_COLUMN].cast(pl.Int8).to_numpy()
+    np.testing.assert_array_equal(trained.holdout_labels, labels)
+    for scores in trained.holdout_scores.values():
+        assert scores.shape == (trained.split.holdout.height,)
+        assert np.all((scores >= 0) & (scores <= 1)) and np.isfinite(scores).all()
+        assert scores.std() > 0.01  # not a constant
+
+
+def test_same_seed_same_models(trained, training):
+    again = train_models(training.table, training.features, FAST)
+    for name in ("candidate", "baseline"):
+        np.testing.assert_array_equal(again.holdout_scores[name], trained.holdout_scores[name])
+    assert again.metrics == trained.metrics
+    assert again.importance.equals(trained.importance)
+
+
+def test_importance_lists_every_feature_once_largest_first(trained, training):
+    importance = trained.importance
+    assert importance.columns == ["feature", "importance", "std"]
+    assert sorted(importance["feature"].to_list()) == sorted(training.features)
+    assert importance["feature"].n_unique() == importance.height
+    values = importance["importance"].to_list()
+    assert values == sorted(values, reverse=True) and values[0] > 0
+
+
+# --- the gate --------------------------------------------------------------------------
+
+
+def metrics(candidate: float, baseline: float) -> dict[str, dict[str, float]]:
+    return {"candidate": {"roc_auc": candidate}, "baseline": {"roc_auc": baseline}}
+
+
+def test_quality_floor_boundaries_and_reasons():
+    gate = GateConfig(min_roc_auc=0.8)
+    ok, reasons = quality_floor(metrics(0.8, 0.7), gate)
+    assert ok
+    assert reasons == [
+        "holdout ROC AUC 0.8000 ≥ floor 0.8000",
+        "candidate 0.8000 > logistic baseline 0.7000",
+    ]
+    ok, reasons = quality_floor(metrics(0.7999, 0.7), gate)
+    assert not ok and reasons[0] == "holdout ROC AUC 0.7999 < floor 0.8000"
+
+    tie, reasons = quality_floor(metrics(0.85, 0.85), gate)
+    assert not tie and reasons[1] == "candidate 0.8500 ≤ logistic baseline 0.8500"
+    below_baseline = metrics(0.85, 0.9)
+    assert not quality_floor(below_baseline, gate)[0]
+    relaxed = GateConfig(min_roc_auc=0.8, must_beat_baseline=False)
+    ok, reasons = quality_floor(below_baseline, relaxed)
+    assert ok and reasons == ["holdout ROC AUC 0.8500 ≥ floor 0.8000"]
+    assert not quality_floor(metrics(0.79, 0.5), relaxed)[0]
+
+
+def test_no_regression_boundaries_and_reasons():
+    gate = GateConfig(max_regression=0.01)
+    assert no_regression(0.6, None, None, gate) == (
+        True,
+        ["no champion yet: nothing to regress against"],
+    )
+    ok, reasons = no_regression(0.82 - 0.01, 0.82, "v-old", gate)
+    assert ok and reasons == [
+        "candidate 0.8100 vs champion v-old 0.8200 on the same holdout (allowed drop 0.0100): "
+        "no regression"
+    ]
+    ok, reasons = no_regression(0.8099, 0.82, "v-old", gate)
+    assert not ok and reasons[0].endswith(": regression")
+    assert "0.8099" in reasons[0] and "0.8200" in reasons[0]
+    assert no_regression(0.9, 0.82, "v-old", gate)[0]
+
+
+def test_model_card_has_the_version_both_models_and_the_gate(trained):
+    gate_ok, reasons = quality_floor(trained.metrics, GateConfig())
+    card = model_card("20260630-abc", trained, 15_093, "2026-03-14..2026-05-30", reasons, gate_ok)
+    c, b = trained.metrics["candidate"], trained.metrics["baseline"]
+    assert card.startswith("# Churn model 20260630-abc\n")
+    assert "as-of dates 2026-03-14..2026-05-30, 15093 rows" in card
+    for key in ("roc_auc", "pr_auc", "brier", "top_decile_lift", "top_decile_capture"):
+        assert f"| {key} | {c[key]} | {b[key]} |" in card
+    assert f"Gate: {'passed' if gate_ok else 'failed'}" in card
+    for reason in reasons:
+        assert f"- {reason}\n" in card
+    assert f"purged {len(trained.split.purged_dates)} dates" in card
+    failed = model_card("v2", trained, 1, "x", ["candidate 0.5 < floor"], False)
+    assert "Gate: failed" in failed and "- candidate 0.5 < floor" in failed
+
+
+# --- a replayed catalogue ----------------------------------------------------------------
+
+REPLAY_START = datetime(2025, 1, 1, tzinfo=UTC)
+REPLAY_DAYS = 100
+ACTIONS = ("Page View", "API Call", "Report Export")
+
+
+def replayed_lake(root, customers: int = 300, seed: int = 5) -> Lake:
+    """A user's own data, replayed: an activity log with its own column and event names and a
+    subscriptions table (start, end, tier, monthly) that becomes the lifecycle events. Churners
+    go quiet in their last three weeks."""
+    rng = np.random.default_rng(seed)
+    activity, subscriptions = [], []
+    for c in range(customers):
+        account = f"ACC{c:04d}"
+        first = int(rng.integers(0, 30))
+        engagement = float(rng.gamma(2.0, 1.0)) + 0.2
+        ends = next(
+            (d for d in range(first + 7, REPLAY_DAYS) if rng.random() < 0.006 / engagement), None
+        )
+        for day in range(first, ends if ends is not None else REPLAY_DAYS):
+            quiet = ends is not None and ends - day <= 21
+            for _ in range(int(rng.poisson(engagement * (0.15 if quiet else 1.0)))):
+                ts = REPLAY_START + timedelta(days=day, seconds=int(rng.integers(0, 86_400)))
+                action = ACTIONS[int(rng.choice(3, p=(0.6, 0.3, 0.1)))]
+                seconds = round(float(rng.exponential(40.0)), 2) if action == "Page View" else None
+                activity.append((account, action, ts.strftime("%Y-%m-%d %H:%M:%S"), seconds))
+        until = None if ends is None else REPLAY_START + timedelta(days=ends, hours=12)
+        subscriptions.append(
+            (
+                account,
+                (REPLAY_START + timedelta(days=first, minutes=3)).isoformat(),
+                until.isoformat() if until else None,
+                ("Starter", "Growth")[c % 2],
+                (29.0, 99.0)[c % 2],
+            )
+        )
+    activity_frame = pl.DataFrame(
+        activity, schema=["account", "action", "when", "duration"], orient="row"
+    )
+    subscription_frame = pl.DataFrame(
+        subscriptions, schema=["account", "since", "until", "tier", "monthly"], orient="row"
+    )
+    messages = rows_to_messages(
+        activity_frame,
+        ReplayMapping(
+            customer_id_column="account",
+            event_type_column="action",
+            ts_column="when",
+            value_column="duration",
+        ),
+        source="activity.csv",
+    )
+    messages += rows_to_messages(
+        subscription_frame,
+        SubscriptionMapping(
+            customer_id_column="account",
+            start_column="since",
+            end_column="until",
+            plan_column="tier",
+            mrr_column="monthly",
+        ),
+        source="subscriptions.csv",
+    )
+    lake = Lake(str(root))
+    now = REPLAY_START + timedelta(days=REPLAY_DAYS + 1)
+    append_messages(lake, [value for _, value in messages], now=now)
+    return lake
+
+
+def test_the_pipeline_trains_on_a_replayed_catalogue(tmp_path):
+    """ensure_inputs (polars) → build_training_set → train_models on replayed data, with the
+    catalogue's own activity types as features and labels from its subscriptions table."""
+    lake = replayed_lake(tmp_path / "lake")
+    horizon = 14
+    dates = training_dates(lake, horizon_days=horizon, count=7).dates
+    assert len(dates) == 7
+    computed = ensure_inputs(lake, dates, engine="polars", horizon_days=horizon)
+    assert len(computed) == 2 * len(dates)
+    training = build_training_set(lake, dates)
+
+    for kind in ("page_view", "api_call", "report_export"):
+        assert {f"{kind}_count_7d", f"{kind}_days_since_last"} <= set(training.features)
+    assert "page_view_value_mean_28d" in training.features  # durations became values
+    assert not any(" " in name or name[0].isupper() for name in training.features)
+    assert set(training.table["plan"]) == {"Starter", "Growth"}
+    per_date = training.per_date()
+    assert per_date["churned"].min() > 0  # every date has churners: cancellations were mapped
+
+    config = TrainConfig(horizon_days=horizon, importance_rows=300, importance_repeats=1)
+    trained = train_models(training.table, training.features, config)
+    assert trained.split.holdout_dates == dates[-2:]
+    assert trained.split.purged_dates == [dates[-3]]  # 7 days before, 14-day horizon
+    for name in ("candidate", "baseline"):
+        assert 0.7 < trained.metrics[name]["roc_auc"] <= 1.0  # churners go quiet: learnable
+    assert set(trained.importance["feature"]) == set(training.features)
