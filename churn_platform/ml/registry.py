@@ -1,0 +1,486 @@
+"""The model registry: trained churn models as immutable versions in the lake.
+
+Layout::
+
+    models/churn/<version>/model.skops      the calibrated candidate (skops, not pickle)
+    models/churn/<version>/baseline.skops   the logistic baseline it was compared with (optional)
+    models/churn/<version>/metrics.json     evaluation metrics
+    models/churn/<version>/features.json    the feature columns, in the model's order
+    models/churn/<version>/gate.json        {"passed": bool, "reasons": [...]}: may it serve?
+    models/churn/<version>/training.json    how it was trained (data range, rows, seed, ...)
+    models/churn/<version>/card.md          the model card, for people
+    models/churn/<version>/manifest.json    sha256 and size of every file above; written LAST
+    models/churn/champion.json              which version serves, since when, and why
+    models/churn/promotions.jsonl           every promotion, one JSON object a line
+
+Every file is written atomically (`Lake.write_bytes`), and the manifest last,
+so a version is complete exactly when its manifest exists: a crash mid-save
+leaves a directory that `list_versions` ignores and `load_model` reports as
+incomplete. Loading checks each file against the manifest, so a truncated or
+altered file is reported as corrupt instead of half-loading.
+
+Models are stored with skops rather than pickle because unpickling runs
+arbitrary code. skops only builds the types it is told to trust; besides its
+own defaults (scikit-learn estimators, numpy arrays, builtins) that is
+`TRUSTED_TYPES`, the short explicit list our two pipelines need. A file naming
+any other type is refused (`UntrustedModel`) before anything in it is built.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+import skops.io
+
+from churn_platform.lake.store import Lake, LakeError
+from churn_platform.ml.estimators import positive_probability
+from churn_platform.ml.frame import model_input
+
+MODELS_DIR = "models/churn"
+CHAMPION_FILE = f"{MODELS_DIR}/champion.json"
+PROMOTIONS_FILE = f"{MODELS_DIR}/promotions.jsonl"
+MANIFEST_FILE = "manifest.json"
+MODEL_FILES = {"model": "model.skops", "baseline": "baseline.skops"}
+MANIFEST_FORMAT = 1
+
+# Types a stored model may contain beyond skops' defaults. Found by fitting both
+# pipelines of `estimators.build_estimator`, with and without `estimators.calibrate`
+# (isotonic and sigmoid), and asking `skops.io.get_untrusted_types`; a test
+# recomputes this set from fresh fits, so a scikit-learn upgrade that needs a new
+# type fails there, loudly, instead of in production. None of them runs code on
+# load: skops never calls __init__ or __reduce__ for them, and none reads files.
+TRUSTED_TYPES: tuple[str, ...] = (
+    # SimpleImputer's `_fit_dtype`/`_fill_dtype` (logistic pipeline). skops rebuilds
+    # it as the dtype of an empty array read with np.load(allow_pickle=False).
+    "numpy.dtype",
+    # CalibratedClassifierCV's holder of (frozen estimator, calibrators, classes): a
+    # plain private class, rebuilt by __new__ and a __dict__ update.
+    "sklearn.calibration._CalibratedClassifier",
+    # The sigmoid calibrator (method="sigmoid"): two floats, a and b; a BaseEstimator,
+    # rebuilt by __new__ and BaseEstimator.__setstate__ (version check, dict update).
+    "sklearn.calibration._SigmoidCalibration",
+    # One fitted tree of HistGradientBoostingClassifier: numpy arrays of nodes and bin
+    # thresholds; its __setstate__ only updates __dict__ and casts the node dtype.
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+)
+
+_VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]*$")
+_HEX = frozenset("0123456789abcdef")
+_REMEDY = "materialize churn_model (and churn_champion) to train and register one"
+
+
+class RegistryError(LakeError):
+    """A registry read or write failed; the message names the lake URL."""
+
+
+class ModelMissing(RegistryError):
+    """A version, one of its files, or the champion does not exist (or is incomplete)."""
+
+
+class ModelCorrupt(RegistryError):
+    """A registry file cannot be read as what it should be, or fails its checksum."""
+
+
+class UntrustedModel(RegistryError):
+    """A model file names types outside TRUSTED_TYPES; nothing in it was built."""
+
+
+class PromotionRefused(RegistryError):
+    """promote() was asked to serve a version whose gate did not pass."""
+
+
+# versions --------------------------------------------------------------------
+
+
+def new_version(now: datetime | None = None, token: str | None = None) -> str:
+    """A new version name such as "20261127T040312Z-3fa9c1d2".
+
+    The UTC time first makes names sort oldest to newest as plain strings; the
+    8 hex digits keep two versions made in the same second apart. They are the
+    start of `token` when it is already hex (a Dagster run id, so the version
+    points at its run), a hash of `token` otherwise, and random without one.
+    """
+    moment = _utc(now)
+    if token is None:
+        suffix = uuid.uuid4().hex[:8]
+    else:
+        compact = token.lower().replace("-", "")
+        if len(compact) >= 8 and set(compact) <= _HEX:
+            suffix = compact[:8]
+        else:
+            suffix = hashlib.sha256(token.encode()).hexdigest()[:8]
+    return f"{moment:%Y%m%dT%H%M%SZ}-{suffix}"
+
+
+def version_dir(version: str) -> str:
+    """The lake directory of `version`; refuses names that could escape MODELS_DIR."""
+    if not _VERSION.match(version):
+        raise ValueError(
+            f"bad model version {version!r}: use letters, digits, '.', '_' and '-' "
+            "(see new_version)"
+        )
+    return f"{MODELS_DIR}/{version}"
+
+
+def list_versions(lake: Lake) -> list[str]:
+    """Complete versions (those with a manifest), oldest to newest."""
+    prefix = f"{MODELS_DIR}/"
+    found = []
+    for path in lake.list_files(MODELS_DIR, suffix=MANIFEST_FILE):
+        parts = path[len(prefix) :].split("/") if path.startswith(prefix) else []
+        if len(parts) == 2 and parts[1] == MANIFEST_FILE and _VERSION.match(parts[0]):
+            found.append(parts[0])
+    return sorted(found)
+
+
+# records -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """What the registry knows about one version, without the (large) estimator."""
+
+    version: str
+    features: list[str]
+    metrics: dict
+    gate: dict  # {"passed": bool, "reasons": [str, ...]}
+    training: dict  # free-form: data range, rows, seed, ...
+    created_at: str
+    card: str  # markdown
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A version's estimator with the feature list it must be fed, in order."""
+
+    version: str
+    estimator: object
+    features: list[str]
+    record: ModelRecord
+
+    def predict_proba(self, table: pl.DataFrame) -> np.ndarray:
+        """P(churned) for each row of `table` (a feature table; extra columns are ignored)."""
+        return positive_probability(self.estimator, model_input(table, self.features))
+
+
+def save_model(
+    lake: Lake,
+    version: str,
+    estimator: object,
+    *,
+    features: list[str],
+    metrics: dict,
+    gate: dict,
+    training: dict,
+    card: str,
+    baseline: object | None = None,
+    now: datetime | None = None,
+) -> ModelRecord:
+    """Store a new version; returns its record.
+
+    Versions are immutable (the champion may point at one), so saving over a
+    complete version is refused. The estimators are checked against
+    TRUSTED_TYPES here as well, so a model the loader would refuse fails at
+    training time rather than when it is first served.
+    """
+    base = version_dir(version)
+    if lake.exists(f"{base}/{MANIFEST_FILE}"):
+        raise RegistryError(
+            f"model version {version} already exists at {lake.url(base)}: versions are "
+            "immutable, save under new_version()"
+        )
+    features = _checked_features(features)
+    gate = _checked_gate(gate)
+    created_at = _utc(now).isoformat(timespec="seconds")
+    files = {MODEL_FILES["model"]: _dump(lake, f"{base}/{MODEL_FILES['model']}", estimator)}
+    if baseline is not None:
+        path = f"{base}/{MODEL_FILES['baseline']}"
+        files[MODEL_FILES["baseline"]] = _dump(lake, path, baseline)
+    files["metrics.json"] = _json_bytes(metrics)
+    files["features.json"] = _json_bytes(features)
+    files["gate.json"] = _json_bytes(gate)
+    files["training.json"] = _json_bytes(training)
+    files["card.md"] = card.encode()
+    entries = {}
+    for name, data in files.items():
+        lake.write_bytes(f"{base}/{name}", data)
+        entries[name] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "version": version,
+        "created_at": created_at,
+        "files": entries,
+    }
+    lake.write_bytes(f"{base}/{MANIFEST_FILE}", _json_bytes(manifest))
+    return _record(lake, version, manifest)
+
+
+def read_record(lake: Lake, version: str) -> ModelRecord:
+    """The metadata of a complete `version` (each file checked against the manifest)."""
+    return _record(lake, version, _manifest(lake, version))
+
+
+def load_model(
+    lake: Lake, version: str, *, which: Literal["model", "baseline"] = "model"
+) -> LoadedModel:
+    """`version`'s candidate (or its baseline), checked and built only from trusted types.
+
+    Order matters: the checksum first (a damaged file is ModelCorrupt, not a
+    confusing skops error), then the type check, which only reads the file's
+    schema, so an untrusted object is never constructed.
+    """
+    if which not in MODEL_FILES:
+        raise ValueError(f"which must be 'model' or 'baseline', not {which!r}")
+    manifest = _manifest(lake, version)
+    name = MODEL_FILES[which]
+    path = f"{version_dir(version)}/{name}"
+    if name not in manifest["files"]:
+        raise ModelMissing(
+            f"model version {version} has no {which} ({lake.url(path)} is not in its manifest)"
+        )
+    data = _verified_bytes(lake, path, manifest["files"][name])
+    estimator = _load_trusted(lake, path, data)
+    record = _record(lake, version, manifest)
+    return LoadedModel(
+        version=version, estimator=estimator, features=record.features, record=record
+    )
+
+
+# champion --------------------------------------------------------------------
+
+
+def read_champion(lake: Lake) -> dict | None:
+    """champion.json as a dict, or None before the first promotion."""
+    try:
+        raw = lake.read_bytes(CHAMPION_FILE)
+    except FileNotFoundError:
+        return None
+    champion = _parse_json(lake, CHAMPION_FILE, raw)
+    if not isinstance(champion, dict) or not isinstance(champion.get("version"), str):
+        raise ModelCorrupt(
+            f"{lake.url(CHAMPION_FILE)} does not name a version: promote one again "
+            "(materialize churn_champion)"
+        )
+    return champion
+
+
+def load_champion(lake: Lake) -> LoadedModel:
+    """The model that serves now."""
+    champion = read_champion(lake)
+    if champion is None:
+        raise ModelMissing(
+            f"no champion yet: {lake.url(CHAMPION_FILE)} does not exist; "
+            "materialize churn_model and churn_champion to train and promote one"
+        )
+    try:
+        return load_model(lake, champion["version"])
+    except ModelMissing as exc:
+        raise ModelMissing(
+            f"the champion in {lake.url(CHAMPION_FILE)} is version {champion['version']}, "
+            f"which cannot be found: {exc}"
+        ) from exc
+
+
+def promote(lake: Lake, version: str, *, reason: str, now: datetime | None = None) -> dict:
+    """Make `version` the champion; returns the new champion.json content.
+
+    Only a version whose gate passed may serve, and only one that loads: it is
+    loaded (checksums, trusted types) before anything is written, so the
+    champion never points at a file the scorers cannot read. The history line
+    is written before champion.json, so every champion that ever served is in
+    promotions.jsonl even if the process dies between the two writes.
+    Promotions are expected to run one at a time (a single Dagster asset).
+    """
+    record = read_record(lake, version)
+    if not record.gate.get("passed"):
+        reasons = "; ".join(record.gate.get("reasons") or []) or "no reasons recorded"
+        raise PromotionRefused(
+            f"model version {version} did not pass its gate and cannot be promoted: {reasons}"
+        )
+    load_model(lake, version)
+    current = read_champion(lake)
+    champion = {
+        "version": version,
+        "promoted_at": _utc(now).isoformat(timespec="seconds"),
+        "reason": reason,
+        "metrics": record.metrics,
+        "previous": current["version"] if current else None,
+    }
+    _append_history(lake, champion)
+    lake.write_bytes(CHAMPION_FILE, _json_bytes(champion))
+    return champion
+
+
+def read_promotions(lake: Lake) -> list[dict]:
+    """The promotion history, oldest first (empty before the first promotion)."""
+    try:
+        raw = lake.read_bytes(PROMOTIONS_FILE)
+    except FileNotFoundError:
+        return []
+    return [_parse_json(lake, PROMOTIONS_FILE, line) for line in raw.splitlines() if line.strip()]
+
+
+# internals -------------------------------------------------------------------
+
+
+def _utc(now: datetime | None) -> datetime:
+    if now is None:
+        return datetime.now(UTC)
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError(f"naive datetime {now!r}: use datetime(..., tzinfo=UTC)")
+    return now.astimezone(UTC)
+
+
+def _checked_features(features: list[str]) -> list[str]:
+    features = list(features)
+    if not features or not all(isinstance(name, str) for name in features):
+        raise ValueError("features must be a non-empty list of column names")
+    if len(set(features)) != len(features):
+        raise ValueError(f"features repeat a column: {features}")
+    return features
+
+
+def _checked_gate(gate: dict) -> dict:
+    """The gate decides promotion, so it must say plainly whether it passed."""
+    if not isinstance(gate.get("passed"), bool) or not isinstance(gate.get("reasons", []), list):
+        raise ValueError(f'gate must be {{"passed": bool, "reasons": [str, ...]}}, not {gate!r}')
+    return {**gate, "reasons": [str(reason) for reason in gate.get("reasons", [])]}
+
+
+def _json_default(value: Any) -> Any:
+    """numpy scalars/arrays and dates, which metrics and training info often hold."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    raise TypeError(f"cannot store {type(value).__name__} in registry JSON: {value!r}")
+
+
+def _json_bytes(value: Any) -> bytes:
+    return json.dumps(value, indent=2, sort_keys=True, default=_json_default).encode()
+
+
+def _parse_json(lake: Lake, relative: str, raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelCorrupt(f"{lake.url(relative)} is not valid JSON: {exc}") from exc
+
+
+def _dump(lake: Lake, relative: str, estimator: object) -> bytes:
+    data = skops.io.dumps(estimator)
+    extra = sorted(set(skops.io.get_untrusted_types(data=data)) - set(TRUSTED_TYPES))
+    if extra:
+        raise UntrustedModel(
+            f"not saving {lake.url(relative)}: it contains types outside TRUSTED_TYPES "
+            f"({', '.join(extra)}), so it could not be loaded; review them and add the "
+            "safe ones to churn_platform.ml.registry.TRUSTED_TYPES"
+        )
+    return data
+
+
+def _manifest(lake: Lake, version: str) -> dict:
+    """The manifest of a complete `version`, or ModelMissing saying why there is none."""
+    base = version_dir(version)
+    relative = f"{base}/{MANIFEST_FILE}"
+    try:
+        raw = lake.read_bytes(relative)
+    except FileNotFoundError:
+        if lake.list_files(base):
+            raise ModelMissing(
+                f"model version {version} at {lake.url(base)} is incomplete (no {MANIFEST_FILE}: "
+                f"its save did not finish); {_REMEDY}"
+            ) from None
+        known = list_versions(lake)
+        listing = ", ".join(known[-5:]) if known else "none"
+        raise ModelMissing(
+            f"no model version {version} at {lake.url(base)} (latest versions: {listing}); "
+            f"{_REMEDY}"
+        ) from None
+    manifest = _parse_json(lake, relative, raw)
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise ModelCorrupt(f"{lake.url(relative)} is not a registry manifest")
+    return manifest
+
+
+def _verified_bytes(lake: Lake, relative: str, entry: dict) -> bytes:
+    """The file's bytes, if they are exactly what the manifest recorded."""
+    try:
+        data = lake.read_bytes(relative)
+    except FileNotFoundError:
+        raise ModelMissing(
+            f"{lake.url(relative)} is missing although its version's manifest lists it; {_REMEDY}"
+        ) from None
+    if len(data) != entry.get("size") or hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+        raise ModelCorrupt(
+            f"{lake.url(relative)} does not match its manifest (expected {entry.get('size')} bytes "
+            f"with sha256 {entry.get('sha256')}, found {len(data)} bytes): it was damaged or "
+            "replaced after saving"
+        )
+    return data
+
+
+def _load_trusted(lake: Lake, relative: str, data: bytes) -> object:
+    try:
+        found = skops.io.get_untrusted_types(data=data)
+    except Exception as exc:  # zip, JSON and schema errors alike: skops has no common base
+        raise ModelCorrupt(f"{lake.url(relative)} is not a readable skops file: {exc}") from exc
+    extra = sorted(set(found) - set(TRUSTED_TYPES))
+    if extra:
+        raise UntrustedModel(
+            f"refusing to load {lake.url(relative)}: it contains types outside TRUSTED_TYPES: "
+            f"{', '.join(extra)}"
+        )
+    try:
+        return skops.io.loads(data, trusted=list(TRUSTED_TYPES))
+    except Exception as exc:  # see above
+        raise ModelCorrupt(f"{lake.url(relative)} could not be loaded: {exc}") from exc
+
+
+def _record(lake: Lake, version: str, manifest: dict) -> ModelRecord:
+    base = version_dir(version)
+
+    def read(name: str) -> bytes:
+        entry = manifest["files"].get(name)
+        if entry is None:
+            raise ModelCorrupt(f"{lake.url(base + '/' + MANIFEST_FILE)} does not list {name}")
+        return _verified_bytes(lake, f"{base}/{name}", entry)
+
+    def read_json(name: str) -> Any:
+        return _parse_json(lake, f"{base}/{name}", read(name))
+
+    try:
+        card = read("card.md").decode()
+    except UnicodeDecodeError as exc:
+        raise ModelCorrupt(f"{lake.url(base + '/card.md')} is not UTF-8 text") from exc
+    return ModelRecord(
+        version=version,
+        features=read_json("features.json"),
+        metrics=read_json("metrics.json"),
+        gate=read_json("gate.json"),
+        training=read_json("training.json"),
+        created_at=str(manifest.get("created_at", "")),
+        card=card,
+    )
+
+
+def _append_history(lake: Lake, champion: dict) -> None:
+    """Add one line to promotions.jsonl (read, append, atomic rewrite)."""
+    try:
+        history = lake.read_bytes(PROMOTIONS_FILE)
+    except FileNotFoundError:
+        history = b""
+    if history and not history.endswith(b"\n"):
+        history += b"\n"
+    line = json.dumps(champion, sort_keys=True, default=_json_default).encode() + b"\n"
+    lake.write_bytes(PROMOTIONS_FILE, history + line)
