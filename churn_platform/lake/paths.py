@@ -84,3 +84,16 @@ def parse_range_file(path: str) -> RangeFile | None:
         last=int(match["last"]),
         path=path,
     )
+
+
+SCORES_DIR = "scores/churn_scores"
+SCORES_FILE = "part-0.parquet"
+
+
+def scores_dir(as_of: date) -> str:
+    """The directory of the churn scores of the feature table as of `as_of`."""
+    return f"{SCORES_DIR}/as_of={as_of.isoformat()}"
+
+
+def scores_path(as_of: date) -> str:
+    return f"{scores_dir(as_of)}/{SCORES_FILE}"
