@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dagster as dg
 
-from churn_platform.defs.features.definitions import features_definitions
+from churn_platform.defs.features.definitions import features_definitions, features_partitions
 from churn_platform.defs.ingestion.definitions import ingestion_definitions
+from churn_platform.defs.ml.definitions import ml_definitions
 from churn_platform.defs.resources.beam import BeamRunnerResource
 from churn_platform.defs.resources.kafka import KafkaResource
 from churn_platform.defs.resources.lake import LakeResource
@@ -26,8 +27,10 @@ def resources_from_env() -> dict[str, dg.ConfigurableResource]:
 
 @dg.definitions
 def defs() -> dg.Definitions:
+    partitions = features_partitions()
     return dg.Definitions.merge(
         ingestion_definitions(),
-        features_definitions(),
+        features_definitions(partitions=partitions),
+        ml_definitions(partitions),
         dg.Definitions(resources=resources_from_env()),
     )

@@ -108,7 +108,7 @@ def build_feature_assets(
         except NotYetLabelable as exc:
             # Not a failure: the partition stays unmaterialized until the lake has
             # seen the whole horizon, and a backfill or daily run stays green.
-            context.log.warning(str(exc))
+            context.log.info(str(exc))
             context.log_event(
                 dg.AssetObservation(
                     asset_key=context.asset_key,

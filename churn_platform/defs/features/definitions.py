@@ -62,8 +62,11 @@ def _partitioned_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetChe
         return build_feature_checks(partitions)
 
 
-def features_definitions(environ: Mapping[str, str] | None = None) -> dg.Definitions:
-    partitions = features_partitions(environ)
+def features_definitions(
+    environ: Mapping[str, str] | None = None,
+    partitions: dg.PartitionsDefinition | None = None,
+) -> dg.Definitions:
+    partitions = partitions or features_partitions(environ)
     customer_features, churn_labels = build_feature_assets(partitions)
     features_job = dg.define_asset_job(
         FEATURES_JOB,

@@ -1,0 +1,397 @@
+"""ML wiring, real: training job with blocking gate checks, champion, partitioned scoring."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime, timedelta
+
+import dagster as dg
+import polars as pl
+import pytest
+from threadpoolctl import threadpool_limits
+
+from churn_platform.defs.features.definitions import features_definitions
+from churn_platform.defs.ml.assets import NO_REGRESSION_CHECK, QUALITY_FLOOR_CHECK
+from churn_platform.defs.ml.definitions import SCORING_JOB, TRAINING_JOB, ml_definitions
+from churn_platform.defs.resources.beam import BeamRunnerResource
+from churn_platform.defs.resources.kafka import KafkaResource
+from churn_platform.defs.resources.lake import LakeResource
+from churn_platform.features.materialize import read_features
+from churn_platform.kafka.admin import partitions_of
+from churn_platform.kafka.config import KafkaSettings
+from churn_platform.kafka.reader import OffsetRangeReader
+from churn_platform.lake.paths import scores_dir
+from churn_platform.lake.store import Lake
+from churn_platform.ml import estimators, registry
+from churn_platform.ml.frame import LABEL_COLUMN, model_input
+from churn_platform.ml.score import decode_score_message, read_scores
+from churn_platform.ml.training_set import read_training_set
+from churn_platform_tests.ml.ml_lake import copy_lake
+
+# the session-scoped simulated lake of the ml tests (features and labels at 12 dates)
+
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+POLARS = {"training_set": {"config": {"engine": "polars"}}}
+TRAINING_ASSETS = {"training_set", "churn_model", "churn_champion"}
+VERSION_FILES = {
+    "model.skops",
+    "baseline.skops",
+    "metrics.json",
+    "features.json",
+    "gate.json",
+    "training.json",
+    "card.md",
+    "manifest.json",
+}
+PLOTS = ("roc_curve", "precision_recall_curve", "calibration_curve", "feature_importance")
+PNG = "data:image/png;base64,"
+UNUSED_BOOTSTRAP = KafkaSettings(bootstrap_servers="127.0.0.1:9")
+
+
+def definitions_for(lake: Lake, first: date, settings: KafkaSettings = UNUSED_BOOTSTRAP):
+    """Features + ML definitions over daily partitions from `first`, with real resources."""
+    partitions = dg.DailyPartitionsDefinition(
+        start_date=first.isoformat(), timezone="UTC", end_offset=0
+    )
+    return dg.Definitions.merge(
+        features_definitions(partitions=partitions),
+        ml_definitions(partitions),
+        dg.Definitions(
+            resources={
+                "lake": LakeResource(root=lake.uri),
+                "beam": BeamRunnerResource(),
+                "kafka": KafkaResource.from_settings(settings, "customer-events"),
+            }
+        ),
+    )
+
+
+def run_job(definitions, instance, job: str, ops: dict | None = None, partition=None):
+    return definitions.resolve_job_def(job).execute_in_process(
+        instance=instance,
+        partition_key=partition,
+        run_config={**QUIET, "ops": ops or {}},
+        raise_on_error=False,
+    )
+
+
+def train(lake: Lake, first: date, instance, **model_config) -> dg.ExecuteInProcessResult:
+    ops = {**POLARS, "churn_model": {"config": model_config}} if model_config else POLARS
+    return run_job(definitions_for(lake, first), instance, TRAINING_JOB, ops)
+
+
+def materialized(result) -> dict[str, dg.AssetMaterialization]:
+    return {
+        e.asset_key.to_user_string(): e.materialization
+        for e in result.get_asset_materialization_events()
+    }
+
+
+def evaluations(result) -> dict[str, dg.AssetCheckEvaluation]:
+    return {c.check_name: c for c in result.get_asset_check_evaluations()}
+
+
+def failure_text(result) -> str:
+    """Every step and run failure message of a run, joined."""
+    parts = []
+    for event in result.all_events:
+        if event.is_step_failure:
+            error = event.step_failure_data.error
+            while error is not None:
+                parts.append(f"{error.cls_name}: {error.message}")
+                error = error.cause
+        elif event.is_run_failure and event.message:
+            parts.append(event.message)
+    return "\n".join(parts)
+
+
+def champion_bytes(lake: Lake) -> bytes | None:
+    try:
+        return lake.read_bytes(registry.CHAMPION_FILE)
+    except FileNotFoundError:
+        return None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread_per_library():
+    """OpenMP threads fighting over a busy machine make HistGradientBoosting ~5x slower."""
+    with threadpool_limits(1):
+        yield
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as test_instance:
+        yield test_instance
+
+
+@pytest.fixture(scope="module")
+def trained(ml_lake, tmp_path_factory):
+    """One successful training_job on a copy of the ml lake (read-only: copy it to write)."""
+    lake = copy_lake(ml_lake.lake, tmp_path_factory.mktemp("trained") / "lake")
+    with dg.instance_for_test() as test_instance:
+        result = train(lake, ml_lake.dates.dates[0], test_instance)
+    return lake, result
+
+
+def test_training_job_materializes_the_model_its_checks_and_the_champion(trained, ml_lake):
+    """A good candidate passes both blocking checks, is registered in full and promoted."""
+    lake, result = trained
+    assert result.success
+    done = materialized(result)
+    assert set(done) == TRAINING_ASSETS
+    checks = evaluations(result)
+    assert {name: c.passed for name, c in checks.items()} == {
+        QUALITY_FLOOR_CHECK: True,
+        NO_REGRESSION_CHECK: True,
+    }
+    assert "no champion yet" in checks[NO_REGRESSION_CHECK].metadata["reasons"].value
+
+    meta = done["churn_model"].metadata
+    version = meta["version"].value
+    auc, base = meta["holdout_roc_auc"].value, meta["baseline_roc_auc"].value
+    assert 0.75 <= auc <= 1 and auc > base  # the default floor, and beating the baseline
+    assert meta["top_decile_lift"].value > 1
+    assert meta["gate"].value == "passed"
+    for plot in PLOTS:
+        assert PNG in meta[plot].value, plot
+    assert meta["lake"].value.endswith(f"{registry.MODELS_DIR}/{version}")
+
+    champion = json.loads(lake.read_bytes(registry.CHAMPION_FILE))
+    assert champion["version"] == version and champion["previous"] is None
+    assert done["churn_champion"].metadata["version"].value == version
+    files = lake.list_files(registry.version_dir(version))
+    assert {path.rsplit("/", 1)[1] for path in files} == VERSION_FILES
+    record = registry.read_record(lake, version)
+    assert record.gate["passed"] is True
+    assert record.metrics["candidate"]["roc_auc"] == auc
+
+    training = read_training_set(lake)
+    ts_meta = done["training_set"].metadata
+    assert ts_meta["rows"].value == training.rows > 0
+    assert ts_meta["churn_rate"].value == round(training.positives / training.rows, 4)
+    assert 0 < ts_meta["churn_rate"].value < 1
+    assert ts_meta["as_of_dates"].value == len(ml_lake.dates.dates) == len(training.dates)
+    per_date = ts_meta["per_date"].value
+    assert "| as_of | rows | churned | churn_rate |" in per_date
+    assert all(d.isoformat() in per_date for d in ml_lake.dates.dates)
+    assert ts_meta["computed_inputs"].value.startswith("(none")  # all read from the lake
+
+
+def test_a_failing_quality_floor_blocks_the_champion(trained, ml_lake, tmp_path, instance):
+    """min_roc_auc=0.99 fails quality_floor; churn_champion never runs; the champion stays."""
+    lake = copy_lake(trained[0], tmp_path / "lake")
+    before = champion_bytes(lake)
+    assert before is not None
+    versions_before = registry.list_versions(lake)
+
+    result = train(lake, ml_lake.dates.dates[0], instance, min_roc_auc=0.99)
+
+    assert not result.success
+    checks = evaluations(result)
+    assert not checks[QUALITY_FLOOR_CHECK].passed
+    assert checks[NO_REGRESSION_CHECK].passed
+    assert "< floor 0.9900" in checks[QUALITY_FLOOR_CHECK].metadata["reasons"].value
+    assert checks[QUALITY_FLOOR_CHECK].metadata["floor"].value == 0.99
+    assert set(materialized(result)) == {"training_set", "churn_model"}
+    assert champion_bytes(lake) == before
+    # the failed candidate is registered (for inspection), with its gate recorded
+    (new,) = sorted(set(registry.list_versions(lake)) - set(versions_before))
+    assert registry.read_record(lake, new).gate["passed"] is False
+
+
+def test_a_candidate_worse_than_the_champion_fails_no_regression(
+    trained, ml_lake, tmp_path, instance
+):
+    """A champion that saw the holdout outscores any honest candidate: no_regression fails."""
+    lake = copy_lake(trained[0], tmp_path / "lake")
+    training = read_training_set(lake)
+    x = model_input(training.table, training.features)
+    y = training.table[LABEL_COLUMN].cast(pl.Int8).to_numpy()
+    cheat = estimators.build_estimator(estimators.CANDIDATE_KIND, training.features, seed=1).fit(
+        x, y
+    )
+    version = registry.new_version(token="cheating")
+    registry.save_model(
+        lake,
+        version,
+        cheat,
+        features=training.features,
+        metrics={"candidate": {"roc_auc": 1.0}},
+        gate={"passed": True, "reasons": ["trained on every date, holdout included"]},
+        training={},
+        card="# cheating\n",
+    )
+    registry.promote(lake, version, reason="test: a champion that saw the holdout")
+    before = champion_bytes(lake)
+
+    result = train(lake, ml_lake.dates.dates[0], instance)
+
+    assert not result.success
+    checks = evaluations(result)
+    assert checks[QUALITY_FLOOR_CHECK].passed
+    assert not checks[NO_REGRESSION_CHECK].passed
+    meta = checks[NO_REGRESSION_CHECK].metadata
+    assert meta["champion"].value == version
+    candidate_auc = materialized(result)["churn_model"].metadata["holdout_roc_auc"].value
+    champion_auc = meta["champion_roc_auc_on_holdout"].value
+    assert champion_auc > candidate_auc + 0.005
+    reasons = meta["reasons"].value
+    assert f"{candidate_auc:.4f}" in reasons and f"{champion_auc:.4f}" in reasons
+    assert "regression" in reasons and version in reasons
+    assert "churn_champion" not in materialized(result)
+    assert champion_bytes(lake) == before
+
+
+def read_topic(settings: KafkaSettings, topic: str) -> list:
+    partitions = partitions_of(settings, topic)
+    reader = OffsetRangeReader(settings, topic, dict.fromkeys(partitions, 0))
+    return [message for chunk in reader.chunks() for message in chunk.messages]
+
+
+def test_scoring_job_scores_every_customer_to_the_lake_and_kafka(
+    trained, ml_lake, tmp_path, instance, kafka_settings, topic
+):
+    """The champion scores each active customer once; lake and Kafka hold the same scores."""
+    lake = copy_lake(trained[0], tmp_path / "lake")
+    as_of = ml_lake.dates.dates[-1]
+    champion = registry.read_champion(lake)["version"]
+    definitions = definitions_for(lake, ml_lake.dates.dates[0], kafka_settings)
+    result = run_job(
+        definitions,
+        instance,
+        SCORING_JOB,
+        {"churn_scores": {"config": {"topic": topic}}},
+        partition=as_of.isoformat(),
+    )
+    assert result.success
+    (event,) = result.get_asset_materialization_events()
+    assert event.materialization.partition == as_of.isoformat()
+    meta = event.materialization.metadata
+
+    features = read_features(lake, as_of)
+    customers = meta["customers_scored"].value
+    assert customers == features.height > 0
+    bands = {k: v.value for k, v in meta.items() if k.startswith("band_")}
+    assert set(bands) == {"band_low", "band_medium", "band_high"}
+    assert sum(bands.values()) == customers
+    assert meta["model_version"].value == champion
+    assert PNG in meta["histogram"].value
+    assert "| rank | customer | churn probability | band |" in meta["top_at_risk"].value
+    assert meta["produced_to_kafka"].value == customers
+    assert meta["topic"].value == topic
+
+    scores = read_scores(lake, as_of)
+    assert scores.height == customers
+    assert sorted(scores["customer_id"]) == sorted(features["customer_id"])
+    assert scores["model_version"].unique().to_list() == [champion]
+    assert scores["as_of"].unique().to_list() == [as_of]
+    for band in ("low", "medium", "high"):
+        assert scores.filter(pl.col("risk_band") == band).height == bands[f"band_{band}"]
+
+    messages = read_topic(kafka_settings, topic)
+    assert len(messages) == customers
+    keys = [m.key().decode() for m in messages]
+    assert sorted(keys) == sorted(scores["customer_id"])
+    expected = dict(zip(scores["customer_id"], scores["churn_probability"], strict=True))
+    for message in messages:
+        decoded = decode_score_message(message.value())
+        assert decoded.customer_id == message.key().decode()
+        assert decoded.churn_probability == expected[decoded.customer_id]
+        assert decoded.model_version == champion and decoded.as_of == as_of
+
+
+def test_scoring_without_a_usable_champion_fails_loudly(
+    trained, ml_lake, tmp_path, instance, kafka_settings, topic
+):
+    """No champion, or a damaged champion model file: the run fails and nothing is scored."""
+    as_of = ml_lake.dates.dates[-1]
+    config = {"churn_scores": {"config": {"topic": topic}}}
+
+    untrained = copy_lake(ml_lake.lake, tmp_path / "untrained")
+    definitions = definitions_for(untrained, ml_lake.dates.dates[0], kafka_settings)
+    result = run_job(definitions, instance, SCORING_JOB, config, partition=as_of.isoformat())
+    assert not result.success
+    assert not result.get_asset_materialization_events()
+    text = failure_text(result)
+    assert "no champion yet" in text and "champion.json does not exist" in text
+    assert "ModelMissing" in text
+    assert not untrained.list_files(scores_dir(as_of))
+
+    lake = copy_lake(trained[0], tmp_path / "corrupt")
+    version = registry.read_champion(lake)["version"]
+    model_path = f"{registry.version_dir(version)}/model.skops"
+    damaged = bytearray(lake.read_bytes(model_path))
+    damaged[len(damaged) // 2] ^= 0xFF
+    lake.write_bytes(model_path, bytes(damaged))
+    definitions = definitions_for(lake, ml_lake.dates.dates[0], kafka_settings)
+    result = run_job(definitions, instance, SCORING_JOB, config, partition=as_of.isoformat())
+    assert not result.success
+    assert not result.get_asset_materialization_events()
+    text = failure_text(result)
+    assert lake.url(model_path) in text and "does not match its manifest" in text
+    assert "ModelCorrupt" in text
+    assert not lake.list_files(scores_dir(as_of))
+    assert read_topic(kafka_settings, topic) == []
+
+
+def test_churn_champion_refuses_a_newest_version_that_failed_its_gate(
+    trained, ml_lake, tmp_path, instance
+):
+    """Materializing churn_champion alone never promotes a failed candidate."""
+    lake = copy_lake(trained[0], tmp_path / "lake")
+    current = registry.load_champion(lake)
+    before = champion_bytes(lake)
+    # a minute ahead: a name in the training run's second would sort by its random suffix
+    failed = registry.new_version(now=datetime.now(UTC) + timedelta(minutes=1), token="failed")
+    registry.save_model(
+        lake,
+        failed,
+        current.estimator,
+        features=current.features,
+        metrics=current.record.metrics,
+        gate={"passed": False, "reasons": ["holdout ROC AUC 0.6100 < floor 0.7500"]},
+        training={},
+        card="# failed\n",
+    )
+    assert registry.list_versions(lake)[-1] == failed
+
+    definitions = definitions_for(lake, ml_lake.dates.dates[0])
+    result = definitions.resolve_job_def(TRAINING_JOB).execute_in_process(
+        instance=instance,
+        asset_selection=[dg.AssetKey("churn_champion")],
+        run_config=QUIET,
+        raise_on_error=False,
+    )
+    assert not result.success
+    assert not result.get_asset_materialization_events()
+    text = failure_text(result)
+    assert "PromotionRefused: model version" in text and "did not pass its gate" in text
+    assert failed in text and "0.6100 < floor 0.7500" in text
+    assert champion_bytes(lake) == before
+
+
+def test_the_code_location_loads_the_ml_jobs_and_asset_graph(monkeypatch, tmp_path):
+    """churn_platform.definitions.defs() wires the ML assets, their deps and both jobs."""
+    monkeypatch.setenv("CHURN_LAKE", str(tmp_path / "lake"))
+    monkeypatch.delenv("CHURN_FEATURES_START_DATE", raising=False)
+    from churn_platform.definitions import defs
+
+    definitions = defs()
+    assert definitions.resolve_job_def(TRAINING_JOB)
+    assert definitions.resolve_job_def(SCORING_JOB)
+    graph = definitions.get_repository_def().asset_graph
+
+    def parents(key: str) -> set[str]:
+        return {k.to_user_string() for k in graph.get(dg.AssetKey(key)).parent_keys}
+
+    assert parents("training_set") == {"customer_features", "churn_labels"}
+    assert parents("churn_model") == {"training_set"}
+    assert parents("churn_champion") == {"churn_model"}
+    assert parents("churn_scores") == {"customer_features", "churn_champion"}
+    check_keys = {k.name for k in graph.asset_check_keys if k.asset_key.path == ["churn_model"]}
+    assert check_keys == {QUALITY_FLOOR_CHECK, NO_REGRESSION_CHECK}
+    scores_partitions = definitions.resolve_assets_def("churn_scores").partitions_def
+    assert scores_partitions == definitions.resolve_assets_def("customer_features").partitions_def
+    assert definitions.resolve_assets_def("churn_model").partitions_def is None
+    assert isinstance(definitions.resources["lake"], LakeResource)
