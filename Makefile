@@ -35,6 +35,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/extract.py
 	$(PY) benchmarks/features.py
+	$(PY) benchmarks/model.py
 
 clean:
 	rm -rf var .pytest_cache

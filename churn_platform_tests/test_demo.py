@@ -33,6 +33,40 @@ def test_demo_json_reports_what_it_did(tmp_path, monkeypatch, capsys):
     assert (
         tmp_path / "var" / "demo" / "lake" / "raw" / "_ledger" / "customer-events.json"
     ).exists()
+    # 20 days is too short to train on: features yes, no model, and no pretending
+    assert summary["customers_with_features"] > 0
+    assert "champion_version" not in summary and "customers_scored" not in summary
+
+
+def test_default_demo_runs_the_whole_pipeline(tmp_path, monkeypatch, capsys):
+    """`make demo`'s defaults: extract → features → training set → model → champion → scores.
+
+    Also the quality promise of the README: on the simulator's default demo
+    data the champion's holdout ROC AUC exceeds 0.80 and the logistic baseline.
+    """
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    assert main(["demo", "--json"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert summary["champion_version"] == summary["candidate_version"]
+    assert summary["gate_passed"] is True
+    assert summary["champion_holdout_roc_auc"] > 0.80
+    assert summary["champion_holdout_roc_auc"] > summary["baseline_holdout_roc_auc"]
+    assert summary["champion_top_decile_lift"] > 3.0
+    assert summary["customers_scored"] == summary["customers_with_features"] > 1000
+    assert summary["scores_produced_to_kafka"] == summary["customers_scored"]
+    assert sum(summary["risk_bands"].values()) == summary["customers_scored"]
+    top = summary["top_at_risk"]
+    assert len(top) == 10
+    assert [r["churn_probability"] for r in top] == sorted(
+        (r["churn_probability"] for r in top), reverse=True
+    )
+    assert summary["checks_failed"] == 0 and summary["checks_passed"] > 0
+    assert len(summary["training_as_of_dates"]) == 12
+    champion = tmp_path / "var" / "demo" / "lake" / "models" / "churn" / "champion.json"
+    assert json.loads(champion.read_text())["version"] == summary["champion_version"]
 
 
 def test_extract_command_and_reset(kafka_settings, topic, tmp_path, capsys):

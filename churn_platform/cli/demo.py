@@ -11,6 +11,11 @@ from churn_platform.cli import UserError
 from churn_platform.cli.simulate import add_size_arguments, config_from_args
 from churn_platform.kafka.config import KafkaSettings
 
+# enough customers and history for twelve weekly as-of dates with a 30-day
+# label horizon and a holdout after purging (see churn_platform.ml.train)
+DEMO_CUSTOMERS = 6000
+DEMO_DAYS = 180
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -20,7 +25,7 @@ def add_parser(subparsers) -> None:
         "simulator and materializes the pipeline's assets, then prints a summary.",
     )
     # a few malformed messages by default, so the demo shows the quarantine at work
-    add_size_arguments(parser, bad_fraction=0.002)
+    add_size_arguments(parser, customers=DEMO_CUSTOMERS, days=DEMO_DAYS, bad_fraction=0.002)
     parser.add_argument("--partitions", type=int, default=6, help="topic partitions (default 6)")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     parser.set_defaults(handler=run)
