@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMANDS = ("broker", "simulate", "replay", "extract", "demo", "up")
+SUBCOMMANDS = ("broker", "simulate", "replay", "extract", "demo", "up", "serve")
 
 
 class UserError(Exception):

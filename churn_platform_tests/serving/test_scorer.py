@@ -1,0 +1,323 @@
+"""The streaming scorer against the real embedded broker and a real lake.
+
+One module-scoped world: a simulated history produced to Kafka and extracted
+into a lake (so the ledger and the lake agree with the topic), and a champion
+trained on the shared ML lake. Each test uses its own scores topic and
+consumer group.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from churn_platform.events.simulator import SimulatorConfig, produce_simulation
+from churn_platform.events.validation import validate
+from churn_platform.features.definitions import compute_features
+from churn_platform.features.materialize import materialize_features, read_features
+from churn_platform.ingestion.extract import ExtractConfig, extract_topic
+from churn_platform.kafka.admin import ensure_topic, partitions_of
+from churn_platform.kafka.producer import EventProducer
+from churn_platform.kafka.reader import OffsetRangeReader
+from churn_platform.lake.store import Lake
+from churn_platform.ml import registry
+from churn_platform.ml.frame import model_input
+from churn_platform.ml.train import TrainConfig, train_models
+from churn_platform.ml.training_set import build_training_set
+from churn_platform.serving.scorer import (
+    SCORER_QUARANTINE_DIR,
+    ServeConfig,
+    StreamingScorer,
+    decode_stream_score,
+)
+
+HISTORY_CUSTOMERS = 300
+HISTORY_DAYS = 100
+
+
+@pytest.fixture(scope="module")
+def trained_model(ml_lake):
+    """A candidate trained on the shared ML lake (the simulator's event types)."""
+    training = build_training_set(ml_lake.lake, ml_lake.dates.dates)
+    return train_models(
+        training.table,
+        training.features,
+        TrainConfig(importance_repeats=1, importance_rows=200),
+    )
+
+
+def register(lake: Lake, trained, token: str) -> str:
+    version = registry.new_version(token=token)
+    registry.save_model(
+        lake,
+        version,
+        trained.candidate,
+        features=trained.features,
+        metrics=trained.metrics,
+        gate={"passed": True, "reasons": ["test"]},
+        training={},
+        card="test model",
+    )
+    registry.promote(lake, version, reason="test")
+    return version
+
+
+@pytest.fixture
+def world(kafka_settings, topic, trained_model, tmp_path):
+    """A topic with history, the same history extracted into a lake, a champion."""
+    now = datetime.now(UTC)
+    produce_simulation(
+        kafka_settings,
+        topic,
+        SimulatorConfig(customers=HISTORY_CUSTOMERS, days=HISTORY_DAYS, seed=5, end=now),
+        partitions=3,
+    )
+    lake = Lake(str(tmp_path / "lake"))
+    extract_topic(kafka_settings, lake, ExtractConfig(topic=topic))
+    version = register(lake, trained_model, uuid.uuid4().hex)
+    scores_topic = f"scores-{uuid.uuid4().hex[:8]}"
+    ensure_topic(kafka_settings, scores_topic, partitions=3)
+    return lake, version, scores_topic
+
+
+def customers_of(lake: Lake) -> list[str]:
+    from churn_platform.lake.raw import read_raw_events
+
+    return sorted(read_raw_events(lake)["customer_id"].unique().to_list())
+
+
+def live_event(i: int, customer: str, event_type: str = "login", ts: datetime | None = None):
+    ts = ts or datetime.now(UTC)
+    body = {
+        "event_id": f"live-{uuid.uuid4().hex[:6]}-{i}",
+        "customer_id": customer,
+        "event_type": event_type,
+        "ts": ts.isoformat(),
+    }
+    return json.dumps(body).encode(), customer.encode()
+
+
+def produce(settings, topic, messages) -> None:
+    with EventProducer(settings) as producer:
+        for value, key in messages:
+            producer.send(topic, value, key)
+
+
+def read_scores(settings, topic) -> list:
+    reader = OffsetRangeReader(settings, topic, dict.fromkeys(partitions_of(settings, topic), 0))
+    return [decode_stream_score(m.value()) for c in reader.chunks() for m in c.messages]
+
+
+def wait_for_scores(settings, topic, count: int, timeout: float = 60.0) -> list:
+    deadline = time.monotonic() + timeout
+    while True:
+        scores = read_scores(settings, topic)
+        if len(scores) >= count or time.monotonic() > deadline:
+            return scores
+        time.sleep(0.5)
+
+
+class Running:
+    """A scorer in a thread, stopped on exit."""
+
+    def __init__(self, settings, lake, config: ServeConfig) -> None:
+        self.scorer = StreamingScorer(settings, lake, config)
+        self.ready = threading.Event()
+        self.thread = threading.Thread(
+            target=self.scorer.run, kwargs={"max_seconds": 120, "ready": self.ready}, daemon=True
+        )
+
+    def __enter__(self) -> StreamingScorer:
+        self.thread.start()
+        assert self.ready.wait(60), "the scorer never got its partitions"
+        return self.scorer
+
+    def __exit__(self, *exc) -> None:
+        self.scorer.request_stop()
+        self.thread.join(30)
+        assert not self.thread.is_alive()
+
+
+def config_for(topic, scores_topic, group=None, **overrides) -> ServeConfig:
+    return ServeConfig(
+        topic=topic,
+        scores_topic=scores_topic,
+        group_id=group or f"scorer-{uuid.uuid4().hex[:8]}",
+        reload_interval_s=0.5,
+        log_interval_s=5,
+        **overrides,
+    )
+
+
+def test_streaming_features_and_scores_equal_the_batch_pipeline(kafka_settings, topic, world):
+    """No training/serving skew: the same events give the same features and probabilities."""
+    lake, version, scores_topic = world
+    customers = customers_of(lake)[:40]
+    messages = [live_event(i, c) for i, c in enumerate(customers)]
+    messages += [live_event(100 + i, c, "feature_use") for i, c in enumerate(customers[:10])]
+    config = config_for(topic, scores_topic)
+    with Running(kafka_settings, lake, config) as scorer:
+        produce(kafka_settings, topic, messages)
+        scores = wait_for_scores(kafka_settings, scores_topic, len(messages))
+        assert len(scores) == len(messages)
+        today = datetime.now(UTC).date()
+        model = scorer.champion.model
+        streaming = compute_features(scorer.state.frame(customers), today, scorer.champion.spec)
+
+    # the batch pipeline on the same events: extract them, features as of today
+    extract_topic(kafka_settings, lake, ExtractConfig(topic=topic))
+    materialize_features(lake, today, engine="polars")
+    batch = read_features(lake, today).filter(pl.col("customer_id").is_in(customers))
+    assert batch.height == streaming.height > 0
+    assert_frame_equal(model_input(streaming, model.features), model_input(batch, model.features))
+    # the latest streaming score of each customer is the batch score
+    latest = {}
+    for s in sorted(scores, key=lambda s: (s.scored_at, s.offset)):
+        latest[s.customer_id] = s
+    expected = dict(zip(batch["customer_id"], model.predict_proba(batch), strict=True))
+    for customer, p in expected.items():
+        assert latest[customer].churn_probability == pytest.approx(p, abs=1e-12)
+        assert latest[customer].model_version == version
+        assert latest[customer].as_of == today
+    inactive = [s for s in latest.values() if s.churn_probability is None]
+    assert {s.customer_id for s in inactive} == set(customers) - set(expected)
+    assert all(s.risk_band == "inactive" for s in inactive)
+    # every message names its event: partition, offset and a latency
+    assert len({(s.partition, s.offset) for s in scores}) == len(messages)
+    assert all(0 <= s.latency_ms < 60_000 for s in scores)
+
+
+def test_restart_resumes_warm_and_scores_each_event_once(kafka_settings, topic, world):
+    """A restarted scorer starts from its committed offsets: nothing twice, nothing missed."""
+    lake, _, scores_topic = world
+    customers = customers_of(lake)[:30]
+    group = f"scorer-{uuid.uuid4().hex[:8]}"
+    with Running(kafka_settings, lake, config_for(topic, scores_topic, group)) as first:
+        produce(kafka_settings, topic, [live_event(i, c) for i, c in enumerate(customers)])
+        assert len(wait_for_scores(kafka_settings, scores_topic, 30)) == 30
+        assert first.stats.scored == 30
+        # bootstrapped from the lake: the customers already have their history
+        assert len(first.state) >= HISTORY_CUSTOMERS * 0.9
+    produce(kafka_settings, topic, [live_event(50 + i, c) for i, c in enumerate(customers)])
+    with Running(kafka_settings, lake, config_for(topic, scores_topic, group)) as second:
+        scores = wait_for_scores(kafka_settings, scores_topic, 60)
+        time.sleep(2)  # anything extra would arrive now
+        scores = read_scores(kafka_settings, scores_topic)
+        assert second.stats.scored == 30
+        # the first run's live events are not in the lake yet: they were read again
+        # into the state (so the features count them) but not scored again
+        assert second.stats.replayed == 30
+    keys = [(s.partition, s.offset) for s in scores]
+    assert len(keys) == len(set(keys)) == 60
+
+
+def test_a_new_champion_is_served_without_a_restart(kafka_settings, topic, world, trained_model):
+    lake, version, scores_topic = world
+    customers = customers_of(lake)[:5]
+    with Running(kafka_settings, lake, config_for(topic, scores_topic)) as scorer:
+        produce(kafka_settings, topic, [live_event(i, c) for i, c in enumerate(customers)])
+        wait_for_scores(kafka_settings, scores_topic, 5)
+        newer = register(lake, trained_model, uuid.uuid4().hex)
+        deadline = time.monotonic() + 20
+        while scorer.champion.model.version != newer and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert scorer.champion.loads == 2
+        produce(kafka_settings, topic, [live_event(10 + i, c) for i, c in enumerate(customers)])
+        scores = wait_for_scores(kafka_settings, scores_topic, 10)
+    versions = [s.model_version for s in sorted(scores, key=lambda s: s.offset)]
+    assert {s.model_version for s in scores} == {version, newer}
+    assert sum(v == newer for v in versions) >= 5
+
+
+def test_bad_messages_are_quarantined_and_the_batch_still_scored(kafka_settings, topic, world):
+    lake, _, scores_topic = world
+    customers = customers_of(lake)[:3]
+    good = [live_event(i, c) for i, c in enumerate(customers)]
+    future = datetime.now(UTC) + timedelta(days=30)
+    bad = [
+        (b"{not json", b"k"),
+        (b'{"event_id": "\xff\xfe"}', b"k"),
+        (
+            json.dumps(
+                {
+                    "event_id": "x",
+                    "customer_id": "c",
+                    "event_type": "login",
+                    "ts": future.isoformat(),
+                }
+            ).encode(),
+            b"c",
+        ),
+    ]
+    with Running(kafka_settings, lake, config_for(topic, scores_topic)) as scorer:
+        produce(kafka_settings, topic, good[:1] + bad + good[1:])
+        scores = wait_for_scores(kafka_settings, scores_topic, len(good))
+        deadline = time.monotonic() + 10
+        while scorer.stats.rejected < len(bad) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        group = scorer.config.group_id
+    assert len(scores) == len(good)
+    files = lake.list_files(f"{SCORER_QUARANTINE_DIR}/{group}", ".parquet")
+    quarantined = pl.concat([pl.read_parquet(lake.path(f)) for f in files])
+    # the extract's rules and reason codes, message by message
+    expected = sorted(validate(value).reason for value, _ in bad)
+    assert sorted(quarantined["reason"].to_list()) == expected
+    assert "ts_out_of_range" in expected and "invalid_json" in expected
+    assert set(quarantined["value"].to_list()) == {value for value, _ in bad}
+
+
+def test_serve_command_stops_cleanly_on_sigterm(kafka_settings, topic, world, tmp_path):
+    lake, _, scores_topic = world
+    env = {
+        **os.environ,
+        "CHURN_LAKE": lake.uri,
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
+    }
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "churn_platform.cli",
+                "serve",
+                "--topic",
+                topic,
+                "--scores-topic",
+                scores_topic,
+                "--group",
+                f"cli-{uuid.uuid4().hex[:6]}",
+                "--log-interval",
+                "1",
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while "scoring from" not in log.read_text() and time.monotonic() < deadline:
+                assert process.poll() is None, log.read_text()
+                time.sleep(0.3)
+            produce(kafka_settings, topic, [live_event(0, customers_of(lake)[0])])
+            assert len(wait_for_scores(kafka_settings, scores_topic, 1)) == 1
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(30) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+    text = log.read_text()
+    assert "stopping" in text and "final:" in text
+    assert np.isfinite(len(text))
