@@ -2,26 +2,40 @@
 
 Built when Dagster loads the code location (`@dg.definitions`), not at import:
 resources read which settings exist in the environment and hand them to Dagster
-as `dg.EnvVar`s, which it resolves at run time and never displays.
+as `dg.EnvVar`s, which it resolves at run time and never displays. Settings
+that shape definitions (`CHURN_FEATURES_START_DATE`, `CHURN_TRAINING_CRON`,
+`CHURN_DRIFT_PSI_THRESHOLD`, `CHURN_DRIFT_RETRAIN_COOLDOWN_HOURS`) are read
+here too, and a bad value fails the load with a message naming the variable.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+
 import dagster as dg
 
+from churn_platform.defs.automation import automation_definitions
 from churn_platform.defs.features.definitions import features_definitions, features_partitions
 from churn_platform.defs.ingestion.definitions import ingestion_definitions
 from churn_platform.defs.ml.definitions import ml_definitions
+from churn_platform.defs.monitoring.definitions import monitoring_definitions
 from churn_platform.defs.resources.beam import BeamRunnerResource
+from churn_platform.defs.resources.drift import DriftResource
 from churn_platform.defs.resources.kafka import KafkaResource
 from churn_platform.defs.resources.lake import LakeResource
 
 
-def resources_from_env() -> dict[str, dg.ConfigurableResource]:
+def resources_from_env(
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, dg.ConfigurableResource]:
+    """Every resource, from `environ` (default: the process environment)."""
+    environ = os.environ if environ is None else environ
     return {
-        "kafka": KafkaResource.from_env(),
-        "lake": LakeResource.from_env(),
+        "kafka": KafkaResource.from_env(environ),
+        "lake": LakeResource.from_env(environ),
         "beam": BeamRunnerResource(),
+        "drift": DriftResource.from_env(environ),
     }
 
 
@@ -32,5 +46,7 @@ def defs() -> dg.Definitions:
         ingestion_definitions(),
         features_definitions(partitions=partitions),
         ml_definitions(partitions),
+        monitoring_definitions(partitions),
+        automation_definitions(),
         dg.Definitions(resources=resources_from_env()),
     )

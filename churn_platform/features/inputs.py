@@ -30,6 +30,13 @@ class FeatureInputs:
     window_files: tuple[str, ...]  # read whole
     history_files: tuple[str, ...]  # read for lifecycle events only
 
+    def to_dict(self) -> dict:
+        return {"window": list(self.window_files), "history": list(self.history_files)}
+
+    @classmethod
+    def from_dict(cls, as_of: date, body: dict) -> FeatureInputs:
+        return cls(as_of, tuple(body["window"]), tuple(body["history"]))
+
     @property
     def window_start(self) -> date:
         return self.as_of - timedelta(days=LOOKBACK_DAYS - 1)

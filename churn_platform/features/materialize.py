@@ -34,7 +34,7 @@ from churn_platform.features.definitions import (
     discover_spec,
     window_start,
 )
-from churn_platform.features.inputs import feature_inputs, read_inputs
+from churn_platform.features.inputs import FeatureInputs, feature_inputs, read_inputs
 from churn_platform.lake.paths import (
     FEATURE_SPEC_FILE,
     feature_part_path,
@@ -132,12 +132,13 @@ def materialize_features(
 
 def _materialize_polars(lake: Lake, as_of: date) -> MaterializedFeatures:
     started = time.perf_counter()
-    events = read_inputs(lake, feature_inputs(lake, as_of))
+    inputs = feature_inputs(lake, as_of)
+    events = read_inputs(lake, inputs)
     spec = discover_spec(events, as_of)
     table = compute_features(events, as_of, spec)
     customers = events["customer_id"].n_unique()
     counts = {"customers": customers, "events_read": events.height}
-    files = write_features(lake, as_of, table, spec, counts)
+    files = write_features(lake, as_of, table, spec, counts, inputs)
     return MaterializedFeatures(
         as_of=as_of,
         engine="polars",
@@ -156,6 +157,7 @@ def write_features(
     table: pl.DataFrame,
     spec: FeatureSpec,
     counts: dict[str, int] | None = None,
+    inputs: FeatureInputs | None = None,
 ) -> list[str]:
     """Write the table (one part) and its spec manifest, then drop what a previous run left.
 
@@ -176,6 +178,7 @@ def write_features(
         **(counts or {}),
         "shards": 1,
         "files": [part],
+        **({"inputs": inputs.to_dict()} if inputs else {}),
     }
     lake.write_bytes(spec_file, json.dumps(manifest, indent=2).encode())
     return [part]
@@ -346,27 +349,42 @@ def check_ranges(table: pl.DataFrame, as_of: date, examples: int = 5) -> CheckOu
     return CheckOutcome(not violations, {"rules": len(rules), "violations": violations})
 
 
-def active_customers(lake: Lake, as_of: date) -> pl.Series:
+def read_feature_inputs(lake: Lake, as_of: date) -> FeatureInputs | None:
+    """The raw files the feature table of `as_of` was computed from (None: not recorded)."""
+    try:
+        body = json.loads(lake.read_bytes(feature_spec_path(as_of)))
+    except FileNotFoundError:
+        return None
+    return FeatureInputs.from_dict(as_of, body["inputs"]) if "inputs" in body else None
+
+
+def active_customers(lake: Lake, as_of: date, inputs: FeatureInputs | None = None) -> pl.Series:
     """Customers active at the end of `as_of`, straight from the raw events.
 
     Written apart from `compute_features` on purpose (the row-count check
     compares the two): a customer is active when its latest lifecycle event by
     (ts, event_id) is not a cancellation, or, with no lifecycle events at all,
-    when it had any activity in the lookback window.
+    when it had any activity in the lookback window. With `inputs`, exactly
+    those raw files are read: for today's partition the lake grows while the
+    features run, and the check must judge the table by the lake it saw.
     """
     end = as_of_end(as_of)
     first_window_day = as_of - timedelta(days=LOOKBACK_DAYS - 1)
     lifecycle = sorted(LIFECYCLE_EVENT_TYPES)
     tables = []
-    for f in committed_raw_files(lake, end=as_of):
-        day = event_date_of(f.path)
+    if inputs is None:
+        paths = [f.path for f in committed_raw_files(lake, end=as_of)]
+    else:
+        paths = [*inputs.history_files, *inputs.window_files]
+    for path in paths:
+        day = event_date_of(path)
         in_window = day is not None and day >= first_window_day
         filters = None if in_window else [("event_type", "in", lifecycle)]
         try:
-            with lake.fs.open(lake.path(f.path), "rb") as handle:
+            with lake.fs.open(lake.path(path), "rb") as handle:
                 tables.append(pq.read_table(handle, columns=_STATE_COLUMNS, filters=filters))
         except Exception as exc:  # a damaged file is named, never read as empty
-            raise LakeError(f"could not read {lake.url(f.path)}: {exc}") from exc
+            raise LakeError(f"could not read {lake.url(path)}: {exc}") from exc
     if not tables:
         return pl.Series("customer_id", [], dtype=pl.String)
     events = (

@@ -416,10 +416,13 @@ class WriteShardFn(beam.DoFn):
 class CommitFeaturesFn(beam.DoFn):
     """All parts written → `_spec.json` (spec + counts), and stale parts removed."""
 
-    def __init__(self, lake_uri: str, as_of: date, shards: int) -> None:
+    def __init__(
+        self, lake_uri: str, as_of: date, shards: int, inputs: FeatureInputs | None = None
+    ) -> None:
         self._lake_uri = lake_uri
         self._as_of = as_of
         self._shards = shards
+        self._inputs = inputs
         self._lake: Lake | None = None
         self.stale_removed = Metrics.counter(METRICS_NAMESPACE, "stale_files_removed")
 
@@ -444,6 +447,7 @@ class CommitFeaturesFn(beam.DoFn):
             "events_read": events_read,
             "shards": self._shards,
             "files": paths,
+            **({"inputs": self._inputs.to_dict()} if self._inputs else {}),
         }
         lake.write_bytes(spec_path(self._as_of), json.dumps(manifest, indent=2).encode())
         yield manifest
@@ -457,7 +461,14 @@ class WriteFeatureTable(beam.PTransform):
     """
 
     def __init__(
-        self, lake_uri: str, as_of: date, shards: int, spec, events_read, customers
+        self,
+        lake_uri: str,
+        as_of: date,
+        shards: int,
+        spec,
+        events_read,
+        customers,
+        inputs: FeatureInputs | None = None,
     ) -> None:
         super().__init__()
         self._lake_uri = lake_uri
@@ -466,6 +477,7 @@ class WriteFeatureTable(beam.PTransform):
         self._spec = spec
         self._events_read = events_read
         self._customers = customers
+        self._inputs = inputs
 
     def expand(self, features):
         return (
@@ -478,7 +490,7 @@ class WriteFeatureTable(beam.PTransform):
             | "CollectWritten" >> beam.combiners.ToList()
             | "CommitFeaturesFn"
             >> beam.ParDo(
-                CommitFeaturesFn(self._lake_uri, self._as_of, self._shards),
+                CommitFeaturesFn(self._lake_uri, self._as_of, self._shards, self._inputs),
                 spec=AsSingleton(self._spec),
                 events_read=AsSingleton(self._events_read),
                 customers=AsSingleton(self._customers),
@@ -525,7 +537,7 @@ class CustomerFeatures(beam.PTransform):
         spec = computed.specs | "MergeShardSpecs" >> beam.CombineGlobally(merge_specs)
         customers = computed.customers | "CountCustomers" >> beam.CombineGlobally(sum)
         return computed.features | "WriteFeatureTable" >> WriteFeatureTable(
-            self._lake_uri, self._as_of, self._shards, spec, events_read, customers
+            self._lake_uri, self._as_of, self._shards, spec, events_read, customers, inputs
         )
 
 

@@ -9,6 +9,7 @@ import polars as pl
 import pytest
 
 import churn_platform.defs.features.assets as feature_assets
+from churn_platform.defs.automation import FOLLOW_LABEL, WITH_ASSET_LABEL
 from churn_platform.defs.features.checks import (
     NULLS_CHECK,
     RANGES_CHECK,
@@ -105,9 +106,16 @@ def test_definitions_load_with_feature_assets_checks_job_and_partitions(monkeypa
     check_keys = {k.name for k in graph.asset_check_keys if k.asset_key == features.key}
     assert check_keys == CHECKS
     partitions = definitions.resolve_assets_def("customer_features").partitions_def
-    yesterday = datetime.now(UTC).date() - timedelta(days=1)
+    today = datetime.now(UTC).date()
     assert partitions.get_first_partition_key() == "2024-02-03"
-    assert partitions.get_last_partition_key() == yesterday.isoformat()  # today is not over
+    # today is the latest as-of date: every event so far, refreshed as events arrive
+    assert partitions.get_last_partition_key() == today.isoformat()
+    assert features.automation_condition is not None
+    assert features.automation_condition.get_label() == FOLLOW_LABEL
+    assert labels.automation_condition is None  # labelled by training, never automated
+    for key in graph.asset_check_keys:
+        if key.asset_key == features.key:  # checks join the automated run of their asset
+            assert graph.get(key).automation_condition.get_label() == WITH_ASSET_LABEL, key
     assert definitions.resolve_assets_def("churn_labels").partitions_def == partitions
     assert definitions.resolve_job_def(FEATURES_JOB)
     assert isinstance(definitions.resources["beam"], BeamRunnerResource)

@@ -3,35 +3,37 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import polars as pl
 import pytest
 from threadpoolctl import threadpool_limits
 
-from churn_platform.defs.features.definitions import features_definitions
 from churn_platform.defs.ml.assets import NO_REGRESSION_CHECK, QUALITY_FLOOR_CHECK
-from churn_platform.defs.ml.definitions import SCORING_JOB, TRAINING_JOB, ml_definitions
-from churn_platform.defs.resources.beam import BeamRunnerResource
-from churn_platform.defs.resources.kafka import KafkaResource
+from churn_platform.defs.ml.definitions import SCORING_JOB, TRAINING_JOB
 from churn_platform.defs.resources.lake import LakeResource
 from churn_platform.features.materialize import read_features
 from churn_platform.kafka.admin import partitions_of
 from churn_platform.kafka.config import KafkaSettings
 from churn_platform.kafka.reader import OffsetRangeReader
 from churn_platform.lake.paths import scores_dir
-from churn_platform.lake.store import Lake
 from churn_platform.ml import estimators, registry
 from churn_platform.ml.frame import LABEL_COLUMN, model_input
 from churn_platform.ml.score import decode_score_message, read_scores
 from churn_platform.ml.training_set import read_training_set
+from churn_platform_tests.defs.training_flow import (
+    QUIET,
+    champion_bytes,
+    definitions_for,
+    evaluations,
+    failure_text,
+    materialized,
+    run_job,
+    train,
+)
 from churn_platform_tests.ml.ml_lake import copy_lake
 
-# the session-scoped simulated lake of the ml tests (features and labels at 12 dates)
-
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-POLARS = {"training_set": {"config": {"engine": "polars"}}}
 TRAINING_ASSETS = {"training_set", "churn_model", "churn_champion"}
 VERSION_FILES = {
     "model.skops",
@@ -45,71 +47,6 @@ VERSION_FILES = {
 }
 PLOTS = ("roc_curve", "precision_recall_curve", "calibration_curve", "feature_importance")
 PNG = "data:image/png;base64,"
-UNUSED_BOOTSTRAP = KafkaSettings(bootstrap_servers="127.0.0.1:9")
-
-
-def definitions_for(lake: Lake, first: date, settings: KafkaSettings = UNUSED_BOOTSTRAP):
-    """Features + ML definitions over daily partitions from `first`, with real resources."""
-    partitions = dg.DailyPartitionsDefinition(
-        start_date=first.isoformat(), timezone="UTC", end_offset=0
-    )
-    return dg.Definitions.merge(
-        features_definitions(partitions=partitions),
-        ml_definitions(partitions),
-        dg.Definitions(
-            resources={
-                "lake": LakeResource(root=lake.uri),
-                "beam": BeamRunnerResource(),
-                "kafka": KafkaResource.from_settings(settings, "customer-events"),
-            }
-        ),
-    )
-
-
-def run_job(definitions, instance, job: str, ops: dict | None = None, partition=None):
-    return definitions.resolve_job_def(job).execute_in_process(
-        instance=instance,
-        partition_key=partition,
-        run_config={**QUIET, "ops": ops or {}},
-        raise_on_error=False,
-    )
-
-
-def train(lake: Lake, first: date, instance, **model_config) -> dg.ExecuteInProcessResult:
-    ops = {**POLARS, "churn_model": {"config": model_config}} if model_config else POLARS
-    return run_job(definitions_for(lake, first), instance, TRAINING_JOB, ops)
-
-
-def materialized(result) -> dict[str, dg.AssetMaterialization]:
-    return {
-        e.asset_key.to_user_string(): e.materialization
-        for e in result.get_asset_materialization_events()
-    }
-
-
-def evaluations(result) -> dict[str, dg.AssetCheckEvaluation]:
-    return {c.check_name: c for c in result.get_asset_check_evaluations()}
-
-
-def failure_text(result) -> str:
-    """Every step and run failure message of a run, joined."""
-    parts = []
-    for event in result.all_events:
-        if event.is_step_failure:
-            error = event.step_failure_data.error
-            while error is not None:
-                parts.append(f"{error.cls_name}: {error.message}")
-                error = error.cause
-        elif event.is_run_failure and event.message:
-            parts.append(event.message)
-    return "\n".join(parts)
-
-
-def champion_bytes(lake: Lake) -> bytes | None:
-    try:
-        return lake.read_bytes(registry.CHAMPION_FILE)
-    except FileNotFoundError:
-        return None
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -123,15 +60,6 @@ def one_thread_per_library():
 def instance():
     with dg.instance_for_test() as test_instance:
         yield test_instance
-
-
-@pytest.fixture(scope="module")
-def trained(ml_lake, tmp_path_factory):
-    """One successful training_job on a copy of the ml lake (read-only: copy it to write)."""
-    lake = copy_lake(ml_lake.lake, tmp_path_factory.mktemp("trained") / "lake")
-    with dg.instance_for_test() as test_instance:
-        result = train(lake, ml_lake.dates.dates[0], test_instance)
-    return lake, result
 
 
 def test_training_job_materializes_the_model_its_checks_and_the_champion(trained, ml_lake):

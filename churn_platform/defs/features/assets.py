@@ -2,6 +2,13 @@
 
 Built by `build_feature_assets(partitions_def)` because the partitions' start
 date is decided when definitions load (see `definitions.py`), never at import.
+
+`customer_features` follows the data by itself (`automation.follow_updates()`,
+Dagster's `eager()` that never drops an update): the latest partition (today)
+is requested whenever `raw_customer_events` updates, and only that one (older
+as-of dates are history; backfill them on purpose).
+`churn_labels` is not automated: today is never labelable, and training
+labels the dates it needs.
 """
 
 from datetime import date
@@ -10,6 +17,7 @@ from typing import Literal
 import dagster as dg
 from pydantic import Field
 
+from churn_platform.defs.automation import follow_updates
 from churn_platform.defs.resources.beam import BeamRunnerResource
 from churn_platform.defs.resources.lake import LakeResource
 from churn_platform.features.materialize import (
@@ -58,6 +66,7 @@ def build_feature_assets(
         partitions_def=partitions_def,
         deps=[RAW_EVENTS],
         kinds={"beam", "parquet"},
+        automation_condition=follow_updates(),
     )
     def customer_features(
         context: dg.AssetExecutionContext,
@@ -65,7 +74,10 @@ def build_feature_assets(
         lake: LakeResource,
         beam: BeamRunnerResource,
     ) -> dg.MaterializeResult:
-        """Per-customer churn features of every customer active at the end of the as-of date."""
+        """Per-customer churn features of each customer active at the end of the as-of date.
+
+        Today's partition holds every event so far and is refreshed as events arrive.
+        """
         as_of = date.fromisoformat(context.partition_key)
         store = lake.lake()
         runner = beam.settings() if config.engine == "beam" else None

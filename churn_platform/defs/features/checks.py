@@ -2,7 +2,8 @@
 
 Each check reads the materialized partition back from the lake, so it judges
 what downstream assets will read, whichever engine wrote it. A failed check
-(severity ERROR) stops `churn_labels` when both run in the same run.
+(severity ERROR) stops what is downstream in the same run: `churn_labels` in
+`features_job`, `churn_scores` and `feature_drift` in the automated run of today.
 """
 
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from datetime import date
 import dagster as dg
 import polars as pl
 
+from churn_platform.defs.automation import with_its_asset
 from churn_platform.defs.resources.lake import LakeResource
 from churn_platform.features.materialize import (
     CheckOutcome,
@@ -20,6 +22,7 @@ from churn_platform.features.materialize import (
     check_ranges,
     check_row_count,
     check_schema,
+    read_feature_inputs,
     read_feature_spec,
     read_features,
 )
@@ -47,7 +50,8 @@ def _judge_ranges(lake: Lake, as_of: date, table: pl.DataFrame) -> CheckOutcome:
 
 
 def _judge_row_count(lake: Lake, as_of: date, table: pl.DataFrame) -> CheckOutcome:
-    return check_row_count(table, active_customers(lake, as_of))
+    # judged against the raw files the table was computed from (recorded in _spec.json)
+    return check_row_count(table, active_customers(lake, as_of, read_feature_inputs(lake, as_of)))
 
 
 def _evaluate(context: dg.AssetCheckExecutionContext, lake: Lake, judge: Judge):
@@ -80,6 +84,10 @@ def build_feature_checks(
             "description": description,
             "blocking": True,
             "partitions_def": partitions_def,
+            # Checks without a condition are left out of automated runs, so today's
+            # features would reach churn_scores unchecked: these join every run that
+            # the automation requests for their asset.
+            "automation_condition": with_its_asset(),
         }
 
     @dg.asset_check(

@@ -3,9 +3,13 @@
 The partitions start at `CHURN_FEATURES_START_DATE` (YYYY-MM-DD) when set, else
 at the lake's earliest committed event date when the lake is local and
 readable while definitions load, else `FALLBACK_HISTORY_DAYS` before today.
-Partition d stands for the as-of instant "end of day d (UTC)", so its data is
-complete only once d is over: the latest partition is yesterday's
-(`end_offset=0`), never the day still filling up.
+Partition d stands for the as-of instant "end of day d (UTC)": its features
+count every event before that instant. The latest partition is TODAY's
+(`end_offset=1`): features as of today hold every event extracted so far, are
+rematerialized as events arrive (declarative automation, see
+`assets.build_feature_assets`) and are provisional until the day is over.
+`churn_labels` of today is simply not labelable yet (its horizon lies ahead),
+and training only uses labelable dates, so nothing learns from a partial day.
 """
 
 import os
@@ -49,8 +53,9 @@ def features_start_date(
 
 
 def features_partitions(environ: Mapping[str, str] | None = None) -> dg.DailyPartitionsDefinition:
+    """Daily as-of dates from `features_start_date` through today (UTC), today included."""
     return dg.DailyPartitionsDefinition(
-        start_date=features_start_date(environ).isoformat(), timezone="UTC", end_offset=0
+        start_date=features_start_date(environ).isoformat(), timezone="UTC", end_offset=1
     )
 
 

@@ -6,21 +6,12 @@ import dagster as dg
 
 from churn_platform.defs.ingestion.assets import raw_customer_events_job
 from churn_platform.defs.resources.kafka import KafkaResource
+from churn_platform.defs.runs import job_in_progress
 from churn_platform.kafka.admin import BrokerUnavailable, high_watermarks
-
-_ACTIVE = [
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-]
 
 
 def extract_in_progress(instance: dg.DagsterInstance) -> bool:
-    runs = instance.get_runs(
-        filters=dg.RunsFilter(job_name=raw_customer_events_job.name, statuses=_ACTIVE), limit=1
-    )
-    return bool(runs)
+    return job_in_progress(instance, raw_customer_events_job.name)
 
 
 @dg.sensor(

@@ -4,6 +4,12 @@ Thin wiring over `churn_platform.ml`: each asset reads its settings, calls the
 plain functions and turns what they return into metadata (numbers, tables and
 pictures for the UI). `churn_scores` is partitioned like the features (one
 as-of date per partition); the others describe the model as a whole.
+
+`churn_scores` is automated (`automation.eager_after_checks()`): today's
+partition is requested when today's `customer_features` or `churn_champion`
+updates and the features' blocking checks passed, in the same run as the
+features when both are requested on one tick. Training is not automated here:
+`training_schedule` and `drift_retraining_sensor` start it.
 """
 
 from datetime import UTC, date, datetime
@@ -12,6 +18,7 @@ from typing import Literal
 import dagster as dg
 from pydantic import Field
 
+from churn_platform.defs.automation import eager_after_checks
 from churn_platform.defs.resources.beam import BeamRunnerResource
 from churn_platform.defs.resources.kafka import KafkaResource
 from churn_platform.defs.resources.lake import LakeResource
@@ -331,6 +338,7 @@ def build_scores_asset(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefi
         partitions_def=partitions_def,
         deps=[CUSTOMER_FEATURES, churn_champion],
         kinds={"parquet", "kafka"},
+        automation_condition=eager_after_checks(),
     )
     def churn_scores(
         context: dg.AssetExecutionContext,

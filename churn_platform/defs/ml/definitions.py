@@ -1,4 +1,6 @@
-"""ML wiring: the training set, the gated model, the champion and the scores, with their jobs."""
+"""ML wiring: training set, gated model, champion, scores, their jobs and the training schedule."""
+
+from collections.abc import Mapping
 
 import dagster as dg
 
@@ -8,13 +10,19 @@ from churn_platform.defs.ml.assets import (
     churn_model,
     training_set,
 )
+from churn_platform.defs.ml.schedules import build_training_schedule
 
 TRAINING_JOB = "training_job"
 SCORING_JOB = "scoring_job"
 
 
-def ml_definitions(partitions: dg.PartitionsDefinition) -> dg.Definitions:
-    """ML assets; `churn_scores` shares the feature tables' as-of partitions."""
+def ml_definitions(
+    partitions: dg.PartitionsDefinition, environ: Mapping[str, str] | None = None
+) -> dg.Definitions:
+    """ML assets; `churn_scores` shares the feature tables' as-of partitions.
+
+    `environ` (default: the process environment) may set `CHURN_TRAINING_CRON`.
+    """
     churn_scores = build_scores_asset(partitions)
     training_job = dg.define_asset_job(
         TRAINING_JOB,
@@ -30,4 +38,5 @@ def ml_definitions(partitions: dg.PartitionsDefinition) -> dg.Definitions:
     return dg.Definitions(
         assets=[training_set, churn_model, churn_champion, churn_scores],
         jobs=[training_job, scoring_job],
+        schedules=[build_training_schedule(TRAINING_JOB, environ)],
     )

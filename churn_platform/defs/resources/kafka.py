@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 import dagster as dg
 
-from churn_platform.kafka.config import ENV_TO_CLIENT, KafkaSettings
+from churn_platform.kafka.config import ENV_TO_CLIENT, SECRET_PROPERTIES, KafkaSettings
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 
@@ -21,6 +22,9 @@ _FIELD_ENV = {
     "ssl_key_location": "KAFKA_SSL_KEY_LOCATION",
     "ssl_key_password": "KAFKA_SSL_KEY_PASSWORD",
 }
+_SECRET_FIELDS = frozenset(
+    name for name, env in _FIELD_ENV.items() if ENV_TO_CLIENT[env] in SECRET_PROPERTIES
+)
 
 
 class KafkaResource(dg.ConfigurableResource):
@@ -38,7 +42,7 @@ class KafkaResource(dg.ConfigurableResource):
     ssl_key_password: str | None = None
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> KafkaResource:
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> KafkaResource:
         """A resource whose every setting present in the environment is a `dg.EnvVar`.
 
         Called when definitions load (not at import); values are resolved by
@@ -71,3 +75,10 @@ class KafkaResource(dg.ConfigurableResource):
             if value:
                 security[ENV_TO_CLIENT[env]] = value
         return KafkaSettings(bootstrap_servers=self.bootstrap_servers, security=security)
+
+    def __repr_args__(self):
+        # In a run the fields hold the resolved values: like KafkaSettings, never print
+        # a password, even by accident. Outside a run they are EnvVar names, not secret.
+        for name, value in super().__repr_args__():
+            hidden = name in _SECRET_FIELDS and not isinstance(value, dg.EnvVar) and value
+            yield name, "***" if hidden else value

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 import dagster as dg
 
@@ -15,7 +16,7 @@ class LakeResource(dg.ConfigurableResource):
     root: str = DEFAULT_LAKE_ROOT
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> LakeResource:
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> LakeResource:
         environ = os.environ if environ is None else environ
         if environ.get("CHURN_LAKE"):
             return cls(root=dg.EnvVar("CHURN_LAKE"))
