@@ -720,7 +720,7 @@ class _MessageBuilder:
         for raw in event_type.unique().drop_nulls().to_list():
             name = self._names.get(raw)
             if name is None:
-                name = raw if EVENT_TYPE_RE.match(raw) else normalize_event_type(raw)
+                name = raw if EVENT_TYPE_RE.fullmatch(raw) else normalize_event_type(raw)
                 self._names[raw] = name
                 if name != raw:
                     self.renamed[raw] = name

@@ -111,6 +111,12 @@ def _decode(raw: bytes) -> _WireEvent | Rejection:
         return Rejection(Reason.INVALID_JSON, str(exc))
     except UnicodeDecodeError as exc:
         return Rejection(Reason.INVALID_UTF8, str(exc))
+    except RecursionError:
+        # msgspec recurses once per nesting level, even through fields it skips;
+        # a value nested deeper than the interpreter's limit is a poison message
+        return Rejection(
+            Reason.INVALID_JSON, "JSON nested too deeply to decode (over the recursion limit)"
+        )
 
 
 def _ts_rejection(ts_ms: int, now_ms: int) -> Rejection | None:
@@ -131,7 +137,9 @@ def _post_checks(wire: _WireEvent, ts_ms: int, now: int) -> Rejection | None:
         return Rejection(Reason.BAD_EVENT_ID, "event_id contains control characters")
     if _CONTROL_RE.search(wire.customer_id):
         return Rejection(Reason.BAD_CUSTOMER_ID, "customer_id contains control characters")
-    if not EVENT_TYPE_RE.match(wire.event_type):
+    # fullmatch, not match: Python's `$` also matches before a trailing newline,
+    # RE2's (the batch path) does not
+    if not EVENT_TYPE_RE.fullmatch(wire.event_type):
         return Rejection(
             Reason.BAD_EVENT_TYPE,
             f"event_type {wire.event_type[:80]!r} does not match {EVENT_TYPE_PATTERN}",
@@ -206,7 +214,7 @@ def _decode_all(
         try:
             wires.extend(map(decode, islice(todo, start, None)))
             break
-        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
+        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError):
             bad = start + len(wires) - before
             failed.append(bad)
             start = bad + 1
