@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 # the project-local Dagster instance: dagster.yaml is copied there, data stays under var/
 export DAGSTER_HOME := $(CURDIR)/var/dagster
 
-.PHONY: install demo test up broker lint bench clean
+.PHONY: install chromium demo test up broker lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -19,7 +19,22 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/churn-platform demo
 
-test: $(STAMP)
+# Debian's Chromium for the browser test of `make up`: Playwright drives it and never
+# downloads a browser of its own. Installed with apt when missing (CI runs as root).
+chromium:
+	@command -v chromium >/dev/null && exit 0; \
+	if [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian's chromium for the UI test ..."; \
+		log=$$(mktemp); \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends chromium; } >$$log 2>&1 \
+			|| { tail -20 $$log; rm -f $$log; exit 1; }; \
+		rm -f $$log; \
+	else \
+		echo "chromium is not installed: the UI test will be skipped (apt-get install chromium)"; \
+	fi
+
+test: $(STAMP) chromium
 	$(PY) -m pytest
 
 up: $(STAMP)
@@ -36,6 +51,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/extract.py
 	$(PY) benchmarks/features.py
 	$(PY) benchmarks/model.py
+	$(PY) benchmarks/streaming.py
 
 clean:
 	rm -rf var .pytest_cache

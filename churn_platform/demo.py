@@ -64,18 +64,7 @@ def run_demo(
         log("materializing raw_customer_events with Dagster ...")
         if instance is None:
             instance = stack.enter_context(_instance())
-        result = dg.materialize(
-            [raw_customer_events],
-            instance=instance,
-            # the demo prints its own summary; Dagster's step-by-step log is in the UI
-            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-            resources={
-                "kafka": KafkaResource.from_settings(settings, topic),
-                "lake": LakeResource(root=lake.uri),
-            },
-        )
-        if not result.success:
-            raise RuntimeError("the raw_customer_events run failed; see the Dagster logs above")
+        result = extract_events(lake, settings, topic, instance)
         metadata = result.asset_materializations_for_node("raw_customer_events")[0].metadata
 
         events = read_raw_events(lake, [topic])
@@ -107,6 +96,27 @@ def run_demo(
 
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+def extract_events(
+    lake: Lake, settings: KafkaSettings, topic: str, instance: dg.DagsterInstance
+) -> dg.ExecuteInProcessResult:
+    """Materialize raw_customer_events in this process (shared by `demo` and `up`)."""
+    result = dg.materialize(
+        [raw_customer_events],
+        instance=instance,
+        # the caller prints its own summary; Dagster's step-by-step log is in the UI
+        run_config=QUIET,
+        resources={
+            "kafka": KafkaResource.from_settings(settings, topic),
+            "lake": LakeResource(root=lake.uri),
+        },
+    )
+    if not result.success:
+        raise RuntimeError(
+            f"the raw_customer_events run {result.run_id} failed; see its Dagster logs"
+        )
+    return result
 
 
 def _model_pipeline(
