@@ -13,10 +13,17 @@ arrived within `max_wait_ms`, at most `max_batch` messages) it
    and scores them with the champion in one call;
 4. produces one message per event to `churn-scores` (key customer_id; the
    batch score fields plus the event's partition, offset, event_id and the
-   event-to-score latency), waits for delivery, and only then commits the
-   consumer offsets: at-least-once. A crash between produce and commit makes
-   the next owner score those events again; duplicates carry the same
-   (partition, offset), which identifies them.
+   event-to-score latency) and goes on with the next micro-batch while the
+   broker acknowledges them. A micro-batch's offsets are committed only once
+   every one of its scores is delivered, and only after the batches before it:
+   at-least-once. A crash between produce and commit makes the next owner
+   score those events again; duplicates carry the same (partition, offset),
+   which identifies them. A failed delivery stops the scorer (its offsets and
+   all later ones stay uncommitted).
+
+Waiting for each micro-batch's acknowledgements before reading the next one
+(a `flush()` per batch) kept the scorer idle for a broker round trip per
+batch; see benchmarks/streaming.py for what each choice here measured.
 
 On assignment it loads the partitions' history from the lake (bootstrap) and
 starts at the older of the group's committed offset and the lake's ledger:
@@ -27,15 +34,17 @@ loaded without a restart.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
-from collections import defaultdict, deque
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
 import msgspec
 import numpy as np
+import polars as pl
 import pyarrow as pa
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from threadpoolctl import threadpool_limits
@@ -51,6 +60,7 @@ from churn_platform.ml.score import RiskBands
 from churn_platform.serving.state import CustomerState, bootstrap_state
 
 log = logging.getLogger("churn_platform.serve")
+
 
 DEFAULT_GROUP = "churn-platform-scorer"
 SCORER_QUARANTINE_DIR = "quarantine/scorer"
@@ -76,6 +86,23 @@ class StreamScoreMessage(msgspec.Struct, frozen=True):
     latency_ms: float
 
 
+def _freeze_heap() -> None:
+    """Exempt what is alive now (modules, model, state) from the collector's full passes.
+
+    A full collection walks every tracked object: 150k after start-up, over
+    100 ms on a busy machine, and the scorer stalled for it every few seconds.
+    Frozen objects are never walked again; what the scorer allocates per batch
+    is still collected.
+    """
+    gc.collect()
+    gc.freeze()
+
+
+def _next_offsets(partitions: np.ndarray, offsets: np.ndarray) -> dict[int, int]:
+    """partition → one past the highest offset read: what a commit of these messages says."""
+    return {int(p): int(offsets[partitions == p].max()) + 1 for p in np.unique(partitions)}
+
+
 def decode_stream_score(value: bytes) -> StreamScoreMessage:
     return msgspec.json.decode(value, type=StreamScoreMessage)
 
@@ -85,8 +112,12 @@ class ServeConfig:
     topic: str = EVENTS_TOPIC
     scores_topic: str = SCORES_TOPIC
     group_id: str = DEFAULT_GROUP
-    max_batch: int = 5_000
+    # A big batch is cheap when there is a backlog: the features of a customer
+    # cost the same for one new event as for fifty. Live, a batch is what
+    # arrived while the previous one was scored (or within `max_wait_ms`).
+    max_batch: int = 50_000
     max_wait_ms: int = 5
+    commit_interval_ms: int = 100  # delivered offsets are committed at most this often
     reload_interval_s: float = 2.0
     log_interval_s: float = 10.0
     bands: RiskBands = field(default_factory=RiskBands)
@@ -102,11 +133,26 @@ class ScorerStats:
     inactive: int = 0
     replayed: int = 0  # events added to state without a score (already scored before)
     batches: int = 0
+    busy_s: float = 0.0  # time spent on batches (not waiting for messages)
     # the latest latencies (bounded: a long-running scorer must not grow)
     latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=200_000))
 
     def latency(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else 0.0
+
+
+@dataclass
+class _InFlight:
+    """A micro-batch whose scores are on their way: its offsets wait for every delivery."""
+
+    offsets: dict[int, int]  # partition → the next offset to commit
+    pending: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def delivered(self, err, _msg) -> None:
+        self.pending -= 1
+        if err is not None:
+            self.errors.append(str(err))
 
 
 def spec_for(features: list[str]) -> FeatureSpec:
@@ -143,6 +189,7 @@ class ChampionWatcher:
         model = registry.load_champion(self.lake)  # corrupt or untrusted: fails loudly
         self.model, self.spec, self._marker = model, spec_for(model.features), marker
         self.loads += 1
+        gc.freeze()  # the new model is long-lived too (see _freeze_heap)
         log.info("serving champion %s (%d features)", model.version, len(model.features))
         return True
 
@@ -160,8 +207,10 @@ class StreamingScorer:
         self._stop = threading.Event()
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
-        self._delivery_errors: list[str] = []
-        self._committed: list[TopicPartition] = []  # the latest offsets committed per partition
+        self._inflight: deque[_InFlight] = deque()  # produced, oldest first
+        self._delivered: dict[int, int] = {}  # partition → next offset, all scores delivered
+        self._committed: dict[int, int] = {}  # partition → offset last sent in a commit
+        self._commit_due = 0.0
         self._window = ScorerStats()
         self._window_started = time.monotonic()
 
@@ -195,6 +244,9 @@ class StreamingScorer:
                     "session.timeout.ms": self.config.session_timeout_ms,
                     "heartbeat.interval.ms": max(500, self.config.session_timeout_ms // 6),
                     "fetch.wait.max.ms": 10,
+                    # librdkafka's default (1 s) pauses a partition whenever its local
+                    # queue is full: a backlog would be read in stalls
+                    "fetch.queue.backoff.ms": 10,
                     "isolation.level": "read_committed",
                 }
             )
@@ -211,16 +263,24 @@ class StreamingScorer:
         # Micro-batches are small: OpenMP threads in the model's predict cost more
         # to wake than they save (and spin against the broker on a busy machine).
         limits = threadpool_limits(limits=1)
+        window = self.config.max_wait_ms / 1000
         try:
             while not self.stopping and (deadline is None or time.monotonic() < deadline):
                 if ready is not None and self.assigned:
                     ready.set()
                 self.champion.poll()
+                # Always a full window, even right after a long batch: taking what is
+                # queued at once made more, smaller batches and was no faster here.
                 messages = self._consumer.consume(
-                    num_messages=self.config.max_batch, timeout=self.config.max_wait_ms / 1000
+                    num_messages=self.config.max_batch, timeout=window
                 )
+                started = time.monotonic()
                 if messages:
                     self._process(messages)
+                self._settle()
+                finished = time.monotonic()
+                self.stats.busy_s += finished - started
+                self._window.busy_s += finished - started
                 self._maybe_log()
         finally:
             limits.restore_original_limits()
@@ -244,10 +304,13 @@ class StreamingScorer:
     def _close(self) -> None:
         if self._producer is not None:
             self._producer.flush(30)
+            try:
+                self._settle(commit=False)
+            except KafkaException as exc:  # commit what was delivered before the failure
+                log.error("%s", exc)
         if self._consumer is not None:
             try:
-                if self._committed:  # make the last asynchronous commit certain
-                    self._consumer.commit(offsets=self._committed, asynchronous=False)
+                self._commit_now(set(self._delivered), asynchronous=False)
             except KafkaException as exc:
                 log.warning("final offset commit: %s", exc)
             try:
@@ -287,17 +350,22 @@ class StreamingScorer:
             )
         self.assigned.update(numbers)
         consumer.assign(partitions)
+        _freeze_heap()
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Every batch is produced before the next poll, so nothing is pending; make
-        # the partitions' last asynchronous commit certain before the next owner reads it.
+        # Wait for the scores still on their way, then commit what was delivered,
+        # synchronously, before the next owner reads the partitions' offsets.
         revoked = {p.partition for p in partitions}
-        mine = [tp for tp in self._committed if tp.partition in revoked]
-        if mine:
-            try:
-                consumer.commit(offsets=mine, asynchronous=False)
-            except KafkaException as exc:
-                log.warning("commit on revoke: %s", exc)
+        if self._producer is not None:
+            self._producer.flush(30)
+            self._settle(commit=False)
+        try:
+            self._commit_now(revoked, asynchronous=False, consumer=consumer)
+        except KafkaException as exc:
+            log.warning("commit on revoke: %s", exc)
+        for partition in revoked:
+            self._delivered.pop(partition, None)
+            self._committed.pop(partition, None)
         self.assigned.difference_update(revoked)
 
     # --- one micro-batch ------------------------------------------------------------
@@ -321,120 +389,161 @@ class StreamingScorer:
         if batch.rejects:
             self._quarantine(batch.rejects, metas)
 
+        partitions = np.fromiter((m.partition() for m in metas), np.int64, len(metas))
+        offsets = np.fromiter((m.offset() for m in metas), np.int64, len(metas))
+        inflight = _InFlight(_next_offsets(partitions, offsets))
         events = batch.events
-        positions = batch.indices.to_pylist()
-        ts_ms = events.column("ts").cast(pa.int64()).to_pylist()
-        rows = list(
-            zip(
-                events.column("event_id").to_pylist(),
-                events.column("customer_id").to_pylist(),
-                events.column("event_type").to_pylist(),
-                ts_ms,
-                events.column("value").to_pylist(),
-                events.column("attributes").to_pylist(),
-                strict=True,
-            )
-        )
-        self.state.add(rows)
-        owed = [
-            (row, metas[pos])
-            for row, pos in zip(rows, positions, strict=True)
-            if metas[pos].offset() >= self.score_from.get(metas[pos].partition(), 0)
-        ]
-        replayed = len(rows) - len(owed)
-        self.stats.replayed += replayed
-        if owed:
-            self._score_and_produce(owed)
-        self._commit(metas)
+        if events.num_rows:
+            frame = pl.from_arrow(events)
+            self.state.add_events(frame)
+            positions = batch.indices.to_numpy()
+            owed = self._owed(partitions[positions], offsets[positions])
+            if owed is None:  # every event (the usual case)
+                owed = np.arange(len(positions))
+            self.stats.replayed += len(positions) - len(owed)
+            if len(owed):
+                self._score_and_produce(frame, metas, positions, owed, inflight)
+        # only now: a batch that failed half-way must never count as delivered
+        self._inflight.append(inflight)
         self.stats.batches += 1
+        self._window.batches += 1
 
-    def _score_and_produce(self, owed: list) -> None:
+    def _owed(self, partitions: np.ndarray, offsets: np.ndarray) -> np.ndarray | None:
+        """Rows whose event is owed a score (None: all of them); the others were scored before."""
+        score_from = self.score_from
+        if all(
+            offsets[partitions == p].min() >= score_from.get(int(p), 0)
+            for p in np.unique(partitions)
+        ):
+            return None
+        floor = np.array([score_from.get(int(p), 0) for p in partitions], dtype=np.int64)
+        return np.flatnonzero(offsets >= floor)
+
+    def _score_and_produce(
+        self,
+        frame: pl.DataFrame,
+        metas: list,
+        positions: np.ndarray,
+        owed: np.ndarray,
+        inflight: _InFlight,
+    ) -> None:
         model, spec = self.champion.model, self.champion.spec
         assert model is not None and spec is not None
-        # each customer as of the date of its latest owed event
-        latest: dict[str, int] = {}
-        for row, _ in owed:
-            latest[row[1]] = max(latest.get(row[1], 0), row[3])
-        by_day: dict[date, list[str]] = defaultdict(list)
-        for customer, ts in latest.items():
-            by_day[datetime.fromtimestamp(ts / 1000, UTC).date()].append(customer)
-        scores: dict[str, tuple[date, float]] = {}
-        for as_of, customers in by_day.items():
-            features = compute_features(self.state.frame(customers), as_of, spec)
+        rows = frame[owed] if len(owed) < frame.height else frame
+        # each customer as of the date of its latest owed event, all of a date in one call
+        latest = rows.group_by("customer_id").agg(pl.col("ts").max().dt.date().alias("as_of"))
+        scores: dict[str, tuple[date, float, str]] = {}
+        bands = self.config.bands
+        for (as_of,), customers in latest.group_by("as_of"):
+            features = compute_features(
+                self.state.frame(customers["customer_id"].to_list()), as_of, spec
+            )
             if features.height:
-                probabilities = model.predict_proba(features)
+                probabilities = model.predict_proba(features).tolist()
                 for customer, p in zip(features["customer_id"], probabilities, strict=True):
-                    scores[customer] = (as_of, float(p))
+                    scores[customer] = (as_of, p, bands.band(p))
         scored_at = datetime.now(UTC)
         scored_ms = int(scored_at.timestamp() * 1000)
         encode = msgspec.json.encode
-        topic, bands = self.config.scores_topic, self.config.bands
-        for row, message in owed:
-            customer = row[1]
+        topic, version = self.config.scores_topic, model.version
+        produce, delivered = self._producer.produce, inflight.delivered
+        latencies: list[float] = []
+        inactive = 0
+        event_dates = None
+        for i, (customer, event_id, position) in enumerate(
+            zip(
+                rows["customer_id"].to_list(),
+                rows["event_id"].to_list(),
+                positions[owed].tolist(),
+                strict=True,
+            )
+        ):
             hit = scores.get(customer)
-            if hit is None:
-                as_of, p, band = (
-                    datetime.fromtimestamp(row[3] / 1000, UTC).date(),
-                    None,
-                    INACTIVE_BAND,
-                )
-                self.stats.inactive += 1
-            else:
-                as_of, p = hit
-                band = bands.band(p)
-            _, created = message.timestamp()
+            if hit is None:  # inactive after its events (e.g. cancelled): nobody to score
+                if event_dates is None:
+                    event_dates = rows["ts"].dt.date().to_list()
+                hit = (event_dates[i], None, INACTIVE_BAND)
+                inactive += 1
+            message = metas[position]
+            created = message.timestamp()[1]
             latency = float(scored_ms - created) if created > 0 else 0.0
             value = encode(
                 StreamScoreMessage(
                     customer_id=customer,
-                    as_of=as_of,
-                    churn_probability=p,
-                    risk_band=band,
-                    model_version=model.version,
+                    as_of=hit[0],
+                    churn_probability=hit[1],
+                    risk_band=hit[2],
+                    model_version=version,
                     scored_at=scored_at,
                     partition=message.partition(),
                     offset=message.offset(),
-                    event_id=row[0],
+                    event_id=event_id,
                     latency_ms=latency,
                 )
             )
-            self._produce(topic, customer.encode(), value)
-            self.stats.latencies_ms.append(latency)
-            self._window.latencies_ms.append(latency)
-        self._flush()
-        self.stats.scored += len(owed)
-        self._window.scored += len(owed)
-
-    def _produce(self, topic: str, key: bytes, value: bytes) -> None:
-        while True:
+            key = customer.encode()
+            inflight.pending += 1
             try:
-                self._producer.produce(topic, value, key, on_delivery=self._on_delivery)
+                produce(topic, value, key, on_delivery=delivered)
+            except BufferError:
+                self._produce_when_room(topic, value, key, delivered)
+            latencies.append(latency)
+        self.stats.inactive += inactive
+        self.stats.latencies_ms.extend(latencies)
+        self._window.latencies_ms.extend(latencies)
+        self.stats.scored += len(latencies)
+        self._window.scored += len(latencies)
+        self._producer.poll(0)  # serve delivery reports of earlier batches
+
+    def _produce_when_room(self, topic: str, value: bytes, key: bytes, on_delivery) -> None:
+        while True:
+            self._producer.poll(0.05)
+            try:
+                self._producer.produce(topic, value, key, on_delivery=on_delivery)
                 return
             except BufferError:
-                self._producer.poll(0.05)
+                continue
 
-    def _on_delivery(self, err, _msg) -> None:
-        if err is not None:
-            self._delivery_errors.append(str(err))
+    def _settle(self, commit: bool = True) -> None:
+        """Take in delivery reports; batches fully delivered, oldest first, may be committed.
 
-    def _flush(self) -> None:
-        remaining = self._producer.flush(30)
-        if remaining or self._delivery_errors:
-            errors, self._delivery_errors = self._delivery_errors[:3], []
-            raise KafkaException(
-                f"scores not delivered to {self.config.scores_topic!r} ({remaining} pending, "
-                f"errors: {errors}); offsets not committed, the events will be scored again"
-            )
+        A failed delivery raises: neither its batch's offsets nor any later
+        batch's are committed, so the next owner scores those events again.
+        """
+        if self._producer is None:
+            return
+        self._producer.poll(0)
+        inflight = self._inflight
+        while inflight and inflight[0].pending <= 0:
+            done = inflight.popleft()
+            if done.errors:
+                inflight.clear()
+                raise KafkaException(
+                    f"scores not delivered to {self.config.scores_topic!r} (errors: "
+                    f"{done.errors[:3]}); offsets not committed, the events will be scored again"
+                )
+            self._delivered.update(done.offsets)
+        if commit and time.monotonic() >= self._commit_due:
+            self._commit_now(set(self._delivered), asynchronous=True)
 
-    def _commit(self, metas: list) -> None:
-        last: dict[int, int] = {}
-        for message in metas:
-            last[message.partition()] = max(last.get(message.partition(), -1), message.offset())
-        offsets = [TopicPartition(self.config.topic, p, o + 1) for p, o in last.items()]
-        self._consumer.commit(offsets=offsets, asynchronous=True)
-        done = {tp.partition: tp for tp in self._committed}
-        done.update({tp.partition: tp for tp in offsets})
-        self._committed = list(done.values())
+    def _commit_now(
+        self, partitions: set[int], asynchronous: bool, consumer: Consumer | None = None
+    ) -> None:
+        """Commit the delivered offsets of `partitions` that moved since the last commit."""
+        consumer = consumer or self._consumer
+        moved = {
+            p: o
+            for p, o in self._delivered.items()
+            if p in partitions
+            and p in self.assigned
+            and (asynchronous is False or self._committed.get(p) != o)
+        }
+        if not moved or consumer is None:
+            return
+        offsets = [TopicPartition(self.config.topic, p, o) for p, o in moved.items()]
+        consumer.commit(offsets=offsets, asynchronous=asynchronous)
+        self._committed.update(moved)
+        self._commit_due = time.monotonic() + self.config.commit_interval_ms / 1000
 
     def _quarantine(self, rejects: list[tuple[int, str, str]], metas: list) -> None:
         now = datetime.now(UTC)
@@ -477,7 +586,7 @@ class StreamingScorer:
         w = self._window
         log.info(
             "%s%d events (%.0f/s), %d scored, %d rejected, latency p50 %.1f ms p99 %.1f ms, "
-            "%d customers in state, model %s",
+            "%d batches (%.1f ms each, busy %.0f%%), %d customers in state, model %s",
             "final: " if final else "",
             w.consumed,
             w.consumed / seconds,
@@ -485,6 +594,9 @@ class StreamingScorer:
             w.rejected,
             w.latency(50),
             w.latency(99),
+            w.batches,
+            1000 * w.busy_s / max(w.batches, 1),
+            100 * w.busy_s / seconds,
             len(self.state),
             self.champion.model.version if self.champion.model else "(none)",
         )

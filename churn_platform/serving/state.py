@@ -14,10 +14,12 @@ nothing twice.
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
+import numpy as np
 import polars as pl
 
 from churn_platform.events.contract import LIFECYCLE_EVENT_TYPES
@@ -30,105 +32,137 @@ from churn_platform.lake.store import Lake
 # one row per event: (event_id, customer_id, event_type, ts_ms, value, attributes)
 Row = tuple[str, str, str, int, float | None, str | None]
 _LIFECYCLE = frozenset(LIFECYCLE_EVENT_TYPES)
-_ROW_SCHEMA = {**EVENT_SCHEMA, "ts": pl.Int64}
-_MS_PER_DAY = 86_400_000
+_ROW_SCHEMA = {**EVENT_SCHEMA, "ts": pl.Int64}  # `Row`s and as_datetime=False frames
+_TS = pl.Datetime("ms", "UTC")
+_TAIL_CHUNKS = 64  # batches (and merged chunks) in the tail before a merge
 
 
 class CustomerState:
     """Event rows per customer; `frame(customers)` is their events in `EVENT_SCHEMA`.
 
-    Two tiers, so that handing many customers' events to polars stays cheap:
-    a columnar `base` frame sorted by customer (what the bootstrap loaded and
-    what earlier compactions folded in), indexed by customer → (start, length)
-    for zero-copy slices, and recent rows as Python tuples per customer. Once
-    `compact_rows` recent rows pile up they are folded into the base (and
-    activity older than the lookback is dropped). Repeated event ids are kept:
-    `compute_features` counts an event id once, as it does in batch.
+    The rows live in one columnar store in arrival order: a `base` frame (one
+    chunk: what the bootstrap loaded and what earlier compactions folded in)
+    and a `tail` of the micro-batches added since, chunk by chunk. An index
+    keeps each customer's row numbers (an `array('q')`, appended to as events
+    come), so `frame` gathers a few customers' rows in time that does not grow
+    with the state, and no event is ever sorted or moved to be found. Asked for
+    most customers, it filters everything in one pass instead. Once
+    `compact_rows` rows are in the tail they are folded into the base (a copy,
+    no sort); the tail's newest batches are merged into one chunk every
+    `_TAIL_CHUNKS` batches (a copy of those rows only).
+
+    Two earlier designs cost more than the features themselves in a busy
+    scorer: recent events as Python tuples (polars building a frame of 100k
+    tuples a micro-batch) and a base kept sorted by customer (sorting a
+    million rows on every compaction: seconds, with the scorer stalled).
+    Repeated event ids are kept: `compute_features` counts an event id once,
+    as it does in batch.
     """
 
     def __init__(self, compact_rows: int = 200_000) -> None:
         self.compact_rows = compact_rows
-        self._base = pl.DataFrame(schema=_ROW_SCHEMA)
-        self._index: dict[str, tuple[int, int]] = {}
-        self._recent: dict[str, list[Row]] = {}
-        self._recent_rows = 0
+        self._base = pl.DataFrame(schema=EVENT_SCHEMA)  # stored as compute_features reads it
+        self._tail = pl.DataFrame(schema=EVENT_SCHEMA)
+        self._tail_merged = 0  # rows at the start of the tail already in merged chunks
+        self._index: dict[str, array] = {}  # customer → row numbers (base, then tail)
 
     def __len__(self) -> int:
-        return len(self._index.keys() | self._recent.keys())
+        return len(self._index)
 
     @property
     def events(self) -> int:
-        return self._base.height + self._recent_rows
+        return self._base.height + self._tail.height
 
     def customers(self) -> list[str]:
-        return sorted(self._index.keys() | self._recent.keys())
+        return sorted(self._index)
 
     def add(self, rows: Iterable[Row]) -> int:
         """Add event rows (ts in epoch ms); returns how many."""
-        added = 0
-        recent = self._recent
-        for row in rows:
-            bucket = recent.get(row[1])
-            if bucket is None:
-                bucket = recent[row[1]] = []
-            bucket.append(row)
-            added += 1
-        self._recent_rows += added
-        if self._recent_rows >= self.compact_rows:
+        rows = list(rows)
+        if not rows:
+            return 0
+        return self.add_events(pl.DataFrame(rows, schema=_ROW_SCHEMA, orient="row"))
+
+    def add_events(self, events: pl.DataFrame) -> int:
+        """Add a micro-batch of events (EVENT_COLUMNS, ts a datetime or epoch ms)."""
+        if events.height == 0:
+            return 0
+        frame = _rows(events)
+        self._index_rows(frame, self.events)
+        tail = pl.concat([self._tail, frame], how="vertical", rechunk=False)
+        if tail.n_chunks() > 2 * _TAIL_CHUNKS:
+            # merge the batches added since the last merge into one chunk (a copy of
+            # those rows only); all of the tail once it holds that many merged chunks
+            merged = self._tail_merged
+            head, new = tail.slice(0, merged), tail.slice(merged).rechunk()
+            tail = (
+                pl.concat([head, new], how="vertical", rechunk=head.n_chunks() >= _TAIL_CHUNKS)
+                if merged
+                else new
+            )
+            self._tail_merged = tail.height
+        self._tail = tail
+        if tail.height >= self.compact_rows:
             self.compact()
-        return added
+        return frame.height
 
     def add_frame(self, events: pl.DataFrame) -> int:
         """Add an event frame (EVENT_COLUMNS, ts as a datetime or epoch ms) to the base tier."""
         if events.height == 0:
             return 0
-        frame = events.select(EVENT_COLUMNS)
-        if frame.schema["ts"] != pl.Int64:
-            frame = frame.with_columns(pl.col("ts").dt.epoch("ms"))
-        self._rebuild(pl.concat([self._base, frame.cast(_ROW_SCHEMA)], how="vertical"))
+        frame = _rows(events)
+        self.compact()  # keeps row numbers: the base is then everything held
+        self._index_rows(frame, self.events)
+        self._base = pl.concat([self._base, frame], how="vertical").rechunk()
         return frame.height
 
     def merge(self, other: CustomerState) -> int:
         """Add every row `other` holds (what a bootstrap loaded); returns how many."""
-        return self.add_frame(other.frame(other.customers(), as_datetime=False))
+        return self.add_frame(pl.concat([other._base, other._tail], how="vertical"))
 
     def rows_of(self, customer_id: str) -> list[Row]:
         return list(self.frame([customer_id], as_datetime=False).iter_rows())
 
     def frame(self, customers: Iterable[str], as_datetime: bool = True) -> pl.DataFrame:
         """The held events of `customers` as an event frame for `compute_features`."""
-        parts: list[pl.DataFrame] = []
-        rows: list[Row] = []
-        index, recent, base = self._index, self._recent, self._base
-        for customer_id in customers:
-            span = index.get(customer_id)
-            if span is not None:
-                parts.append(base.slice(span[0], span[1]))
-            bucket = recent.get(customer_id)
-            if bucket:
-                rows.extend(bucket)
-        if rows or not parts:
-            parts.append(pl.DataFrame(rows, schema=_ROW_SCHEMA, orient="row"))
-        frame = pl.concat(parts, how="vertical", rechunk=False) if len(parts) > 1 else parts[0]
-        return (
-            frame.with_columns(pl.col("ts").cast(pl.Datetime("ms", "UTC")))
-            if as_datetime
-            else frame
-        )
+        wanted = [c for c in dict.fromkeys(customers) if c in self._index]
+        if len(wanted) * 2 >= len(self._index) and len(wanted) > 100:
+            # most of the customers: one pass over everything beats gathering
+            everything = pl.concat([self._base, self._tail], how="vertical", rechunk=False)
+            frame = everything.filter(pl.col("customer_id").is_in(wanted))
+        elif not wanted:
+            frame = self._base.clear()
+        else:
+            index = self._index
+            rows = np.concatenate([np.frombuffer(index[c], dtype=np.int64) for c in wanted])
+            in_base = self._base.height
+            if rows.max() < in_base:
+                frame = self._base[rows]
+            else:
+                head = rows < in_base
+                frame = pl.concat(
+                    [self._base[rows[head]], self._tail[rows[~head] - in_base]],
+                    how="vertical",
+                    rechunk=False,
+                )
+        return frame if as_datetime else frame.with_columns(pl.col("ts").dt.epoch("ms"))
 
     def compact(self, today: date | None = None) -> None:
-        """Fold recent rows into the base; with `today`, also drop activity past the lookback."""
-        rows = [row for bucket in self._recent.values() for row in bucket]
-        self._recent, self._recent_rows = {}, 0
-        table = pl.concat(
-            [self._base, pl.DataFrame(rows, schema=_ROW_SCHEMA, orient="row")], how="vertical"
+        """Fold the tail into the base; with `today`, also drop activity past the lookback."""
+        if today is None:
+            if self._tail.height:
+                self._base = pl.concat([self._base, self._tail], how="vertical").rechunk()
+                self._tail, self._tail_merged = self._base.clear(), 0
+            return
+        cutoff = datetime(today.year, today.month, today.day, tzinfo=UTC) - timedelta(
+            days=LOOKBACK_DAYS - 1
         )
-        if today is not None:
-            cutoff = _day_start_ms(today) - (LOOKBACK_DAYS - 1) * _MS_PER_DAY
-            table = table.filter(
-                (pl.col("ts") >= cutoff) | pl.col("event_type").is_in(sorted(_LIFECYCLE))
-            )
-        self._rebuild(table)
+        table = pl.concat([self._base, self._tail], how="vertical").filter(
+            (pl.col("ts") >= cutoff) | pl.col("event_type").is_in(sorted(_LIFECYCLE))
+        )
+        self._base, self._tail, self._index = table.rechunk(), table.clear(), {}
+        self._tail_merged = 0
+        self._index_rows(table, 0)
 
     def prune(self, today: date) -> int:
         """Forget activity events older than the lookback of `today` (lifecycle events stay)."""
@@ -136,21 +170,40 @@ class CustomerState:
         self.compact(today)
         return before - self.events
 
-    def _rebuild(self, table: pl.DataFrame) -> None:
-        self._base = table.sort("customer_id", "ts", maintain_order=True).rechunk()
-        spans = self._base.group_by("customer_id", maintain_order=True).len()
-        starts = spans["len"].cum_sum() - spans["len"]
-        self._index = dict(
-            zip(
-                spans["customer_id"].to_list(),
-                zip(starts.to_list(), spans["len"].to_list(), strict=True),
-                strict=True,
-            )
+    def _index_rows(self, frame: pl.DataFrame, first_row: int) -> None:
+        """Record that `frame`'s rows are rows first_row, first_row + 1, ... of the store."""
+        index = self._index
+        if frame.height < 10_000:
+            for row, customer in enumerate(frame["customer_id"].to_list(), first_row):
+                rows = index.get(customer)
+                if rows is None:
+                    rows = index[customer] = array("q")
+                rows.append(row)
+            return
+        groups = (
+            frame.select("customer_id")
+            .with_row_index("row", offset=first_row)
+            .group_by("customer_id", maintain_order=True)
+            .agg(pl.col("row").cast(pl.Int64))
         )
+        for customer, rows in zip(
+            groups["customer_id"].to_list(), groups["row"].to_list(), strict=True
+        ):
+            held = index.get(customer)
+            if held is None:
+                index[customer] = array("q", rows)
+            else:
+                held.extend(rows)
 
 
-def _day_start_ms(day: date) -> int:
-    return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1000)
+def _rows(events: pl.DataFrame) -> pl.DataFrame:
+    """`events` in the store's columns and types (EVENT_SCHEMA; ts may come as epoch ms)."""
+    frame = events.select(EVENT_COLUMNS)
+    if frame.schema == EVENT_SCHEMA:  # a validated batch: nothing to convert
+        return frame
+    if frame.schema["ts"].is_integer():
+        frame = frame.with_columns(pl.col("ts").cast(pl.Int64).cast(_TS))
+    return frame.cast(EVENT_SCHEMA)
 
 
 @dataclass(frozen=True)

@@ -321,3 +321,35 @@ def test_serve_command_stops_cleanly_on_sigterm(kafka_settings, topic, world, tm
     text = log.read_text()
     assert "stopping" in text and "final:" in text
     assert np.isfinite(len(text))
+
+
+# --- scale out: partitions are the unit of parallelism ---------------------------------
+
+
+def test_two_scorers_split_the_partitions_and_score_every_event_once(
+    kafka_settings,
+    topic,
+    world,  # noqa: F811
+):
+    lake, _, scores_topic = world
+    group = f"scale-{uuid.uuid4().hex[:8]}"
+    customers = customers_of(lake)[:120]
+    first = Running(kafka_settings, lake, config_for(topic, scores_topic, group))
+    second = Running(kafka_settings, lake, config_for(topic, scores_topic, group))
+    with first as a, second as b:
+        # wait until the rebalance settled: both hold partitions, none twice
+        deadline = time.monotonic() + 45
+        while time.monotonic() < deadline and not (a.assigned and b.assigned):
+            time.sleep(0.2)
+        assert a.assigned and b.assigned, (a.assigned, b.assigned)
+        assert not a.assigned & b.assigned
+        assert a.assigned | b.assigned == {0, 1, 2}
+        produce(kafka_settings, topic, [live_event(i, c) for i, c in enumerate(customers)])
+        scores = wait_for_scores(kafka_settings, scores_topic, len(customers))
+        time.sleep(1.5)  # a duplicate would show up now
+        scores = read_scores(kafka_settings, scores_topic)
+        assert a.stats.scored > 0 and b.stats.scored > 0
+        assert a.stats.scored + b.stats.scored == len(customers)
+    keys = [(s.partition, s.offset) for s in scores]
+    assert len(keys) == len(set(keys)) == len(customers)
+    assert {s.customer_id for s in scores} == set(customers)
