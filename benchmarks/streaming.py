@@ -25,10 +25,11 @@ this order:
     CreateTime, which the producer client stamps when `produce()` is called);
   - end-to-end: the time this process read the score − the time the producer
     called `produce()` for the event (both `time.time_ns()`, one machine).
-  "Kept up": every event scored, at least 97% of them within the measured
-  window, and the second half's median end-to-end latency at most 1.5 × the
-  first half's + 100 ms (a backlog that builds up shows as growth). The lag
-  when the producer stopped and the time to score the rest (drain) are kept;
+  "Kept up": every event scored, the second half's median end-to-end latency
+  at most 1.5 × the first half's + 100 ms (a backlog that builds up shows as
+  growth), and the rest scored within twice that median + 1 s after the
+  producer stopped (the drain). The lag at the stop and the events scored
+  within the window are kept too;
 * throughput, `--rounds` times (after the live events went to the lake): a
   backlog of `--backlog` live events is produced as fast as possible; the
   reference reads it with a raw consume loop (`assign()`, large `consume()`
@@ -558,15 +559,18 @@ def throughput_round(args, settings, lake, topic, customers, work, number: int, 
 # --- parent: latency at fixed rates ------------------------------------------------------
 
 
-def kept_up(produced: int, scored: int, scored_in_window: int, halves: list) -> bool:
-    """Scored as fast as produced (97%), every event, and latency not growing over the window.
+def kept_up(produced: int, scored: int, halves: list, drain_s: float) -> bool:
+    """Every event scored, latency not growing over the window, and the rest scored promptly.
 
-    A lag at the producer's stop says little by itself: a scorer that batches a
-    second of events at a time always has about a second of them in hand.
+    A scorer that falls behind shows it as a latency that grows from the first
+    half of the window to the second, and as a long drain after the producer
+    stopped. The lag at the stop says little by itself: a scorer that batches
+    two seconds of events at a time always has about two seconds of them in hand.
     """
     first, second = halves
-    steady = first is not None and second is not None and second <= 1.5 * first + 100
-    return scored == produced and scored_in_window >= 0.97 * produced and steady
+    if first is None or second is None or scored != produced:
+        return False
+    return second <= 1.5 * first + 100 and drain_s <= 2 * second / 1000 + 1
 
 
 def latency_phase(args, settings, topic, scorer, reader, cpu, customers_file, rate, work, number):
@@ -659,7 +663,7 @@ def latency_phase(args, settings, topic, scorer, reader, cpu, customers_file, ra
         "end_to_end_ms": percentiles(scored["e2e_ms"].to_list()),
         "lag_at_end": lag_at_end,
         "drain_s": round(drained - stopped, 2),
-        "kept_up": kept_up(measured.height, scored.height, scored_in_window.height, halves),
+        "kept_up": kept_up(measured.height, scored.height, halves, drained - stopped),
         # the second half against the first: a growing latency is a backlog building up
         "e2e_p50_ms_first_half_second_half": halves,
         "cpu_cores": cpu.share(window_start, stopped),
@@ -960,8 +964,8 @@ def main() -> None:
             "end_to_end": "score read by this process - producer's produce() call (time_ns)",
             "throughput": "backlog events / (last score read - scorer's partitions assigned)",
             "raw_consume": "assign + consume(100k) to EOF reading value/partition/offset",
-            "kept_up": "every event scored; scored in the measured window >= 97% of produced; "
-            "end-to-end p50 of the window's second half <= 1.5 x first half + 100 ms",
+            "kept_up": "every event scored; end-to-end p50 of the window's second half <= "
+            "1.5 x the first half's + 100 ms; the rest scored within 2 x that p50 + 1 s of the stop",
             "bare_consumer": "same producer and rate to another topic, read by this process: "
             "what the broker and the clients alone take (end-to-end)",
             "cpu_cores": "CPU seconds / wall seconds over the measured window (psutil)",
