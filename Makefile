@@ -52,6 +52,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/features.py
 	$(PY) benchmarks/model.py
 	$(PY) benchmarks/streaming.py
+	$(PY) benchmarks/freshness.py
 
 clean:
 	rm -rf var .pytest_cache
