@@ -127,3 +127,11 @@ QUARANTINE_SCHEMA = pa.schema(
         pa.field("quarantined_at", pa.timestamp("ms", tz="UTC"), nullable=False),
     ]
 )
+
+
+def quarantine_table(columns) -> pa.Table:
+    """Quarantine rows given column by column, in `QUARANTINE_SCHEMA` order."""
+    return pa.table(
+        [pa.array(c, type=f.type) for c, f in zip(columns, QUARANTINE_SCHEMA, strict=True)],
+        schema=QUARANTINE_SCHEMA,
+    )

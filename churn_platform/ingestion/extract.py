@@ -31,9 +31,9 @@ import pyarrow as pa
 from churn_platform.events.contract import (
     DEFAULT_MAX_MESSAGE_BYTES,
     EVENTS_TOPIC,
-    QUARANTINE_SCHEMA,
     RAW_EVENTS_DICTIONARY_COLUMNS,
     RAW_EVENTS_STATISTICS_COLUMNS,
+    quarantine_table,
 )
 from churn_platform.events.validation import now_ms, validate_batch
 from churn_platform.kafka.admin import ensure_topic, partitions_of
@@ -478,13 +478,7 @@ class _Sink:
             self.rejects = []
             for partition, rows in by_partition.items():
                 columns = list(zip(*rows, strict=True))
-                table = pa.table(
-                    [
-                        pa.array(col, type=f.type)
-                        for col, f in zip(columns, QUARANTINE_SCHEMA, strict=True)
-                    ],
-                    schema=QUARANTINE_SCHEMA,
-                )
+                table = quarantine_table(columns)
                 path = quarantine_path(self.topic, partition, min(columns[2]), max(columns[2]))
                 self._submit(partition, path, table, 0, Counter(columns[5]))
                 if self.dead_letters is not None:

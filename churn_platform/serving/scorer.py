@@ -45,11 +45,10 @@ from datetime import UTC, date, datetime
 import msgspec
 import numpy as np
 import polars as pl
-import pyarrow as pa
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from threadpoolctl import threadpool_limits
 
-from churn_platform.events.contract import EVENTS_TOPIC, QUARANTINE_SCHEMA, SCORES_TOPIC
+from churn_platform.events.contract import EVENTS_TOPIC, SCORES_TOPIC, quarantine_table
 from churn_platform.events.validation import now_ms, validate_batch
 from churn_platform.features.definitions import FeatureSpec, compute_features
 from churn_platform.kafka.admin import ensure_topic
@@ -561,10 +560,7 @@ class StreamingScorer:
             for i, reason, detail in rejects
         ]
         columns = list(zip(*rows, strict=True))
-        table = pa.table(
-            [pa.array(c, type=f.type) for c, f in zip(columns, QUARANTINE_SCHEMA, strict=True)],
-            schema=QUARANTINE_SCHEMA,
-        )
+        table = quarantine_table(columns)
         first, last = min(columns[2]), max(columns[2])
         partition = columns[1][0]
         path = (
