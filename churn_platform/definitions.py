@@ -34,7 +34,7 @@ def resources_from_env(
     return {
         "kafka": KafkaResource.from_env(environ),
         "lake": LakeResource.from_env(environ),
-        "beam": BeamRunnerResource(),
+        "beam": BeamRunnerResource.from_env(environ),
         "drift": DriftResource.from_env(environ),
     }
 
