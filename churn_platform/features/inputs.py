@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 
 import polars as pl
+from polars.exceptions import PanicException
 
 from churn_platform.events.contract import LIFECYCLE_EVENT_TYPES
 from churn_platform.features.definitions import EVENT_COLUMNS, EVENT_SCHEMA, LOOKBACK_DAYS
@@ -58,7 +59,8 @@ def read_file(lake: Lake, path: str, lifecycle_only: bool = False) -> pl.DataFra
         with lake.fs.open(lake.path(path), "rb") as handle:
             # polars' own Parquet reader: about 3x faster than pyarrow + from_arrow here
             frame = pl.read_parquet(handle, columns=list(EVENT_COLUMNS))
-    except Exception as exc:  # a damaged file is named, never read as empty
+    except (Exception, PanicException) as exc:  # a damaged file is named, never read as empty
+        # (polars panics, a BaseException, on some damaged pages)
         raise LakeError(f"could not read {lake.url(path)}: {exc}") from exc
     if lifecycle_only:
         frame = frame.filter(pl.col("event_type").is_in(sorted(LIFECYCLE_EVENT_TYPES)))

@@ -40,15 +40,18 @@ from churn_platform.kafka.admin import ensure_topic, partitions_of
 from churn_platform.kafka.config import KafkaSettings
 from churn_platform.kafka.producer import EventProducer
 from churn_platform.kafka.reader import Chunk, OffsetRangeReader, ReadError, fast_consumer
-from churn_platform.lake.ledger import read_ledger, write_ledger
+from churn_platform.lake.ledger import Ledger, read_ledger, write_ledger
 from churn_platform.lake.paths import (
+    LEDGER_DIR,
     QUARANTINE_DIR,
     RAW_EVENTS_DIR,
+    ledger_path,
+    parse_range_file,
     quarantine_path,
     raw_events_path,
 )
-from churn_platform.lake.raw import range_files
-from churn_platform.lake.store import Lake
+from churn_platform.lake.raw import check_ledger_against_files, range_files
+from churn_platform.lake.store import Lake, temp_target
 
 # Below this backlog one process is faster than paying for worker start-up.
 PARALLEL_BACKLOG = 400_000
@@ -207,7 +210,7 @@ def extract_topic(
         ensure_topic(settings, config.dead_letter_topic, partitions=len(partitions))
     ledger = read_ledger(lake, config.topic)
     starts = {p: ledger.next_offset(p) for p in partitions}
-    removed = _remove_leftovers(lake, config.topic, starts)
+    removed = _remove_leftovers(lake, ledger, starts)
 
     highs = _high_watermarks(settings, config, starts)
     backlog = sum(_pending(config, starts[p], high) for p, high in highs.items())
@@ -245,13 +248,33 @@ def extract_topic(
     return result
 
 
-def _remove_leftovers(lake: Lake, topic: str, starts: dict[int, int]) -> int:
+def _remove_leftovers(lake: Lake, ledger: Ledger, starts: dict[int, int]) -> int:
+    """Delete what a crashed run of this topic left: files beyond the ledger, temp files.
+
+    A writer killed mid-file leaves its temporary file (invisible to readers, but
+    it would fill the disk over many crashes); no other run of the topic writes now.
+    Nothing is deleted when a file contradicts the ledger (LedgerCorrupt).
+    """
+    topic = ledger.topic
+    files = {d: range_files(lake, d) for d in (RAW_EVENTS_DIR, QUARANTINE_DIR)}
+    for found in files.values():
+        check_ledger_against_files(lake, ledger, found)
     removed = 0
     for directory in (RAW_EVENTS_DIR, QUARANTINE_DIR):
-        for f in range_files(lake, directory):
+        for f in files[directory]:
             if f.topic == topic and f.first >= starts.get(f.partition, 0):
                 lake.remove(f.path)
                 removed += 1
+        for path in lake.temp_files(directory):
+            target = parse_range_file(temp_target(path.rpartition("/")[2]) or "")
+            if target is not None and target.topic == topic:
+                lake.remove(path)
+                removed += 1
+    ledger_name = ledger_path(topic).rpartition("/")[2]
+    for path in lake.temp_files(LEDGER_DIR):
+        if temp_target(path.rpartition("/")[2]) == ledger_name:
+            lake.remove(path)
+            removed += 1
     return removed
 
 

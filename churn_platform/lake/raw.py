@@ -15,12 +15,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from churn_platform.events.contract import QUARANTINE_SCHEMA, RAW_EVENTS_SCHEMA
-from churn_platform.lake.ledger import read_ledger
+from churn_platform.lake.ledger import Ledger, LedgerCorrupt, read_ledger
 from churn_platform.lake.paths import (
     LEDGER_DIR,
     QUARANTINE_DIR,
     RAW_EVENTS_DIR,
     RangeFile,
+    ledger_path,
     parse_range_file,
 )
 from churn_platform.lake.store import Lake, LakeError
@@ -45,13 +46,36 @@ def range_files(lake: Lake, directory: str) -> list[RangeFile]:
     return files
 
 
+def check_ledger_against_files(lake: Lake, ledger: Ledger, files: Iterable[RangeFile]) -> None:
+    """Raise LedgerCorrupt when a file of the ledger's topic straddles its offset.
+
+    A run writes offsets [start, end) and then moves the ledger to end; a crashed
+    run's files begin at or after the ledger. So no healthy file holds offsets on
+    both sides of it: one that does means the ledger was damaged or rolled back,
+    and trusting it would hide committed rows from readers and extract them twice.
+    """
+    for f in files:
+        offset = ledger.next_offset(f.partition)
+        if f.topic == ledger.topic and f.first < offset <= f.last:
+            raise LedgerCorrupt(
+                f"the ledger {lake.url(ledger_path(ledger.topic))} says partition {f.partition} "
+                f"of {ledger.topic!r} is extracted up to offset {offset}, but "
+                f"{lake.url(f.path)} holds offsets {f.first} to {f.last}: the ledger was damaged "
+                "or rolled back; restore it from a backup, or re-extract the topic from the start "
+                "(`churn-platform extract --reset-ledger`)"
+            )
+
+
 def committed(lake: Lake, directory: str, topics: Iterable[str] | None = None) -> list[RangeFile]:
     """Range files under `directory` that their topic's ledger has committed."""
     wanted = set(ledger_topics(lake) if topics is None else topics)
     ledgers = {topic: read_ledger(lake, topic) for topic in wanted}
+    files = range_files(lake, directory)
+    for ledger in ledgers.values():
+        check_ledger_against_files(lake, ledger, files)
     return [
         f
-        for f in range_files(lake, directory)
+        for f in files
         if f.topic in ledgers and f.last < ledgers[f.topic].next_offset(f.partition)
     ]
 
@@ -91,7 +115,7 @@ def _read(lake: Lake, files: list[RangeFile], schema) -> pl.DataFrame:
     for f in files:
         try:
             with lake.fs.open(lake.path(f.path), "rb") as fh:
-                tables.append(pq.read_table(fh, schema=schema))
+                tables.append(pq.read_table(fh, schema=schema, page_checksum_verification=True))
         except Exception as exc:  # a damaged file must be named, never read as empty
             raise LakeError(f"could not read {lake.url(f.path)}: {exc}") from exc
     return pl.from_arrow(pa.concat_tables(tables))
