@@ -1,0 +1,385 @@
+"""The lake fails under the extract: a full disk, a read-only lake, damaged files and ledger.
+
+Full and read-only are real, even as root: the lake lives on a small tmpfs mounted in a
+private user + mount namespace (`unshare --user --map-root-user --mount`, no privilege
+beyond what an ordinary user has), so a write that does not fit fails with ENOSPC and a
+read-only remount fails writes with EROFS. The extract runs there through the real
+command line (`nsenter` into the namespace); the test looks at the lake through
+/proc/<holder>/root and copies it out to read it with the lake's readers.
+
+Each fault must give a clear error naming the path and what to do, leave the ledger as
+it was, leave no temporary file, keep readers' view exactly the committed data, and once
+the fault is lifted a rerun must complete with every message exactly once. Damaged
+Parquet files and a damaged ledger must be errors naming the path, never read as empty,
+never a restart from offset 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from churn_platform.features.inputs import feature_inputs, read_inputs
+from churn_platform.ingestion.extract import ExtractConfig, extract_topic
+from churn_platform.lake.ledger import LedgerCorrupt, read_ledger
+from churn_platform.lake.paths import QUARANTINE_DIR, RAW_EVENTS_DIR, ledger_path
+from churn_platform.lake.raw import committed, read_quarantine, read_raw_events
+from churn_platform.lake.store import Lake, LakeError
+from churn_platform_tests.reliability.faults import (
+    END,
+    REPO,
+    Produced,
+    assert_exactly_once,
+    check_exactly_once,
+    check_visible_prefix,
+    extract_child_command,
+    produce_recorded,
+    temp_files,
+)
+
+SMALL = {"customers": 20, "days": 15, "bad_fraction": 0.05}
+
+
+class NamespaceTmpfs:
+    """A tmpfs of `size` bytes mounted at `mountpoint` in a private user + mount namespace."""
+
+    def __init__(self, mountpoint, size: int) -> None:
+        self.mountpoint = os.fspath(mountpoint)
+        os.makedirs(self.mountpoint, exist_ok=True)
+        script = (
+            f"mount -t tmpfs -o size={size} churn-lake-tmpfs {self.mountpoint} "
+            "&& echo ready && exec sleep 600"
+        )
+        self.holder = subprocess.Popen(
+            ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        line = self.holder.stdout.readline().strip()
+        if line != "ready":
+            self.holder.kill()
+            _, err = self.holder.communicate(timeout=10)
+            raise RuntimeError(
+                "could not mount a tmpfs in a user namespace (unshare --user --map-root-user "
+                f"--mount): {err.strip()}; the lake fault tests need unprivileged user "
+                "namespaces (sysctl kernel.unprivileged_userns_clone=1)"
+            )
+
+    def view(self, relative: str = "") -> str:
+        """The path of `relative` (under the mount point) as seen from outside the namespace."""
+        return f"/proc/{self.holder.pid}/root{self.mountpoint}/{relative}".rstrip("/")
+
+    def run(self, command: list[str]) -> subprocess.CompletedProcess:
+        """Run `command` inside the namespace (where the tmpfs is mounted)."""
+        enter = ["nsenter", f"--target={self.holder.pid}", "--user", "--mount", f"--wd={REPO}"]
+        enter.append("--")
+        return subprocess.run(
+            enter + command, cwd=REPO, capture_output=True, text=True, timeout=120
+        )
+
+    def sh(self, script: str) -> None:
+        done = self.run(["sh", "-c", script])
+        assert done.returncode == 0, done.stderr
+
+    def free_bytes(self) -> int:
+        stat = os.statvfs(self.view())
+        return stat.f_bavail * stat.f_frsize
+
+    def close(self) -> None:
+        self.holder.kill()
+        self.holder.communicate(timeout=10)
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    mounted = NamespaceTmpfs(tmp_path / "mnt", size=8 * 1024 * 1024)
+    try:
+        yield mounted
+    finally:
+        mounted.close()
+
+
+def cli_extract(tmpfs: NamespaceTmpfs, settings, topic: str) -> subprocess.CompletedProcess:
+    """`churn-platform extract` inside the namespace, on the lake in the tmpfs."""
+    command = [sys.executable, "-m", "churn_platform.cli", "extract"]
+    command += ["--bootstrap-servers", settings.bootstrap_servers, "--topic", topic]
+    return tmpfs.run(command + ["--lake", f"{tmpfs.mountpoint}/lake"])
+
+
+def extract_in(tmpfs: NamespaceTmpfs, settings, topic: str) -> dict:
+    """The same extract_topic, through the lighter child runner (the CLI imports every
+    subcommand, seconds on a busy machine); must succeed. Returns its summary."""
+    command = extract_child_command(settings.bootstrap_servers, f"{tmpfs.mountpoint}/lake", topic)
+    done = tmpfs.run(command)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def snapshot(tmpfs: NamespaceTmpfs, target) -> Lake:
+    """A copy of the lake as it is in the tmpfs, for the lake's readers."""
+    shutil.copytree(tmpfs.view("lake"), target)
+    return Lake(target)
+
+
+def listing(root: str) -> dict[str, int]:
+    """Every file under `root` (dot files too) with its size."""
+    found = {}
+    for directory, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(directory, name)
+            found[os.path.relpath(path, root)] = os.path.getsize(path)
+    return found
+
+
+def assert_clear_error(done: subprocess.CompletedProcess, path: str, *phrases: str) -> None:
+    assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith("churn-platform extract: could not write "), done.stderr
+    assert path in done.stderr, done.stderr
+    for phrase in phrases:
+        assert phrase in done.stderr, done.stderr
+
+
+def test_full_filesystem_is_a_clear_error_and_a_rerun_completes(
+    kafka_settings, topic, tmpfs, tmp_path
+):
+    produced = Produced()
+    produce_recorded(kafka_settings, topic, produced, seed=301, **SMALL)
+    extract_in(tmpfs, kafka_settings, topic)
+    ledger_file = tmpfs.view(f"lake/{ledger_path(topic)}")
+    ledger_before = Path(ledger_file).read_bytes()
+
+    produce_recorded(kafka_settings, topic, produced, seed=302, customers=60, days=30)
+    # fill the filesystem but for a few pages: some of the new files fit, then ENOSPC
+    headroom = 24 * 1024
+    with open(tmpfs.view("filler"), "wb") as filler:
+        filler.write(b"\0" * (tmpfs.free_bytes() - headroom))
+    assert tmpfs.free_bytes() <= headroom
+
+    failed = cli_extract(tmpfs, kafka_settings, topic)
+    assert_clear_error(
+        failed, f"{tmpfs.mountpoint}/lake/", "No space left on device", "is full", "and rerun"
+    )
+    assert Path(ledger_file).read_bytes() == ledger_before
+    assert temp_files(tmpfs.view("lake")) == []  # the failed writer removed its temp file
+    during = snapshot(tmpfs, tmp_path / "during")
+    # readers see exactly the first extract's data, whatever the failure left beyond it
+    first_offsets = read_ledger(during, topic).offsets
+    assert check_visible_prefix(during, topic, produced) == sum(first_offsets.values())
+
+    os.remove(tmpfs.view("filler"))  # the fault is lifted
+    extract_in(tmpfs, kafka_settings, topic)
+    assert_exactly_once(check_exactly_once(snapshot(tmpfs, tmp_path / "after"), topic, produced))
+
+
+def test_read_only_lake_and_ledger_are_clear_errors_and_a_rerun_completes(
+    kafka_settings, topic, tmpfs, tmp_path
+):
+    produced = Produced()
+    produce_recorded(kafka_settings, topic, produced, seed=311, **SMALL)
+    extract_in(tmpfs, kafka_settings, topic)
+    lake_dir = f"{tmpfs.mountpoint}/lake"
+    ledger_file = tmpfs.view(f"lake/{ledger_path(topic)}")
+    ledger_before = Path(ledger_file).read_bytes()
+
+    # 1. only the ledger's directory is read-only: every data file is written, the commit fails
+    produce_recorded(kafka_settings, topic, produced, seed=312, **SMALL)
+    ledger_dir = f"{lake_dir}/raw/_ledger"
+    tmpfs.sh(f"mount --bind {ledger_dir} {ledger_dir} && mount -o remount,ro,bind {ledger_dir}")
+    failed = cli_extract(tmpfs, kafka_settings, topic)
+    assert_clear_error(
+        failed, f"{lake_dir}/{ledger_path(topic)}", "Read-only file system", "remount it"
+    )
+    assert Path(ledger_file).read_bytes() == ledger_before
+    assert temp_files(tmpfs.view("lake")) == []
+    during = snapshot(tmpfs, tmp_path / "during")
+    visible = [f for d in (RAW_EVENTS_DIR, QUARANTINE_DIR) for f in committed(during, d, [topic])]
+    assert check_visible_prefix(during, topic, produced) == sum(
+        read_ledger(during, topic).offsets.values()
+    )
+    on_disk = [p for p in listing(tmpfs.view("lake")) if p.endswith(".parquet")]
+    assert len(on_disk) > len(visible)  # the new files are there, and invisible
+
+    # 2. the whole lake is read-only: the leftovers of 1. cannot even be removed
+    tmpfs.sh(f"umount {ledger_dir} && mount -o remount,ro {tmpfs.mountpoint}")
+    produce_recorded(kafka_settings, topic, produced, seed=313, **SMALL)
+    before = listing(tmpfs.view("lake"))
+    failed = cli_extract(tmpfs, kafka_settings, topic)
+    assert_clear_error(failed, f"{lake_dir}/", "Read-only file system", "remount it")
+    assert listing(tmpfs.view("lake")) == before
+
+    # the fault is lifted: the rerun replaces the leftovers and completes, exactly once
+    tmpfs.sh(f"mount -o remount,rw {tmpfs.mountpoint}")
+    assert extract_in(tmpfs, kafka_settings, topic)["leftovers_removed"] > 0
+    assert_exactly_once(check_exactly_once(snapshot(tmpfs, tmp_path / "after"), topic, produced))
+
+
+# --- damaged files ---------------------------------------------------------------
+
+
+@pytest.fixture
+def extracted(kafka_settings, topic, tmp_path):
+    """A lake with one extract of a small simulated topic (5% malformed)."""
+    lake = Lake(tmp_path / "lake")
+    produced = Produced()
+    produce_recorded(kafka_settings, topic, produced, seed=321, **SMALL)
+    extract_topic(kafka_settings, lake, ExtractConfig(topic=topic))
+    assert_exactly_once(check_exactly_once(lake, topic, produced))
+    return lake, produced
+
+
+def damaged_versions(data: bytes) -> dict[str, bytes]:
+    """Truncations and garblings of a Parquet file (bytes XORed, so always changed).
+
+    A data page is garbled in its compressed payload (the last bytes of a column
+    chunk), which the page checksums cover; page headers are not covered (their
+    statistics can change unnoticed), so garbling them proves nothing.
+    """
+    import io
+
+    import pyarrow.parquet as pq
+
+    footer_length = int.from_bytes(data[-8:-4], "little")
+    footer = len(data) - 8 - footer_length
+    row_group = pq.ParquetFile(io.BytesIO(data)).metadata.row_group(0)
+
+    def chunk_end(i: int) -> int:
+        column = row_group.column(i)
+        start = column.dictionary_page_offset or column.data_page_offset
+        return start + column.total_compressed_size
+
+    def garble(start: int, n: int = 16) -> bytes:
+        changed = bytearray(data)
+        for i in range(start, start + n):
+            changed[i] ^= 0x5A
+        return bytes(changed)
+
+    return {
+        "truncated to half": data[: len(data) // 2],
+        "truncated to nothing": b"",
+        "last bytes cut": data[:-4],
+        "footer garbled": garble(footer),
+        "first page header garbled": garble(4),
+        "a data page garbled": garble(chunk_end(row_group.num_columns // 2) - 8, 8),
+        "last page garbled": garble(chunk_end(row_group.num_columns - 1) - 8, 8),
+    }
+
+
+def test_damaged_parquet_files_are_named_never_read_as_empty(extracted, topic):
+    lake, _ = extracted
+    as_of = END.date()
+    inputs = feature_inputs(lake, as_of)
+    raw = max(inputs.window_files, key=lake.size)
+    quarantine = max(committed(lake, QUARANTINE_DIR, [topic]), key=lambda f: lake.size(f.path))
+    for target, read, detects_all in (
+        (raw, lambda: read_raw_events(lake, [topic]), True),
+        (quarantine.path, lambda: read_quarantine(lake, [topic]), True),
+        # polars reads the features' inputs and checks no page checksums: a garbled data
+        # page can pass there (see the README); truncation and broken structure cannot
+        (raw, lambda: read_inputs(lake, inputs), False),
+    ):
+        original = Path(lake.path(target)).read_bytes()
+        for name, damaged in damaged_versions(original).items():
+            if not detects_all and name in ("a data page garbled", "last page garbled"):
+                continue
+            with open(lake.path(target), "wb") as fh:
+                fh.write(damaged)
+            try:
+                read()
+            except LakeError as exc:
+                assert f"could not read {lake.url(target)}" in str(exc), (name, str(exc))
+            else:
+                raise AssertionError(f"{target} {name}: read without an error")
+        with open(lake.path(target), "wb") as fh:
+            fh.write(original)
+    assert read_raw_events(lake, [topic]).height > 0  # restored, all readable again
+
+
+def test_damaged_ledger_is_named_and_the_extract_never_restarts_from_zero(
+    extracted, kafka_settings, topic
+):
+    lake, produced = extracted
+    produce_recorded(kafka_settings, topic, produced, seed=322, **SMALL)  # work for a rerun
+    path = lake.path(ledger_path(topic))
+    original = Path(path).read_bytes()
+    body = json.loads(original)
+    files_before = listing(lake.root)
+    rng = random.Random(322)
+    garbled = bytearray(original)
+    for i in rng.sample(range(len(garbled)), 12):
+        garbled[i] = rng.randrange(256)
+    # a plausible ledger whose offset of partition 0 went back into a committed file
+    straddled = min(
+        (
+            f
+            for f in committed(lake, RAW_EVENTS_DIR, [topic])
+            if f.partition == 0 and f.last > f.first
+        ),
+        key=lambda f: f.first,
+    )
+    rolled_back = {**body, "offsets": {**body["offsets"], "0": straddled.first + 1}}
+    versions = {
+        "truncated to half": original[: len(original) // 2],
+        "truncated to nothing": b"",
+        "bytes garbled": bytes(garbled),
+        "not an object": b"[]",
+        "offsets missing": json.dumps({"topic": topic}).encode(),
+        "an offset not a number": json.dumps({**body, "offsets": {"0": "many"}}).encode(),
+        "a negative offset": json.dumps({**body, "offsets": {"0": -5}}).encode(),
+        "another topic's": json.dumps({**body, "topic": f"{topic}-other"}).encode(),
+        "rolled back into a file": json.dumps(rolled_back).encode(),
+    }
+    named = re.escape(lake.url(ledger_path(topic)))
+    for name, damaged in versions.items():
+        with open(path, "wb") as fh:
+            fh.write(damaged)
+        with pytest.raises(LedgerCorrupt, match=named):
+            extract_topic(kafka_settings, lake, ExtractConfig(topic=topic))
+        assert listing(lake.root) == {**files_before, ledger_path(topic): len(damaged)}, name
+        with pytest.raises(LedgerCorrupt, match=named):
+            read_raw_events(lake, [topic])
+        with pytest.raises(LedgerCorrupt, match=named):
+            feature_inputs(lake, END.date())
+        if name != "rolled back into a file":
+            with pytest.raises(LedgerCorrupt, match=named):
+                read_ledger(lake, topic)
+
+    # the command line says which file and what to do, without a traceback
+    with open(path, "wb") as fh:
+        fh.write(versions["truncated to half"])
+    done = subprocess.run(
+        [sys.executable, "-m", "churn_platform.cli", "extract", "--topic", topic]
+        + ["--bootstrap-servers", kafka_settings.bootstrap_servers, "--lake", lake.root],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert lake.url(ledger_path(topic)) in done.stderr, done.stderr
+    assert "restore it from a backup" in done.stderr, done.stderr
+
+    with open(path, "wb") as fh:  # restored from a backup: the extract goes on, exactly once
+        fh.write(original)
+    extract_topic(kafka_settings, lake, ExtractConfig(topic=topic))
+    assert_exactly_once(check_exactly_once(lake, topic, produced))
+
+
+def test_the_lake_fault_namespace_really_limits_writes(tmpfs):
+    """The mechanism itself: as root outside, the tmpfs is full and read-only inside."""
+    name = uuid.uuid4().hex
+    full = tmpfs.run(["sh", "-c", f"head -c 9000000 /dev/zero > {tmpfs.mountpoint}/{name}"])
+    assert full.returncode != 0 and "No space left on device" in full.stderr
+    tmpfs.sh(f"rm {tmpfs.mountpoint}/{name} && mount -o remount,ro {tmpfs.mountpoint}")
+    read_only = tmpfs.run(["touch", f"{tmpfs.mountpoint}/{name}"])
+    assert read_only.returncode != 0 and "Read-only file system" in read_only.stderr
