@@ -18,13 +18,13 @@ test pins:
   core (two here): that multiplies a per-process bound by at most
   min(cores, partitions), never by the backlog; it is not what this measures.
 
-The 200k run (~46 MB of messages) cannot fill the 64 MiB prefetch queue and
+The 200k run (~29 MB of messages) cannot fill the 64 MiB prefetch queue and
 the 2M run does, so the allowed growth is that queue plus 25% (measured: the
 2M runs peaked 12-33% above the 200k runs, 285-311 MiB vs 228-258 MiB, of
 which ~80 MiB is the interpreter and imports). The allowance is ~70 bytes per
-extra message; holding the messages would cost ~200 bytes each as JSON and
-~290 as Arrow rows (the 1M-row default flush adds ~270 MiB), so buffering even
-a third of them would fail.
+extra message; holding the messages would cost ~147 bytes each as JSON (their
+mean size) and at least ~140 as buffered rows (the 1M-row default flush adds
+~270 MiB), so buffering even half of them would fail.
 
 Run as a module (`python -m churn_platform_tests.scale.test_extract_memory
 BOOTSTRAP TOPIC LAKE WORKERS FLUSH_ROWS`) it is the child: one extract, then
@@ -259,7 +259,7 @@ def test_extract_peak_memory_does_not_grow_with_the_backlog(tmp_path):
             "with the backlog"
         )
     # The margin could not hide buffering: what it allows per extra message is far
-    # less than one message's bytes (~200 bytes of JSON, ~290 as an Arrow row).
+    # less than one message's bytes (~147 bytes of JSON on average, ≥140 as a buffered row).
     extra = large["messages"] - small["messages"]
     allowed = ((RATIO - 1) * small["sum_of_peaks_kib"] + slack) * 1024
     assert allowed / extra < 100
