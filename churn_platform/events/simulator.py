@@ -1062,11 +1062,16 @@ def run_live(
     progress: bool = False,
     partitions: int = DEFAULT_PARTITIONS,
     tick: float = 0.05,
+    producer_config: dict[str, object] | None = None,
 ) -> SimulationSummary:
     """Trickle the business to `topic` at about `rate` messages/s with ts = now.
 
     Stops when `stop` is set, after `max_events` messages, or on Ctrl-C; the
-    summary counts what was produced (and flushed) until then.
+    summary counts what was produced (and flushed) until then. While the
+    broker is down, messages wait in the producer's queue (the outage is
+    logged, naming the address) and go out when it is back; if it stays away
+    longer than `message.timeout.ms` (`producer_config`), `ProduceError` says
+    how many were not delivered.
     """
     if not rate > 0:
         raise SimulatorConfigError(f"rate must be > 0 messages/s (got {rate})")
@@ -1079,7 +1084,7 @@ def run_live(
     messages = _live_messages(config, _wall_clock_ms)
     # Low-latency producer settings: a live stream is watched, not bulk-loaded.
     with (
-        EventProducer(settings, **{"linger.ms": 5}) as producer,
+        EventProducer(settings, **{"linger.ms": 5, **(producer_config or {})}) as producer,
         _progress_bar(progress, total=max_events, unit="msg", desc="live") as bar,
     ):
         began = started = time.perf_counter()

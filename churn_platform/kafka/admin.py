@@ -14,6 +14,23 @@ class BrokerUnavailable(RuntimeError):
     """The cluster did not answer; the message names the bootstrap address."""
 
 
+# Client errors that mean "no broker answers" (stopped, restarting, network cut),
+# as opposed to a setting or a request being wrong.
+UNREACHABLE_ERRORS = frozenset(
+    {
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._RESOLVE,
+        KafkaError._TIMED_OUT,
+    }
+)
+
+
+def is_unreachable(error: KafkaError) -> bool:
+    """True when `error` says the cluster cannot be reached right now (retryable)."""
+    return error.code() in UNREACHABLE_ERRORS
+
+
 def admin_client(settings: KafkaSettings) -> AdminClient:
     return AdminClient(settings.client_config())
 

@@ -2,7 +2,9 @@
 
 `EmbeddedBroker` starts it on 127.0.0.1, waits until it answers Kafka requests
 and stops it cleanly. Its storage is memory only: stopping it loses the topics,
-which is what a demo and a test want. Against a real cluster nothing here runs.
+which is what a demo and a test want. This Tansu build's storage engines are
+`memory://` and `s3://` (a `file://` URL is rejected as UnsupportedStorageUrl),
+so a restart never brings the data back. Against a real cluster nothing here runs.
 """
 
 from __future__ import annotations
@@ -45,9 +47,12 @@ class EmbeddedBroker:
         host: str = DEFAULT_HOST,
         log_path: str | os.PathLike[str] | None = None,
         startup_timeout: float = 20.0,
+        advertised_port: int | None = None,
     ) -> None:
         self.host = host
         self.port = port
+        # clients reach the broker through this port (a proxy's, in fault tests)
+        self.advertised_port = advertised_port
         self.log_path = Path(log_path) if log_path else None
         self.startup_timeout = startup_timeout
         self._process: subprocess.Popen[bytes] | None = None
@@ -79,11 +84,19 @@ class EmbeddedBroker:
                 "or choose another port (--port)"
             )
         url = f"tcp://{self.host}:{self.port}"
+        advertised = f"tcp://{self.host}:{self.advertised_port or self.port}"
         if self.log_path:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the broker
         self._process = subprocess.Popen(
-            [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            [
+                broker_binary(),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                advertised,
+            ],
             stdin=subprocess.DEVNULL,
             stdout=self._log_file or subprocess.DEVNULL,
             stderr=subprocess.STDOUT if self._log_file else subprocess.DEVNULL,

@@ -51,7 +51,7 @@ from threadpoolctl import threadpool_limits
 from churn_platform.events.contract import EVENTS_TOPIC, SCORES_TOPIC, quarantine_table
 from churn_platform.events.validation import now_ms, validate_batch
 from churn_platform.features.definitions import FeatureSpec, compute_features
-from churn_platform.kafka.admin import ensure_topic
+from churn_platform.kafka.admin import ensure_topic, is_unreachable
 from churn_platform.kafka.config import KafkaSettings
 from churn_platform.lake.store import Lake
 from churn_platform.ml import registry
@@ -122,6 +122,10 @@ class ServeConfig:
     bands: RiskBands = field(default_factory=RiskBands)
     session_timeout_ms: int = 6_000
     bootstrap: bool = True
+    # While no broker answers: probe again after 0.2, 0.4, … s, at most this long
+    # apart (librdkafka's own reconnect backoff gets the same cap).
+    retry_backoff_s: float = 0.2
+    retry_backoff_max_s: float = 5.0
 
 
 @dataclass
@@ -210,6 +214,11 @@ class StreamingScorer:
         self._delivered: dict[int, int] = {}  # partition → next offset, all scores delivered
         self._committed: dict[int, int] = {}  # partition → offset last sent in a commit
         self._commit_due = 0.0
+        # an outage: the first "broker unreachable" error seen, and when
+        self._suspect: KafkaError | None = None
+        self._down_since: float | None = None
+        self._backoff = self.config.retry_backoff_s
+        self.outages: list[float] = []  # seconds each logged outage lasted
         self._window = ScorerStats()
         self._window_started = time.monotonic()
 
@@ -229,9 +238,13 @@ class StreamingScorer:
         if self.stopping:
             return
         ensure_topic(self.settings, self.config.scores_topic)
+        reconnect = {
+            "reconnect.backoff.max.ms": int(1000 * self.config.retry_backoff_max_s),
+            "error_cb": self._on_client_error,
+        }
         self._producer = Producer(
             self.settings.client_config(
-                **{"enable.idempotence": True, "acks": "all", "linger.ms": 2}
+                **{"enable.idempotence": True, "acks": "all", "linger.ms": 2, **reconnect}
             )
         )
         self._consumer = Consumer(
@@ -247,6 +260,8 @@ class StreamingScorer:
                     # queue is full: a backlog would be read in stalls
                     "fetch.queue.backoff.ms": 10,
                     "isolation.level": "read_committed",
+                    "on_commit": self._on_commit,
+                    **reconnect,
                 }
             )
         )
@@ -277,6 +292,8 @@ class StreamingScorer:
                 if messages:
                     self._process(messages)
                 self._settle()
+                if self._suspect is not None:
+                    self._wait_for_broker()
                 finished = time.monotonic()
                 self.stats.busy_s += finished - started
                 self._window.busy_s += finished - started
@@ -284,6 +301,64 @@ class StreamingScorer:
         finally:
             limits.restore_original_limits()
             self._close()
+
+    # --- broker outages ----------------------------------------------------------
+
+    def _on_client_error(self, error: KafkaError) -> None:
+        """librdkafka's error callback (runs inside consume/poll, on this thread)."""
+        if is_unreachable(error):
+            self._suspect = self._suspect or error
+        else:
+            log.warning("Kafka client error from %s: %s", self.settings.bootstrap_servers, error)
+
+    def _wait_for_broker(self) -> None:
+        """Probe the cluster; while it does not answer, wait with bounded exponential backoff.
+
+        The probe (a metadata request) is the wait: it returns as soon as a
+        broker answers. Scores already produced wait in the producer's queue
+        and go out when the broker is back; nothing is committed meanwhile.
+        """
+        try:
+            self._consumer.list_topics(self.config.topic, timeout=self._backoff)
+        except KafkaException as exc:
+            now = time.monotonic()
+            if self._down_since is None:
+                self._down_since = now - self._backoff
+                log.warning(
+                    "Kafka at %s is unreachable (%s): scoring paused, retrying with backoff "
+                    "%.1f s up to %.1f s; scores already produced wait in the producer queue",
+                    self.settings.bootstrap_servers,
+                    self._suspect.str() if self._suspect else exc,
+                    self.config.retry_backoff_s,
+                    self.config.retry_backoff_max_s,
+                )
+            else:
+                log.warning(
+                    "Kafka at %s still unreachable after %.1f s; next try in %.1f s",
+                    self.settings.bootstrap_servers,
+                    now - self._down_since,
+                    min(2 * self._backoff, self.config.retry_backoff_max_s),
+                )
+            self._backoff = min(2 * self._backoff, self.config.retry_backoff_max_s)
+            return
+        if self._down_since is not None:
+            seconds = time.monotonic() - self._down_since
+            self.outages.append(seconds)
+            log.info(
+                "Kafka at %s is reachable again after %.1f s: scoring resumes",
+                self.settings.bootstrap_servers,
+                seconds,
+            )
+        self._suspect, self._down_since = None, None
+        self._backoff = self.config.retry_backoff_s
+
+    def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """A failed commit is sent again at the next settle (not only when offsets move)."""
+        failed = [tp.partition for tp in partitions if error is not None or tp.error is not None]
+        for p in failed:
+            self._committed.pop(p, None)
+        if failed and self._down_since is None:
+            log.warning("offset commit of partitions %s failed (%s): will retry", failed, error)
 
     def _wait_for_champion(self, deadline: float | None) -> None:
         waited = 0.0
