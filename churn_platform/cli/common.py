@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from churn_platform.cli import UserError
 from churn_platform.kafka.broker import DEFAULT_HOST, DEFAULT_PORT
-from churn_platform.kafka.config import KafkaSettings
+from churn_platform.kafka.config import ENV_TO_CLIENT, KafkaSettings
 
 DEFAULT_BOOTSTRAP = f"{DEFAULT_HOST}:{DEFAULT_PORT}"
 
@@ -34,3 +35,24 @@ def lake_root() -> str:
     from churn_platform.lake.store import DEFAULT_LAKE_ROOT
 
     return os.environ.get("CHURN_LAKE") or DEFAULT_LAKE_ROOT
+
+
+def kafka_client_failure(exc: Exception, settings: KafkaSettings) -> UserError:
+    """One line for a librdkafka failure: the address, the KAFKA_* setting it names, the fix.
+
+    librdkafka checks security settings when a client is created (a CA file
+    that does not load, a SASL mechanism this build lacks) and raises a bare
+    `KafkaException`; this turns it into the CLI's error line.
+    """
+    error = exc.args[0] if exc.args else None
+    detail = error.str() if hasattr(error, "str") else str(exc)
+    named = [f"{env} ({prop})" for env, prop in ENV_TO_CLIENT.items() if prop in detail]
+    if not named and "SASL mechanism" in detail:
+        named = ["KAFKA_SASL_MECHANISM (sasl.mechanism)"]
+    if not named and ("SSL" in detail or "ssl" in detail):
+        named = ["KAFKA_SECURITY_PROTOCOL and the KAFKA_SSL_* settings"]
+    where = f"; check {', '.join(named)}" if named else ""
+    return UserError(
+        f"Kafka client for {settings.bootstrap_servers} failed: {detail}{where} "
+        "(or --bootstrap-servers / KAFKA_BOOTSTRAP_SERVERS)"
+    )

@@ -5,8 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 
+from confluent_kafka import KafkaException
+
 from churn_platform.cli import UserError
-from churn_platform.cli.common import add_kafka_arguments, kafka_settings, lake_root
+from churn_platform.cli.common import (
+    add_kafka_arguments,
+    kafka_client_failure,
+    kafka_settings,
+    lake_root,
+)
 from churn_platform.events.contract import EVENTS_TOPIC
 from churn_platform.ingestion.extract import ExtractConfig, ExtractError, extract_topic
 from churn_platform.kafka.admin import BrokerUnavailable
@@ -73,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
         result = extract_topic(settings, lake, config)
     except (ExtractError, BrokerUnavailable, LedgerCorrupt, LakeError) as exc:
         raise UserError(str(exc)) from exc
+    except KafkaException as exc:  # e.g. a security setting librdkafka refuses
+        raise kafka_client_failure(exc, settings) from None
     if args.json:
         print(json.dumps(result.as_dict()))
     else:

@@ -7,7 +7,12 @@ import logging
 import signal
 
 from churn_platform.cli import UserError
-from churn_platform.cli.common import add_kafka_arguments, kafka_settings, lake_root
+from churn_platform.cli.common import (
+    add_kafka_arguments,
+    kafka_client_failure,
+    kafka_settings,
+    lake_root,
+)
 from churn_platform.events.contract import EVENTS_TOPIC, SCORES_TOPIC
 
 
@@ -86,5 +91,14 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    scorer.run(max_seconds=args.seconds)
+    from confluent_kafka import KafkaException
+
+    from churn_platform.kafka.admin import BrokerUnavailable
+
+    try:
+        scorer.run(max_seconds=args.seconds)
+    except BrokerUnavailable as exc:
+        raise UserError(str(exc)) from None
+    except KafkaException as exc:  # a setting librdkafka refuses, or undeliverable scores
+        raise kafka_client_failure(exc, scorer.settings) from None
     return 0
