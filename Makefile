@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 # the project-local Dagster instance: dagster.yaml is copied there, data stays under var/
 export DAGSTER_HOME := $(CURDIR)/var/dagster
 
-.PHONY: install chromium demo test up broker lint bench soak clean
+.PHONY: install chromium demo test up broker lint bench scale soak clean
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -53,6 +53,10 @@ bench: $(STAMP)
 	$(PY) benchmarks/model.py
 	$(PY) benchmarks/streaming.py
 	$(PY) benchmarks/freshness.py
+
+# the whole batch pipeline at 1M, 3M and 10M events (~15 min on 2 cores)
+scale: $(STAMP)
+	$(PY) benchmarks/scale.py
 
 # kill -9 of the extract at seeded random points, 25 rounds, then exactly-once checks
 soak: $(STAMP)
