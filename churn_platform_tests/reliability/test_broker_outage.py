@@ -221,7 +221,7 @@ def test_live_simulator_rides_out_an_outage_without_losing_or_doubling(outage, c
     address = outage.settings.bootstrap_servers
     assert messages_of(caplog, f"Kafka at {address} is unreachable")
     recovered = messages_of(caplog, f"Kafka at {address} acknowledges messages again after")
-    assert len(recovered) == 1, recovered
+    assert recovered, "the producer never logged that the broker was back"
     print(json.dumps({"outage_s": round(outage.durations[-1], 2), "messages": total}))
 
 
@@ -380,7 +380,7 @@ def test_streaming_scorer_backs_off_and_scores_every_event_after_the_broker_retu
         time.sleep(down_for)
         outage.up()
         recovered_at = time.monotonic()
-        # produced after the restart
+        # produced after the broker is back
         after = 500
         run_live(
             settings,
@@ -416,7 +416,8 @@ def test_streaming_scorer_backs_off_and_scores_every_event_after_the_broker_retu
     assert not runner.is_alive()
     missing = owed - scored.keys()
     assert not missing, f"{len(missing)} events never scored, e.g. {sorted(missing)[:5]}"
-    assert scorer.stats.scored >= before + after - 50  # a few live messages are malformed
+    assert len(owed) == before + after  # the live messages are all valid here
+    assert scorer.stats.scored >= len(owed)
     address = settings.bootstrap_servers
     assert messages_of(caplog, f"Kafka at {address} is unreachable")
     assert messages_of(caplog, f"Kafka at {address} is reachable again after")
