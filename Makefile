@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 # the project-local Dagster instance: dagster.yaml is copied there, data stays under var/
 export DAGSTER_HOME := $(CURDIR)/var/dagster
 
-.PHONY: install chromium demo test up broker lint bench scale soak clean
+.PHONY: install chromium demo test up broker lint bench scale soak fuzz clean
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -61,6 +61,10 @@ scale: $(STAMP)
 # kill -9 of the extract at seeded random points, 25 rounds, then exactly-once checks
 soak: $(STAMP)
 	$(PY) benchmarks/soak.py
+
+# the hostile-input tests, writing how many inputs they tried to benchmarks/results/fuzz.json
+fuzz: $(STAMP)
+	CHURN_WRITE_FUZZ_RESULTS=1 $(PY) -m pytest -q churn_platform_tests/reliability/test_hostile_input.py
 
 clean:
 	rm -rf var .pytest_cache

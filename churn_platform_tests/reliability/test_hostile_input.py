@@ -7,13 +7,16 @@ empty values, null keys) together with what the contract says must become of eac
 `Event`, or the reason codes it may be quarantined with. The expectation comes from how the
 message was built, not from the validator. The classes, alone and mixed with valid events,
 go through `validate`, `validate_batch` and `extract_topic` against the embedded broker; how
-many inputs were tried is written to benchmarks/results/fuzz.json.
+many inputs were tried is printed, and written to benchmarks/results/fuzz.json by `make fuzz`.
+The count varies a little between runs (11,458-12,244 seen) although every test is
+derandomized.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -950,6 +953,7 @@ def _report_counts():
         "by_class": dict(sorted(KINDS.items())),
         "seconds": round(time.perf_counter() - started, 1),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(summary, indent=2) + "\n")
+    if os.environ.get("CHURN_WRITE_FUZZ_RESULTS"):  # `make fuzz`; a plain test run leaves it
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"\nfuzz inputs tried: {json.dumps(summary)}")
