@@ -356,7 +356,9 @@ def test_new_events_reach_todays_scores_without_a_human(
                 "ops": {
                     "training_set": {"config": {"engine": "polars"}},
                     # the test is about automation, not model quality on 1,500 customers
-                    "churn_model": {"config": {"min_roc_auc": 0.6}},
+                    # (simulated up to now, so the data differ with the time of day and
+                    # the boosting did not always beat the baseline)
+                    "churn_model": {"config": {"min_roc_auc": 0.6, "must_beat_baseline": False}},
                 },
             },
             raise_on_error=False,

@@ -102,6 +102,10 @@ class ChurnModelConfig(dg.Config):
     max_regression: float = Field(
         default=DEFAULT_MAX_REGRESSION, ge=0.0, description="Allowed ROC AUC drop vs champion."
     )
+    must_beat_baseline: bool = Field(
+        default=True,
+        description="quality_floor also requires a holdout ROC AUC above the logistic baseline's.",
+    )
 
 
 class ChurnScoresConfig(dg.Config):
@@ -202,7 +206,11 @@ def churn_model(
         calibration=config.calibration,
         max_train_rows=config.max_train_rows,
     )
-    gate_config = GateConfig(min_roc_auc=config.min_roc_auc, max_regression=config.max_regression)
+    gate_config = GateConfig(
+        min_roc_auc=config.min_roc_auc,
+        max_regression=config.max_regression,
+        must_beat_baseline=config.must_beat_baseline,
+    )
     trained = train_models(training.table, training.features, train_config)
     cand = trained.metrics["candidate"]
 
