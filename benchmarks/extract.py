@@ -17,43 +17,17 @@ import platform
 import resource
 import shutil
 import tempfile
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from confluent_kafka import KafkaError, TopicPartition
+from common import raw_consume
 
 from churn_platform.events.simulator import SimulatorConfig, produce_simulation
 from churn_platform.ingestion.extract import ExtractConfig, extract_topic
-from churn_platform.kafka.admin import partitions_of
 from churn_platform.kafka.broker import EmbeddedBroker
-from churn_platform.kafka.reader import fast_consumer
 from churn_platform.lake.store import Lake
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def raw_consume(settings, topic: str) -> tuple[int, float]:
-    """The least any extract must do: read value, partition and offset of each message."""
-    partitions = partitions_of(settings, topic)
-    consumer = fast_consumer(settings, "bench-raw")
-    consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
-    started = time.perf_counter()
-    n = 0
-    eof: set[int] = set()
-    while len(eof) < len(partitions):
-        for m in consumer.consume(100_000, 0.5):
-            if m.error() is not None:
-                if m.error().code() == KafkaError._PARTITION_EOF:
-                    eof.add(m.partition())
-                continue
-            m.value()
-            m.partition()
-            m.offset()
-            n += 1
-    seconds = time.perf_counter() - started
-    consumer.close()
-    return n, seconds
 
 
 def main() -> None:

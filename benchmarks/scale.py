@@ -153,27 +153,9 @@ def stage_produce(args: dict) -> dict:
 
 
 def stage_raw_consume(args: dict) -> dict:
-    from confluent_kafka import KafkaError, TopicPartition
+    from common import raw_consume
 
-    from churn_platform.kafka.admin import partitions_of
-    from churn_platform.kafka.reader import fast_consumer
-
-    settings = _settings(args["bootstrap"])
-    partitions = partitions_of(settings, TOPIC)
-    consumer = fast_consumer(settings, "scale-raw")
-    consumer.assign([TopicPartition(TOPIC, p, 0) for p in partitions])
-    started = time.perf_counter()
-    n, eof = 0, set()
-    while len(eof) < len(partitions):
-        for m in consumer.consume(100_000, 0.5):
-            if m.error() is not None:
-                if m.error().code() == KafkaError._PARTITION_EOF:
-                    eof.add(m.partition())
-                continue
-            m.value(), m.partition(), m.offset()
-            n += 1
-    seconds = time.perf_counter() - started
-    consumer.close()
+    n, seconds = raw_consume(_settings(args["bootstrap"]), TOPIC)
     return {"seconds": seconds, "events": n}
 
 
