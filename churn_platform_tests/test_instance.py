@@ -12,6 +12,7 @@ def test_dagster_yaml_loads_as_an_instance_with_run_and_pool_limits(tmp_path):
     assert (home / "dagster.yaml").exists()
     with dg.DagsterInstance.from_config(str(home)) as instance:
         assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+        assert instance.run_coordinator.dequeue_interval_seconds == 1
         settings = instance.get_concurrency_config()
         assert settings.pool_config.default_pool_limit == 1
         limits = {
