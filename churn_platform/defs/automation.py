@@ -20,7 +20,7 @@ AFTER_CHECKS_LABEL = "eager after upstream blocking checks"
 WITH_ASSET_LABEL = "with its asset"
 
 
-def follow_updates() -> dg.AutomationCondition:
+def follow_updates(*, while_upstream_runs: bool = False) -> dg.AutomationCondition:
     """`eager()` whose upstream updates are handled only by requesting the target.
 
     `eager()` also counts the target's own materialization as handling them. With runs
@@ -28,13 +28,19 @@ def follow_updates() -> dg.AutomationCondition:
     earlier run was still scoring, that run's scores then counted as handling them, and
     the newer features were never scored. Now the target is requested again once it is
     no longer in progress (at worst one redundant rerun).
+
+    `while_upstream_runs`: do not wait while an upstream run is queued or in progress.
+    For `customer_features`: with live traffic the sensor keeps an extract queued or
+    running most of the time, and `eager()` waited for a tick that fell between two
+    extracts (up to 140 s with the daemon). Features read only committed raw files (below
+    the ledger), so a running extract cannot hand them half of anything, and its commit
+    is one more update that requests them again.
     """
     handled = dg.AutomationCondition.newly_requested() | dg.AutomationCondition.initial_evaluation()
-    return (
-        dg.AutomationCondition.eager()
-        .replace("handled", handled.with_label("requested"))
-        .with_label(FOLLOW_LABEL)
-    )
+    condition = dg.AutomationCondition.eager().replace("handled", handled.with_label("requested"))
+    if while_upstream_runs:
+        condition = condition.without(~dg.AutomationCondition.any_deps_in_progress())
+    return condition.with_label(FOLLOW_LABEL)
 
 
 def eager_after_checks() -> dg.AutomationCondition:

@@ -216,6 +216,22 @@ def test_one_tick_requests_todays_features_checks_scores_and_drift_in_one_run(in
     assert not automation.tick()
 
 
+def test_todays_features_do_not_wait_for_an_extract_in_progress(instance):
+    """With live traffic an extract is queued or running most of the time; eager() waited
+    for a tick between two extracts (event → score up to 140 s with the daemon)."""
+    automation = UserCodeAutomation(instance)
+    assert not automation.tick()
+    instance.report_runless_asset_event(dg.AssetMaterialization("raw_customer_events"))
+    instance.report_runless_asset_event(dg.AssetMaterialization("churn_champion"))
+    extract_job = automation.definitions.resolve_job_def("raw_customer_events_job")
+    run = instance.create_run_for_job(extract_job, status=dg.DagsterRunStatus.STARTED)
+    running = instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+    assert [r.dagster_run.run_id for r in running] == [run.run_id]
+
+    (request,) = automation.tick()
+    assert selected([request]) == AUTOMATED
+
+
 @pytest.mark.parametrize("damaged", [False, True])
 def test_scores_and_drift_wait_for_the_blocking_checks_of_features_from_an_earlier_run(
     instance, tmp_path, monkeypatch, damaged

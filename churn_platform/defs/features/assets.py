@@ -66,7 +66,7 @@ def build_feature_assets(
         partitions_def=partitions_def,
         deps=[RAW_EVENTS],
         kinds={"beam", "parquet"},
-        automation_condition=follow_updates(),
+        automation_condition=follow_updates(while_upstream_runs=True),
     )
     def customer_features(
         context: dg.AssetExecutionContext,
