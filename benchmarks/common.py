@@ -3,27 +3,32 @@
 from __future__ import annotations
 
 import time
+import uuid
 
 
-def raw_consume(settings, topic: str) -> tuple[int, float]:
-    """The least any extract must do: read value, partition and offset of each message.
+def raw_consume(
+    settings, topic: str, start: dict[int, int] | None = None, expected: int = 0
+) -> tuple[int, float]:
+    """The least any extract or scorer must do: read value, partition and offset of each message.
 
-    `assign()` from offset 0 and `consume()` in large batches to every partition's
-    EOF (the embedded broker's high watermark lags, so EOF is the end). Returns the
-    message count and the seconds the loop took.
+    `assign()` from `start` (partition → offset; default every partition from 0)
+    and `consume()` in large batches until every partition reached EOF and at
+    least `expected` messages were read (the embedded broker's high watermark
+    lags, so EOF is the end). Returns the message count and the loop's seconds.
     """
     from confluent_kafka import KafkaError, TopicPartition
 
     from churn_platform.kafka.admin import partitions_of
     from churn_platform.kafka.reader import fast_consumer
 
-    partitions = partitions_of(settings, topic)
-    consumer = fast_consumer(settings, "bench-raw")
-    consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+    if start is None:
+        start = {p: 0 for p in partitions_of(settings, topic)}
+    consumer = fast_consumer(settings, f"bench-raw-{uuid.uuid4().hex[:6]}")
+    consumer.assign([TopicPartition(topic, p, o) for p, o in start.items()])
     started = time.perf_counter()
     n = 0
     eof: set[int] = set()
-    while len(eof) < len(partitions):
+    while len(eof) < len(start) or n < expected:
         for m in consumer.consume(100_000, 0.5):
             if m.error() is not None:
                 if m.error().code() == KafkaError._PARTITION_EOF:

@@ -71,6 +71,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
+from common import raw_consume
 
 RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parent.parent
@@ -251,32 +252,6 @@ def produce_backlog(settings, topic: str, customers: list[str], n: int, tag: str
             if i % 10_000 == 0:
                 producer.poll(0)
     return time.perf_counter() - started
-
-
-def raw_consume(settings, topic: str, start: dict[int, int], expected: int) -> tuple[int, float]:
-    """The reference: read value, partition and offset of the backlog's messages, nothing more."""
-    from confluent_kafka import KafkaError, TopicPartition
-
-    from churn_platform.kafka.reader import fast_consumer
-
-    consumer = fast_consumer(settings, f"bench-raw-{uuid.uuid4().hex[:6]}")
-    consumer.assign([TopicPartition(topic, p, o) for p, o in start.items()])
-    started = time.perf_counter()
-    n = 0
-    eof: set[int] = set()
-    while len(eof) < len(start) or n < expected:
-        for m in consumer.consume(100_000, 0.5):
-            if m.error() is not None:
-                if m.error().code() == KafkaError._PARTITION_EOF:
-                    eof.add(m.partition())
-                continue
-            m.value()
-            m.partition()
-            m.offset()
-            n += 1
-    seconds = time.perf_counter() - started
-    consumer.close()
-    return n, seconds
 
 
 # --- parent: the scorer process and the score reader ------------------------------------
