@@ -191,17 +191,12 @@ def _features_job(args: dict, dates: list[date]) -> dict:
 
 def stage_features_latest(args: dict) -> dict:
     from churn_platform.features.materialize import read_features
-
-    out = _features_job(args, [date.fromisoformat(args["as_of"])])
-    out["rows"] = read_features_rows(args, read_features)
-    return out
-
-
-def read_features_rows(args: dict, read_features) -> int:
     from churn_platform.lake.store import Lake
 
-    table = read_features(Lake(args["lake"]), date.fromisoformat(args["as_of"]), ["customer_id"])
-    return table.height
+    as_of = date.fromisoformat(args["as_of"])
+    out = _features_job(args, [as_of])
+    out["rows"] = read_features(Lake(args["lake"]), as_of, ["customer_id"]).height
+    return out
 
 
 def stage_polars_reference(args: dict) -> dict:
