@@ -39,7 +39,7 @@ from churn_platform.events.contract import Rejection
 from churn_platform.events.simulator import SimulatorConfig, produce_simulation, run_live
 from churn_platform.events.validation import validate
 from churn_platform.ingestion.extract import ExtractConfig, ExtractError, extract_topic
-from churn_platform.kafka.admin import ensure_topic, list_topics, partitions_of
+from churn_platform.kafka.admin import ensure_topic, high_watermarks, list_topics, partitions_of
 from churn_platform.kafka.broker import EmbeddedBroker, free_port
 from churn_platform.kafka.config import KafkaSettings
 from churn_platform.kafka.producer import ProduceError
@@ -170,11 +170,22 @@ def read_all(settings: KafkaSettings, topic: str) -> list:
     return [m for chunk in reader.chunks() for m in chunk.messages]
 
 
-def wait_for_messages(settings: KafkaSettings, topic: str, count: int, timeout: float = 20) -> None:
+def until(condition, what: str, timeout: float = 60) -> None:
+    """Wait for `condition()`; the limits are generous because a loaded CI machine is slow."""
     deadline = time.monotonic() + timeout
-    while len(read_all(settings, topic)) < count:
-        assert time.monotonic() < deadline, f"fewer than {count} messages in {topic}"
-        time.sleep(0.05)
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {timeout:.0f} s for {what}"
+        time.sleep(0.1)
+
+
+def wait_for_messages(settings: KafkaSettings, topic: str, count: int, timeout: float = 60) -> None:
+    """At least `count` messages are in `topic` (by high watermark, which the embedded
+    broker reports low: never too early). Reading to EOF would chase a live producer."""
+    until(
+        lambda: sum(high_watermarks(settings, topic).values()) >= count,
+        f"{count} messages in {topic}",
+        timeout,
+    )
 
 
 def messages_of(caplog, text: str) -> list[str]:
@@ -184,44 +195,63 @@ def messages_of(caplog, text: str) -> list[str]:
 # --- (a) producing ----------------------------------------------------------------------
 
 
+class LiveProducer:
+    """`run_live` in a thread until `stop()`: the outage always falls while it produces
+    (a fixed `max_events` raced the outage on a slow machine: it could finish first)."""
+
+    def __init__(self, settings: KafkaSettings, topic: str, seed: int, **kwargs) -> None:
+        self.stop_event = threading.Event()
+        self.summary = None
+        self.error: ProduceError | None = None
+
+        def produce() -> None:
+            try:
+                self.summary = run_live(
+                    settings,
+                    topic,
+                    SimulatorConfig(customers=200, days=30, seed=seed),
+                    stop=self.stop_event,
+                    partitions=3,
+                    **kwargs,
+                )
+            except ProduceError as exc:
+                self.error = exc
+
+        self.thread = threading.Thread(target=produce, daemon=True)
+        self.thread.start()
+
+    def stop(self, timeout: float = 90) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the producer did not stop"
+
+
 def test_live_simulator_rides_out_an_outage_without_losing_or_doubling(outage, caplog):
     """Messages queue while the broker is away and are delivered once when it is back."""
     caplog.set_level(logging.INFO, logger="churn_platform.kafka.producer")
     rng = random.Random(71)
     topic = outage.topic()
-    total = 3000
-    box: dict = {}
-
-    def produce() -> None:
-        box["summary"] = run_live(
-            outage.settings,
-            topic,
-            SimulatorConfig(customers=200, days=30, seed=71),
-            rate=600,
-            max_events=total,
-            partitions=3,
-            producer_config={"reconnect.backoff.max.ms": 500},
-        )
-
-    producer = threading.Thread(target=produce, daemon=True)
-    producer.start()
+    address = outage.settings.bootstrap_servers
+    producer = LiveProducer(
+        outage.settings, topic, seed=71, rate=600, producer_config={"reconnect.backoff.max.ms": 500}
+    )
     wait_for_messages(outage.settings, topic, 300)
     time.sleep(rng.uniform(0.2, 0.8))
     outage.down()
     time.sleep(rng.uniform(2.0, 3.0))
     outage.up()
-    producer.join(60)
-    assert not producer.is_alive()
-    assert box["summary"].messages_produced == total
+    recovered = f"Kafka at {address} acknowledges messages again after"
+    until(lambda: messages_of(caplog, recovered), "the producer to log that the broker is back")
+    time.sleep(0.5)  # and some more messages after the return
+    producer.stop()
+    assert producer.error is None
+    total = producer.summary.messages_produced
 
     values = [m.value() for m in read_all(outage.settings, topic)]
     # every message is there exactly once: idempotent retries over reset connections
     assert len(values) == total
     assert len(set(values)) == total
-    address = outage.settings.bootstrap_servers
     assert messages_of(caplog, f"Kafka at {address} is unreachable")
-    recovered = messages_of(caplog, f"Kafka at {address} acknowledges messages again after")
-    assert recovered, "the producer never logged that the broker was back"
     print(json.dumps({"outage_s": round(outage.durations[-1], 2), "messages": total}))
 
 
@@ -229,37 +259,22 @@ def test_producer_that_outlives_message_timeout_fails_naming_the_address(outage)
     """Past message.timeout.ms the simulator fails, says how many were not delivered,
     and every message it counted as delivered is in the topic."""
     topic = outage.topic()
-    total = 800
-    box: dict = {}
-
-    def produce() -> None:
-        try:
-            run_live(
-                outage.settings,
-                topic,
-                SimulatorConfig(customers=100, days=20, seed=72),
-                rate=200,
-                max_events=total,
-                partitions=3,
-                producer_config={"message.timeout.ms": 1000},
-            )
-        except ProduceError as exc:
-            box["error"] = exc
-
-    producer = threading.Thread(target=produce, daemon=True)
-    producer.start()
-    wait_for_messages(outage.settings, topic, 100)  # some are acknowledged, the rest wait
+    producer = LiveProducer(
+        outage.settings, topic, seed=72, rate=200, producer_config={"message.timeout.ms": 3000}
+    )
+    wait_for_messages(outage.settings, topic, 100)  # some are acknowledged
     outage.down()
-    producer.join(30)
+    time.sleep(1.0)  # the rest are produced into the outage and wait
+    producer.stop()  # flushing waits for their message.timeout.ms to pass
     outage.up()
-    assert not producer.is_alive()
-    error = box["error"]
+    error = producer.error
+    assert error is not None, "the producer reported no failure"
     assert outage.settings.bootstrap_servers in str(error)
     assert error.failed > 0 and error.delivered > 0
-    assert error.delivered + error.failed == total
-    in_topic = read_all(outage.settings, topic)
+    values = [m.value() for m in read_all(outage.settings, topic)]
+    assert len(set(values)) == len(values)
     # nothing acknowledged was lost; a message whose ack was cut off may be there too
-    assert error.delivered <= len(in_topic) <= total
+    assert error.delivered <= len(values) <= error.delivered + error.failed
 
 
 # --- (b) extracting ---------------------------------------------------------------------
