@@ -8,7 +8,7 @@ means about one customer in five churns.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import numpy as np
@@ -103,3 +103,72 @@ def calibrate(
 def positive_probability(estimator, x: pl.DataFrame) -> np.ndarray:
     """P(churned) for each row of `x`."""
     return estimator.predict_proba(x)[:, 1]
+
+
+def small_batch_predictor(
+    estimator, features: Sequence[str]
+) -> Callable[[pl.DataFrame], np.ndarray] | None:
+    """P(churned) of `model_input` rows, without scikit-learn's per-call overhead; or None.
+
+    `predict_proba` of the calibrated boosting pipeline costs about 2.5 ms a
+    call before any tree is walked (validating and converting the frame three
+    times over: calibrator, pipeline, column transformer), more than the 250
+    trees take for the few rows of a streaming micro-batch. This does the same
+    arithmetic on one numpy matrix: the numeric columns as they are, the
+    categorical ones one-hot encoded by the fitted categories (unknown → all
+    zeros, as `handle_unknown="ignore"`), the boosting's `decision_function`,
+    then the fitted calibrator. Only for exactly the shape `calibrate()` of a
+    `build_estimator("gradient_boosting")` has; anything else gives None (use
+    `positive_probability`). Tests check it equals `predict_proba` bit for bit.
+    """
+    if not isinstance(estimator, CalibratedClassifierCV):
+        return None
+    if len(getattr(estimator, "calibrated_classifiers_", ())) != 1:
+        return None
+    if list(estimator.classes_) != [0, 1]:
+        return None
+    calibrated = estimator.calibrated_classifiers_[0]
+    if calibrated.method not in ("sigmoid", "isotonic"):
+        return None
+    frozen = calibrated.estimator
+    pipeline = frozen.estimator if isinstance(frozen, FrozenEstimator) else None
+    if not isinstance(pipeline, Pipeline) or len(pipeline.steps) != 2:
+        return None
+    columns, classifier = pipeline.steps[0][1], pipeline.steps[1][1]
+    if not isinstance(columns, ColumnTransformer) or columns.remainder != "drop":
+        return None
+    if (
+        not isinstance(classifier, HistGradientBoostingClassifier)
+        or len(calibrated.calibrators) != 1
+    ):
+        return None
+    fitted = [(name, t, cols) for name, t, cols in columns.transformers_ if name != "remainder"]
+    if [name for name, _, _ in fitted] != ["numeric", "categorical"]:
+        return None
+    (_, passthrough, numeric), (_, encoder, categorical) = fitted
+    if getattr(passthrough, "func", "?") is not None or not isinstance(encoder, OneHotEncoder):
+        return None
+    if (
+        encoder.handle_unknown != "ignore"
+        or encoder.drop is not None
+        or encoder.min_frequency is not None
+        or encoder.max_categories is not None
+    ):
+        return None
+    numeric, categorical = list(numeric), list(categorical)
+    if sorted(numeric + categorical) != sorted(features):
+        return None
+    categories = [np.asarray(c, dtype=object)[None, :] for c in encoder.categories_]
+    calibrator = calibrated.calibrators[0]
+
+    def predict(x: pl.DataFrame) -> np.ndarray:
+        parts = [x.select(numeric).to_numpy().astype(np.float64, copy=False)]
+        for name, fitted_categories in zip(categorical, categories, strict=True):
+            values = x[name].to_numpy().astype(object)[:, None]
+            parts.append((values == fitted_categories).astype(np.float64))
+        probability = calibrator.predict(classifier.decision_function(np.hstack(parts)))
+        # as CalibratedClassifierCV: a hair above 1 is 1
+        probability[(probability > 1.0) & (probability <= 1.0 + 1e-5)] = 1.0
+        return probability
+
+    return predict

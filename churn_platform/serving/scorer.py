@@ -39,6 +39,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
@@ -55,6 +56,8 @@ from churn_platform.kafka.admin import ensure_topic, is_unreachable
 from churn_platform.kafka.config import KafkaSettings
 from churn_platform.lake.store import Lake
 from churn_platform.ml import registry
+from churn_platform.ml.estimators import small_batch_predictor
+from churn_platform.ml.frame import model_input
 from churn_platform.ml.score import RiskBands
 from churn_platform.serving.state import CustomerState, bootstrap_state
 
@@ -173,6 +176,10 @@ class ChampionWatcher:
         self.interval_s = interval_s
         self.model: registry.LoadedModel | None = None
         self.spec: FeatureSpec | None = None
+        # the model's own arithmetic without scikit-learn's per-call overhead, when it
+        # has the candidate's shape; checked against predict_proba on its first batch
+        self._fast: Callable[[pl.DataFrame], np.ndarray] | None = None
+        self._fast_checked: Callable[[pl.DataFrame], np.ndarray] | None = None
         self._marker: bytes | None = None
         self._checked = 0.0
         self.loads = 0  # models loaded (the first one included)
@@ -191,10 +198,38 @@ class ChampionWatcher:
             return False
         model = registry.load_champion(self.lake)  # corrupt or untrusted: fails loudly
         self.model, self.spec, self._marker = model, spec_for(model.features), marker
+        self._fast = small_batch_predictor(model.estimator, model.features)
         self.loads += 1
         gc.freeze()  # the new model is long-lived too (see _freeze_heap)
         log.info("serving champion %s (%d features)", model.version, len(model.features))
         return True
+
+    @property
+    def small_batch_predictor(self) -> bool:
+        """Whether scores come from `small_batch_predictor` (else `predict_proba`)."""
+        return self._fast is not None
+
+    def predict_proba(self, features: pl.DataFrame) -> np.ndarray:
+        """The champion's P(churned) for each row of a feature table."""
+        model = self.model
+        assert model is not None
+        fast = self._fast
+        if fast is None:
+            return model.predict_proba(features)
+        probabilities = fast(model_input(features, model.features))
+        if self._fast_checked is not fast:
+            expected = model.predict_proba(features)
+            if not np.array_equal(probabilities, expected):
+                log.warning(
+                    "champion %s: the small-batch predictor differs from predict_proba "
+                    "(max %.3g); using predict_proba",
+                    model.version,
+                    float(np.abs(probabilities - expected).max()),
+                )
+                self._fast = None
+                return expected
+            self._fast_checked = fast
+        return probabilities
 
 
 class StreamingScorer:
@@ -513,7 +548,7 @@ class StreamingScorer:
                 self.state.frame(customers["customer_id"].to_list()), as_of, spec
             )
             if features.height:
-                probabilities = model.predict_proba(features).tolist()
+                probabilities = self.champion.predict_proba(features).tolist()
                 for customer, p in zip(features["customer_id"], probabilities, strict=True):
                     scores[customer] = (as_of, p, bands.band(p))
         scored_at = datetime.now(UTC)

@@ -11,7 +11,8 @@ from threadpoolctl import threadpool_limits
 
 from churn_platform.events.replay import ReplayMapping, SubscriptionMapping, rows_to_messages
 from churn_platform.lake.store import Lake
-from churn_platform.ml.frame import LABEL_COLUMN
+from churn_platform.ml.estimators import positive_probability, small_batch_predictor
+from churn_platform.ml.frame import LABEL_COLUMN, model_input
 from churn_platform.ml.train import (
     GateConfig,
     TrainConfig,
@@ -230,6 +231,31 @@ def test_same_seed_same_models(trained, training):
         np.testing.assert_array_equal(again.holdout_scores[name], trained.holdout_scores[name])
     assert again.metrics == trained.metrics
     assert again.importance.equals(trained.importance)
+
+
+def test_small_batch_predictor_equals_predict_proba_bit_for_bit(trained, training):
+    """The streaming scorer's predictor: same numbers as the pipeline, on every row of the
+    training table, one row at a time, with nulls and with a plan the encoder never saw."""
+    features = trained.features
+    predict = small_batch_predictor(trained.candidate, features)
+    assert predict is not None
+    x = model_input(training.table, features)
+    np.testing.assert_array_equal(predict(x), positive_probability(trained.candidate, x))
+    for i in (0, 7, x.height - 1):
+        row = x.slice(i, 1)
+        np.testing.assert_array_equal(predict(row), positive_probability(trained.candidate, row))
+    nullable = [c for c in features if c.endswith("days_since_last")]
+    odd = x.head(50).with_columns(
+        pl.lit("enterprise-legacy").alias("plan"),
+        *[pl.lit(None, pl.Float64).alias(c) for c in nullable],
+    )
+    assert odd.null_count().sum_horizontal().item() > 0
+    np.testing.assert_array_equal(predict(odd), positive_probability(trained.candidate, odd))
+    # anything but the calibrated boosting pipeline keeps scikit-learn's own path
+    assert small_batch_predictor(trained.baseline, features) is None
+    uncalibrated = trained.candidate.calibrated_classifiers_[0].estimator.estimator
+    assert small_batch_predictor(uncalibrated, features) is None
+    assert small_batch_predictor(trained.candidate, features[:-1]) is None
 
 
 def test_importance_lists_every_feature_once_largest_first(trained, training):

@@ -9,6 +9,7 @@ consumer group.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -38,6 +39,7 @@ from churn_platform.ml.train import TrainConfig, train_models
 from churn_platform.ml.training_set import build_training_set
 from churn_platform.serving.scorer import (
     SCORER_QUARANTINE_DIR,
+    ChampionWatcher,
     ServeConfig,
     StreamingScorer,
     decode_stream_score,
@@ -174,6 +176,7 @@ def test_streaming_features_and_scores_equal_the_batch_pipeline(kafka_settings, 
         assert len(scores) == len(messages)
         today = datetime.now(UTC).date()
         model = scorer.champion.model
+        assert scorer.champion.small_batch_predictor  # the fast path scored them
         streaming = compute_features(scorer.state.frame(customers), today, scorer.champion.spec)
 
     # the batch pipeline on the same events: extract them, features as of today
@@ -188,7 +191,7 @@ def test_streaming_features_and_scores_equal_the_batch_pipeline(kafka_settings, 
         latest[s.customer_id] = s
     expected = dict(zip(batch["customer_id"], model.predict_proba(batch), strict=True))
     for customer, p in expected.items():
-        assert latest[customer].churn_probability == pytest.approx(p, abs=1e-12)
+        assert latest[customer].churn_probability == p  # bit for bit
         assert latest[customer].model_version == version
         assert latest[customer].as_of == today
     inactive = [s for s in latest.values() if s.churn_probability is None]
@@ -197,6 +200,29 @@ def test_streaming_features_and_scores_equal_the_batch_pipeline(kafka_settings, 
     # every message names its event: partition, offset and a latency
     assert len({(s.partition, s.offset) for s in scores}) == len(messages)
     assert all(0 <= s.latency_ms < 60_000 for s in scores)
+
+
+def test_a_small_batch_predictor_that_disagrees_is_dropped_for_predict_proba(
+    trained_model, tmp_path, caplog
+):
+    """The fast path is checked against the model's predict_proba on its first batch."""
+    lake = Lake(str(tmp_path / "lake"))
+    register(lake, trained_model, uuid.uuid4().hex)
+    watcher = ChampionWatcher(lake, interval_s=60)
+    assert watcher.poll(force=True) and watcher.small_batch_predictor
+    rows = trained_model.split.holdout.head(25)
+    expected = watcher.model.predict_proba(rows)
+    np.testing.assert_array_equal(watcher.predict_proba(rows), expected)  # checked: kept
+    assert watcher.small_batch_predictor
+    watcher.poll(force=True)  # same champion: nothing reloaded
+    register(lake, trained_model, uuid.uuid4().hex)
+    assert watcher.poll(force=True) and watcher.small_batch_predictor
+    watcher._fast = lambda x: np.zeros(x.height)  # a wrong fast path for the new model
+    with caplog.at_level(logging.WARNING, logger="churn_platform.serve"):
+        np.testing.assert_array_equal(watcher.predict_proba(rows), expected)
+    assert not watcher.small_batch_predictor
+    assert "differs from predict_proba" in caplog.text
+    np.testing.assert_array_equal(watcher.predict_proba(rows), expected)
 
 
 def test_restart_resumes_warm_and_scores_each_event_once(kafka_settings, topic, world):
