@@ -1,7 +1,10 @@
 """The exactly-once extract: Kafka offset ranges → Parquet lake + quarantine + ledger.
 
 1. read the ledger → start offset per partition; delete leftovers of a run that
-   crashed before committing (files whose first offset is at or past the ledger);
+   crashed before committing (files whose first offset is at or past the ledger).
+   The first run writes an empty ledger before any file, so files of the topic
+   without a ledger mean the ledger was lost: the run refuses instead of taking
+   the lake's history for leftovers;
 2. read every partition with `assign()` from there to partition EOF (or a cap),
    validate in chunks, buffer valid rows and rejects in bounded memory;
 3. write Parquet files named by offset range (atomic renames), then replace the
@@ -40,7 +43,7 @@ from churn_platform.kafka.admin import ensure_topic, partitions_of
 from churn_platform.kafka.config import KafkaSettings
 from churn_platform.kafka.producer import EventProducer
 from churn_platform.kafka.reader import Chunk, OffsetRangeReader, ReadError, fast_consumer
-from churn_platform.lake.ledger import Ledger, read_ledger, write_ledger
+from churn_platform.lake.ledger import Ledger, LedgerCorrupt, read_ledger, write_ledger
 from churn_platform.lake.paths import (
     LEDGER_DIR,
     QUARANTINE_DIR,
@@ -212,6 +215,9 @@ def extract_topic(
     if config.dead_letter_topic:
         ensure_topic(settings, config.dead_letter_topic, partitions=len(partitions))
     ledger = read_ledger(lake, config.topic)
+    if not lake.exists(ledger_path(config.topic)):
+        _refuse_files_without_ledger(lake, config.topic)
+        ledger = write_ledger(lake, config.topic, {}, run_id=run_id)  # before any file
     starts = {p: ledger.next_offset(p) for p in partitions}
     removed = _remove_leftovers(lake, ledger, starts)
 
@@ -249,6 +255,31 @@ def extract_topic(
     )
     _commit_group(settings, config, ends, result)
     return result
+
+
+def _refuse_files_without_ledger(lake: Lake, topic: str) -> None:
+    """Raise LedgerCorrupt when the lake holds files of `topic` but no ledger.
+
+    Every run since the first one has a ledger to go by (the first writes one before
+    any file), so such files are committed history whose ledger was deleted or lost,
+    not leftovers: deleting them and reading the topic from the start would lose
+    whatever Kafka no longer holds.
+    """
+    found = [
+        f
+        for d in (RAW_EVENTS_DIR, QUARANTINE_DIR)
+        for f in range_files(lake, d)
+        if f.topic == topic
+    ]
+    if found:
+        partitions = sorted({f.partition for f in found})
+        raise LedgerCorrupt(
+            f"the ledger {lake.url(ledger_path(topic))} is missing, but the lake holds "
+            f"{len(found)} files of {topic!r} (partitions {partitions}, e.g. "
+            f"{lake.url(min(found).path)}): restore the ledger from a backup, or delete them "
+            "and re-extract the topic from the earliest offset Kafka still holds "
+            "(`churn-platform extract --reset-ledger`)"
+        )
 
 
 def _remove_leftovers(lake: Lake, ledger: Ledger, starts: dict[int, int]) -> int:

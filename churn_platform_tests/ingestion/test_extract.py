@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from datetime import UTC, datetime
 
@@ -177,6 +178,43 @@ def test_missing_topic_and_corrupt_ledger_are_named(kafka_settings, topic, lake)
     lake.write_bytes(ledger_path(topic), b"{not json")
     with pytest.raises(LedgerCorrupt, match=ledger_path(topic)):
         extract_topic(kafka_settings, lake, ExtractConfig(topic=topic))
+
+
+def test_a_lost_ledger_is_refused_not_taken_for_leftovers(kafka_settings, topic, lake, tmp_path):
+    """Files of the topic and no ledger: committed history, not a crashed run's files.
+
+    The extract used to delete them all and read the topic again from offset 0,
+    which loses whatever Kafka no longer holds."""
+    first_ids, _ = produce_round(kafka_settings, topic, seed=81)
+    extract_topic(kafka_settings, lake, ExtractConfig(topic=topic))
+    produce_round(kafka_settings, topic, seed=82)
+    extract_topic(kafka_settings, lake, ExtractConfig(topic=topic))
+    ledger_bytes = lake.read_bytes(ledger_path(topic))
+    files = sorted(lake.list_files("", ".parquet"))
+    assert files
+    lake.remove(ledger_path(topic))
+    with pytest.raises(LedgerCorrupt, match="is missing") as refused:
+        extract_topic(kafka_settings, lake, ExtractConfig(topic=topic))
+    assert lake.url(ledger_path(topic)) in str(refused.value)
+    assert "--reset-ledger" in str(refused.value)
+    assert sorted(lake.list_files("", ".parquet")) == files  # nothing deleted
+    # the ledger restored from a backup: the next run goes on where it was
+    lake.write_bytes(ledger_path(topic), ledger_bytes)
+    assert extract_topic(kafka_settings, lake, ExtractConfig(topic=topic)).messages == 0
+    total = sum(json.loads(ledger_bytes)["offsets"].values())
+    # a first run that crashes after writing files left its empty ledger first: the
+    # files are leftovers and the rerun replaces them (not refused)
+    fresh = Lake(tmp_path / "fresh")
+
+    def crash(stage: str) -> None:
+        if stage == "files_written":
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        extract_topic(kafka_settings, fresh, ExtractConfig(topic=topic), fault_hook=crash)
+    assert fresh.list_files("", ".parquet") and fresh.exists(ledger_path(topic))
+    again = extract_topic(kafka_settings, fresh, ExtractConfig(topic=topic))
+    assert again.leftovers_removed > 0 and again.messages == total
 
 
 def test_ledger_beyond_the_topic_is_an_error_not_a_silent_skip(kafka_settings, topic, lake):
