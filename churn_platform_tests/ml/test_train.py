@@ -11,7 +11,7 @@ from threadpoolctl import threadpool_limits
 
 from churn_platform.events.replay import ReplayMapping, SubscriptionMapping, rows_to_messages
 from churn_platform.lake.store import Lake
-from churn_platform.ml.estimators import positive_probability, small_batch_predictor
+from churn_platform.ml.estimators import WALK_ROWS, positive_probability, small_batch_predictor
 from churn_platform.ml.frame import LABEL_COLUMN, model_input
 from churn_platform.ml.train import (
     GateConfig,
@@ -240,7 +240,12 @@ def test_small_batch_predictor_equals_predict_proba_bit_for_bit(trained, trainin
     predict = small_batch_predictor(trained.candidate, features)
     assert predict is not None
     x = model_input(training.table, features)
-    np.testing.assert_array_equal(predict(x), positive_probability(trained.candidate, x))
+    expected = positive_probability(trained.candidate, x)
+    assert x.height > WALK_ROWS  # both paths: scikit-learn's loop for the whole table,
+    np.testing.assert_array_equal(predict(x), expected)
+    for start in range(0, x.height, WALK_ROWS):  # the all-trees walk for each slice
+        chunk = predict(x.slice(start, WALK_ROWS))
+        np.testing.assert_array_equal(chunk, expected[start : start + WALK_ROWS])
     for i in (0, 7, x.height - 1):
         row = x.slice(i, 1)
         np.testing.assert_array_equal(predict(row), positive_probability(trained.candidate, row))
