@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 SUBCOMMANDS = ("broker", "simulate", "replay", "extract", "demo", "up", "serve")
+# The streaming scorer's features are a few small polars queries per micro-batch:
+# waking a pool of threads for them cost more than it saved (benchmarks/streaming.py
+# at 1,000 events/s: scorer p99 146 ms with one thread, 201 ms with two).
+SERVE_POLARS_THREADS = 1
 
 
 class UserError(Exception):
@@ -31,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from churn_platform.kafka.config import KafkaConfigError
 
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:
+        # before polars is imported (it sizes its thread pool then); see cli/serve.py
+        os.environ.setdefault("POLARS_MAX_THREADS", str(SERVE_POLARS_THREADS))
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)

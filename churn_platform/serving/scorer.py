@@ -304,10 +304,11 @@ class StreamingScorer:
             [self.config.topic], on_assign=self._on_assign, on_revoke=self._on_revoke
         )
         log.info(
-            "scorer %s consuming %s → %s",
+            "scorer %s consuming %s → %s (polars threads %d)",
             self.config.group_id,
             self.config.topic,
             self.config.scores_topic,
+            pl.thread_pool_size(),
         )
         # Micro-batches are small: OpenMP threads in the model's predict cost more
         # to wake than they save (and spin against the broker on a busy machine).

@@ -307,7 +307,7 @@ def test_bad_messages_are_quarantined_and_the_batch_still_scored(kafka_settings,
 def test_serve_command_stops_cleanly_on_sigterm(kafka_settings, topic, world, tmp_path):
     lake, _, scores_topic = world
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k != "POLARS_MAX_THREADS"},
         "CHURN_LAKE": lake.uri,
         "KAFKA_BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
     }
@@ -346,7 +346,7 @@ def test_serve_command_stops_cleanly_on_sigterm(kafka_settings, topic, world, tm
                 process.kill()
     text = log.read_text()
     assert "stopping" in text and "final:" in text
-    assert np.isfinite(len(text))
+    assert "(polars threads 1)" in text  # `serve` sizes polars' pool before importing it
 
 
 # --- scale out: partitions are the unit of parallelism ---------------------------------
