@@ -18,8 +18,8 @@ from churn_platform.events.contract import EVENTS_TOPIC
 from churn_platform.ingestion.extract import ExtractConfig, ExtractError, extract_topic
 from churn_platform.kafka.admin import BrokerUnavailable
 from churn_platform.lake.ledger import LedgerCorrupt
-from churn_platform.lake.paths import QUARANTINE_DIR, RAW_EVENTS_DIR, ledger_path
-from churn_platform.lake.raw import range_files
+from churn_platform.lake.paths import ledger_path
+from churn_platform.lake.raw import topic_files
 from churn_platform.lake.store import Lake, LakeError
 
 
@@ -49,11 +49,9 @@ def add_parser(subparsers) -> None:
 def reset_topic(lake: Lake, topic: str) -> int:
     """Delete the topic's ledger and range files; returns how many files went."""
     removed = 0
-    for directory in (RAW_EVENTS_DIR, QUARANTINE_DIR):
-        for f in range_files(lake, directory):
-            if f.topic == topic:
-                lake.remove(f.path)
-                removed += 1
+    for f in topic_files(lake, topic):
+        lake.remove(f.path)
+        removed += 1
     if lake.exists(ledger_path(topic)):
         lake.remove(ledger_path(topic))
         removed += 1

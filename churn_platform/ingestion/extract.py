@@ -53,7 +53,7 @@ from churn_platform.lake.paths import (
     quarantine_path,
     raw_events_path,
 )
-from churn_platform.lake.raw import check_ledger_against_files, range_files
+from churn_platform.lake.raw import check_ledger_against_files, range_files, topic_files
 from churn_platform.lake.store import Lake, temp_target
 
 # Below this backlog one process is faster than paying for worker start-up.
@@ -265,12 +265,7 @@ def _refuse_files_without_ledger(lake: Lake, topic: str) -> None:
     not leftovers: deleting them and reading the topic from the start would lose
     whatever Kafka no longer holds.
     """
-    found = [
-        f
-        for d in (RAW_EVENTS_DIR, QUARANTINE_DIR)
-        for f in range_files(lake, d)
-        if f.topic == topic
-    ]
+    found = topic_files(lake, topic)
     if found:
         partitions = sorted({f.partition for f in found})
         raise LedgerCorrupt(

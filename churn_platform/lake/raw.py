@@ -46,6 +46,16 @@ def range_files(lake: Lake, directory: str) -> list[RangeFile]:
     return files
 
 
+def topic_files(lake: Lake, topic: str) -> list[RangeFile]:
+    """Every range file of `topic`, raw events and quarantine, committed or not."""
+    return [
+        f
+        for d in (RAW_EVENTS_DIR, QUARANTINE_DIR)
+        for f in range_files(lake, d)
+        if f.topic == topic
+    ]
+
+
 def check_ledger_against_files(lake: Lake, ledger: Ledger, files: Iterable[RangeFile]) -> None:
     """Raise LedgerCorrupt when a file of the ledger's topic straddles its offset.
 
