@@ -179,7 +179,7 @@ class ChampionWatcher:
         # the model's own arithmetic without scikit-learn's per-call overhead, when it
         # has the candidate's shape; checked against predict_proba on its first batch
         self._fast: Callable[[pl.DataFrame], np.ndarray] | None = None
-        self._fast_checked: Callable[[pl.DataFrame], np.ndarray] | None = None
+        self._fast_verified = False
         self._marker: bytes | None = None
         self._checked = 0.0
         self.loads = 0  # models loaded (the first one included)
@@ -199,13 +199,14 @@ class ChampionWatcher:
         model = registry.load_champion(self.lake)  # corrupt or untrusted: fails loudly
         self.model, self.spec, self._marker = model, spec_for(model.features), marker
         self._fast = small_batch_predictor(model.estimator, model.features)
+        self._fast_verified = False
         self.loads += 1
         gc.freeze()  # the new model is long-lived too (see _freeze_heap)
         log.info("serving champion %s (%d features)", model.version, len(model.features))
         return True
 
     @property
-    def small_batch_predictor(self) -> bool:
+    def uses_small_batch_predictor(self) -> bool:
         """Whether scores come from `small_batch_predictor` (else `predict_proba`)."""
         return self._fast is not None
 
@@ -217,7 +218,7 @@ class ChampionWatcher:
         if fast is None:
             return model.predict_proba(features)
         probabilities = fast(model_input(features, model.features))
-        if self._fast_checked is not fast:
+        if not self._fast_verified:
             expected = model.predict_proba(features)
             if not np.array_equal(probabilities, expected):
                 log.warning(
@@ -228,7 +229,7 @@ class ChampionWatcher:
                 )
                 self._fast = None
                 return expected
-            self._fast_checked = fast
+            self._fast_verified = True
         return probabilities
 
 

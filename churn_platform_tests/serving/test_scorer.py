@@ -176,7 +176,7 @@ def test_streaming_features_and_scores_equal_the_batch_pipeline(kafka_settings, 
         assert len(scores) == len(messages)
         today = datetime.now(UTC).date()
         model = scorer.champion.model
-        assert scorer.champion.small_batch_predictor  # the fast path scored them
+        assert scorer.champion.uses_small_batch_predictor  # the fast path scored them
         streaming = compute_features(scorer.state.frame(customers), today, scorer.champion.spec)
 
     # the batch pipeline on the same events: extract them, features as of today
@@ -209,18 +209,18 @@ def test_a_small_batch_predictor_that_disagrees_is_dropped_for_predict_proba(
     lake = Lake(str(tmp_path / "lake"))
     register(lake, trained_model, uuid.uuid4().hex)
     watcher = ChampionWatcher(lake, interval_s=60)
-    assert watcher.poll(force=True) and watcher.small_batch_predictor
+    assert watcher.poll(force=True) and watcher.uses_small_batch_predictor
     rows = trained_model.split.holdout.head(25)
     expected = watcher.model.predict_proba(rows)
     np.testing.assert_array_equal(watcher.predict_proba(rows), expected)  # checked: kept
-    assert watcher.small_batch_predictor
+    assert watcher.uses_small_batch_predictor
     watcher.poll(force=True)  # same champion: nothing reloaded
     register(lake, trained_model, uuid.uuid4().hex)
-    assert watcher.poll(force=True) and watcher.small_batch_predictor
+    assert watcher.poll(force=True) and watcher.uses_small_batch_predictor
     watcher._fast = lambda x: np.zeros(x.height)  # a wrong fast path for the new model
     with caplog.at_level(logging.WARNING, logger="churn_platform.serve"):
         np.testing.assert_array_equal(watcher.predict_proba(rows), expected)
-    assert not watcher.small_batch_predictor
+    assert not watcher.uses_small_batch_predictor
     assert "differs from predict_proba" in caplog.text
     np.testing.assert_array_equal(watcher.predict_proba(rows), expected)
 
