@@ -1,14 +1,32 @@
 """`churn-platform up`: the platform running live on this machine, until Ctrl-C.
 
-In order: the embedded broker (unless KAFKA_BOOTSTRAP_SERVERS names a cluster),
-a history of simulated events, a bootstrap in this process (extract, features
-for the training dates, training, scores) recorded in the same Dagster
-instance as the UI so its runs show there, then `dagster dev` (sensors and
-automation on), the live simulator continuing that history, and the streaming
-scorer. It prints where to look once the UI answers.
+Where the events come from decides what runs:
+
+- no KAFKA_BOOTSTRAP_SERVERS: the embedded broker, which is `up`'s own, so it
+  simulates a business there (a history, then live events) into
+  `customer-events`, with a lake under the state directory;
+- KAFKA_BOOTSTRAP_SERVERS names your cluster: `up` reads your topic
+  (CHURN_EVENTS_TOPIC, default `customer-events`) and your lake (CHURN_LAKE,
+  default var/lake). It never creates or produces to that topic, and no
+  simulator runs: the user's data is sacred;
+- your cluster with `--simulate`: the simulator writes only to the topic
+  `churn-platform-simulation`, which `up` creates for itself, and the lake is
+  `<state-dir>/simulation-lake` whatever CHURN_LAKE says, so that simulated
+  events never mix with the data of a lake someone else reads.
+
+Then a bootstrap in this process (extract, features for the training dates,
+training, scores) recorded in the same Dagster instance as the UI so its runs
+show there, then `dagster dev` (sensors and automation on), the live simulator
+(when simulating) and the streaming scorer, all reading the same topic
+(CHURN_EVENTS_TOPIC in their environment, `--topic` for the scorer). It prints
+where to look once the UI answers, including, when the bootstrap made no
+champion, why and how to make one.
 
 Every process it starts runs in its own process group and is stopped (SIGTERM,
-then SIGKILL) when this command ends, however it ends.
+then SIGKILL) when this command ends, however it ends. The first Ctrl-C
+(SIGINT) or SIGTERM stops `up` in whatever phase it is, the bootstrap included:
+nothing is started after it. Ctrl-C is how `up` is meant to end, so it exits 0
+then; a failure exits non-zero.
 """
 
 from __future__ import annotations
@@ -20,17 +38,20 @@ import os
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from churn_platform.cli import UserError
 from churn_platform.events.contract import EVENTS_TOPIC, SCORES_TOPIC
 from churn_platform.instance import prepare_dagster_home
-from churn_platform.kafka.admin import BrokerUnavailable, ensure_topic
+from churn_platform.kafka.admin import BrokerUnavailable, ensure_topic, list_topics
 from churn_platform.kafka.broker import DEFAULT_PORT, EmbeddedBroker
 from churn_platform.kafka.config import KafkaSettings
 from churn_platform.lake.store import DEFAULT_LAKE_ROOT
@@ -41,18 +62,34 @@ UP_DIR = Path("var/up")
 # passes the gate; about 55 s of bootstrap on two cores
 UP_CUSTOMERS = 2000
 UP_HISTORY_DAYS = 150
+UP_RATE = 20.0
+UP_SEED = 42
 UI_TIMEOUT_S = 180.0
+# the only topic `up` simulates into on a cluster it does not own
+SIMULATION_TOPIC = "churn-platform-simulation"
+# the code location workspace.yaml loads, as the UI names it in its URLs
+CODE_LOCATION = "churn_platform.definitions"
+# options that size the simulated business: meaningless for a user's own events
+SIMULATION_OPTIONS = {
+    "customers": "--customers",
+    "history_days": "--history-days",
+    "rate": "--rate",
+    "seed": "--seed",
+}
 
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "up",
-        help="start the broker, live events, a trained model, the streaming scorer and the "
-        "Dagster UI (Ctrl-C stops all)",
-        description="Starts the embedded broker (unless KAFKA_BOOTSTRAP_SERVERS is set), produces "
-        "a simulated history, bootstraps the lake and a champion model with Dagster (runs show in "
-        "the UI), then runs the Dagster UI with sensors and automation on, the live simulator and "
-        "the streaming scorer until Ctrl-C.",
+        help="start the platform live: Dagster UI with sensors and automation, a trained "
+        "model, the streaming scorer (Ctrl-C stops all)",
+        description="Without KAFKA_BOOTSTRAP_SERVERS: starts the embedded broker, simulates a "
+        "business into it (a history, then live events) and runs the platform on it. With "
+        "KAFKA_BOOTSTRAP_SERVERS: runs the platform on your topic (CHURN_EVENTS_TOPIC, default "
+        f"{EVENTS_TOPIC}) and lake (CHURN_LAKE), never producing to them; --simulate adds a "
+        f"simulated business in its own topic {SIMULATION_TOPIC}. Either way it bootstraps the "
+        "lake and a champion model with Dagster (runs show in the UI), then runs the Dagster UI "
+        "with sensors and automation on and the streaming scorer until Ctrl-C.",
     )
     parser.add_argument(
         "--host",
@@ -61,25 +98,38 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--ui-port", type=int, default=3000, help="Dagster UI port (default 3000)")
     parser.add_argument(
-        "--broker-port", type=int, default=DEFAULT_PORT, help="broker port (default 9092)"
+        "--broker-port",
+        type=int,
+        default=DEFAULT_PORT,
+        help="embedded broker port (default 9092; unused with KAFKA_BOOTSTRAP_SERVERS)",
     )
-    parser.add_argument(
-        "--rate", type=float, default=20.0, help="live events per second (default 20)"
+    simulation = parser.add_argument_group(
+        "simulation (always on the embedded broker; on your cluster only with --simulate)"
     )
-    parser.add_argument(
+    simulation.add_argument(
+        "--simulate",
+        action="store_true",
+        help=f"on the cluster of KAFKA_BOOTSTRAP_SERVERS, simulate a business into the topic "
+        f"{SIMULATION_TOPIC} (created by up) and a lake under --state-dir; your topic and "
+        "CHURN_LAKE are left alone",
+    )
+    simulation.add_argument(
+        "--rate", type=float, default=None, help=f"live events per second (default {UP_RATE:g})"
+    )
+    simulation.add_argument(
         "--customers",
         type=int,
-        default=UP_CUSTOMERS,
+        default=None,
         help=f"simulated customers (default {UP_CUSTOMERS})",
     )
-    parser.add_argument(
+    simulation.add_argument(
         "--history-days",
         type=int,
-        default=UP_HISTORY_DAYS,
+        default=None,
         help=f"days of history produced first (default {UP_HISTORY_DAYS}; a model needs "
         "about 120 or more)",
     )
-    parser.add_argument("--seed", type=int, default=42)
+    simulation.add_argument("--seed", type=int, default=None, help=f"(default {UP_SEED})")
     parser.add_argument(
         "--skip-bootstrap",
         action="store_true",
@@ -89,9 +139,82 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--state-dir",
         default=str(UP_DIR),
-        help="lake and logs of this session (default %(default)s)",
+        help="logs of this session, and its lake when simulating (default %(default)s)",
     )
     parser.set_defaults(handler=run)
+
+
+@dataclass(frozen=True)
+class Simulation:
+    """The simulated business `up` produces, when it simulates."""
+
+    customers: int
+    history_days: int
+    rate: float
+    seed: int
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Simulation:
+        return cls(
+            customers=UP_CUSTOMERS if args.customers is None else args.customers,
+            history_days=UP_HISTORY_DAYS if args.history_days is None else args.history_days,
+            rate=UP_RATE if args.rate is None else args.rate,
+            seed=UP_SEED if args.seed is None else args.seed,
+        )
+
+
+@dataclass(frozen=True)
+class Events:
+    """The topic every part of the platform reads, and whether `up` simulates into it."""
+
+    settings: KafkaSettings
+    topic: str
+    lake: str
+    simulation: Simulation | None
+    # True when `up` created the topic now (a simulation then produces its history)
+    created: bool = False
+
+    def describe(self) -> str:
+        """One line: which topic is read, and whether its events are simulated."""
+        if self.simulation is None:
+            return (
+                f"reading your topic {self.topic} on {self.settings.bootstrap_servers}; "
+                "no simulator runs (up never produces to it)"
+            )
+        return (
+            f"reading {self.topic} on {self.settings.bootstrap_servers}: its events are "
+            f"simulated (live {self.simulation.rate:g}/s)"
+        )
+
+
+def refuse_simulation_options(args: argparse.Namespace, cluster: str | None) -> None:
+    """Sizes of a simulation make no sense against a user's cluster without --simulate."""
+    if not cluster or args.simulate:
+        return
+    given = [
+        option for dest, option in SIMULATION_OPTIONS.items() if getattr(args, dest) is not None
+    ]
+    if given:
+        raise UserError(
+            f"{', '.join(given)} size a simulated business, but KAFKA_BOOTSTRAP_SERVERS is set: "
+            "up reads your events there and simulates nothing; add --simulate for a simulation "
+            f"in its own topic {SIMULATION_TOPIC}"
+        )
+
+
+def require_topic(settings: KafkaSettings, topic: str) -> None:
+    """The user's events topic must exist: `up` does not create it (nor write to it)."""
+    try:
+        topics = list_topics(settings)
+    except BrokerUnavailable as exc:
+        raise UserError(f"{exc}; check KAFKA_BOOTSTRAP_SERVERS and the KAFKA_* settings") from None
+    if topic not in topics or topics[topic].error is not None:
+        raise UserError(
+            f"topic {topic} does not exist on {settings.bootstrap_servers}: replay your events "
+            f"into it with `churn-platform replay PATH --topic {topic}`, or set "
+            "CHURN_EVENTS_TOPIC to the topic that holds them (up --simulate simulates into a "
+            "topic of its own)"
+        )
 
 
 class ProcessGroup:
@@ -137,12 +260,62 @@ def _signal_group(child: subprocess.Popen, sig: int) -> None:
         os.killpg(child.pid, sig)
 
 
-def _interrupt(signum, _frame) -> None:
-    # the first SIGINT/SIGTERM unwinds whatever runs (the bootstrap included);
-    # later ones are ignored so that they cannot cut the clean-up short
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise KeyboardInterrupt(f"signal {signum}")
+class Interrupts:
+    """The first SIGINT/SIGTERM stops `up`, even when Dagster's handler took it.
+
+    While a run executes in this process, Dagster replaces the SIGINT and
+    SIGTERM handlers, turns the signal into a failed run
+    (DagsterExecutionInterruptedError) and puts ours back afterwards: our
+    handler never hears of that signal, and `up` used to go on with the UI, the
+    simulator and the scorer. Python writes the number of every signal it
+    handles to the wakeup fd, whichever Python handler then runs, so a thread
+    reading it remembers the signal (`check` then stops `up` between phases).
+    Until `up` acts on it, the thread raises SIGINT again every second, so that
+    a later run of the same bootstrap is interrupted too rather than run to its end.
+    """
+
+    def __init__(self) -> None:
+        self.received = threading.Event()
+        self._settled = threading.Event()
+        self._reader, self._writer = socket.socketpair()
+
+    def install(self) -> None:
+        self._writer.setblocking(False)
+        signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
+        signal.signal(signal.SIGINT, self._handle)
+        signal.signal(signal.SIGTERM, self._handle)
+        threading.Thread(target=self._watch, name="up-interrupts", daemon=True).start()
+
+    def check(self) -> None:
+        """Stop here (KeyboardInterrupt) if a signal came, whoever handled it."""
+        if self.received.is_set():
+            self.settle()
+            raise KeyboardInterrupt("interrupted")
+
+    def settle(self) -> None:
+        # later signals are ignored so that they cannot cut the clean-up short
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        self._settled.set()
+
+    def _handle(self, signum, _frame) -> None:
+        self.received.set()
+        self.settle()
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    def _watch(self) -> None:
+        stops = {signal.SIGINT, signal.SIGTERM}
+        while not self.received.is_set():
+            try:
+                data = self._reader.recv(64)
+            except OSError:
+                return
+            if not data:
+                return
+            if any(number in stops for number in data):
+                self.received.set()
+        while not self._settled.wait(1.0):
+            signal.raise_signal(signal.SIGINT)
 
 
 class Timeline:
@@ -161,67 +334,54 @@ class Timeline:
 
 def run(args: argparse.Namespace) -> int:
     step = Timeline()
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
+    interrupts = Interrupts()
+    interrupts.install()
     project = Path.cwd()
     if not (project / "workspace.yaml").exists():
         raise UserError(
             "run `churn-platform up` from the project directory (workspace.yaml not found)"
         )
+    cluster = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    refuse_simulation_options(args, cluster)
     state = Path(args.state_dir).resolve()
     state.mkdir(parents=True, exist_ok=True)
     # runs of the bootstrap (this process) and of the UI go to the same instance
     dagster_home = prepare_dagster_home()
     os.environ["DAGSTER_HOME"] = str(dagster_home)
-    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     broker = None
     group = ProcessGroup()
     try:
-        if external:
-            # your cluster keeps its data, so the lake (CHURN_LAKE or var/lake) is kept too
-            settings = KafkaSettings.from_env()
-            lake = os.environ.get("CHURN_LAKE") or DEFAULT_LAKE_ROOT
-            step(f"using the Kafka cluster at {settings.bootstrap_servers}")
+        for name in ("broker", "simulator", "dagster", "scorer"):
+            (state / f"{name}.log").unlink(missing_ok=True)
+        if cluster:
+            events = on_cluster(args, state, step)
         else:
-            # the embedded broker starts empty, so the lake starts empty too
-            shutil.rmtree(state / "lake", ignore_errors=True)
-            lake = str(state / "lake")
-            for name in ("broker", "simulator", "dagster", "scorer"):
-                (state / f"{name}.log").unlink(missing_ok=True)
+            broker = EmbeddedBroker(port=args.broker_port, log_path=state / "broker.log")
             try:
-                broker = EmbeddedBroker(
-                    port=args.broker_port, log_path=state / "broker.log"
-                ).start()
+                broker.start()
             except BrokerUnavailable as exc:
                 raise UserError(str(exc)) from exc
-            settings = broker.settings
-            step(f"embedded broker on {settings.bootstrap_servers}")
-        ensure_topic(settings, EVENTS_TOPIC)
+            step(f"embedded broker on {broker.settings.bootstrap_servers} (up's own)")
+            events = simulated(broker.settings, EVENTS_TOPIC, state / "lake", args)
+        step(events.describe())
         env = {
             **os.environ,
-            "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-            "CHURN_LAKE": lake,
+            "KAFKA_BOOTSTRAP_SERVERS": events.settings.bootstrap_servers,
+            "CHURN_EVENTS_TOPIC": events.topic,
+            "CHURN_LAKE": events.lake,
             "DAGSTER_HOME": str(dagster_home),
         }
-        # the same business twice: its history first, then live from where it ends
-        end = datetime.now(UTC).replace(microsecond=0).isoformat()
-        simulate = [
-            *(sys.executable, "-m", "churn_platform.cli", "simulate"),
-            *("--customers", str(args.customers), "--days", str(args.history_days)),
-            *("--seed", str(args.seed), "--end", end, "--no-progress"),
-        ]
-        produced = subprocess.run(
-            simulate, env=env, check=True, stdout=subprocess.PIPE, text=True
-        ).stdout.splitlines()
-        step(
-            f"history: {args.customers:,} customers × {args.history_days} days, "
-            + (produced[0] if produced else "produced")
-        )
-        os.environ["KAFKA_BOOTSTRAP_SERVERS"] = settings.bootstrap_servers
-        os.environ["CHURN_LAKE"] = lake
-        model = "bootstrap skipped: materialize training_job in the UI for a champion"
+        simulate = None
+        if events.simulation is not None:
+            simulate = produce_history(events, env, step)
+        # the bootstrap in this process loads the same definitions as the children
+        for name in ("KAFKA_BOOTSTRAP_SERVERS", "CHURN_EVENTS_TOPIC", "CHURN_LAKE"):
+            os.environ[name] = env[name]
+        interrupts.check()
+        model = "none: bootstrap skipped"
         if not args.skip_bootstrap:
-            model = bootstrap(lake, settings, step)
+            model = bootstrap(events.lake, events.settings, step, events.topic, interrupts)
+        interrupts.check()
         group.start(
             "dagster",
             [
@@ -232,44 +392,125 @@ def run(args: argparse.Namespace) -> int:
             env,
             state / "dagster.log",
         )
-        group.start(
-            "simulator",
-            [*simulate, "--live", "--rate", str(args.rate)],
-            env,
-            state / "simulator.log",
-        )
+        if simulate is not None:
+            group.start(
+                "simulator",
+                [*simulate, "--live", "--rate", f"{events.simulation.rate:g}"],
+                env,
+                state / "simulator.log",
+            )
         group.start(
             "scorer",
-            [sys.executable, "-m", "churn_platform.cli", "serve"],
+            [sys.executable, "-m", "churn_platform.cli", "serve", "--topic", events.topic],
             env,
             state / "scorer.log",
         )
-        step("started dagster dev, the live simulator and the streaming scorer")
+        started = [name for name, _ in group.children]
+        step(f"started {_and(_PROCESS_NAMES[n] for n in started)}")
         url = f"http://{_display_host(args.host)}:{args.ui_port}"
         if not _wait_for_ui(url, group, UI_TIMEOUT_S):
             _raise_if_exited(group, state)
             step(f"the UI does not answer yet after {UI_TIMEOUT_S:.0f} s; see {state}/dagster.log")
         else:
             step("the Dagster UI answers")
-        print(where_to_look(url, settings, args.rate, lake, state, model), flush=True)
+        logs = [*started, *(["broker"] if broker is not None else [])]
+        print(where_to_look(url, events, state, model, logs, dagster_home), flush=True)
         while True:
             time.sleep(0.5)
             _raise_if_exited(group, state)
     except KeyboardInterrupt:
         pass
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        interrupts.settle()
         names = [name for name, _ in reversed(group.children)]
         group.stop()
         if broker is not None:
             broker.stop()
             names.append("broker")
-        print(f"stopped: {', '.join(names) or 'nothing was running'}", flush=True)
+        if names or interrupts.received.is_set():
+            print(f"stopped: {', '.join(names) or 'nothing was running'}", flush=True)
     return 0
 
 
-def bootstrap(lake_root: str, settings: KafkaSettings, step) -> str:
+_PROCESS_NAMES = {
+    "dagster": "dagster dev",
+    "simulator": "the live simulator",
+    "scorer": "the streaming scorer",
+}
+
+
+def _and(items) -> str:
+    items = list(items)
+    return ", ".join(items[:-1]) + " and " + items[-1] if len(items) > 1 else "".join(items)
+
+
+def on_cluster(args: argparse.Namespace, state: Path, step) -> Events:
+    """The user's cluster: their topic and lake, or with --simulate a topic of `up`'s own."""
+    settings = KafkaSettings.from_env()
+    if not args.simulate:
+        topic = os.environ.get("CHURN_EVENTS_TOPIC") or EVENTS_TOPIC
+        require_topic(settings, topic)
+        # your cluster keeps its data, so the lake (CHURN_LAKE or var/lake) is kept too
+        lake = os.environ.get("CHURN_LAKE") or DEFAULT_LAKE_ROOT
+        return Events(settings, topic, lake, simulation=None)
+    user_topic = os.environ.get("CHURN_EVENTS_TOPIC") or EVENTS_TOPIC
+    step(f"using the Kafka cluster at {settings.bootstrap_servers}")
+    step(
+        f"--simulate: simulated events go only to {SIMULATION_TOPIC}; your topic {user_topic} "
+        "is neither read nor written"
+    )
+    if os.environ.get("CHURN_LAKE"):
+        step(
+            f"--simulate: the lake is {state / 'simulation-lake'}, not CHURN_LAKE "
+            f"({os.environ['CHURN_LAKE']}), so simulated events stay out of your lake"
+        )
+    return simulated(settings, SIMULATION_TOPIC, state / "simulation-lake", args)
+
+
+def simulated(settings: KafkaSettings, topic: str, lake: Path, args: argparse.Namespace) -> Events:
+    """A topic `up` owns, and a fresh lake that holds only what the extract takes from it."""
+    try:
+        created = ensure_topic(settings, topic)
+    except BrokerUnavailable as exc:
+        raise UserError(str(exc)) from None
+    shutil.rmtree(lake, ignore_errors=True)
+    return Events(settings, topic, str(lake), Simulation.from_args(args), created=created)
+
+
+def produce_history(events: Events, env: dict[str, str], step) -> list[str]:
+    """The simulated history, when `up` just created its topic; the simulator's argv for live."""
+    sim = events.simulation
+    # the same business twice: its history first, then live from where it ends
+    end = datetime.now(UTC).replace(microsecond=0).isoformat()
+    simulate = [
+        *(sys.executable, "-m", "churn_platform.cli", "simulate", "--topic", events.topic),
+        *("--customers", str(sim.customers), "--days", str(sim.history_days)),
+        *("--seed", str(sim.seed), "--end", end, "--no-progress"),
+    ]
+    if not events.created:
+        # an earlier `up --simulate` left it: its history is there already, read again
+        step(
+            f"history: kept what {events.topic} already holds from an earlier up --simulate "
+            "(delete the topic for a new business)"
+        )
+        return simulate
+    produced = subprocess.run(
+        simulate, env=env, check=True, stdout=subprocess.PIPE, text=True
+    ).stdout.splitlines()
+    step(
+        f"history: {sim.customers:,} customers × {sim.history_days} days, "
+        + (produced[0] if produced else "produced")
+    )
+    return simulate
+
+
+def bootstrap(
+    lake_root: str,
+    settings: KafkaSettings,
+    step,
+    topic: str = EVENTS_TOPIC,
+    interrupts: Interrupts | None = None,
+) -> str:
     """Extract the history, then features → training → scores, as runs of the UI's instance.
 
     Returns one line about the champion for the summary. A failure is reported
@@ -285,11 +526,13 @@ def bootstrap(lake_root: str, settings: KafkaSettings, step) -> str:
     lake = Lake(lake_root)
     try:
         with dg.DagsterInstance.get() as instance:
-            result = extract_events(lake, settings, EVENTS_TOPIC, instance)
+            result = extract_events(lake, settings, topic, instance)
             rows = result.asset_materializations_for_node("raw_customer_events")[0].metadata
             step(f"extracted {rows['rows'].value:,} events into the lake (Dagster run)")
-            summary = _model_pipeline(lake, settings, EVENTS_TOPIC, instance, step)
+            summary = _model_pipeline(lake, settings, topic, instance, step)
     except (RuntimeError, dg.DagsterError) as exc:
+        if interrupts is not None:
+            interrupts.check()  # the run failed because of Ctrl-C: stop, not "failed"
         step(f"bootstrap failed: {exc}")
         return f"none: the bootstrap failed ({exc})"
     if summary.get("champion_version"):
@@ -308,8 +551,9 @@ def bootstrap(lake_root: str, settings: KafkaSettings, step) -> str:
 
 
 def where_to_look(
-    url: str, settings: KafkaSettings, rate: float, lake: str, state: Path, model: str
+    url: str, events: Events, state: Path, model: str, logs: list[str], dagster_home: Path
 ) -> str:
+    settings = events.settings
     watch = (
         f'{_shell_path(sys.executable)} -c "import confluent_kafka as k; '
         f"c = k.Consumer({{'bootstrap.servers': '{settings.bootstrap_servers}', "
@@ -318,23 +562,40 @@ def where_to_look(
         "[print(m.value().decode(), flush=True) for m in iter(lambda: c.poll(1), 0) "
         'if m and not m.error()]"'
     )
-    return "\n".join(
-        [
-            "",
-            "Churn Platform is up:",
-            f"  Dagster UI     {url}  (sensors and automation on)",
-            f"    asset graph  {url}/asset-groups",
-            f"    runs         {url}/runs",
-            f"  Kafka          {settings.bootstrap_servers}  {EVENTS_TOPIC} (live, {rate:g}/s)"
-            f" → streaming scorer → {SCORES_TOPIC}",
-            f"  champion       {model}",
-            f"  lake           {lake}",
-            f"  watch scores   {watch}",
-            f"  logs           {state}/{{dagster,simulator,scorer,broker}}.log",
-            "Ctrl-C stops everything.",
-            "",
+    if events.simulation is None:
+        source = "your events, read only; no simulator runs"
+    else:
+        source = f"simulated events (live {events.simulation.rate:g}/s)"
+    lines = [
+        "",
+        "Churn Platform is up:",
+        f"  Dagster UI     {url}  (sensors and automation on)",
+        f"    asset graph  {url}/asset-groups",
+        f"    runs         {url}/runs",
+        f"  Kafka          {settings.bootstrap_servers}",
+        f"  events topic   {events.topic}: {source}",
+        f"  scores         streaming scorer → {SCORES_TOPIC}",
+        f"  champion       {model}",
+    ]
+    if model.startswith("none"):
+        # the run executes in dagster dev, with the topic, lake and Kafka settings of this session
+        launch = (
+            f"DAGSTER_HOME={_shell_path(str(dagster_home))} "
+            f"{_shell_path(str(Path(sys.executable).parent / 'dagster'))} job launch "
+            "-w workspace.yaml -j training_job"
+        )
+        lines += [
+            f"    make one     {url}/locations/{CODE_LOCATION}/jobs/training_job (Materialize all),",
+            f"                 or {launch}  (the scorer waits for a champion)",
         ]
-    )
+    lines += [
+        f"  lake           {events.lake}",
+        f"  watch scores   {watch}",
+        f"  logs           {state}/{{{','.join(logs)}}}.log",
+        "Ctrl-C stops everything.",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def _shell_path(path: str) -> str:
