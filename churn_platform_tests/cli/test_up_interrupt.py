@@ -38,7 +38,7 @@ def test_ctrl_c_during_the_bootstrap_stops_up_before_anything_else_starts(tmp_pa
             *("--ui-port", str(free_port()), "--broker-port", str(free_port())),
             *("--state-dir", str(state)),
             # enough days for several as-of dates of features: the bootstrap takes > 10 s
-            *("--customers", "300", "--history-days", "100"),
+            *("--customers", "300", "--history-days", "130"),
         ],
         cwd=PROJECT,
         env=env,
