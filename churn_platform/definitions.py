@@ -4,8 +4,10 @@ Built when Dagster loads the code location (`@dg.definitions`), not at import:
 resources read which settings exist in the environment and hand them to Dagster
 as `dg.EnvVar`s, which it resolves at run time and never displays. Settings
 that shape definitions (`CHURN_FEATURES_START_DATE`, `CHURN_TRAINING_CRON`,
-`CHURN_DRIFT_PSI_THRESHOLD`, `CHURN_DRIFT_RETRAIN_COOLDOWN_HOURS`) are read
-here too, and a bad value fails the load with a message naming the variable.
+`CHURN_DRIFT_PSI_THRESHOLD`, `CHURN_DRIFT_RETRAIN_COOLDOWN_HOURS`, the churn
+definition `CHURN_DEFINITION` / `CHURN_HORIZON_DAYS` / `CHURN_QUALIFYING_EVENTS`,
+the gate's `CHURN_MIN_ROC_AUC` / `CHURN_GATE_CONFIDENCE`) are read here too, and
+a bad value fails the load with a message naming the variable.
 
 Every job runs its steps in the run's own process (`in_process_executor`):
 Dagster's default starts a new Python process per step, and importing
@@ -28,7 +30,9 @@ from churn_platform.defs.ingestion.definitions import ingestion_definitions
 from churn_platform.defs.ml.definitions import ml_definitions
 from churn_platform.defs.monitoring.definitions import monitoring_definitions
 from churn_platform.defs.resources.beam import BeamRunnerResource
+from churn_platform.defs.resources.churn import ChurnDefinitionResource
 from churn_platform.defs.resources.drift import DriftResource
+from churn_platform.defs.resources.gate import GateResource
 from churn_platform.defs.resources.kafka import KafkaResource
 from churn_platform.defs.resources.lake import LakeResource
 
@@ -43,6 +47,8 @@ def resources_from_env(
         "lake": LakeResource.from_env(environ),
         "beam": BeamRunnerResource.from_env(environ),
         "drift": DriftResource.from_env(environ),
+        "churn": ChurnDefinitionResource.from_env(environ),
+        "gate": GateResource.from_env(environ),
     }
 
 

@@ -140,10 +140,15 @@ def _model_pipeline(
     partitions = dg.DailyPartitionsDefinition(
         start_date=min([*dates, through]).isoformat(), timezone="UTC", end_offset=0
     )
+    from churn_platform.defs.resources.churn import ChurnDefinitionResource
+    from churn_platform.defs.resources.gate import GateResource
+
     resources = {
         "lake": LakeResource(root=lake.uri),
         "beam": BeamRunnerResource(),
         "kafka": KafkaResource.from_settings(settings, topic),
+        "churn": ChurnDefinitionResource.from_env(),
+        "gate": GateResource.from_env(),
     }
     definitions = dg.Definitions.merge(
         features_definitions(partitions=partitions),

@@ -26,8 +26,11 @@ LIFECYCLE_EVENT_TYPES = frozenset(
 ID_MAX_LENGTH = 128
 EVENT_TYPE_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
 EVENT_TYPE_RE = re.compile(EVENT_TYPE_PATTERN)
-# Event time may not be before this instant (epoch milliseconds).
-TS_MIN_MS = int(datetime(2000, 1, 1, tzinfo=UTC).timestamp() * 1000)
+# Event time may not be before this instant (epoch milliseconds). It catches epoch
+# seconds sent as milliseconds (they land in January 1970) while taking real
+# history: the CDNOW purchases a test replays are from 1997.
+TS_MIN_DATE = "1980-01-01"
+TS_MIN_MS = int(datetime(1980, 1, 1, tzinfo=UTC).timestamp() * 1000)
 # ... nor more than this far ahead of the clock of the process that validates it.
 TS_MAX_FUTURE_MS = 24 * 3600 * 1000
 # Messages larger than this are rejected before parsing (bytes).

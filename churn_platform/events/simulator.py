@@ -106,6 +106,7 @@ from churn_platform.events.contract import (
     SUBSCRIPTION_CANCELLED,
     SUBSCRIPTION_CHANGED,
     SUBSCRIPTION_STARTED,
+    TS_MIN_DATE,
     TS_MIN_MS,
     Reason,
 )
@@ -299,7 +300,7 @@ class SimulatorConfig:
             start = self.end - timedelta(days=self.days)
             if _to_ms(start) < TS_MIN_MS:
                 raise SimulatorConfigError(
-                    f"end - days must not be before 2000-01-01 (got {start.isoformat()}): "
+                    f"end - days must not be before {TS_MIN_DATE} (got {start.isoformat()}): "
                     "move end later or use fewer days"
                 )
 
@@ -803,7 +804,7 @@ def malformed_message(reason: str, variant: int, customer_id: str, ts: str, even
         wrong = ("yesterday", "2026-13-45T00:00:00Z", ts.rstrip("Z"))[v % 3]
         return encode({**base, "ts": wrong})
     if reason == Reason.TS_OUT_OF_RANGE:
-        wrong = ("1999-12-31T23:59:59.000Z", "2199-01-01T00:00:00.000Z", 0)[v % 3]
+        wrong = ("1979-12-31T23:59:59.000Z", "2199-01-01T00:00:00.000Z", 0)[v % 3]
         return encode({**base, "ts": wrong})
     if reason == Reason.BAD_VALUE:
         number = (b"1e999", b"-1e999")[v % 2]

@@ -30,6 +30,7 @@ from churn_platform.events.contract import (
     EVENT_TYPE_RE,
     ID_MAX_LENGTH,
     TS_MAX_FUTURE_MS,
+    TS_MIN_DATE,
     TS_MIN_MS,
     Event,
     Reason,
@@ -121,7 +122,7 @@ def _decode(raw: bytes) -> _WireEvent | Rejection:
 
 def _ts_rejection(ts_ms: int, now_ms: int) -> Rejection | None:
     if ts_ms < TS_MIN_MS:
-        return Rejection(Reason.TS_OUT_OF_RANGE, f"ts {ts_ms} ms is before 2000-01-01")
+        return Rejection(Reason.TS_OUT_OF_RANGE, f"ts {ts_ms} ms is before {TS_MIN_DATE}")
     if ts_ms > now_ms + TS_MAX_FUTURE_MS:
         return Rejection(Reason.TS_OUT_OF_RANGE, f"ts {ts_ms} ms is more than 1 day in the future")
     return None

@@ -1,6 +1,6 @@
 """What the feature computation for an as-of date reads from the lake.
 
-Activity features look back 90 days, so only raw files of event dates in the
+Activity features look back `LOOKBACK_DAYS` (365), so only raw files of event dates in the
 window are read whole (partition pruning by `event_date`). Tenure and the
 subscription state need each customer's lifecycle events from the start, so
 older files are read for those rows only. Anything dated after the as-of date

@@ -27,13 +27,14 @@ import pyarrow.parquet as pq
 from polars.exceptions import PanicException
 
 from churn_platform.events.contract import LIFECYCLE_EVENT_TYPES, SUBSCRIPTION_CANCELLED
+from churn_platform.features.churn import CANCELLATION, RECENT_ACTIVITY_DAYS, ChurnDefinition
 from churn_platform.features.definitions import (
+    LONG_WINDOW_DAYS,
     LOOKBACK_DAYS,
     FeatureSpec,
     as_of_end,
     compute_features,
     discover_spec,
-    window_start,
 )
 from churn_platform.features.inputs import FeatureInputs, feature_inputs, read_inputs
 from churn_platform.lake.paths import (
@@ -101,10 +102,11 @@ def materialize_features(
     engine: str = DEFAULT_ENGINE,
     runner: BeamRunnerSettings | None = None,
     shards: int | None = None,
+    churn: ChurnDefinition = CANCELLATION,
 ) -> MaterializedFeatures:
     """Compute the feature table as of `as_of` with `engine` and write it (replacing any)."""
     if engine == "polars":
-        return _materialize_polars(lake, as_of)
+        return _materialize_polars(lake, as_of, churn)
     if engine != "beam":
         raise ValueError(f"unknown feature engine {engine!r}: choose one of {', '.join(ENGINES)}")
     try:
@@ -115,7 +117,7 @@ def materialize_features(
             f"(run_feature_pipeline), which could not be imported ({exc}); "
             "install apache-beam or run with engine 'polars'"
         ) from exc
-    kwargs: dict[str, Any] = {"runner": runner}
+    kwargs: dict[str, Any] = {"runner": runner, "churn": churn}
     if shards is not None:
         kwargs["shards"] = shards
     result = run_feature_pipeline(lake.uri, as_of, **kwargs)
@@ -131,15 +133,15 @@ def materialize_features(
     )
 
 
-def _materialize_polars(lake: Lake, as_of: date) -> MaterializedFeatures:
+def _materialize_polars(lake: Lake, as_of: date, churn: ChurnDefinition) -> MaterializedFeatures:
     started = time.perf_counter()
     inputs = feature_inputs(lake, as_of)
     events = read_inputs(lake, inputs)
     spec = discover_spec(events, as_of)
-    table = compute_features(events, as_of, spec)
+    table = compute_features(events, as_of, spec, churn)
     customers = events["customer_id"].n_unique()
     counts = {"customers": customers, "events_read": events.height}
-    files = write_features(lake, as_of, table, spec, counts, inputs)
+    files = write_features(lake, as_of, table, spec, counts, inputs, churn)
     return MaterializedFeatures(
         as_of=as_of,
         engine="polars",
@@ -159,6 +161,7 @@ def write_features(
     spec: FeatureSpec,
     counts: dict[str, int] | None = None,
     inputs: FeatureInputs | None = None,
+    churn: ChurnDefinition = CANCELLATION,
 ) -> list[str]:
     """Write the table (one part) and its spec manifest, then drop what a previous run left.
 
@@ -179,6 +182,7 @@ def write_features(
         **(counts or {}),
         "shards": 1,
         "files": [part],
+        "churn_definition": churn.to_dict(),
         **({"inputs": inputs.to_dict()} if inputs else {}),
     }
     lake.write_bytes(spec_file, json.dumps(manifest, indent=2).encode())
@@ -211,17 +215,28 @@ def read_features(lake: Lake, as_of: date, columns: list[str] | None = None) -> 
     return table.sort("customer_id") if "customer_id" in table.columns else table
 
 
-def read_feature_spec(lake: Lake, as_of: date) -> FeatureSpec:
-    """The spec written beside the feature table of `as_of` (`_spec.json`)."""
+def _read_manifest(lake: Lake, as_of: date) -> dict:
     path = feature_spec_path(as_of)
     try:
-        body = json.loads(lake.read_bytes(path))
+        return json.loads(lake.read_bytes(path))
     except FileNotFoundError as exc:
         raise FeaturesMissing(
             f"no feature spec at {lake.url(path)}: "
             f"materialize customer_features for {as_of.isoformat()} (again)"
         ) from exc
-    return FeatureSpec.from_dict(body)
+
+
+def read_feature_spec(lake: Lake, as_of: date) -> FeatureSpec:
+    """The spec written beside the feature table of `as_of` (`_spec.json`)."""
+    return FeatureSpec.from_dict(_read_manifest(lake, as_of))
+
+
+def read_feature_churn(lake: Lake, as_of: date) -> ChurnDefinition:
+    """The churn definition the feature table of `as_of` chose its customers by.
+
+    Tables written before definitions were recorded used the cancellation one.
+    """
+    return ChurnDefinition.from_dict(_read_manifest(lake, as_of).get("churn_definition"))
 
 
 # --- checks ----------------------------------------------------------------------
@@ -296,6 +311,8 @@ def _range_rules(table: pl.DataFrame, as_of: date) -> dict[str, pl.Expr]:
         for c in (
             "events_28d",
             "active_days_28d",
+            "events_365d",
+            "active_days_365d",
             "plan_changes",
             "tenure_days",
             "days_since_last_event",
@@ -316,6 +333,18 @@ def _range_rules(table: pl.DataFrame, as_of: date) -> dict[str, pl.Expr]:
         rules[f"{c} < {LOOKBACK_DAYS}"] = pl.col(c) >= LOOKBACK_DAYS
     if "active_days_28d" in columns:
         rules["active_days_28d <= 28"] = pl.col("active_days_28d") > 28
+    if "active_days_365d" in columns:
+        rules[f"active_days_365d <= {LONG_WINDOW_DAYS}"] = (
+            pl.col("active_days_365d") > LONG_WINDOW_DAYS
+        )
+        if "active_days_28d" in columns:
+            rules["active_days_28d <= active_days_365d"] = pl.col("active_days_28d") > pl.col(
+                "active_days_365d"
+            )
+    if {"events_28d", "events_365d"} <= columns:
+        rules["events_28d <= events_365d"] = pl.col("events_28d") > pl.col("events_365d")
+    if "activity_rate_vs_365d" in columns:
+        rules["activity_rate_vs_365d >= 0"] = pl.col("activity_rate_vs_365d") < 0
     if "trend_28d" in columns:
         rules["trend_28d > 0"] = pl.col("trend_28d") <= 0
     # shorter windows never count more than the longer ones that contain them
@@ -359,15 +388,22 @@ def read_feature_inputs(lake: Lake, as_of: date) -> FeatureInputs | None:
     return FeatureInputs.from_dict(as_of, body["inputs"]) if "inputs" in body else None
 
 
-def active_customers(lake: Lake, as_of: date, inputs: FeatureInputs | None = None) -> pl.Series:
-    """Customers active at the end of `as_of`, straight from the raw events.
+def active_customers(
+    lake: Lake,
+    as_of: date,
+    inputs: FeatureInputs | None = None,
+    churn: ChurnDefinition = CANCELLATION,
+) -> pl.Series:
+    """Customers active at the end of `as_of` under `churn`, straight from the raw events.
 
     Written apart from `compute_features` on purpose (the row-count check
-    compares the two): a customer is active when its latest lifecycle event by
-    (ts, event_id) is not a cancellation, or, with no lifecycle events at all,
-    when it had any activity in the lookback window. With `inputs`, exactly
-    those raw files are read: for today's partition the lake grows while the
-    features run, and the check must judge the table by the lake it saw.
+    compares the two). Cancellation: a customer is active when its latest
+    lifecycle event by (ts, event_id) is not a cancellation, or, with no
+    lifecycle events at all, when it had any activity in the last
+    `RECENT_ACTIVITY_DAYS`. Inactivity: when it had a qualifying event in the
+    definition's N days up to `as_of`. With `inputs`, exactly those raw files
+    are read: for today's partition the lake grows while the features run,
+    and the check must judge the table by the lake it saw.
     """
     end = as_of_end(as_of)
     first_window_day = as_of - timedelta(days=LOOKBACK_DAYS - 1)
@@ -383,6 +419,17 @@ def active_customers(lake: Lake, as_of: date, inputs: FeatureInputs | None = Non
         return pl.Series("customer_id", [], dtype=pl.String)
     events = pl.concat(frames, how="vertical_relaxed").filter(pl.col("ts") < end)
     is_lifecycle = pl.col("event_type").is_in(sorted(LIFECYCLE_EVENT_TYPES))
+    if churn.is_inactivity:
+        qualifying = ~is_lifecycle
+        if churn.qualifying_types:
+            qualifying = pl.col("event_type").is_in(list(churn.qualifying_types))
+        since = end - timedelta(days=churn.horizon_days)
+        return (
+            events.filter(qualifying & (pl.col("ts") >= since))["customer_id"]
+            .unique()
+            .sort()
+            .rename("customer_id")
+        )
     # Duplicates (a replay produced twice) are dropped by event_id where they could
     # change the answer: among lifecycle events, whose order decides the state. A
     # duplicated activity event cannot change the set of recently active customers,
@@ -397,7 +444,7 @@ def active_customers(lake: Lake, as_of: date, inputs: FeatureInputs | None = Non
     )
     subscribed = latest.filter(pl.col("last_type") != SUBSCRIPTION_CANCELLED)["customer_id"]
     recently_active = (
-        events.filter(~is_lifecycle & (pl.col("ts") >= window_start(as_of)))
+        events.filter(~is_lifecycle & (pl.col("ts") >= end - timedelta(days=RECENT_ACTIVITY_DAYS)))
         .select("customer_id")
         .unique()
         .join(latest.select("customer_id"), on="customer_id", how="anti")["customer_id"]

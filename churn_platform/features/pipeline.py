@@ -2,6 +2,8 @@
 
     python -m churn_platform.features.pipeline --lake var/lake --as_of 2026-11-20 \\
         [--shards 8] [--read_tasks 8] \\
+        [--churn_definition cancellation|inactivity] [--churn_horizon_days N] \\
+        [--churn_qualifying_events purchase,login] \\
         [--runner DirectRunner] [--direct_num_workers 1] [--direct_running_mode in_memory]
 
 (`--runner` and the other runner options go through `BeamRunnerSettings`;
@@ -66,6 +68,7 @@ from apache_beam.pvalue import AsSingleton, TaggedOutput
 from apache_beam.runners.runner import PipelineState
 
 from churn_platform.events.contract import LIFECYCLE_EVENT_TYPES
+from churn_platform.features.churn import CANCELLATION, ChurnDefinition
 from churn_platform.features.definitions import (
     EVENT_SCHEMA,
     KEY_COLUMNS,
@@ -128,6 +131,33 @@ class FeaturePipelineOptions(PipelineOptions):
             default=DEFAULT_READ_TASKS,
             help="read tasks: units of parallel reading (runs of raw files)",
         )
+        parser.add_argument(
+            "--churn_definition",
+            default=CANCELLATION.kind,
+            help="who is active at the as-of date: cancellation (default) or inactivity",
+        )
+        parser.add_argument(
+            "--churn_horizon_days",
+            type=int,
+            default=None,
+            help="the churn horizon (inactivity: N, the days without activity that mean churn)",
+        )
+        parser.add_argument(
+            "--churn_qualifying_events",
+            default="",
+            help="inactivity only: event types that count as activity, comma-separated "
+            "(default: every activity type)",
+        )
+
+    def churn(self) -> ChurnDefinition:
+        """The churn definition these options name (see `features.churn`)."""
+        from churn_platform.features.churn import definition_from_env
+
+        environ = {"CHURN_DEFINITION": self.churn_definition or ""}
+        if self.churn_horizon_days is not None:
+            environ["CHURN_HORIZON_DAYS"] = str(self.churn_horizon_days)
+        environ["CHURN_QUALIFYING_EVENTS"] = self.churn_qualifying_events or ""
+        return definition_from_env(environ)
 
 
 @dataclass(frozen=True)
@@ -327,8 +357,9 @@ class ComputeShardFeaturesFn(beam.DoFn):
     SPECS = "specs"
     CUSTOMERS = "customers"
 
-    def __init__(self, as_of: date) -> None:
+    def __init__(self, as_of: date, churn: ChurnDefinition = CANCELLATION) -> None:
         self._as_of = as_of
+        self._churn = churn
         self.duplicates = Metrics.counter(METRICS_NAMESPACE, "duplicate_events_dropped")
         self.customers = Metrics.counter(METRICS_NAMESPACE, "customers")
         self.rows = Metrics.counter(METRICS_NAMESPACE, "feature_rows")
@@ -347,7 +378,7 @@ class ComputeShardFeaturesFn(beam.DoFn):
         customers = events["customer_id"].n_unique()
         self.customers.inc(customers)
         yield TaggedOutput(self.CUSTOMERS, customers)
-        features = compute_features(events, self._as_of, spec)
+        features = compute_features(events, self._as_of, spec, self._churn)
         self.rows.inc(features.height)
         yield shard, FrameBatch(shard, features)
 
@@ -359,11 +390,14 @@ class ComputeShardFeatures(beam.PTransform):
     after de-duplication) and `customers` (distinct customers per shard).
     """
 
-    def __init__(self, as_of: date, shards: int, spec) -> None:
+    def __init__(
+        self, as_of: date, shards: int, spec, churn: ChurnDefinition = CANCELLATION
+    ) -> None:
         super().__init__()
         self._as_of = as_of
         self._shards = shards
         self._spec = spec  # a PCollection holding one FeatureSpec
+        self._churn = churn
 
     def expand(self, batches):
         # one marker per shard, so a shard without events still writes its
@@ -379,7 +413,7 @@ class ComputeShardFeatures(beam.PTransform):
             | "GroupByShard" >> beam.GroupByKey()
             | "ComputeShardFeaturesFn"
             >> beam.ParDo(
-                ComputeShardFeaturesFn(self._as_of), spec=AsSingleton(self._spec)
+                ComputeShardFeaturesFn(self._as_of, self._churn), spec=AsSingleton(self._spec)
             ).with_outputs(
                 ComputeShardFeaturesFn.SPECS, ComputeShardFeaturesFn.CUSTOMERS, main="features"
             )
@@ -417,12 +451,18 @@ class CommitFeaturesFn(beam.DoFn):
     """All parts written → `_spec.json` (spec + counts), and stale parts removed."""
 
     def __init__(
-        self, lake_uri: str, as_of: date, shards: int, inputs: FeatureInputs | None = None
+        self,
+        lake_uri: str,
+        as_of: date,
+        shards: int,
+        inputs: FeatureInputs | None = None,
+        churn: ChurnDefinition = CANCELLATION,
     ) -> None:
         self._lake_uri = lake_uri
         self._as_of = as_of
         self._shards = shards
         self._inputs = inputs
+        self._churn = churn
         self._lake: Lake | None = None
         self.stale_removed = Metrics.counter(METRICS_NAMESPACE, "stale_files_removed")
 
@@ -447,6 +487,7 @@ class CommitFeaturesFn(beam.DoFn):
             "events_read": events_read,
             "shards": self._shards,
             "files": paths,
+            "churn_definition": self._churn.to_dict(),
             **({"inputs": self._inputs.to_dict()} if self._inputs else {}),
         }
         lake.write_bytes(spec_path(self._as_of), json.dumps(manifest, indent=2).encode())
@@ -469,6 +510,7 @@ class WriteFeatureTable(beam.PTransform):
         events_read,
         customers,
         inputs: FeatureInputs | None = None,
+        churn: ChurnDefinition = CANCELLATION,
     ) -> None:
         super().__init__()
         self._lake_uri = lake_uri
@@ -478,6 +520,7 @@ class WriteFeatureTable(beam.PTransform):
         self._events_read = events_read
         self._customers = customers
         self._inputs = inputs
+        self._churn = churn
 
     def expand(self, features):
         return (
@@ -490,7 +533,9 @@ class WriteFeatureTable(beam.PTransform):
             | "CollectWritten" >> beam.combiners.ToList()
             | "CommitFeaturesFn"
             >> beam.ParDo(
-                CommitFeaturesFn(self._lake_uri, self._as_of, self._shards, self._inputs),
+                CommitFeaturesFn(
+                    self._lake_uri, self._as_of, self._shards, self._inputs, self._churn
+                ),
                 spec=AsSingleton(self._spec),
                 events_read=AsSingleton(self._events_read),
                 customers=AsSingleton(self._customers),
@@ -514,6 +559,7 @@ class CustomerFeatures(beam.PTransform):
         as_of: date,
         shards: int = DEFAULT_SHARDS,
         read_tasks: int = DEFAULT_READ_TASKS,
+        churn: ChurnDefinition = CANCELLATION,
     ) -> None:
         super().__init__()
         for name, value in (("shards", shards), ("read_tasks", read_tasks)):
@@ -523,6 +569,7 @@ class CustomerFeatures(beam.PTransform):
         self._as_of = as_of
         self._shards = shards
         self._tasks = read_tasks
+        self._churn = churn
 
     def expand(self, pbegin):
         inputs = feature_inputs(Lake(self._lake_uri), self._as_of)
@@ -532,12 +579,19 @@ class CustomerFeatures(beam.PTransform):
         task_spec = read.specs | "DiscoverActivityTypes" >> beam.CombineGlobally(merge_specs)
         events_read = read.events_read | "CountEventsRead" >> beam.CombineGlobally(sum)
         computed = read.events | "ComputeShardFeatures" >> ComputeShardFeatures(
-            self._as_of, self._shards, task_spec
+            self._as_of, self._shards, task_spec, self._churn
         )
         spec = computed.specs | "MergeShardSpecs" >> beam.CombineGlobally(merge_specs)
         customers = computed.customers | "CountCustomers" >> beam.CombineGlobally(sum)
         return computed.features | "WriteFeatureTable" >> WriteFeatureTable(
-            self._lake_uri, self._as_of, self._shards, spec, events_read, customers, inputs
+            self._lake_uri,
+            self._as_of,
+            self._shards,
+            spec,
+            events_read,
+            customers,
+            inputs,
+            self._churn,
         )
 
 
@@ -555,9 +609,13 @@ def _run(options: PipelineOptions) -> FeatureRunResult:
     own = options.view_as(FeaturePipelineOptions)
     as_of = _parse_as_of(own.as_of)
     lake = Lake(own.lake)
+    try:
+        churn = own.churn()
+    except ValueError as exc:
+        raise FeaturePipelineError(str(exc)) from exc
     pipeline = beam.Pipeline(options=options)
     _ = pipeline | "CustomerFeatures" >> CustomerFeatures(
-        lake.uri, as_of, own.shards, own.read_tasks
+        lake.uri, as_of, own.shards, own.read_tasks, churn
     )
     result = pipeline.run()
     state = result.wait_until_finish()
@@ -598,6 +656,7 @@ def run_feature_pipeline(
     runner: BeamRunnerSettings | None = None,
     shards: int = DEFAULT_SHARDS,
     read_tasks: int = DEFAULT_READ_TASKS,
+    churn: ChurnDefinition = CANCELLATION,
 ) -> FeatureRunResult:
     """Compute and write the feature table as of `as_of` with Beam; what the asset calls."""
     settings = runner or BeamRunnerSettings()
@@ -606,6 +665,9 @@ def run_feature_pipeline(
         f"--as_of={as_of.isoformat()}",
         f"--shards={shards}",
         f"--read_tasks={read_tasks}",
+        f"--churn_definition={churn.kind}",
+        f"--churn_horizon_days={churn.horizon_days}",
+        f"--churn_qualifying_events={','.join(churn.qualifying_types)}",
     )
     return _run(options)
 

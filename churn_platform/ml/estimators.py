@@ -121,8 +121,8 @@ def small_batch_predictor(
     categorical ones one-hot encoded by the fitted categories (unknown → all
     zeros, as `handle_unknown="ignore"`), every tree walked at once
     (`_tree_walker`; scikit-learn's loop above `WALK_ROWS` rows), then the
-    fitted calibrator. Only for exactly the shape `calibrate()` of a
-    `build_estimator("gradient_boosting")` has; anything else gives None (use
+    fitted calibrator. Only for exactly the shapes `calibrate()` and
+    `train.fit_served` give a `build_estimator("gradient_boosting")`; anything else gives None (use
     `positive_probability`). Tests check it equals `predict_proba` bit for bit.
     """
     if not isinstance(estimator, CalibratedClassifierCV):
@@ -134,8 +134,10 @@ def small_batch_predictor(
     calibrated = estimator.calibrated_classifiers_[0]
     if calibrated.method not in ("sigmoid", "isotonic"):
         return None
-    frozen = calibrated.estimator
-    pipeline = frozen.estimator if isinstance(frozen, FrozenEstimator) else None
+    inner = calibrated.estimator
+    # calibrate() wraps the fitted pipeline in FrozenEstimator; a model calibrated out of
+    # fold (train.fit_served, ensemble=False) holds the pipeline fitted on every row
+    pipeline = inner.estimator if isinstance(inner, FrozenEstimator) else inner
     if not isinstance(pipeline, Pipeline) or len(pipeline.steps) != 2:
         return None
     columns, classifier = pipeline.steps[0][1], pipeline.steps[1][1]

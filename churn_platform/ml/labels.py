@@ -1,9 +1,13 @@
-"""Churn labels: did a customer active at the end of as-of date d cancel within the horizon?
+"""Churn labels: did a customer active at the end of as-of date d churn within the horizon?
 
+What churn is comes from the business's `ChurnDefinition` (`features.churn`).
 A customer in the feature table at d (the customers active at the end of d)
-churned when a `subscription_cancelled` event has a ts in (end of d, end of
-d + horizon], i.e. `as_of_end(d) <= ts < as_of_end(d + horizon)`: exactly the
-events the features as of d never see, up to the end of the horizon's last day.
+churned, under "cancellation", when a `subscription_cancelled` event has a ts
+in (end of d, end of d + horizon], i.e. `as_of_end(d) <= ts < as_of_end(d +
+horizon)`; under "inactivity", when no qualifying event has a ts in that
+interval. Either way: exactly the events the features as of d never see, up
+to the end of the horizon's last day. The definition's key is stored in every
+label row, so labels of another definition are never taken for these.
 
 A date is labelled only when the lake has observed its whole horizon. That is
 judged by the data, not the wall clock: the lake is complete through the day
@@ -22,20 +26,26 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from churn_platform.events.contract import SUBSCRIPTION_CANCELLED
+from churn_platform.events.contract import LIFECYCLE_EVENT_TYPES, SUBSCRIPTION_CANCELLED
+from churn_platform.features.churn import (
+    CANCELLATION,
+    DEFAULT_CANCELLATION_HORIZON_DAYS,
+    ChurnDefinition,
+)
 from churn_platform.features.definitions import as_of_end
 from churn_platform.lake.paths import labels_path
 from churn_platform.lake.raw import committed_raw_files, event_date_of
 from churn_platform.lake.store import Lake, LakeError
 
-DEFAULT_HORIZON_DAYS = 30
+DEFAULT_HORIZON_DAYS = DEFAULT_CANCELLATION_HORIZON_DAYS
 LABEL_SCHEMA = {
     "customer_id": pl.String(),
     "as_of": pl.Date(),
     "churned": pl.Boolean(),
     "horizon_days": pl.Int64(),
+    "churn_definition": pl.String(),
 }
-_CANCELLATION_COLUMNS = ["event_id", "customer_id", "event_type", "ts"]
+_LABEL_EVENT_COLUMNS = ["event_id", "customer_id", "event_type", "ts"]
 
 
 class NotYetLabelable(ValueError):
@@ -69,9 +79,10 @@ class LabelResult:
     rows: int
     churned: int
     complete_through: date
-    cancellations_read: int
+    cancellations_read: int  # the events that decided labels (cancellations or activity)
     path: str
     seconds: float = 0.0
+    churn: ChurnDefinition = CANCELLATION
 
     @property
     def churn_rate(self) -> float:
@@ -92,10 +103,22 @@ def ensure_labelable(as_of: date, horizon_days: int, through: date | None) -> No
         raise NotYetLabelable(as_of, horizon_days, through)
 
 
-def read_cancellations(lake: Lake, as_of: date, horizon_days: int) -> pl.DataFrame:
-    """`subscription_cancelled` events in the horizon after `as_of` (only its dates are read)."""
+def _label_event_filter(churn: ChurnDefinition) -> list:
+    """The pyarrow filter for the events that decide labels under `churn`."""
+    if not churn.is_inactivity:
+        return [("event_type", "=", SUBSCRIPTION_CANCELLED)]
+    if churn.qualifying_types:
+        return [("event_type", "in", list(churn.qualifying_types))]
+    return [("event_type", "not in", sorted(LIFECYCLE_EVENT_TYPES))]
+
+
+def read_label_events(lake: Lake, as_of: date, churn: ChurnDefinition) -> pl.DataFrame:
+    """The events in the horizon after `as_of` that decide labels (only its dates are read).
+
+    Cancellation: `subscription_cancelled` events; inactivity: qualifying activity.
+    """
     first = as_of + timedelta(days=1)
-    last = as_of + timedelta(days=horizon_days)
+    last = as_of + timedelta(days=churn.horizon_days)
     tables = []
     for f in committed_raw_files(lake, start=first, end=last):
         try:
@@ -103,8 +126,8 @@ def read_cancellations(lake: Lake, as_of: date, horizon_days: int) -> pl.DataFra
                 tables.append(
                     pq.read_table(
                         handle,
-                        columns=_CANCELLATION_COLUMNS,
-                        filters=[("event_type", "=", SUBSCRIPTION_CANCELLED)],
+                        columns=_LABEL_EVENT_COLUMNS,
+                        filters=_label_event_filter(churn),
                     )
                 )
         except Exception as exc:  # a damaged file is named, never read as empty
@@ -121,38 +144,59 @@ def read_cancellations(lake: Lake, as_of: date, horizon_days: int) -> pl.DataFra
     return pl.from_arrow(pa.concat_tables(tables)).unique(subset="event_id", maintain_order=True)
 
 
+def read_cancellations(lake: Lake, as_of: date, horizon_days: int) -> pl.DataFrame:
+    """`subscription_cancelled` events in the horizon after `as_of` (only its dates are read)."""
+    return read_label_events(lake, as_of, ChurnDefinition("cancellation", horizon_days))
+
+
+def _churn_of(churn: ChurnDefinition | int) -> ChurnDefinition:
+    # a bare number of days is the cancellation definition with that horizon
+    return churn if isinstance(churn, ChurnDefinition) else ChurnDefinition("cancellation", churn)
+
+
 def compute_labels(
     customers: pl.Series | list[str],
-    cancellations: pl.DataFrame,
+    events: pl.DataFrame,
     as_of: date,
-    horizon_days: int = DEFAULT_HORIZON_DAYS,
+    churn: ChurnDefinition | int = CANCELLATION,
 ) -> pl.DataFrame:
     """One label row per active customer, sorted by customer_id.
 
     `customers` are the customers active at the end of `as_of` (the feature
-    table's customer_id); `cancellations` holds events with at least
-    customer_id, event_type and ts (anything outside the horizon is ignored).
+    table's customer_id); `events` holds events with at least customer_id,
+    event_type and ts (anything outside the horizon, or of a type the
+    definition does not look at, is ignored).
     """
-    start, end = as_of_end(as_of), as_of_end(as_of + timedelta(days=horizon_days))
-    churned = (
-        cancellations.lazy()
-        .filter(
-            (pl.col("event_type") == SUBSCRIPTION_CANCELLED)
-            & (pl.col("ts") >= start)
-            & (pl.col("ts") < end)
+    churn = _churn_of(churn)
+    start, end = as_of_end(as_of), as_of_end(as_of + timedelta(days=churn.horizon_days))
+    in_horizon = (pl.col("ts") >= start) & (pl.col("ts") < end)
+    if churn.is_inactivity:
+        qualifying = (
+            pl.col("event_type").is_in(list(churn.qualifying_types))
+            if churn.qualifying_types
+            else ~pl.col("event_type").is_in(sorted(LIFECYCLE_EVENT_TYPES))
         )
-        .select("customer_id")
-        .unique()
-        .with_columns(pl.lit(True).alias("churned"))
-    )
+        # churned: nobody active is in the set of customers seen doing something
+        seen = events.lazy().filter(qualifying & in_horizon).select("customer_id").unique()
+        outcome = seen.with_columns(pl.lit(False).alias("churned"))
+        missing = True
+    else:
+        cancelled = events.lazy().filter(
+            (pl.col("event_type") == SUBSCRIPTION_CANCELLED) & in_horizon
+        )
+        outcome = (
+            cancelled.select("customer_id").unique().with_columns(pl.lit(True).alias("churned"))
+        )
+        missing = False
     active = pl.LazyFrame({"customer_id": pl.Series(customers, dtype=pl.String)}).unique()
     return (
-        active.join(churned, on="customer_id", how="left")
+        active.join(outcome, on="customer_id", how="left")
         .select(
             pl.col("customer_id"),
             pl.lit(as_of, dtype=pl.Date).alias("as_of"),
-            pl.col("churned").fill_null(False),
-            pl.lit(horizon_days, dtype=pl.Int64).alias("horizon_days"),
+            pl.col("churned").fill_null(missing),
+            pl.lit(churn.horizon_days, dtype=pl.Int64).alias("horizon_days"),
+            pl.lit(churn.key(), dtype=pl.String).alias("churn_definition"),
         )
         .sort("customer_id")
         .collect()
@@ -174,30 +218,41 @@ def read_labels(lake: Lake, as_of: date) -> pl.DataFrame:
         raise FileNotFoundError(
             f"no churn labels at {lake.url(path)}: materialize churn_labels for {as_of} first"
         )
-    with lake.fs.open(lake.path(path), "rb") as handle:
-        return pl.from_arrow(pq.read_table(handle))
+    try:
+        with lake.fs.open(lake.path(path), "rb") as handle:
+            labels = pl.from_arrow(pq.read_table(handle))
+    except Exception as exc:  # a damaged file is named, never read as empty
+        raise LakeError(f"could not read {lake.url(path)}: {exc}") from exc
+    if "churn_definition" not in labels.columns:
+        # written before definitions were recorded: the cancellation one
+        labels = labels.with_columns(
+            pl.format("cancellation:{}", pl.col("horizon_days")).alias("churn_definition")
+        )
+    return labels
 
 
 def materialize_labels(
     lake: Lake,
     customers: pl.Series | list[str],
     as_of: date,
-    horizon_days: int = DEFAULT_HORIZON_DAYS,
+    churn: ChurnDefinition | int = CANCELLATION,
 ) -> LabelResult:
     """Label the active `customers` of `as_of` and write them; refuses incomplete horizons."""
+    churn = _churn_of(churn)
     started = time.perf_counter()
     through = complete_through(lake)
-    ensure_labelable(as_of, horizon_days, through)
-    cancellations = read_cancellations(lake, as_of, horizon_days)
-    labels = compute_labels(customers, cancellations, as_of, horizon_days)
+    ensure_labelable(as_of, churn.horizon_days, through)
+    events = read_label_events(lake, as_of, churn)
+    labels = compute_labels(customers, events, as_of, churn)
     path = write_labels(lake, labels, as_of)
     return LabelResult(
         as_of=as_of,
-        horizon_days=horizon_days,
+        horizon_days=churn.horizon_days,
         rows=labels.height,
         churned=int(labels["churned"].sum()),
         complete_through=through,
-        cancellations_read=cancellations.height,
+        cancellations_read=events.height,
         path=path,
         seconds=time.perf_counter() - started,
+        churn=churn,
     )

@@ -2,12 +2,15 @@
 
 Layout::
 
-    models/churn/<version>/model.skops      the calibrated candidate (skops, not pickle)
+    models/churn/<version>/model.skops      the model that serves (skops, not pickle): the
+                                            candidate refitted on every labelled date
+    models/churn/<version>/evaluated.skops  the candidate as evaluated (train dates only; optional)
     models/churn/<version>/baseline.skops   the logistic baseline it was compared with (optional)
     models/churn/<version>/metrics.json     evaluation metrics
     models/churn/<version>/features.json    the feature columns, in the model's order
     models/churn/<version>/gate.json        {"passed": bool, "reasons": [...]}: may it serve?
-    models/churn/<version>/training.json    how it was trained (data range, rows, seed, ...)
+    models/churn/<version>/training.json    how it was trained (data range, rows, seed, churn
+                                            definition, feature spec, ...)
     models/churn/<version>/card.md          the model card, for people
     models/churn/<version>/manifest.json    sha256 and size of every file above; written LAST
     models/churn/champion.json              which version serves, since when, and why
@@ -40,6 +43,8 @@ import numpy as np
 import polars as pl
 import skops.io
 
+from churn_platform.features.churn import ChurnDefinition
+from churn_platform.features.definitions import FeatureSpec
 from churn_platform.lake.store import Lake, LakeError
 from churn_platform.ml.estimators import positive_probability
 from churn_platform.ml.frame import model_input
@@ -48,7 +53,12 @@ MODELS_DIR = "models/churn"
 CHAMPION_FILE = f"{MODELS_DIR}/champion.json"
 PROMOTIONS_FILE = f"{MODELS_DIR}/promotions.jsonl"
 MANIFEST_FILE = "manifest.json"
-MODEL_FILES = {"model": "model.skops", "baseline": "baseline.skops"}
+MODEL_FILES = {
+    "model": "model.skops",
+    "evaluated": "evaluated.skops",
+    "baseline": "baseline.skops",
+}
+ModelFile = Literal["model", "evaluated", "baseline"]
 MANIFEST_FORMAT = 1
 
 # Types a stored model may contain beyond skops' defaults. Found by fitting both
@@ -156,6 +166,18 @@ class ModelRecord:
     created_at: str
     card: str  # markdown
 
+    @property
+    def churn(self) -> ChurnDefinition:
+        """The churn definition it was trained for (the cancellation one before they were
+        recorded)."""
+        return ChurnDefinition.from_dict(self.training.get("churn_definition"))
+
+    @property
+    def spec(self) -> FeatureSpec | None:
+        """The activity types its training tables tracked (None before they were recorded)."""
+        body = self.training.get("feature_spec")
+        return FeatureSpec.from_dict(body) if body else None
+
 
 @dataclass(frozen=True)
 class LoadedModel:
@@ -182,6 +204,7 @@ def save_model(
     training: dict,
     card: str,
     baseline: object | None = None,
+    evaluated: object | None = None,
     now: datetime | None = None,
 ) -> ModelRecord:
     """Store a new version; returns its record.
@@ -201,9 +224,10 @@ def save_model(
     gate = _checked_gate(gate)
     created_at = _utc(now).isoformat(timespec="seconds")
     files = {MODEL_FILES["model"]: _dump(lake, f"{base}/{MODEL_FILES['model']}", estimator)}
-    if baseline is not None:
-        path = f"{base}/{MODEL_FILES['baseline']}"
-        files[MODEL_FILES["baseline"]] = _dump(lake, path, baseline)
+    for which, extra in (("evaluated", evaluated), ("baseline", baseline)):
+        if extra is not None:
+            path = f"{base}/{MODEL_FILES[which]}"
+            files[MODEL_FILES[which]] = _dump(lake, path, extra)
     files["metrics.json"] = _json_bytes(metrics)
     files["features.json"] = _json_bytes(features)
     files["gate.json"] = _json_bytes(gate)
@@ -228,17 +252,16 @@ def read_record(lake: Lake, version: str) -> ModelRecord:
     return _record(lake, version, _manifest(lake, version))
 
 
-def load_model(
-    lake: Lake, version: str, *, which: Literal["model", "baseline"] = "model"
-) -> LoadedModel:
-    """`version`'s candidate (or its baseline), checked and built only from trusted types.
+def load_model(lake: Lake, version: str, *, which: ModelFile = "model") -> LoadedModel:
+    """`version`'s served model (or its evaluated candidate or baseline), checked and built
+    only from trusted types.
 
     Order matters: the checksum first (a damaged file is ModelCorrupt, not a
     confusing skops error), then the type check, which only reads the file's
     schema, so an untrusted object is never constructed.
     """
     if which not in MODEL_FILES:
-        raise ValueError(f"which must be 'model' or 'baseline', not {which!r}")
+        raise ValueError(f"which must be one of {', '.join(MODEL_FILES)}, not {which!r}")
     manifest = _manifest(lake, version)
     name = MODEL_FILES[which]
     path = f"{version_dir(version)}/{name}"
@@ -252,6 +275,19 @@ def load_model(
     return LoadedModel(
         version=version, estimator=estimator, features=record.features, record=record
     )
+
+
+def load_evaluated(lake: Lake, version: str) -> LoadedModel:
+    """`version`'s model as it was evaluated: fitted on its train dates, never on a holdout.
+
+    Comparing a new candidate with the champion on the candidate's holdout must
+    use this one: the served model was fitted on every labelled date, which may
+    include the rows of that holdout. Versions saved before served models were
+    refitted stored only `model.skops`, which is their evaluated model.
+    """
+    manifest = _manifest(lake, version)
+    which: ModelFile = "evaluated" if MODEL_FILES["evaluated"] in manifest["files"] else "model"
+    return load_model(lake, version, which=which)
 
 
 # champion --------------------------------------------------------------------

@@ -1,18 +1,32 @@
-"""Training and evaluation: a time split, two calibrated models, holdout metrics, the gate.
+"""Training and evaluation: a time split, two calibrated models, holdout metrics; the served model.
 
-The split is by as-of date, never random:
+Evaluation splits by as-of date, never at random:
 
     train dates  <  calibration dates  <  (purged)  <  holdout dates
 
-The holdout is the latest `holdout_dates` as-of dates. A date d whose label
-horizon reaches past the first holdout date (d + horizon > holdout start) is
-purged: its labels were decided by events the holdout's labels also look at,
-and the same customers sit in both, so training on it would let the model
-recall holdout outcomes. The latest remaining dates calibrate the
-probabilities (`estimators.calibrate`), the rest fit the models.
+The holdout is the latest `holdout_dates` as-of dates. The rows whose labels
+overlap the holdout's are purged: a row at date d was labelled by events in
+(d, d + horizon], and when d + horizon passes the holdout start, that window
+overlaps the holdout's own, so training on it would let the model recall
+holdout outcomes. Every row of such a date overlaps in time; keeping only the
+rows of customers absent from the holdout would keep exactly the customers
+who churned in between, i.e. choose rows by their label. So whole dates are
+purged, and only those. The latest remaining dates calibrate the
+probabilities (`estimators.calibrate`), the rest fit the models. Both
+pipelines (gradient boosting, the candidate; logistic regression, the
+baseline) are fitted on the same rows and judged on the same holdout; the
+metrics describe that evaluation model.
 
-Both pipelines (gradient boosting, the candidate; logistic regression, the
-baseline) are fitted on the same rows and judged on the same holdout.
+The model that serves is fitted afterwards, once the gate passed, on every
+labelled date, the most recent included (`fit_served`): the evaluation said
+how good the recipe is, and a model that scores May should have seen April.
+Its probabilities are calibrated on out-of-fold predictions (folds of whole
+customers), so no date is held back from the fit.
+
+Features with nothing to learn from in the fitted rows (null or constant in
+every row, e.g. subscription features of a business without subscriptions)
+are left out and named in the model card: gradient boosting cannot bin a
+column with no values at all.
 """
 
 from __future__ import annotations
@@ -23,9 +37,12 @@ from datetime import date, timedelta
 
 import numpy as np
 import polars as pl
+from sklearn.calibration import CalibratedClassifierCV
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
+from sklearn.model_selection import GroupKFold
 from threadpoolctl import threadpool_limits
 
+from churn_platform.features.churn import CANCELLATION, ChurnDefinition
 from churn_platform.ml.estimators import (
     BASELINE_KIND,
     CANDIDATE_KIND,
@@ -34,12 +51,12 @@ from churn_platform.ml.estimators import (
     calibrate,
     positive_probability,
 )
-from churn_platform.ml.frame import LABEL_COLUMN, model_input
+from churn_platform.ml.frame import CATEGORICAL_FEATURES, LABEL_COLUMN, model_input
+from churn_platform.ml.gate import Verdict
 from churn_platform.ml.labels import DEFAULT_HORIZON_DAYS
 
 DEFAULT_SEED = 42
-DEFAULT_MIN_ROC_AUC = 0.75
-DEFAULT_MAX_REGRESSION = 0.005
+DEFAULT_CALIBRATION_FOLDS = 3
 
 
 class TrainingError(ValueError):
@@ -60,6 +77,7 @@ class TrainConfig:
     # broker and other runs made four threads spin (a fit took 5-10x longer),
     # and permutation importance is many small predictions.
     threads: int | None = 1
+    calibration_folds: int = DEFAULT_CALIBRATION_FOLDS  # of the served model's calibration
 
 
 @dataclass(frozen=True)
@@ -177,7 +195,7 @@ def evaluate(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
 
 @dataclass
 class TrainedModels:
-    candidate: object
+    candidate: object  # the evaluation model: fitted on the train dates only
     baseline: object
     features: list[str]
     split: Split
@@ -186,16 +204,71 @@ class TrainedModels:
     holdout_labels: np.ndarray
     importance: pl.DataFrame = field(default_factory=pl.DataFrame)
     seconds: dict[str, float] = field(default_factory=dict)
+    dropped: dict[str, str] = field(default_factory=dict)  # feature → why it was left out
+
+    @property
+    def holdout_customers(self) -> np.ndarray:
+        return self.split.holdout["customer_id"].to_numpy()
+
+
+@dataclass
+class ServedModel:
+    """The model that serves: the candidate's recipe fitted on every labelled date."""
+
+    estimator: object
+    rows: int
+    dates: list[date]
+    churned: int
+    seconds: float
+    calibration: str  # how its probabilities were calibrated
+
+    def describe(self) -> dict:
+        return {
+            "served_fit": "every labelled date",
+            "served_rows": self.rows,
+            "served_dates": f"{self.dates[0].isoformat()}..{self.dates[-1].isoformat()}",
+            "served_date_count": len(self.dates),
+            "served_churned": self.churned,
+            "served_calibration": self.calibration,
+            "served_fit_seconds": round(self.seconds, 3),
+        }
 
 
 def _xy(rows: pl.DataFrame, features: list[str]) -> tuple[pl.DataFrame, np.ndarray]:
     return model_input(rows, features), rows[LABEL_COLUMN].cast(pl.Int8).to_numpy()
 
 
+def usable_features(rows: pl.DataFrame, features: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The features that vary in `rows`; the rest with the reason each was left out."""
+    x = model_input(rows, features)
+    kept, dropped = [], {}
+    for name in features:
+        column = x[name]
+        if column.null_count() == column.len():
+            dropped[name] = "null in every training row"
+        elif name not in CATEGORICAL_FEATURES and column.drop_nulls().n_unique() < 2:
+            if column.null_count() == 0:
+                dropped[name] = f"the same value ({column.drop_nulls()[0]}) in every training row"
+            else:
+                kept.append(name)  # one value and nulls: the null is the signal
+        else:
+            kept.append(name)
+    if not kept:
+        raise TrainingError(
+            f"none of the {len(features)} features varies over the training rows: the events "
+            "carry no activity to learn from (check the replayed event types and timestamps)"
+        )
+    return kept, dropped
+
+
 def fit_calibrated(kind, split: Split, features: list[str], config: TrainConfig):
     x, y = _xy(split.train, features)
     if len(np.unique(y)) < 2:
-        raise TrainingError("the training dates hold only one class: nothing to learn")
+        raise TrainingError(
+            f"the training dates {split.describe()['train_dates']} hold only one class "
+            f"({int(y.sum())} churned of {len(y)} rows): nothing to learn; with no churn at all "
+            "the churn definition may not fit the data (CHURN_DEFINITION)"
+        )
     fitted = build_estimator(kind, features, config.seed).fit(x, y)
     xc, yc = _xy(split.calibration, features)
     if len(np.unique(yc)) < 2:
@@ -214,6 +287,7 @@ def train_models(table: pl.DataFrame, features: list[str], config: TrainConfig) 
 
 def _train_models(table: pl.DataFrame, features: list[str], config: TrainConfig) -> TrainedModels:
     split = split_by_time(table, config)
+    features, dropped = usable_features(split.train, list(features))
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     candidate = fit_calibrated(CANDIDATE_KIND, split, features, config)
@@ -240,7 +314,46 @@ def _train_models(table: pl.DataFrame, features: list[str], config: TrainConfig)
         holdout_labels=yh,
         importance=importance,
         seconds=seconds,
+        dropped=dropped,
     )
+
+
+def fit_served(
+    table: pl.DataFrame, features: list[str], config: TrainConfig, kind=CANDIDATE_KIND
+) -> ServedModel:
+    """The candidate's recipe fitted on every row of `table`, calibrated out of fold.
+
+    The pipeline is fitted on all rows; its probabilities are calibrated on
+    predictions each row got from a pipeline fitted without its customer
+    (`calibration_folds` folds of whole customers), so the calibration never
+    sees a prediction for a row its model was fitted on.
+    """
+    with threadpool_limits(limits=config.threads):
+        started = time.perf_counter()
+        x, y = _xy(table, features)
+        if len(np.unique(y)) < 2:
+            raise TrainingError("the training set holds only one class: nothing to learn")
+        customers = table["customer_id"].to_numpy()
+        folds = min(config.calibration_folds, len(np.unique(customers)))
+        splits = list(GroupKFold(n_splits=folds).split(np.zeros(len(y)), y, customers))
+        calibrated = CalibratedClassifierCV(
+            build_estimator(kind, features, config.seed),
+            method=config.calibration,
+            cv=splits,
+            ensemble=False,
+        ).fit(x, y)
+        # the folds' row indices are not needed after fitting; keep the stored model small
+        calibrated.cv = folds
+        dates = sorted(table["as_of"].unique().to_list())
+        return ServedModel(
+            estimator=calibrated,
+            rows=table.height,
+            dates=dates,
+            churned=int(y.sum()),
+            seconds=time.perf_counter() - started,
+            calibration=f"{config.calibration}, on out-of-fold predictions ({folds} folds of "
+            "whole customers)",
+        )
 
 
 def feature_importance(
@@ -270,43 +383,6 @@ def feature_importance(
     )
 
 
-# --- the promotion gate ----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class GateConfig:
-    min_roc_auc: float = DEFAULT_MIN_ROC_AUC
-    max_regression: float = DEFAULT_MAX_REGRESSION  # allowed ROC AUC drop against the champion
-    must_beat_baseline: bool = True
-
-
-def quality_floor(metrics: dict[str, dict[str, float]], gate: GateConfig) -> tuple[bool, list[str]]:
-    """Does the candidate clear the absolute floor (and the baseline, if required)?"""
-    auc, base = metrics["candidate"]["roc_auc"], metrics["baseline"]["roc_auc"]
-    reasons = []
-    ok = auc >= gate.min_roc_auc
-    reasons.append(f"holdout ROC AUC {auc:.4f} {'≥' if ok else '<'} floor {gate.min_roc_auc:.4f}")
-    if gate.must_beat_baseline:
-        beats = auc > base
-        ok = ok and beats
-        reasons.append(f"candidate {auc:.4f} {'>' if beats else '≤'} logistic baseline {base:.4f}")
-    return ok, reasons
-
-
-def no_regression(
-    candidate_auc: float, champion_auc: float | None, champion_version: str | None, gate: GateConfig
-) -> tuple[bool, list[str]]:
-    """Is the candidate at least as good as the champion on the candidate's holdout?"""
-    if champion_auc is None:
-        return True, ["no champion yet: nothing to regress against"]
-    ok = candidate_auc >= champion_auc - gate.max_regression
-    return ok, [
-        f"candidate {candidate_auc:.4f} vs champion {champion_version} {champion_auc:.4f} on the "
-        f"same holdout (allowed drop {gate.max_regression:.4f}): "
-        f"{'no regression' if ok else 'regression'}"
-    ]
-
-
 def model_card(
     version: str,
     trained: TrainedModels,
@@ -314,22 +390,41 @@ def model_card(
     data_range: str,
     gate_reasons: list[str],
     passed: bool,
+    churn: ChurnDefinition = CANCELLATION,
+    served: ServedModel | None = None,
 ) -> str:
     """A short markdown card: what the model is, on what data, how good, against what."""
     c, b = trained.metrics["candidate"], trained.metrics["baseline"]
     split = trained.split.describe()
+    if served is not None:
+        serves = (
+            f"- Serves: the same recipe fitted on every labelled date, {served.dates[0]}.."
+            f"{served.dates[-1]} ({served.rows} rows, {served.churned} churned); calibration "
+            f"{served.calibration}"
+        )
+    else:
+        serves = "- Serves: nothing (the gate failed); the evaluation model is stored"
     lines = [
         f"# Churn model {version}",
         "",
         "Calibrated HistGradientBoostingClassifier (scikit-learn Pipeline); "
         "baseline: calibrated logistic regression on the same rows.",
         "",
+        f"- Churn: {churn.describe()}",
         f"- Data: as-of dates {data_range}, {training_rows} rows in the training set",
-        f"- Split by time: train {split['train_dates']} ({split['train_rows']} rows), "
-        f"calibration {split['calibration_dates']} ({split['calibration_rows']}), "
+        f"- Evaluation split by time: train {split['train_dates']} ({split['train_rows']} "
+        f"rows), calibration {split['calibration_dates']} ({split['calibration_rows']}), "
         f"holdout {split['holdout_dates']} ({split['holdout_rows']}); "
-        f"purged {len(split['purged_dates'])} dates",
-        f"- Features: {len(trained.features)}",
+        f"purged {len(split['purged_dates'])} dates whose labels overlap the holdout's",
+        serves,
+        f"- Features: {len(trained.features)}"
+        + (
+            "; left out: " + ", ".join(f"{k} ({v})" for k, v in trained.dropped.items())
+            if trained.dropped
+            else ""
+        ),
+        "",
+        "Holdout metrics of the evaluation model (fitted on the train dates only):",
         "",
         "| metric | candidate | baseline |",
         "|---|---:|---:|",
@@ -339,3 +434,8 @@ def model_card(
     lines += ["", f"Gate: {'passed' if passed else 'failed'}", ""]
     lines += [f"- {reason}" for reason in gate_reasons]
     return "\n".join(lines) + "\n"
+
+
+def gate_summary(*verdicts: Verdict) -> tuple[bool, list[str]]:
+    """Whether every check passed, and every rule's line."""
+    return all(v.passed for v in verdicts), [line for v in verdicts for line in v.reasons()]

@@ -9,11 +9,20 @@ training set sees exactly what scoring will see.
 The as-of dates step back from the latest labelable date (the lake has seen
 its whole horizon) by a cadence, default weekly, and never start before
 `min_history_days` after the lake's first event: an as-of date with a week of
-history has no 28-day windows to speak of.
+history has no 28-day windows to speak of. How many: by default enough for
+the model's time split (`split_needs`: the holdout, the dates whose horizon
+reaches into it and are purged, calibration, and `min_train_dates` to fit
+on), so a 90-day horizon gets more dates than a 30-day one; a history too
+short for even one training date is refused with the days it would need.
+
+The churn definition is one: every feature table and label table stacked
+must have been made under the same `ChurnDefinition`, and the training set
+records it (and the activity types it saw) in a manifest beside its file.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,30 +30,58 @@ from datetime import date, timedelta
 
 import polars as pl
 
+from churn_platform.features.churn import CANCELLATION, ChurnDefinition
+from churn_platform.features.definitions import FeatureSpec, merge_specs
 from churn_platform.features.materialize import (
     FeaturesMissing,
     first_event_date,
     materialize_features,
+    read_feature_churn,
+    read_feature_spec,
     read_features,
 )
 from churn_platform.features.options import BeamRunnerSettings
 from churn_platform.lake.store import Lake, LakeError
 from churn_platform.ml.frame import KEY_COLUMNS, LABEL_COLUMN, feature_columns, model_input
 from churn_platform.ml.labels import (
-    DEFAULT_HORIZON_DAYS,
     complete_through,
     materialize_labels,
     read_labels,
 )
 
 TRAINING_SET_PATH = "ml/training_set/training_set.parquet"
+TRAINING_MANIFEST_PATH = "ml/training_set/_training_set.json"
 DEFAULT_CADENCE_DAYS = 7
-DEFAULT_DATE_COUNT = 12
 DEFAULT_MIN_HISTORY_DAYS = 28
+DEFAULT_HOLDOUT_DATES = 2
+DEFAULT_CALIBRATION_DATES = 1
+DEFAULT_MIN_TRAIN_DATES = 5
 
 
 class TrainingSetError(LakeError):
     """The lake cannot give the training set that was asked for."""
+
+
+@dataclass(frozen=True)
+class SplitNeeds:
+    """How many as-of dates the model's time split takes (see `ml.train.split_by_time`)."""
+
+    holdout_dates: int = DEFAULT_HOLDOUT_DATES
+    calibration_dates: int = DEFAULT_CALIBRATION_DATES
+    min_train_dates: int = DEFAULT_MIN_TRAIN_DATES
+
+    def purged(self, horizon_days: int, cadence_days: int) -> int:
+        """Dates before the holdout whose label horizon reaches into it (d + h > holdout)."""
+        return -(-horizon_days // cadence_days) - 1
+
+    def minimum(self, horizon_days: int, cadence_days: int) -> int:
+        """Dates for a split with a single training date."""
+        purged = self.purged(horizon_days, cadence_days)
+        return self.holdout_dates + purged + self.calibration_dates + 1
+
+    def default_count(self, horizon_days: int, cadence_days: int) -> int:
+        """Dates for a split with `min_train_dates` training dates."""
+        return self.minimum(horizon_days, cadence_days) - 1 + self.min_train_dates
 
 
 @dataclass(frozen=True)
@@ -55,6 +92,7 @@ class TrainingDates:
     latest_labelable: date
     first_allowed: date
     cadence_days: int
+    wanted: int = 0  # how many were asked for (fewer when the history is shorter)
 
 
 @dataclass
@@ -64,6 +102,18 @@ class TrainingSet:
     features: list[str]
     computed: list[str] = field(default_factory=list)  # "customer_features 2026-01-07", ...
     seconds: float = 0.0
+    churn: ChurnDefinition = CANCELLATION
+    spec: FeatureSpec | None = None  # the activity types the feature tables tracked
+
+    def manifest(self) -> dict:
+        return {
+            "dates": [d.isoformat() for d in self.dates],
+            "rows": self.rows,
+            "churned": self.positives,
+            "features": self.features,
+            "churn_definition": self.churn.to_dict(),
+            "feature_spec": self.spec.to_dict() if self.spec else None,
+        }
 
     @property
     def rows(self) -> int:
@@ -88,18 +138,31 @@ class TrainingSet:
 
 def training_dates(
     lake: Lake,
+    churn: ChurnDefinition = CANCELLATION,
     *,
     cadence_days: int = DEFAULT_CADENCE_DAYS,
-    count: int = DEFAULT_DATE_COUNT,
-    horizon_days: int = DEFAULT_HORIZON_DAYS,
+    count: int | None = None,
     min_history_days: int = DEFAULT_MIN_HISTORY_DAYS,
     latest: date | None = None,
+    split: SplitNeeds | None = None,
+    require: int | None = None,
 ) -> TrainingDates:
-    """Up to `count` as-of dates, `cadence_days` apart, ending at the latest labelable one."""
+    """As-of dates `cadence_days` apart, ending at the latest labelable one.
+
+    `count` dates (default: what `split` needs with its `min_train_dates`), fewer
+    when the history is shorter, but never fewer than `require` (default: a
+    split with one training date): then `TrainingSetError` says how many days of
+    events that would take and which settings change it.
+    """
     if cadence_days < 1:
         raise ValueError(f"cadence_days must be at least 1 (got {cadence_days})")
-    if count < 1:
-        raise ValueError(f"date count must be at least 1 (got {count})")
+    split = split or SplitNeeds()
+    horizon_days = churn.horizon_days
+    wanted = split.default_count(horizon_days, cadence_days) if count is None else count
+    if wanted < 1:
+        raise ValueError(f"date count must be at least 1 (got {wanted})")
+    needed = split.minimum(horizon_days, cadence_days) if require is None else require
+    needed = min(needed, wanted)
     first = first_event_date(lake)
     through = complete_through(lake)
     if first is None or through is None:
@@ -110,65 +173,89 @@ def training_dates(
     labelable = through - timedelta(days=horizon_days)
     last = min(latest, labelable) if latest else labelable
     first_allowed = first + timedelta(days=min_history_days)
-    dates = [last - timedelta(days=cadence_days * i) for i in range(count)]
+    dates = [last - timedelta(days=cadence_days * i) for i in range(wanted)]
     dates = sorted(d for d in dates if d >= first_allowed)
-    if not dates:
+    if len(dates) < needed:
+        span = (through - first).days + 2  # through is the day before the latest event date
+        days_needed = min_history_days + (needed - 1) * cadence_days + horizon_days + 2
+        if needed > 1:
+            purged = split.purged(horizon_days, cadence_days)
+            layout = (
+                f"{needed} as-of dates {cadence_days} days apart ({split.holdout_dates} holdout, "
+                f"{purged} purged because their {horizon_days}-day horizon reaches into the "
+                f"holdout, {split.calibration_dates} calibration, 1 to train on)"
+            )
+        else:
+            layout = "one labelable as-of date"
+        last_event = through + timedelta(days=1)
         raise TrainingSetError(
-            f"no as-of date is both labelable and has {min_history_days} days of history: the "
-            f"lake covers {first.isoformat()}..{through.isoformat()} and a {horizon_days}-day "
-            f"horizon needs events through d + {horizon_days}; the lake needs at least "
-            f"{min_history_days + horizon_days + 2} days of events (or lower min_history_days)"
+            f"not enough history to train: the lake holds events dated {first.isoformat()}.."
+            f"{last_event.isoformat()} ({span} days, complete through {through.isoformat()}); "
+            f"{min_history_days} days of "
+            f"warm-up, {layout} and a {horizon_days}-day label horizon after the last need at "
+            f"least {days_needed} days of events. Replay or wait for more history, or lower "
+            f"the horizon (CHURN_HORIZON_DAYS), training_set's cadence_days or "
+            f"min_history_days, or churn_model's holdout_dates"
         )
-    return TrainingDates(dates, labelable, first_allowed, cadence_days)
+    return TrainingDates(dates, labelable, first_allowed, cadence_days, wanted)
 
 
 def ensure_inputs(
     lake: Lake,
     dates: Sequence[date],
+    churn: ChurnDefinition = CANCELLATION,
     *,
     engine: str = "polars",
     runner: BeamRunnerSettings | None = None,
-    horizon_days: int = DEFAULT_HORIZON_DAYS,
     on_computed: Callable[[str, date], None] | None = None,
 ) -> list[str]:
     """Materialize the feature tables and labels of `dates` that the lake lacks.
 
-    Returns what was computed ("customer_features 2026-01-07", ...). Labels of
-    another horizon are recomputed.
+    Returns what was computed ("customer_features 2026-01-07", ...). Feature
+    tables made under another churn definition (they hold other customers) and
+    labels of another definition or horizon are computed again.
     """
     computed: list[str] = []
     for as_of in dates:
         try:
+            if not read_feature_churn(lake, as_of).same_population(churn):
+                raise FeaturesMissing(f"features of {as_of} hold another definition's customers")
             customers = read_features(lake, as_of, columns=["customer_id"])["customer_id"]
         except FeaturesMissing:
-            materialize_features(lake, as_of, engine=engine, runner=runner)
+            materialize_features(lake, as_of, engine=engine, runner=runner, churn=churn)
             customers = read_features(lake, as_of, columns=["customer_id"])["customer_id"]
             computed.append(f"customer_features {as_of.isoformat()}")
             if on_computed:
                 on_computed("customer_features", as_of)
-        if not _labels_current(lake, as_of, horizon_days):
-            materialize_labels(lake, customers, as_of, horizon_days)
+        if not _labels_current(lake, as_of, churn):
+            materialize_labels(lake, customers, as_of, churn)
             computed.append(f"churn_labels {as_of.isoformat()}")
             if on_computed:
                 on_computed("churn_labels", as_of)
     return computed
 
 
-def _labels_current(lake: Lake, as_of: date, horizon_days: int) -> bool:
+def _labels_current(lake: Lake, as_of: date, churn: ChurnDefinition) -> bool:
     try:
         labels = read_labels(lake, as_of)
     except FileNotFoundError:
         return False
-    return labels.height == 0 or int(labels["horizon_days"][0]) == horizon_days
+    return labels.height == 0 or labels["churn_definition"][0] == churn.key()
 
 
-def join_date(lake: Lake, as_of: date) -> pl.DataFrame:
+def join_date(lake: Lake, as_of: date, churn: ChurnDefinition | None = None) -> pl.DataFrame:
     """The feature table of `as_of` with its labels; every active customer labelled once."""
     features = read_features(lake, as_of)
     try:
         labels = read_labels(lake, as_of)
     except FileNotFoundError as exc:
         raise TrainingSetError(str(exc)) from exc
+    if churn is not None and labels.height and labels["churn_definition"][0] != churn.key():
+        raise TrainingSetError(
+            f"labels of {as_of.isoformat()} follow the churn definition "
+            f"{labels['churn_definition'][0]}, its feature table {churn.key()}: rematerialize "
+            "churn_labels for that date (training_set does it with fill_missing)"
+        )
     labels = labels.select("customer_id", LABEL_COLUMN)
     joined = features.join(labels, on="customer_id", how="left")
     unlabelled = joined.filter(pl.col(LABEL_COLUMN).is_null()).height
@@ -181,15 +268,29 @@ def join_date(lake: Lake, as_of: date) -> pl.DataFrame:
     return joined
 
 
-def build_training_set(lake: Lake, dates: Sequence[date]) -> TrainingSet:
+def build_training_set(
+    lake: Lake, dates: Sequence[date], churn: ChurnDefinition | None = None
+) -> TrainingSet:
     """Stack the labelled feature tables of `dates` with one column set.
 
     Activity types discovered at one date but absent at another get the neutral
     fill of `frame.model_input` (counts 0, "days since" null), so every row has
-    every feature.
+    every feature. Every feature table must hold the customers of `churn`
+    (default: the definition the tables recorded, which must be one) and every
+    label table must follow it exactly.
     """
     started = time.perf_counter()
-    frames = [join_date(lake, d) for d in sorted(dates)]
+    dates = sorted(dates)
+    recorded = _one_definition(lake, dates)
+    churn = churn or recorded
+    if not recorded.same_population(churn):
+        raise TrainingSetError(
+            f"the feature tables of the training dates hold the customers active under "
+            f"{recorded.key()}, not {churn.key()}: rematerialize customer_features for those "
+            "dates (training_set does it with fill_missing)"
+        )
+    spec = merge_specs(read_feature_spec(lake, d) for d in dates)
+    frames = [join_date(lake, d, churn) for d in dates]
     features: list[str] = []
     for frame in frames:
         features += [c for c in feature_columns(frame) if c not in features]
@@ -207,14 +308,35 @@ def build_training_set(lake: Lake, dates: Sequence[date]) -> TrainingSet:
     table = pl.concat(aligned, how="vertical") if aligned else pl.DataFrame()
     return TrainingSet(
         table=table,
-        dates=sorted(dates),
+        dates=dates,
         features=features,
         seconds=time.perf_counter() - started,
+        churn=churn,
+        spec=spec,
     )
+
+
+def _one_definition(lake: Lake, dates: Sequence[date]) -> ChurnDefinition:
+    found: dict[ChurnDefinition, list[date]] = {}
+    for as_of in dates:
+        found.setdefault(read_feature_churn(lake, as_of), []).append(as_of)
+    first = next(iter(found), CANCELLATION)
+    if not all(first.same_population(other) for other in found):
+        described = "; ".join(
+            f"{churn.key()} at {', '.join(d.isoformat() for d in chosen[:3])}"
+            for churn, chosen in found.items()
+        )
+        raise TrainingSetError(
+            f"the feature tables of the training dates were made under different churn "
+            f"definitions ({described}): rematerialize customer_features for those dates "
+            "(training_set does it with fill_missing)"
+        )
+    return next(iter(found)) if found else CANCELLATION
 
 
 def write_training_set(lake: Lake, training: TrainingSet) -> str:
     lake.write_parquet(TRAINING_SET_PATH, training.table.to_arrow())
+    lake.write_bytes(TRAINING_MANIFEST_PATH, json.dumps(training.manifest(), indent=2).encode())
     return TRAINING_SET_PATH
 
 
@@ -230,4 +352,15 @@ def read_training_set(lake: Lake) -> TrainingSet:
     except Exception as exc:  # a damaged file is named, never read as empty
         raise LakeError(f"could not read {lake.url(TRAINING_SET_PATH)}: {exc}") from exc
     dates = sorted(table["as_of"].unique().to_list())
-    return TrainingSet(table=table, dates=dates, features=feature_columns(table))
+    try:
+        manifest = json.loads(lake.read_bytes(TRAINING_MANIFEST_PATH))
+    except FileNotFoundError:
+        manifest = {}  # written before manifests: the cancellation definition
+    spec = manifest.get("feature_spec")
+    return TrainingSet(
+        table=table,
+        dates=dates,
+        features=feature_columns(table),
+        churn=ChurnDefinition.from_dict(manifest.get("churn_definition")),
+        spec=FeatureSpec.from_dict(spec) if spec else None,
+    )

@@ -51,6 +51,7 @@ from threadpoolctl import threadpool_limits
 
 from churn_platform.events.contract import EVENTS_TOPIC, SCORES_TOPIC, quarantine_table
 from churn_platform.events.validation import now_ms, validate_batch
+from churn_platform.features.churn import CANCELLATION, ChurnDefinition
 from churn_platform.features.definitions import FeatureSpec, compute_features
 from churn_platform.kafka.admin import ensure_topic, is_unreachable
 from churn_platform.kafka.config import KafkaSettings
@@ -162,7 +163,11 @@ class _InFlight:
 
 
 def spec_for(features: list[str]) -> FeatureSpec:
-    """The activity types (and valued ones) a model's feature list implies."""
+    """The activity types (and valued ones) a model's feature list implies.
+
+    Only for models registered before the registry recorded their feature spec
+    (`ModelRecord.spec`); a newer model's own spec is used as it is.
+    """
     types = tuple(f.removesuffix("_count_7d") for f in features if f.endswith("_count_7d"))
     valued = tuple(t for t in types if f"{t}_value_sum_28d" in features)
     return FeatureSpec(types, valued)
@@ -176,6 +181,7 @@ class ChampionWatcher:
         self.interval_s = interval_s
         self.model: registry.LoadedModel | None = None
         self.spec: FeatureSpec | None = None
+        self.churn: ChurnDefinition = CANCELLATION
         # the model's own arithmetic without scikit-learn's per-call overhead, when it
         # has the candidate's shape; checked against predict_proba on its first batch
         self._fast: Callable[[pl.DataFrame], np.ndarray] | None = None
@@ -197,12 +203,19 @@ class ChampionWatcher:
         if marker == self._marker:
             return False
         model = registry.load_champion(self.lake)  # corrupt or untrusted: fails loudly
-        self.model, self.spec, self._marker = model, spec_for(model.features), marker
+        self.model, self._marker = model, marker
+        self.spec = model.record.spec or spec_for(model.features)
+        self.churn = model.record.churn
         self._fast = small_batch_predictor(model.estimator, model.features)
         self._fast_verified = False
         self.loads += 1
         gc.freeze()  # the new model is long-lived too (see _freeze_heap)
-        log.info("serving champion %s (%d features)", model.version, len(model.features))
+        log.info(
+            "serving champion %s (%d features; churn: %s)",
+            model.version,
+            len(model.features),
+            self.churn.describe(),
+        )
         return True
 
     @property
@@ -547,7 +560,10 @@ class StreamingScorer:
         bands = self.config.bands
         for (as_of,), customers in latest.group_by("as_of"):
             features = compute_features(
-                self.state.frame(customers["customer_id"].to_list()), as_of, spec
+                self.state.frame(customers["customer_id"].to_list()),
+                as_of,
+                spec,
+                self.champion.churn,
             )
             if features.height:
                 probabilities = self.champion.predict_proba(features).tolist()

@@ -1,8 +1,9 @@
 """Per-customer event state of the streaming scorer: what the feature definition needs.
 
 The features of a customer as of a day read the customer's activity events in
-the 90 days up to it and its lifecycle events from the start. `CustomerState` keeps exactly that,
-per customer, as rows in the feature module's event columns, and hands the
+the `LOOKBACK_DAYS` (365) up to it and its lifecycle events from the start.
+`CustomerState` keeps exactly that, per customer, as rows in the feature
+module's event columns, and hands the
 rows of a set of customers to `features.definitions.compute_features`: the
 same function the batch pipeline runs, so serving cannot drift from training.
 

@@ -24,7 +24,9 @@ from churn_platform.defs.features.definitions import (
     features_start_date,
 )
 from churn_platform.defs.resources.beam import BeamRunnerResource
+from churn_platform.defs.resources.churn import ChurnDefinitionResource
 from churn_platform.defs.resources.lake import LakeResource
+from churn_platform.features.churn import ChurnDefinition
 from churn_platform.features.materialize import (
     POLARS_PART,
     SPEC_FILE,
@@ -57,23 +59,30 @@ def instance():
         yield test_instance
 
 
-def run_features(lake: Lake, instance, partition: str, engine: str = "polars", horizon=30):
+def run_features(
+    lake: Lake,
+    instance,
+    partition: str,
+    engine: str = "polars",
+    horizon=30,
+    churn: ChurnDefinition | None = None,
+):
     """Run the features job (features, its checks, labels) for one partition."""
+    churn = churn or ChurnDefinition("cancellation", horizon)
     definitions = dg.Definitions.merge(
         features_definitions({START_DATE_ENV: "2024-01-01"}),
         dg.Definitions(
-            resources={"lake": LakeResource(root=lake.uri), "beam": BeamRunnerResource()}
+            resources={
+                "lake": LakeResource(root=lake.uri),
+                "beam": BeamRunnerResource(),
+                "churn": ChurnDefinitionResource.from_definition(churn),
+            }
         ),
     )
     return definitions.resolve_job_def(FEATURES_JOB).execute_in_process(
         partition_key=partition,
         instance=instance,
-        run_config={
-            "ops": {
-                "customer_features": {"config": {"engine": engine}},
-                "churn_labels": {"config": {"horizon_days": horizon}},
-            }
-        },
+        run_config={"ops": {"customer_features": {"config": {"engine": engine}}}},
         raise_on_error=False,
     )
 

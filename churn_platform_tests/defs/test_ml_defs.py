@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 from threadpoolctl import threadpool_limits
 
-from churn_platform.defs.ml.assets import NO_REGRESSION_CHECK, QUALITY_FLOOR_CHECK
+from churn_platform.defs.ml.assets import NO_REGRESSION_CHECK, QUALITY_CHECK
 from churn_platform.defs.ml.definitions import SCORING_JOB, TRAINING_JOB
 from churn_platform.defs.resources.lake import LakeResource
 from churn_platform.features.materialize import read_features
@@ -37,6 +37,7 @@ from churn_platform_tests.ml.ml_lake import copy_lake
 TRAINING_ASSETS = {"training_set", "churn_model", "churn_champion"}
 VERSION_FILES = {
     "model.skops",
+    "evaluated.skops",
     "baseline.skops",
     "metrics.json",
     "features.json",
@@ -70,15 +71,17 @@ def test_training_job_materializes_the_model_its_checks_and_the_champion(trained
     assert set(done) == TRAINING_ASSETS
     checks = evaluations(result)
     assert {name: c.passed for name, c in checks.items()} == {
-        QUALITY_FLOOR_CHECK: True,
+        QUALITY_CHECK: True,
         NO_REGRESSION_CHECK: True,
     }
-    assert "no champion yet" in checks[NO_REGRESSION_CHECK].metadata["reasons"].value
+    assert "no champion yet" in checks[NO_REGRESSION_CHECK].metadata["rules"].value
+    rules = checks[QUALITY_CHECK].metadata["rules"].value
+    assert "no_skill passed" in rules and "baseline passed" in rules and "floor" not in rules
 
     meta = done["churn_model"].metadata
     version = meta["version"].value
     auc, base = meta["holdout_roc_auc"].value, meta["baseline_roc_auc"].value
-    assert 0.75 <= auc <= 1 and auc > base  # the default floor, and beating the baseline
+    assert 0.75 <= auc <= 1 and auc > base  # observed on this lake
     assert meta["top_decile_lift"].value > 1
     assert meta["gate"].value == "passed"
     for plot in PLOTS:
@@ -93,6 +96,15 @@ def test_training_job_materializes_the_model_its_checks_and_the_champion(trained
     record = registry.read_record(lake, version)
     assert record.gate["passed"] is True
     assert record.metrics["candidate"]["roc_auc"] == auc
+    # the served model was fitted on every labelled date; the evaluated one on the train dates
+    training_rows = read_training_set(lake).rows
+    assert record.training["served_fit"] == "every labelled date"
+    assert record.training["served_rows"] == training_rows > record.training["train_rows"]
+    assert record.training["served_date_count"] == len(ml_lake.dates.dates)
+    assert record.churn.key() == "cancellation:30"
+    assert record.spec is not None and "login" in record.spec.activity_types
+    assert "fitted on every labelled date" in meta["served_model"].value
+    assert "- Churn: cancellation: a subscription_cancelled within 30 days" in record.card
 
     training = read_training_set(lake)
     ts_meta = done["training_set"].metadata
@@ -106,8 +118,11 @@ def test_training_job_materializes_the_model_its_checks_and_the_champion(trained
     assert ts_meta["computed_inputs"].value.startswith("(none")  # all read from the lake
 
 
-def test_a_failing_quality_floor_blocks_the_champion(trained, ml_lake, tmp_path, instance):
-    """min_roc_auc=0.99 fails quality_floor; churn_champion never runs; the champion stays."""
+def test_an_opt_in_floor_blocks_the_champion_naming_the_rule_and_setting(
+    trained, ml_lake, tmp_path, instance
+):
+    """min_roc_auc=0.99 fails the floor rule; churn_champion never runs; the champion stays;
+    the check, the run's log and the registry say which rule failed and what changes it."""
     lake = copy_lake(trained[0], tmp_path / "lake")
     before = champion_bytes(lake)
     assert before is not None
@@ -117,15 +132,22 @@ def test_a_failing_quality_floor_blocks_the_champion(trained, ml_lake, tmp_path,
 
     assert not result.success
     checks = evaluations(result)
-    assert not checks[QUALITY_FLOOR_CHECK].passed
+    assert not checks[QUALITY_CHECK].passed
     assert checks[NO_REGRESSION_CHECK].passed
-    assert "< floor 0.9900" in checks[QUALITY_FLOOR_CHECK].metadata["reasons"].value
-    assert checks[QUALITY_FLOOR_CHECK].metadata["floor"].value == 0.99
+    meta = checks[QUALITY_CHECK].metadata
+    assert "floor FAILED" in meta["rules"].value and "< floor 0.9900" in meta["rules"].value
+    assert meta["failed"].value == "floor"
+    assert "min_roc_auc" in meta["change_with"].value
+    assert "CHURN_MIN_ROC_AUC" in meta["change_with"].value
+    logged = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    assert any("gate: floor FAILED" in message for message in logged), logged
     assert set(materialized(result)) == {"training_set", "churn_model"}
     assert champion_bytes(lake) == before
     # the failed candidate is registered (for inspection), with its gate recorded
     (new,) = sorted(set(registry.list_versions(lake)) - set(versions_before))
-    assert registry.read_record(lake, new).gate["passed"] is False
+    record = registry.read_record(lake, new)
+    assert record.gate["passed"] is False and record.gate["failed_rules"] == ["floor"]
+    assert record.training["served_fit"] == "evaluation split"  # nothing refitted
 
 
 def test_a_candidate_worse_than_the_champion_fails_no_regression(
@@ -157,14 +179,15 @@ def test_a_candidate_worse_than_the_champion_fails_no_regression(
 
     assert not result.success
     checks = evaluations(result)
-    assert checks[QUALITY_FLOOR_CHECK].passed
+    assert checks[QUALITY_CHECK].passed
     assert not checks[NO_REGRESSION_CHECK].passed
     meta = checks[NO_REGRESSION_CHECK].metadata
     assert meta["champion"].value == version
     candidate_auc = materialized(result)["churn_model"].metadata["holdout_roc_auc"].value
-    champion_auc = meta["champion_roc_auc_on_holdout"].value
+    champion_auc = meta["champion_roc_auc"].value
     assert champion_auc > candidate_auc + 0.005
-    reasons = meta["reasons"].value
+    assert "max_regression" in meta["change_with"].value
+    reasons = meta["rules"].value
     assert f"{candidate_auc:.4f}" in reasons and f"{champion_auc:.4f}" in reasons
     assert "regression" in reasons and version in reasons
     assert "churn_champion" not in materialized(result)
@@ -318,7 +341,7 @@ def test_the_code_location_loads_the_ml_jobs_and_asset_graph(monkeypatch, tmp_pa
     assert parents("churn_champion") == {"churn_model"}
     assert parents("churn_scores") == {"customer_features", "churn_champion"}
     check_keys = {k.name for k in graph.asset_check_keys if k.asset_key.path == ["churn_model"]}
-    assert check_keys == {QUALITY_FLOOR_CHECK, NO_REGRESSION_CHECK}
+    assert check_keys == {QUALITY_CHECK, NO_REGRESSION_CHECK}
     scores_partitions = definitions.resolve_assets_def("churn_scores").partitions_def
     assert scores_partitions == definitions.resolve_assets_def("customer_features").partitions_def
     assert definitions.resolve_assets_def("churn_model").partitions_def is None

@@ -14,7 +14,9 @@ from churn_platform.defs.features.definitions import features_definitions
 from churn_platform.defs.ml.definitions import TRAINING_JOB, ml_definitions
 from churn_platform.defs.monitoring.definitions import monitoring_definitions
 from churn_platform.defs.resources.beam import BeamRunnerResource
+from churn_platform.defs.resources.churn import ChurnDefinitionResource
 from churn_platform.defs.resources.drift import DriftResource
+from churn_platform.defs.resources.gate import GateResource
 from churn_platform.defs.resources.kafka import KafkaResource
 from churn_platform.defs.resources.lake import LakeResource
 from churn_platform.kafka.config import KafkaSettings
@@ -47,6 +49,8 @@ def definitions_for(
                 "beam": BeamRunnerResource(),
                 "kafka": KafkaResource.from_settings(settings, "customer-events"),
                 "drift": drift or DriftResource(),
+                "churn": ChurnDefinitionResource(),
+                "gate": GateResource(),
             }
         ),
     )

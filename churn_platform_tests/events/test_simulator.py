@@ -117,8 +117,8 @@ def test_config_errors_name_the_setting():
         "days must be >= 1": {"days": 0},
         "bad_fraction must be in [0, 1)": {"bad_fraction": 1.0},
         "end must be timezone-aware": {"end": datetime(2026, 1, 1)},
-        "end - days must not be before 2000-01-01": {
-            "end": datetime(2001, 1, 1, tzinfo=UTC),
+        "end - days must not be before 1980-01-01": {
+            "end": datetime(1981, 1, 1, tzinfo=UTC),
             "days": 400,
         },
         "seed must be an integer": {"seed": 1.5},

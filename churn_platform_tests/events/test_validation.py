@@ -46,7 +46,7 @@ BAD = {
     Reason.BAD_CUSTOMER_ID: raw(customer_id="abc\u0007def"),
     Reason.BAD_EVENT_TYPE: raw(event_type="Login-Event"),
     Reason.BAD_TS: raw(ts="2026-09-01 10:00:00"),
-    Reason.TS_OUT_OF_RANGE: raw(ts="1999-12-31T23:59:59Z"),
+    Reason.TS_OUT_OF_RANGE: raw(ts="1979-12-31T23:59:59Z"),
     Reason.BAD_VALUE: b'{"event_id":"e","customer_id":"c","event_type":"login","ts":"2026-09-01T10:00:00Z","value":1e999}',
     Reason.BAD_ATTRIBUTES: raw(attributes={"nested": {"no": 1}}),
 }

@@ -59,12 +59,12 @@ def local_runner() -> BeamRunnerSettings:
 
 @pytest.fixture(scope="module")
 def sim_lake(tmp_path_factory) -> Lake:
-    """120 days of a simulated business; each customer's events scattered over 4 partitions.
+    """400 days of a simulated business; each customer's events scattered over 4 partitions.
 
-    With a 90-day window, the first 30 days are history files (lifecycle rows only).
+    With a 365-day window, the first 35 days are history files (lifecycle rows only).
     """
     lake = Lake(tmp_path_factory.mktemp("sim") / "lake")
-    simulated_lake(lake, customers=120, days=120, end=END, partitions=4, partition_by="event_id")
+    simulated_lake(lake, customers=120, days=400, end=END, partitions=4, partition_by="event_id")
     return lake
 
 
@@ -124,7 +124,7 @@ def test_beam_equals_the_reference_on_a_replayed_catalogue(catalogue_lake):
 
 
 def test_a_date_before_any_event_writes_an_empty_table_with_the_schema(sim_lake):
-    before = date(2026, 1, 1)
+    before = date(2025, 1, 1)
     result = run_feature_pipeline(sim_lake.uri, before, local_runner(), shards=2, read_tasks=2)
     assert (result.rows, result.events_read, result.spec) == (0, 0, FeatureSpec((), ()))
     assert len(result.output_files) == 2

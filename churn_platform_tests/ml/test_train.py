@@ -10,22 +10,24 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 from churn_platform.events.replay import ReplayMapping, SubscriptionMapping, rows_to_messages
+from churn_platform.features.churn import ChurnDefinition
 from churn_platform.lake.store import Lake
 from churn_platform.ml.estimators import WALK_ROWS, positive_probability, small_batch_predictor
 from churn_platform.ml.frame import LABEL_COLUMN, model_input
+from churn_platform.ml.gate import GateConfig, judge_candidate
 from churn_platform.ml.train import (
-    GateConfig,
     TrainConfig,
     TrainedModels,
     TrainingError,
     _sample_customers,
     evaluate,
+    fit_served,
+    gate_summary,
     model_card,
-    no_regression,
-    quality_floor,
     split_by_time,
     top_decile,
     train_models,
+    usable_features,
 )
 from churn_platform.ml.training_set import (
     TrainingSet,
@@ -266,71 +268,96 @@ def test_small_batch_predictor_equals_predict_proba_bit_for_bit(trained, trainin
 def test_importance_lists_every_feature_once_largest_first(trained, training):
     importance = trained.importance
     assert importance.columns == ["feature", "importance", "std"]
-    assert sorted(importance["feature"].to_list()) == sorted(training.features)
+    assert sorted(importance["feature"].to_list()) == sorted(trained.features)
+    assert set(trained.features) | set(trained.dropped) == set(training.features)
     assert importance["feature"].n_unique() == importance.height
     values = importance["importance"].to_list()
     assert values == sorted(values, reverse=True) and values[0] > 0
 
 
-# --- the gate --------------------------------------------------------------------------
+# --- the served model and what is left out --------------------------------------------
 
 
-def metrics(candidate: float, baseline: float) -> dict[str, dict[str, float]]:
-    return {"candidate": {"roc_auc": candidate}, "baseline": {"roc_auc": baseline}}
+@pytest.fixture(scope="module")
+def served(_one_thread, training, trained):
+    return fit_served(training.table, trained.features, FAST)
 
 
-def test_quality_floor_boundaries_and_reasons():
-    gate = GateConfig(min_roc_auc=0.8)
-    ok, reasons = quality_floor(metrics(0.8, 0.7), gate)
-    assert ok
-    assert reasons == [
-        "holdout ROC AUC 0.8000 ≥ floor 0.8000",
-        "candidate 0.8000 > logistic baseline 0.7000",
-    ]
-    ok, reasons = quality_floor(metrics(0.7999, 0.7), gate)
-    assert not ok and reasons[0] == "holdout ROC AUC 0.7999 < floor 0.8000"
-
-    tie, reasons = quality_floor(metrics(0.85, 0.85), gate)
-    assert not tie and reasons[1] == "candidate 0.8500 ≤ logistic baseline 0.8500"
-    below_baseline = metrics(0.85, 0.9)
-    assert not quality_floor(below_baseline, gate)[0]
-    relaxed = GateConfig(min_roc_auc=0.8, must_beat_baseline=False)
-    ok, reasons = quality_floor(below_baseline, relaxed)
-    assert ok and reasons == ["holdout ROC AUC 0.8500 ≥ floor 0.8000"]
-    assert not quality_floor(metrics(0.79, 0.5), relaxed)[0]
+def test_the_served_model_is_fitted_on_every_labelled_date(served, training, trained):
+    """Every row of the training set, the holdout and purged dates included; out-of-fold
+    calibration keeps its probabilities honest (mean near the churn rate)."""
+    assert served.rows == training.rows and served.dates == training.dates
+    assert served.dates[-1] == trained.split.holdout_dates[-1]  # the most recent date too
+    assert served.churned == training.positives
+    x = model_input(training.table, trained.features)
+    p = positive_probability(served.estimator, x)
+    assert np.isfinite(p).all() and ((p >= 0) & (p <= 1)).all()
+    rate = training.positives / training.rows
+    assert abs(p.mean() - rate) < 0.25 * rate, (p.mean(), rate)
+    assert served.estimator.cv == FAST.calibration_folds  # no fold indices stored
+    assert "out-of-fold" in served.calibration
 
 
-def test_no_regression_boundaries_and_reasons():
-    gate = GateConfig(max_regression=0.01)
-    assert no_regression(0.6, None, None, gate) == (
-        True,
-        ["no champion yet: nothing to regress against"],
+def test_small_batch_predictor_equals_the_served_model_bit_for_bit(served, training, trained):
+    predict = small_batch_predictor(served.estimator, trained.features)
+    assert predict is not None
+    x = model_input(training.table, trained.features)
+    expected = positive_probability(served.estimator, x)
+    np.testing.assert_array_equal(predict(x), expected)
+    np.testing.assert_array_equal(predict(x.head(17)), expected[:17])
+
+
+def test_features_with_nothing_to_learn_are_left_out_and_named():
+    """All-null columns crashed the boosting's binning on a business without subscriptions."""
+    rows = pl.DataFrame(
+        {
+            "a": [1.0, 2.0, 3.0],
+            "empty": [None, None, None],
+            "same": [5.0, 5.0, 5.0],
+            "sparse": [None, 1.0, None],
+            "plan": ["x", "x", "x"],
+        },
+        schema_overrides={"empty": pl.Float64},
     )
-    ok, reasons = no_regression(0.82 - 0.01, 0.82, "v-old", gate)
-    assert ok and reasons == [
-        "candidate 0.8100 vs champion v-old 0.8200 on the same holdout (allowed drop 0.0100): "
-        "no regression"
-    ]
-    ok, reasons = no_regression(0.8099, 0.82, "v-old", gate)
-    assert not ok and reasons[0].endswith(": regression")
-    assert "0.8099" in reasons[0] and "0.8200" in reasons[0]
-    assert no_regression(0.9, 0.82, "v-old", gate)[0]
+    kept, dropped = usable_features(rows, ["a", "empty", "same", "sparse", "plan"])
+    assert kept == ["a", "sparse", "plan"]
+    assert dropped == {
+        "empty": "null in every training row",
+        "same": "the same value (5.0) in every training row",
+    }
+    with pytest.raises(TrainingError, match="none of the 2 features varies"):
+        usable_features(rows, ["empty", "same"])
 
 
-def test_model_card_has_the_version_both_models_and_the_gate(trained):
-    gate_ok, reasons = quality_floor(trained.metrics, GateConfig())
-    card = model_card("20260630-abc", trained, 15_093, "2026-03-14..2026-05-30", reasons, gate_ok)
+def test_model_card_has_the_version_both_models_the_gate_and_the_definition(trained, served):
+    y = trained.holdout_labels
+    verdict = judge_candidate(
+        y,
+        trained.holdout_scores["candidate"],
+        trained.holdout_scores["baseline"],
+        trained.holdout_customers,
+        GateConfig(),
+    )
+    gate_ok, reasons = gate_summary(verdict)
+    churn = ChurnDefinition("inactivity", 60, ("login",))
+    card = model_card(
+        "20260630-abc", trained, 15_093, "2026-03-14..2026-05-30", reasons, gate_ok, churn, served
+    )
     c, b = trained.metrics["candidate"], trained.metrics["baseline"]
     assert card.startswith("# Churn model 20260630-abc\n")
     assert "as-of dates 2026-03-14..2026-05-30, 15093 rows" in card
+    assert "- Churn: inactivity: no login within 60 days after the as-of date" in card
+    assert f"every labelled date, {served.dates[0]}..{served.dates[-1]} ({served.rows} rows" in card
     for key in ("roc_auc", "pr_auc", "brier", "top_decile_lift", "top_decile_capture"):
         assert f"| {key} | {c[key]} | {b[key]} |" in card
     assert f"Gate: {'passed' if gate_ok else 'failed'}" in card
     for reason in reasons:
         assert f"- {reason}\n" in card
     assert f"purged {len(trained.split.purged_dates)} dates" in card
-    failed = model_card("v2", trained, 1, "x", ["candidate 0.5 < floor"], False)
-    assert "Gate: failed" in failed and "- candidate 0.5 < floor" in failed
+    failed = model_card("v2", trained, 1, "x", ["no_skill FAILED: too few"], False)
+    assert "Gate: failed" in failed and "- no_skill FAILED: too few" in failed
+    assert "Serves: nothing (the gate failed)" in failed
+    assert "- Churn: cancellation: a subscription_cancelled within 30 days" in failed
 
 
 # --- a replayed catalogue ----------------------------------------------------------------
@@ -408,9 +435,10 @@ def test_the_pipeline_trains_on_a_replayed_catalogue(tmp_path):
     catalogue's own activity types as features and labels from its subscriptions table."""
     lake = replayed_lake(tmp_path / "lake")
     horizon = 14
-    dates = training_dates(lake, horizon_days=horizon, count=7).dates
+    churn = ChurnDefinition("cancellation", horizon)
+    dates = training_dates(lake, churn, count=7).dates
     assert len(dates) == 7
-    computed = ensure_inputs(lake, dates, engine="polars", horizon_days=horizon)
+    computed = ensure_inputs(lake, dates, churn, engine="polars")
     assert len(computed) == 2 * len(dates)
     training = build_training_set(lake, dates)
 
@@ -428,4 +456,6 @@ def test_the_pipeline_trains_on_a_replayed_catalogue(tmp_path):
     assert trained.split.purged_dates == [dates[-3]]  # 7 days before, 14-day horizon
     for name in ("candidate", "baseline"):
         assert 0.7 < trained.metrics[name]["roc_auc"] <= 1.0  # churners go quiet: learnable
-    assert set(trained.importance["feature"]) == set(training.features)
+    assert set(trained.importance["feature"]) == set(trained.features)
+    # a business with subscriptions but no plan changes: nothing to learn from those
+    assert "plan_changes" in trained.dropped and "plan_changes" not in trained.features

@@ -13,6 +13,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from churn_platform.events.contract import SUBSCRIPTION_CANCELLED
+from churn_platform.features.churn import ChurnDefinition
 from churn_platform.features.definitions import as_of_end, compute_features
 from churn_platform.features.materialize import read_features
 from churn_platform.lake.paths import features_dir, labels_dir, labels_path
@@ -22,6 +23,7 @@ from churn_platform.ml.frame import KEY_COLUMNS, LABEL_COLUMN, model_input
 from churn_platform.ml.labels import compute_labels, read_labels, write_labels
 from churn_platform.ml.training_set import (
     TRAINING_SET_PATH,
+    SplitNeeds,
     TrainingSet,
     TrainingSetError,
     build_training_set,
@@ -164,7 +166,9 @@ def test_dates_step_back_from_the_latest_labelable_date(tmp_path):
 
     assert training_dates(lake, count=3).dates == [date(2025, 3, 16), date(2025, 3, 23), LATEST]
     assert training_dates(lake, cadence_days=30, count=2).dates == [date(2025, 2, 28), LATEST]
-    assert training_dates(lake, horizon_days=14, count=1).dates == [date(2025, 4, 15)]
+    assert training_dates(lake, ChurnDefinition("cancellation", 14), count=1).dates == [
+        date(2025, 4, 15)
+    ]
     assert training_dates(lake, count=2, latest=date(2025, 3, 20)).dates == [
         date(2025, 3, 13),
         date(2025, 3, 20),
@@ -172,24 +176,52 @@ def test_dates_step_back_from_the_latest_labelable_date(tmp_path):
     assert training_dates(lake, count=1, latest=date(2026, 1, 1)).dates == [LATEST]
     no_history = training_dates(lake, min_history_days=0)
     assert len(no_history.dates) == 12 and no_history.dates[0] == date(2025, 1, 12)
-    assert training_dates(lake, min_history_days=80).dates == [date(2025, 3, 23), LATEST]
+    # two dates cannot hold a time split (2 holdout, 4 purged, 1 calibration, 1 to train)
+    with pytest.raises(TrainingSetError, match="not enough history to train"):
+        training_dates(lake, min_history_days=80)
+    assert training_dates(lake, min_history_days=80, require=1).dates == [
+        date(2025, 3, 23),
+        LATEST,
+    ]
 
 
-def test_a_lake_too_short_for_one_date_says_what_it_needs(tmp_path):
-    """min_history + horizon + 2 days of events give one date; a day fewer gives a clear error."""
+def test_the_default_count_follows_the_horizon_and_the_split():
+    """Holdout + the dates whose horizon reaches into it + calibration + min_train_dates."""
+    needs = SplitNeeds()
+    assert needs.purged(30, 7) == 4 and needs.default_count(30, 7) == 12
+    assert needs.purged(28, 7) == 3  # d + 28 == the holdout start: not purged
+    assert needs.purged(90, 7) == 12 and needs.default_count(90, 7) == 20
+    assert needs.purged(1, 7) == 0 and needs.minimum(1, 7) == 4
+    assert SplitNeeds(holdout_dates=3, min_train_dates=8).default_count(90, 14) == 3 + 6 + 1 + 8
+
+
+def test_a_lake_too_short_for_the_split_says_what_it_needs(tmp_path):
+    """28 days of warm-up, 8 weekly dates (the smallest split) and a 30-day horizon take
+    109 days of events; a day fewer is refused with the numbers and the settings."""
     first = date(2025, 1, 1)
-    enough = span_lake(tmp_path / "enough", first, first + timedelta(days=28 + 30 + 1))
-    assert training_dates(enough).dates == [first + timedelta(days=28)]
+    days = 28 + 7 * 7 + 30 + 2
+    enough = span_lake(tmp_path / "enough", first, first + timedelta(days=days - 1))
+    chosen = training_dates(enough)
+    assert len(chosen.dates) == 8 and chosen.dates[0] == first + timedelta(days=28)
+    assert chosen.wanted == 12
 
-    short = span_lake(tmp_path / "short", first, first + timedelta(days=28 + 30))
+    short = span_lake(tmp_path / "short", first, first + timedelta(days=days - 2))
     with pytest.raises(TrainingSetError) as refused:
         training_dates(short)
     message = str(refused.value)
-    assert "no as-of date is both labelable and has 28 days of history" in message
-    assert "2025-01-01..2025-02-27" in message and "30-day horizon" in message
-    assert "needs at least 60 days of events" in message and "min_history_days" in message
-    with pytest.raises(TrainingSetError, match="at least 46 days of events"):
-        training_dates(short, horizon_days=30, min_history_days=14, latest=first)
+    assert "not enough history to train" in message
+    assert "events dated 2025-01-01..2025-04-18 (108 days, complete through 2025-04-17)" in message
+    assert "8 as-of dates 7 days apart (2 holdout, 4 purged" in message
+    assert "need at least 109 days of events" in message
+    for setting in ("CHURN_HORIZON_DAYS", "cadence_days", "min_history_days", "holdout_dates"):
+        assert setting in message
+    # one labelable date needs min_history + horizon + 2 days
+    one = span_lake(tmp_path / "one", first, first + timedelta(days=28 + 30))
+    with pytest.raises(TrainingSetError, match="at least 60 days of events"):
+        training_dates(one, count=1)
+    assert training_dates(enough, ChurnDefinition("cancellation", 30), count=1).dates == [
+        chosen.dates[-1]
+    ]
 
 
 def test_an_empty_lake_and_bad_arguments_are_refused(tmp_path):
@@ -212,12 +244,12 @@ D1, D2 = date(2024, 3, 1), date(2024, 3, 8)
 
 
 def two_date_lake(root: Path) -> Lake:
-    """`legacy` happens 85 days before D1 (in D1's 90-day window, not D2's); `export` (valued)
-    only after D1; the lake is complete through D2 + 7."""
+    """`legacy` happens 360 days before D1 (in D1's 365-day window, not D2's); `export`
+    (valued) only after D1; the lake is complete through D2 + 7."""
     rows = [
-        started("c1-s", "c1", at(D1 - timedelta(days=100))),
+        started("c1-s", "c1", at(D1 - timedelta(days=400))),
         started("c2-s", "c2", at(D1 - timedelta(days=30)), plan="basic", mrr=19.0),
-        event("c1-old", "c1", "legacy", at(D1 - timedelta(days=85))),
+        event("c1-old", "c1", "legacy", at(D1 - timedelta(days=360))),
         event("c1-l1", "c1", "login", at(D1 - timedelta(days=2))),
         event("c2-l1", "c2", "login", at(D1 - timedelta(days=1))),
         event("c1-x1", "c1", "export", at(D1 + timedelta(days=2)), value=5.0),
@@ -230,7 +262,7 @@ def two_date_lake(root: Path) -> Lake:
 def test_a_type_missing_at_one_date_gets_the_neutral_fill(tmp_path):
     """Every row has every activity type's columns: counts and sums 0, days-since and means null."""
     lake = two_date_lake(tmp_path / "lake")
-    ensure_inputs(lake, [D1, D2], horizon_days=7)
+    ensure_inputs(lake, [D1, D2], ChurnDefinition("cancellation", 7))
     assert "export_count_7d" not in read_features(lake, D1).columns
     assert "legacy_count_90d" not in read_features(lake, D2).columns
 
@@ -251,7 +283,7 @@ def test_a_type_missing_at_one_date_gets_the_neutral_fill(tmp_path):
     assert at_d2["export_days_since_last"].to_list() == [5.0, None]
     assert at_d2["export_value_mean_28d"].to_list() == [5.0, None]
 
-    assert at_d1["legacy_days_since_last"].to_list() == [85.0, None]
+    assert at_d1["legacy_days_since_last"].to_list() == [360.0, None]
     assert at_d2["legacy_count_90d"].to_list() == [0.0, 0.0]
     assert at_d2["legacy_days_since_last"].to_list() == [None, None]
     counts = [c for c in training.features if "_count_" in c]
@@ -264,7 +296,7 @@ def test_a_type_missing_at_one_date_gets_the_neutral_fill(tmp_path):
 def test_labels_that_do_not_match_the_feature_table_are_refused(tmp_path):
     """A label missing, or one for a customer without features, names the date and the fix."""
     lake = two_date_lake(tmp_path / "lake")
-    ensure_inputs(lake, [D1, D2], horizon_days=7)
+    ensure_inputs(lake, [D1, D2], ChurnDefinition("cancellation", 7))
     labels = read_labels(lake, D2)
     assert labels["customer_id"].to_list() == ["c1", "c2"]
 
@@ -286,7 +318,7 @@ def test_labels_that_do_not_match_the_feature_table_are_refused(tmp_path):
 
 def test_missing_labels_name_churn_labels(tmp_path):
     lake = two_date_lake(tmp_path / "lake")
-    ensure_inputs(lake, [D1], horizon_days=7)
+    ensure_inputs(lake, [D1], ChurnDefinition("cancellation", 7))
     lake.remove(labels_path(D1))
     with pytest.raises(TrainingSetError, match="materialize churn_labels for 2024-03-01"):
         build_training_set(lake, [D1])
@@ -324,12 +356,14 @@ def test_ensure_inputs_computes_exactly_what_is_missing(ml_lake, tmp_path):
         assert_frame_equal(read_labels(lake, d), read_labels(ml_lake.lake, d))
     assert ensure_inputs(lake, dates, engine="polars") == []
 
-    assert ensure_inputs(lake, [gone], horizon_days=20) == [f"churn_labels {gone}"]
+    assert ensure_inputs(lake, [gone], ChurnDefinition("cancellation", 20)) == [
+        f"churn_labels {gone}"
+    ]
     relabelled = read_labels(lake, gone)
     assert set(relabelled["horizon_days"]) == {20}
     assert relabelled.height == read_labels(ml_lake.lake, gone).height
     assert relabelled["churned"].sum() <= read_labels(ml_lake.lake, gone)["churned"].sum()
-    assert ensure_inputs(lake, [gone], horizon_days=20) == []
+    assert ensure_inputs(lake, [gone], ChurnDefinition("cancellation", 20)) == []
 
 
 # --- the file ------------------------------------------------------------------------

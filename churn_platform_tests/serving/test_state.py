@@ -70,7 +70,7 @@ def test_rows_of_add_and_prune():
     ]
     assert state.frame(["nobody"]).height == 0
     # activity past the lookback goes, lifecycle events stay
-    assert state.prune(date(2026, 12, 31)) == 2
+    assert state.prune(date(2027, 7, 1)) == 2  # more than 365 days after T0
     assert [r[0] for r in state.rows_of("c2")] == ["c"]
     assert state.rows_of("c1") == []
 

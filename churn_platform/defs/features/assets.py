@@ -19,20 +19,18 @@ from pydantic import Field
 
 from churn_platform.defs.automation import follow_updates
 from churn_platform.defs.resources.beam import BeamRunnerResource
+from churn_platform.defs.resources.churn import ChurnDefinitionResource
 from churn_platform.defs.resources.lake import LakeResource
 from churn_platform.features.materialize import (
     DEFAULT_ENGINE,
     features_dir,
     materialize_features,
     null_rates_markdown,
+    read_feature_churn,
     read_features,
 )
 from churn_platform.lake.paths import labels_dir
-from churn_platform.ml.labels import (
-    DEFAULT_HORIZON_DAYS,
-    NotYetLabelable,
-    materialize_labels,
-)
+from churn_platform.ml.labels import NotYetLabelable, materialize_labels
 
 RAW_EVENTS = dg.AssetKey("raw_customer_events")
 
@@ -48,12 +46,6 @@ class CustomerFeaturesConfig(dg.Config):
     shards: int | None = Field(
         default=None, description="Customer shards of the Beam pipeline (default: its own)."
     )
-
-
-class ChurnLabelsConfig(dg.Config):
-    """How far ahead a cancellation counts as churn."""
-
-    horizon_days: int = Field(default=DEFAULT_HORIZON_DAYS, ge=1, le=365)
 
 
 def build_feature_assets(
@@ -73,6 +65,7 @@ def build_feature_assets(
         config: CustomerFeaturesConfig,
         lake: LakeResource,
         beam: BeamRunnerResource,
+        churn: ChurnDefinitionResource,
     ) -> dg.MaterializeResult:
         """Per-customer churn features of each customer active at the end of the as-of date.
 
@@ -81,8 +74,14 @@ def build_feature_assets(
         as_of = date.fromisoformat(context.partition_key)
         store = lake.lake()
         runner = beam.settings() if config.engine == "beam" else None
+        definition = churn.churn()
         result = materialize_features(
-            store, as_of, engine=config.engine, runner=runner, shards=config.shards
+            store,
+            as_of,
+            engine=config.engine,
+            runner=runner,
+            shards=config.shards,
+            churn=definition,
         )
         table = read_features(store, as_of)
         return dg.MaterializeResult(
@@ -91,6 +90,7 @@ def build_feature_assets(
                 "customers": dg.MetadataValue.int(result.customers),
                 "feature_count": len(result.spec.columns()),
                 "activity_types": ", ".join(result.spec.activity_types) or "(none)",
+                "churn_definition": definition.describe(),
                 "null_rates": dg.MetadataValue.md(null_rates_markdown(table, result.spec)),
                 "engine": result.engine,
                 "events_read": result.events_read,
@@ -109,14 +109,22 @@ def build_feature_assets(
         output_required=False,
     )
     def churn_labels(
-        context: dg.AssetExecutionContext, config: ChurnLabelsConfig, lake: LakeResource
+        context: dg.AssetExecutionContext, lake: LakeResource, churn: ChurnDefinitionResource
     ):
-        """Whether each customer active at the as-of date cancels within the horizon after it."""
+        """Whether each customer active at the as-of date churns within the horizon after it."""
         as_of = date.fromisoformat(context.partition_key)
         store = lake.lake()
+        definition = churn.churn()
+        if not read_feature_churn(store, as_of).same_population(definition):
+            raise ValueError(
+                f"customer_features as of {as_of} were computed under the churn definition "
+                f"{read_feature_churn(store, as_of).key()}, not {definition.key()} "
+                "(CHURN_DEFINITION / CHURN_HORIZON_DAYS changed since): materialize "
+                "customer_features for this date again, then churn_labels"
+            )
         customers = read_features(store, as_of, columns=["customer_id"])["customer_id"]
         try:
-            result = materialize_labels(store, customers, as_of, config.horizon_days)
+            result = materialize_labels(store, customers, as_of, definition)
         except NotYetLabelable as exc:
             # Not a failure: the partition stays unmaterialized until the lake has
             # seen the whole horizon, and a backfill or daily run stays green.
@@ -143,6 +151,7 @@ def build_feature_assets(
                 "churned": result.churned,
                 "churn_rate": dg.MetadataValue.float(round(result.churn_rate, 4)),
                 "horizon_days": result.horizon_days,
+                "churn_definition": definition.describe(),
                 "complete_through": result.complete_through.isoformat(),
                 "cancellations_read": result.cancellations_read,
                 "seconds": dg.MetadataValue.float(round(result.seconds, 3)),

@@ -22,6 +22,7 @@ from churn_platform.features.materialize import (
     check_ranges,
     check_row_count,
     check_schema,
+    read_feature_churn,
     read_feature_inputs,
     read_feature_spec,
     read_features,
@@ -50,8 +51,11 @@ def _judge_ranges(lake: Lake, as_of: date, table: pl.DataFrame) -> CheckOutcome:
 
 
 def _judge_row_count(lake: Lake, as_of: date, table: pl.DataFrame) -> CheckOutcome:
-    # judged against the raw files the table was computed from (recorded in _spec.json)
-    return check_row_count(table, active_customers(lake, as_of, read_feature_inputs(lake, as_of)))
+    # judged against the raw files the table was computed from and the churn definition
+    # it chose its customers by (both recorded in _spec.json)
+    inputs, churn = read_feature_inputs(lake, as_of), read_feature_churn(lake, as_of)
+    outcome = check_row_count(table, active_customers(lake, as_of, inputs, churn))
+    return CheckOutcome(outcome.passed, {**outcome.details, "churn_definition": churn.key()})
 
 
 def _evaluate(context: dg.AssetCheckExecutionContext, lake: Lake, judge: Judge):
@@ -103,7 +107,8 @@ def build_feature_checks(
     @dg.asset_check(
         **spec(
             RANGES_CHECK,
-            "Counts >= 0, recency <= tenure and within 90 days, mrr >= 0, active days <= 28.",
+            "Counts >= 0 and nested by window, recency <= tenure and within 365 days, mrr >= 0, "
+            "active days within their window.",
         )
     )
     def values_in_range(context: dg.AssetCheckExecutionContext, lake: LakeResource):
@@ -112,7 +117,8 @@ def build_feature_checks(
     @dg.asset_check(
         **spec(
             ROW_COUNT_CHECK,
-            "One row per customer active at the as-of date, recomputed from raw lifecycle events.",
+            "One row per customer active at the as-of date under the churn definition, "
+            "recomputed from the raw events.",
         )
     )
     def one_row_per_active_customer(context: dg.AssetCheckExecutionContext, lake: LakeResource):

@@ -20,10 +20,18 @@ from pydantic import Field
 
 from churn_platform.defs.automation import eager_after_checks
 from churn_platform.defs.resources.beam import BeamRunnerResource
+from churn_platform.defs.resources.churn import ChurnDefinitionResource
+from churn_platform.defs.resources.gate import GateResource
 from churn_platform.defs.resources.kafka import KafkaResource
 from churn_platform.defs.resources.lake import LakeResource
 from churn_platform.ml import plots, registry
-from churn_platform.ml.labels import DEFAULT_HORIZON_DAYS
+from churn_platform.ml.gate import (
+    DEFAULT_MAX_REGRESSION,
+    GateConfig,
+    Verdict,
+    judge_candidate,
+    judge_regression,
+)
 from churn_platform.ml.score import (
     SCORES_TOPIC,
     RiskBands,
@@ -34,20 +42,20 @@ from churn_platform.ml.score import (
     write_scores,
 )
 from churn_platform.ml.train import (
-    DEFAULT_MAX_REGRESSION,
-    DEFAULT_MIN_ROC_AUC,
     DEFAULT_SEED,
-    GateConfig,
+    ServedModel,
     TrainConfig,
+    fit_served,
+    gate_summary,
     model_card,
-    no_regression,
-    quality_floor,
     train_models,
 )
 from churn_platform.ml.training_set import (
     DEFAULT_CADENCE_DAYS,
-    DEFAULT_DATE_COUNT,
     DEFAULT_MIN_HISTORY_DAYS,
+    DEFAULT_MIN_TRAIN_DATES,
+    SplitNeeds,
+    TrainingSetError,
     build_training_set,
     ensure_inputs,
     read_training_set,
@@ -57,7 +65,7 @@ from churn_platform.ml.training_set import (
 
 CUSTOMER_FEATURES = dg.AssetKey("customer_features")
 CHURN_LABELS = dg.AssetKey("churn_labels")
-QUALITY_FLOOR_CHECK = "quality_floor"
+QUALITY_CHECK = "candidate_quality"
 NO_REGRESSION_CHECK = "no_regression"
 
 
@@ -67,13 +75,23 @@ class TrainingSetConfig(dg.Config):
     cadence_days: int = Field(
         default=DEFAULT_CADENCE_DAYS, ge=1, description="Days between as-of dates."
     )
-    dates: int = Field(default=DEFAULT_DATE_COUNT, ge=3, description="How many as-of dates.")
+    dates: int | None = Field(
+        default=None,
+        ge=3,
+        description="How many as-of dates (default: enough for churn_model's time split with "
+        "min_train_dates dates to train on; fewer when the history is shorter).",
+    )
+    min_train_dates: int = Field(
+        default=DEFAULT_MIN_TRAIN_DATES,
+        ge=1,
+        description="Training dates the default date count leaves after the holdout, the "
+        "purged dates and calibration.",
+    )
     min_history_days: int = Field(
         default=DEFAULT_MIN_HISTORY_DAYS,
         ge=0,
         description="No as-of date earlier than this many days after the lake's first event.",
     )
-    horizon_days: int = Field(default=DEFAULT_HORIZON_DAYS, ge=1, le=365)
     fill_missing: bool = Field(
         default=True,
         description="Compute feature tables and labels the lake lacks for those dates "
@@ -98,13 +116,27 @@ class ChurnModelConfig(dg.Config):
     max_train_rows: int | None = Field(
         default=None, description="Sample whole customers when training rows exceed this."
     )
-    min_roc_auc: float = Field(default=DEFAULT_MIN_ROC_AUC, ge=0.5, le=1.0)
+    min_roc_auc: float | None = Field(
+        default=None,
+        ge=0.5,
+        le=1.0,
+        description="An absolute holdout ROC AUC floor for this run (default: the gate "
+        "resource's, CHURN_MIN_ROC_AUC; none unless set).",
+    )
     max_regression: float = Field(
-        default=DEFAULT_MAX_REGRESSION, ge=0.0, description="Allowed ROC AUC drop vs champion."
+        default=DEFAULT_MAX_REGRESSION,
+        ge=0.0,
+        description="Allowed ROC AUC drop against the champion, beyond the holdout's noise.",
     )
     must_beat_baseline: bool = Field(
+        default=False,
+        description="Require the candidate to beat the logistic baseline beyond the noise "
+        "(default: only not to be worse than it).",
+    )
+    refit_on_all_dates: bool = Field(
         default=True,
-        description="quality_floor also requires a holdout ROC AUC above the logistic baseline's.",
+        description="Once the gate passed, fit the served model on every labelled date (else "
+        "the evaluation model, fitted on the train dates only, serves).",
     )
 
 
@@ -125,16 +157,24 @@ def training_set(
     config: TrainingSetConfig,
     lake: LakeResource,
     beam: BeamRunnerResource,
+    churn: ChurnDefinitionResource,
 ) -> dg.MaterializeResult:
     """Feature tables at weekly as-of dates joined to their churn labels (point in time)."""
     store = lake.lake()
+    definition = churn.churn()
     chosen = training_dates(
         store,
+        definition,
         cadence_days=config.cadence_days,
         count=config.dates,
-        horizon_days=config.horizon_days,
         min_history_days=config.min_history_days,
+        split=SplitNeeds(min_train_dates=config.min_train_dates),
     )
+    if len(chosen.dates) < chosen.wanted:
+        context.log.warning(
+            f"the history holds {len(chosen.dates)} of the {chosen.wanted} as-of dates wanted "
+            f"({config.cadence_days} days apart): the model trains on fewer dates"
+        )
     computed: list[str] = []
     if config.fill_missing:
 
@@ -150,12 +190,26 @@ def training_set(
         computed = ensure_inputs(
             store,
             chosen.dates,
+            definition,
             engine=config.engine,
             runner=beam.settings() if config.engine == "beam" else None,
-            horizon_days=config.horizon_days,
             on_computed=record,
         )
-    result = build_training_set(store, chosen.dates)
+    result = build_training_set(store, chosen.dates, definition)
+    if result.positives == 0:
+        raise TrainingSetError(
+            f"no churn at all: none of the {result.rows:,} customer-dates over "
+            f"{len(result.dates)} as-of dates churned under the definition "
+            f"'{definition.describe()}'. "
+            + (
+                "The events hold no subscription_cancelled: for a business without "
+                "subscriptions set CHURN_DEFINITION=inactivity (and CHURN_HORIZON_DAYS), or "
+                "replay the subscriptions table with end dates (replay --subscriptions-file)"
+                if not definition.is_inactivity
+                else "Every active customer was active again within the horizon: lengthen "
+                "CHURN_HORIZON_DAYS or narrow CHURN_QUALIFYING_EVENTS"
+            )
+        )
     path = write_training_set(store, result)
     per_date = result.per_date()
     return dg.MaterializeResult(
@@ -167,6 +221,7 @@ def training_set(
             "first_as_of": result.dates[0].isoformat(),
             "last_as_of": result.dates[-1].isoformat(),
             "feature_count": len(result.features),
+            "churn_definition": definition.describe(),
             "per_date": dg.MetadataValue.md(_markdown_table(per_date)),
             "computed_inputs": ", ".join(computed) or "(none: all read from the lake)",
             "lake": dg.MetadataValue.path(store.url(path)),
@@ -180,68 +235,103 @@ def training_set(
     kinds={"scikitlearn"},
     check_specs=[
         dg.AssetCheckSpec(
-            QUALITY_FLOOR_CHECK,
+            QUALITY_CHECK,
             asset="churn_model",
             blocking=True,
-            description="Holdout ROC AUC at least the floor and above the logistic baseline.",
+            description="Better than a no-skill ranking and not worse than the logistic baseline "
+            "on the holdout, beyond the noise its churners allow (and above min_roc_auc, if set).",
         ),
         dg.AssetCheckSpec(
             NO_REGRESSION_CHECK,
             asset="churn_model",
             blocking=True,
-            description="No worse than the current champion on the candidate's holdout.",
+            description="Not worse than the current champion on the candidate's holdout, beyond "
+            "the noise and max_regression.",
         ),
     ],
 )
 def churn_model(
-    context: dg.AssetExecutionContext, config: ChurnModelConfig, lake: LakeResource
+    context: dg.AssetExecutionContext,
+    config: ChurnModelConfig,
+    lake: LakeResource,
+    gate: GateResource,
 ) -> dg.MaterializeResult:
     """A calibrated gradient-boosting candidate (and its logistic baseline), registered and gated."""
     store = lake.lake()
     training = read_training_set(store)
     train_config = TrainConfig(
         seed=config.seed,
+        horizon_days=training.churn.horizon_days,
         holdout_dates=config.holdout_dates,
         calibration_dates=config.calibration_dates,
         calibration=config.calibration,
         max_train_rows=config.max_train_rows,
     )
     gate_config = GateConfig(
-        min_roc_auc=config.min_roc_auc,
+        min_roc_auc=config.min_roc_auc if config.min_roc_auc is not None else gate.min_roc_auc,
         max_regression=config.max_regression,
         must_beat_baseline=config.must_beat_baseline,
+        confidence=gate.confidence,
+        seed=config.seed,
     )
     trained = train_models(training.table, training.features, train_config)
     cand = trained.metrics["candidate"]
-
-    floor_ok, floor_reasons = quality_floor(trained.metrics, gate_config)
-    champion_auc, champion_version = _champion_on_holdout(store, trained, context)
-    regression_ok, regression_reasons = no_regression(
-        cand["roc_auc"], champion_auc, champion_version, gate_config
+    y, customers = trained.holdout_labels, trained.holdout_customers
+    quality = judge_candidate(
+        y,
+        trained.holdout_scores["candidate"],
+        trained.holdout_scores["baseline"],
+        customers,
+        gate_config,
     )
-    passed = floor_ok and regression_ok
-    reasons = floor_reasons + regression_reasons
+    regression = _against_champion(store, trained, training.churn, gate_config, context)
+    passed, reasons = gate_summary(quality, regression)
+    served: ServedModel | None = None
+    if passed and config.refit_on_all_dates:
+        served = fit_served(training.table, trained.features, train_config)
+        context.log.info(
+            f"served model fitted on every labelled date: {served.rows:,} rows over "
+            f"{len(served.dates)} dates in {served.seconds:.1f} s"
+        )
+    elif not passed:
+        for rule in quality.failed() + regression.failed():
+            context.log.error(f"gate: {rule.line()}")
     version = registry.new_version(token=context.run_id)
     data_range = f"{training.dates[0].isoformat()}..{training.dates[-1].isoformat()}"
-    card = model_card(version, trained, training.rows, data_range, reasons, passed)
+    card = model_card(
+        version, trained, training.rows, data_range, reasons, passed, training.churn, served
+    )
     registry.save_model(
         store,
         version,
-        trained.candidate,
+        served.estimator if served is not None else trained.candidate,
         baseline=trained.baseline,
+        evaluated=trained.candidate,
         features=trained.features,
-        metrics={**trained.metrics, "champion_on_holdout": champion_auc},
-        gate={"passed": passed, "reasons": reasons},
+        metrics={
+            **trained.metrics,
+            "champion_on_holdout": regression.details.get("champion_roc_auc"),
+        },
+        gate={
+            "passed": passed,
+            "reasons": reasons,
+            "failed_rules": [r.name for r in quality.failed() + regression.failed()],
+            "quality": quality.details,
+            "regression": regression.details,
+        },
         training={
             "data_range": data_range,
             "training_set_rows": training.rows,
             "seed": config.seed,
+            "churn_definition": training.churn.to_dict(),
+            "feature_spec": training.spec.to_dict() if training.spec else None,
+            "dropped_features": trained.dropped,
             **trained.split.describe(),
+            **(served.describe() if served is not None else {"served_fit": "evaluation split"}),
             "seconds": {k: round(v, 3) for k, v in trained.seconds.items()},
         },
         card=card,
     )
-    y = trained.holdout_labels
     scores = {
         "gradient boosting": trained.holdout_scores["candidate"],
         "logistic baseline": trained.holdout_scores["baseline"],
@@ -251,6 +341,7 @@ def churn_model(
     return dg.MaterializeResult(
         metadata={
             "version": version,
+            "churn_definition": training.churn.describe(),
             "holdout_roc_auc": dg.MetadataValue.float(cand["roc_auc"]),
             "holdout_pr_auc": dg.MetadataValue.float(cand["pr_auc"]),
             "holdout_brier": dg.MetadataValue.float(cand["brier"]),
@@ -258,6 +349,14 @@ def churn_model(
             "top_decile_capture": dg.MetadataValue.float(cand["top_decile_capture"]),
             "baseline_roc_auc": dg.MetadataValue.float(base["roc_auc"]),
             "gate": "passed" if passed else "failed",
+            "gate_rules": dg.MetadataValue.md(_bullets(reasons)),
+            "served_model": (
+                f"fitted on every labelled date ({served.rows:,} rows, {len(served.dates)} dates)"
+                if served is not None
+                else "the evaluation model (train dates only)"
+                if passed
+                else "none: the gate failed"
+            ),
             "metrics": dg.MetadataValue.md(_metrics_markdown(trained.metrics)),
             "roc_curve": dg.MetadataValue.md(plots.roc_curves_markdown(y, scores)),
             "precision_recall_curve": dg.MetadataValue.md(plots.pr_curves_markdown(y, scores)),
@@ -272,42 +371,69 @@ def churn_model(
             "lake": dg.MetadataValue.path(store.url(f"{registry.MODELS_DIR}/{version}")),
         },
         check_results=[
-            dg.AssetCheckResult(
-                check_name=QUALITY_FLOOR_CHECK,
-                passed=floor_ok,
-                metadata={
-                    "reasons": dg.MetadataValue.md(_bullets(floor_reasons)),
-                    "holdout_roc_auc": cand["roc_auc"],
-                    "baseline_roc_auc": base["roc_auc"],
-                    "floor": config.min_roc_auc,
-                },
-            ),
-            dg.AssetCheckResult(
-                check_name=NO_REGRESSION_CHECK,
-                passed=regression_ok,
-                metadata={
-                    "reasons": dg.MetadataValue.md(_bullets(regression_reasons)),
-                    "champion": champion_version or "(none)",
-                    "champion_roc_auc_on_holdout": champion_auc
-                    if champion_auc is not None
-                    else -1.0,
-                },
-            ),
+            _check_result(QUALITY_CHECK, quality),
+            _check_result(NO_REGRESSION_CHECK, regression),
         ],
     )
 
 
-def _champion_on_holdout(store, trained, context) -> tuple[float | None, str | None]:
-    """The current champion's ROC AUC on the candidate's holdout rows (None if no champion)."""
-    if registry.read_champion(store) is None:
-        return None, None
-    champion = registry.load_champion(store)  # corrupt or missing files fail loudly here
-    from churn_platform.ml.train import evaluate
+def _check_result(name: str, verdict: Verdict) -> dg.AssetCheckResult:
+    metadata: dict = {"rules": dg.MetadataValue.md(_bullets(verdict.reasons()))}
+    failed = verdict.failed()
+    if failed:
+        metadata["failed"] = ", ".join(rule.name for rule in failed)
+        metadata["change_with"] = "; ".join(rule.setting for rule in failed if rule.setting)
+    for key, value in verdict.details.items():
+        if isinstance(value, bool | int | float | str):
+            metadata[key] = value
+    return dg.AssetCheckResult(check_name=name, passed=verdict.passed, metadata=metadata)
 
+
+def _against_champion(store, trained, churn, gate_config, context) -> Verdict:
+    """The no_regression verdict: the champion's evaluated model on the candidate's holdout.
+
+    The evaluated model (fitted on its own train dates) rather than the served one,
+    which was fitted on every labelled date and may have seen these holdout rows.
+    """
+    current = registry.read_champion(store)
+    if current is None:
+        return judge_regression(
+            trained.holdout_labels,
+            trained.holdout_scores["candidate"],
+            None,
+            None,
+            trained.holdout_customers,
+            gate_config,
+        )
+    version = current["version"]
+    record = registry.read_record(store, version)  # corrupt or missing files fail loudly here
+    if record.churn != churn:
+        from churn_platform.ml.gate import Rule
+
+        return Verdict(
+            (
+                Rule(
+                    "no_regression",
+                    True,
+                    f"the champion {version} predicts churn as '{record.churn.describe()}', the "
+                    f"candidate as '{churn.describe()}': not comparable, the new definition "
+                    "replaces it",
+                ),
+            ),
+            {"champion": version},
+        )
+    champion = registry.load_evaluated(store, version)
     scores = champion.predict_proba(trained.split.holdout)
-    auc = evaluate(trained.holdout_labels, scores)["roc_auc"]
-    context.log.info(f"champion {champion.version} scores ROC AUC {auc} on the new holdout")
-    return auc, champion.version
+    verdict = judge_regression(
+        trained.holdout_labels,
+        trained.holdout_scores["candidate"],
+        scores,
+        version,
+        trained.holdout_customers,
+        gate_config,
+    )
+    context.log.info(f"champion {version} on the new holdout: {verdict.reasons()[0]}")
+    return verdict
 
 
 @dg.asset(group_name="ml", deps=[churn_model], kinds={"scikitlearn"})
@@ -325,7 +451,9 @@ def churn_champion(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.
         champion = current
         context.log.info(f"{latest} is already the champion")
     else:
-        champion = registry.promote(store, latest, reason="passed quality_floor and no_regression")
+        champion = registry.promote(
+            store, latest, reason=f"passed {QUALITY_CHECK} and {NO_REGRESSION_CHECK}"
+        )
     record = registry.read_record(store, latest)
     metrics = record.metrics["candidate"]
     return dg.MaterializeResult(
@@ -355,12 +483,20 @@ def build_scores_asset(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefi
         kafka: KafkaResource,
     ) -> dg.MaterializeResult:
         """Every customer active at the as-of date, scored by the champion, to the lake and Kafka."""
-        from churn_platform.features.materialize import read_features
+        from churn_platform.features.materialize import read_feature_churn, read_features
 
         as_of = date.fromisoformat(context.partition_key)
         store = lake.lake()
         bands = RiskBands(cutoffs=tuple(config.risk_band_cutoffs))
         model = registry.load_champion(store)
+        churn = read_feature_churn(store, as_of)
+        if not churn.same_population(model.record.churn):
+            raise ValueError(
+                f"customer_features as of {as_of} hold the customers active under the churn "
+                f"definition {churn.key()}, but the champion {model.version} was trained for "
+                f"{model.record.churn.key()}: retrain (training_job) after changing "
+                "CHURN_DEFINITION / CHURN_HORIZON_DAYS, or set them back"
+            )
         features = read_features(store, as_of)
         scores = score_table(model, features, as_of, bands, scored_at=datetime.now(UTC))
         path = write_scores(store, scores, as_of)
@@ -374,6 +510,7 @@ def build_scores_asset(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefi
             metadata={
                 "customers_scored": dg.MetadataValue.int(scores.height),
                 "model_version": model.version,
+                "churn_definition": model.record.churn.describe(),
                 **{f"band_{name}": n for name, n in counts.items()},
                 "mean_probability": dg.MetadataValue.float(
                     round(float(scores["churn_probability"].mean() or 0.0), 4)

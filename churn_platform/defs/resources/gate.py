@@ -1,0 +1,56 @@
+"""The gate resource: the promotion gate's settings that an operator sets for every run.
+
+`CHURN_MIN_ROC_AUC` (an absolute floor; unset: none, the gate judges against
+what the holdout allows) and `CHURN_GATE_CONFIDENCE` (default 0.95) are read
+when definitions load; `churn_model`'s run config can still set a floor for
+one run. A bad value fails the load naming the variable.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+
+import dagster as dg
+from pydantic import Field
+
+from churn_platform.ml.gate import CONFIDENCE_ENV, DEFAULT_CONFIDENCE, MIN_ROC_AUC_ENV
+
+
+class GateResource(dg.ConfigurableResource):
+    """Promotion-gate settings shared by every training run (see `churn_platform.ml.gate`)."""
+
+    min_roc_auc: float | None = Field(
+        default=None,
+        description="An absolute holdout ROC AUC floor; None: no floor (the default).",
+    )
+    confidence: float = Field(
+        default=DEFAULT_CONFIDENCE,
+        ge=0.5,
+        lt=1.0,
+        description="One-sided confidence of the bounds the gate compares.",
+    )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> GateResource:
+        environ = os.environ if environ is None else environ
+        fields: dict[str, float] = {}
+        for name, env, low, high, example in (
+            ("min_roc_auc", MIN_ROC_AUC_ENV, 0.5, 1.0, "0.7, or unset it for no floor"),
+            ("confidence", CONFIDENCE_ENV, 0.5, 0.999, "0.95 (the default) or 0.9"),
+        ):
+            configured = (environ.get(env) or "").strip()
+            if not configured:
+                continue
+            try:
+                value = float(configured)
+            except ValueError:
+                value = math.nan
+            if not (math.isfinite(value) and low <= value <= high):
+                raise ValueError(
+                    f"{env}={configured!r} is not a number in [{low}, {high}]: set it to e.g. "
+                    f"{example}"
+                )
+            fields[name] = value
+        return cls(**fields)
