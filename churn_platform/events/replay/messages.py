@@ -352,12 +352,21 @@ class _Json:
         return pl.concat_str(self.pieces, ignore_nulls=True)
 
 
-def _value_parts(canon: pl.DataFrame, name: str) -> list[str | pl.Expr]:
+def _needing_escape(canon: pl.DataFrame, safe: frozenset[str]) -> set[str]:
+    """The String columns with a value JSON must escape (one query for all of them)."""
+    candidates = [c for c, t in canon.schema.items() if t == pl.String and c not in safe]
+    if not candidates:
+        return set()
+    found = canon.select(pl.col(c).str.contains(_NEEDS_ESCAPE).any() for c in candidates)
+    return {c for c, hit in found.row(0, named=True).items() if hit}
+
+
+def _value_parts(canon: pl.DataFrame, name: str, escape: set[str]) -> list[str | pl.Expr]:
     """JSON text of a String, integer or (finite) float column as parts; null stays null."""
     column = pl.col(name)
     if canon[name].dtype != pl.String:
         return [column.cast(pl.String)]
-    if canon[name].str.contains(_NEEDS_ESCAPE).any():
+    if name in escape:
         encoded = pl.struct(column.alias("v")).struct.json_encode()
         return [pl.when(column.is_not_null()).then(encoded.str.slice(5).str.strip_suffix("}"))]
     return ['"', column, '"']
@@ -367,13 +376,17 @@ def _joined(parts: list[str | pl.Expr]) -> pl.Expr:
     return pl.concat_str([pl.lit(p) if isinstance(p, str) else p for p in parts])
 
 
-def message_expr(canon: pl.DataFrame) -> pl.Expr:
-    """One JSON object per canonical row; null fields and null attributes are left out."""
+def message_expr(canon: pl.DataFrame, safe: frozenset[str] = frozenset()) -> pl.Expr:
+    """One JSON object per canonical row; null fields and null attributes are left out.
+
+    `safe` names String columns known to need no JSON escapes (made by replay itself).
+    """
+    escape = _needing_escape(canon, safe)
     json = _Json()
     first = True
     for name in ("event_id", "customer_id", "event_type", "ts"):
         lead = ("" if first else ",") + f'"{name}":'
-        parts = [lead, *_value_parts(canon, name)]
+        parts = [lead, *_value_parts(canon, name, escape)]
         if canon[name].null_count():
             if first:  # `{` is a literal before it; the first field must always be there
                 raise AssertionError("event ids are never null (nulls get derived ids)")
@@ -384,7 +397,7 @@ def message_expr(canon: pl.DataFrame) -> pl.Expr:
     if "value" in canon.columns:
         value = canon["value"]
         if canon["value_text"].null_count() < canon.height:
-            text = _joined(_value_parts(canon, "value_text"))
+            text = _joined(_value_parts(canon, "value_text", escape))
             json.optional([',"value":', pl.coalesce(pl.col("value").cast(pl.String), text)])
         elif value.null_count() == canon.height:
             pass
@@ -395,7 +408,7 @@ def message_expr(canon: pl.DataFrame) -> pl.Expr:
     attributes = [c for c in canon.columns if c.startswith(ATTR)]
     if attributes:
         keyed = [
-            [msgspec.json.encode(c[len(ATTR) :]).decode() + ":", *_value_parts(canon, c)]
+            [msgspec.json.encode(c[len(ATTR) :]).decode() + ":", *_value_parts(canon, c, escape)]
             for c in attributes
         ]
         if not any(canon[c].null_count() for c in attributes):
@@ -494,6 +507,7 @@ class MessageBuilder:
         self.keep = keep
         self.renamed: dict[str, str] = {}
         self._names: dict[str, str] = {}
+        self._types_in_grammar = True
 
     def canonical(
         self,
@@ -516,6 +530,7 @@ class MessageBuilder:
 
     def _normalize(self, event_type: pl.Series) -> pl.Series:
         renames = {}
+        self._types_in_grammar = True
         for raw in event_type.unique().drop_nulls().to_list():
             name = self._names.get(raw)
             if name is None:
@@ -525,6 +540,8 @@ class MessageBuilder:
                     self.renamed[raw] = name
             if name != raw:
                 renames[raw] = name
+            if not EVENT_TYPE_RE.fullmatch(name):
+                self._types_in_grammar = False
         return event_type.replace(renames) if renames else event_type
 
     def build(
@@ -542,8 +559,18 @@ class MessageBuilder:
             kept = canon.filter(customer.is_in(self.keep.implode()) | customer.is_null())
             dropped = canon.height - kept.height
             canon = kept
+        # text replay wrote itself has nothing to escape: derived ids, formatted times,
+        # event types in the contract's grammar
+        safe = {"row"}
+        if bound.event_id is None:
+            safe.add("event_id")
+        if canon["ts"].null_count() == canon["ts_ms"].null_count():
+            safe.add("ts")
+        if self._types_in_grammar:
+            safe.add("event_type")
         message = pl.col("__message__")
-        encoded = canon.with_columns(message_expr(canon).alias("__message__")).select(
+        expr = message_expr(canon, frozenset(safe))
+        encoded = canon.with_columns(expr.alias("__message__")).select(
             key=pl.col("customer_id").cast(pl.Binary),
             value=message.cast(pl.Binary),
             suspect=suspect_expr(canon, message, self.now),
