@@ -30,7 +30,7 @@ import msgspec
 import polars as pl
 from tqdm import tqdm
 
-from churn_platform.events.contract import SUBSCRIPTION_CANCELLED, Reason, Rejection
+from churn_platform.events.contract import SUBSCRIPTION_CANCELLED, TS_MIN_DATE, Reason, Rejection
 from churn_platform.events.replay.checks import (
     check_subscription_dates,
     customers,
@@ -318,8 +318,8 @@ def _notes(
         seen = f" (read from {summary.first_ts} to {summary.last_ts})" if summary.first_ts else ""
         notes.append(
             f"{bad_times:,} events have a time the contract rejects{seen}: check --ts-column, "
-            "--ts-format, --ts-unit and --ts-timezone; the contract takes times from "
-            "2000-01-01 to one day ahead"
+            f"--ts-format, --ts-unit and --ts-timezone; the contract takes times from "
+            f"{TS_MIN_DATE} to one day ahead"
         )
     unmatched = summary.unmatched_customers
     if unmatched:
