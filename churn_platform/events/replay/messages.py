@@ -436,24 +436,29 @@ def _bad_id(name: str) -> pl.Expr:
     )
 
 
-def suspect_expr(canon: pl.DataFrame, message: pl.Expr, now: int) -> pl.Expr:
+def suspect_expr(
+    canon: pl.DataFrame, message: pl.Expr, now: int, valid: frozenset[str] = frozenset()
+) -> pl.Expr:
     """True where a message may break the contract (rules of `events.validation`, per column).
 
     Cautious on purpose: a flagged row is only checked again with `validate`,
     an unflagged one is produced as valid. Times within a millisecond of a
-    bound are flagged, so rounding cannot decide.
+    bound are flagged, so rounding cannot decide. `valid` names columns known
+    to pass their rule in every row (derived ids, event types in the grammar).
     """
     ts_ms = pl.col("ts_ms")
     suspect = (
-        _bad_id("event_id")
-        | _bad_id("customer_id")
-        | pl.col("event_type").is_null()
-        | ~pl.col("event_type").str.contains(EVENT_TYPE_PATTERN)
+        _bad_id("customer_id")
         | ts_ms.is_null()
         | (ts_ms <= TS_MIN_MS)
         | (ts_ms >= now + TS_MAX_FUTURE_MS)
         | (message.str.len_bytes() > DEFAULT_MAX_MESSAGE_BYTES)
     )
+    if "event_id" not in valid:
+        suspect = suspect | _bad_id("event_id")
+    if "event_type" not in valid:
+        event_type = pl.col("event_type")
+        suspect = suspect | event_type.is_null() | ~event_type.str.contains(EVENT_TYPE_PATTERN)
     if "value_text" in canon.columns:
         suspect = suspect | pl.col("value_text").is_not_null()
     for name in canon.columns:
@@ -568,12 +573,17 @@ class MessageBuilder:
             safe.add("ts")
         if self._types_in_grammar:
             safe.add("event_type")
+        # ...and those columns pass their rule in every row: the ids are 16 hex digits,
+        # a dash and a number, and the types are names in the grammar (none missing)
+        valid = safe & {"event_id"}
+        if self._types_in_grammar and not canon["event_type"].null_count():
+            valid.add("event_type")
         message = pl.col("__message__")
         expr = message_expr(canon, frozenset(safe))
         encoded = canon.with_columns(expr.alias("__message__")).select(
             key=pl.col("customer_id").cast(pl.Binary),
             value=message.cast(pl.Binary),
-            suspect=suspect_expr(canon, message, self.now),
+            suspect=suspect_expr(canon, message, self.now, frozenset(valid)),
         )
         return Built(
             keys=encoded["key"].to_list(),
