@@ -291,16 +291,15 @@ def _iso(ms: int | None) -> str | None:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _notes(
-    summary: ReplaySummary, inputs: list[Input], subscriptions: ReplayInput | None
-) -> list[str]:
+def _notes(summary: ReplaySummary, inputs: list[Input]) -> list[str]:
+    """What the user should know before going on, one sentence each."""
     notes = []
     if summary.events_produced and summary.churn_events == 0:
         table = next((i for i in inputs if i.is_subscriptions), None)
         if table is not None and table.mapping.end_column is None:
             how = "give the subscriptions' end column (--end-column)"
         elif table is not None:
-            how = "the subscriptions table has no end dates: check --end-column"
+            how = "check --end-column (no subscription in the table has an end)"
         else:
             how = (
                 "replay the subscriptions with their end dates beside the events "
@@ -331,6 +330,19 @@ def _notes(
             + (f" ({summary.dropped_rows:,} rows left out)" if summary.dropped_rows else "")
         )
     return notes
+
+
+def _known_rows(inputs: list[Input], limit: int | None) -> int | None:
+    """Rows to read, when the files say so cheaply (Parquet footers), for the progress bar."""
+    total = 0
+    for source_input in inputs:
+        if any(s.fmt != "parquet" for s in source_input.sources):
+            return None
+        rows = sum(
+            pl.scan_parquet(s.path).select(pl.len()).collect().item() for s in source_input.sources
+        )
+        total += rows if limit is None else min(rows, limit)
+    return total
 
 
 def _failure(producer: BulkProducer, topic: str, tally: _Tally, reason: str) -> ReplayProduceError:
@@ -422,7 +434,13 @@ def replay_file(
     tally = _Tally()
     done = False
     producer = BulkProducer(settings, producer_config)
-    bar = tqdm(total=None, unit=" rows", unit_scale=True, disable=not progress, file=sys.stderr)
+    bar = tqdm(
+        total=_known_rows(inputs, limit) if progress else None,
+        unit=" rows",
+        unit_scale=True,
+        disable=not progress,
+        file=sys.stderr,
+    )
     try:
         for ready in prefetched(_ready_batches(inputs, builders, batch_rows, limit, now)):
             _produce(ready, producer, topic, rejects, tally)
@@ -466,7 +484,7 @@ def replay_file(
         unmatched_customers=unmatched,
         dropped_rows=tally.dropped,
     )
-    summary.notes = _notes(summary, inputs, subscriptions)
+    summary.notes = _notes(summary, inputs)
     return summary
 
 
