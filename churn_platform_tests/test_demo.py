@@ -11,9 +11,13 @@ def test_demo_json_reports_what_it_did(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # the demo writes under ./var/demo
     monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
-    code = main(["demo", "--json", "--customers", "150", "--days", "20", "--bad-fraction", "0.005"])
+    code = main(
+        ["demo", "--json", "--customers", "150", "--days", "100", "--bad-fraction", "0.005"]
+    )
     assert code == 0
-    summary = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert "Traceback" not in captured.err
     for key in (
         "events_produced",
         "events_valid_produced",
@@ -33,9 +37,36 @@ def test_demo_json_reports_what_it_did(tmp_path, monkeypatch, capsys):
     assert (
         tmp_path / "var" / "demo" / "lake" / "raw" / "_ledger" / "customer-events.json"
     ).exists()
-    # 20 days is too short to train on: features yes, no model, and no pretending
+    # 100 days is too short for the time split: features yes, no model, and it says why
     assert summary["customers_with_features"] > 0
     assert "champion_version" not in summary and "customers_scored" not in summary
+    stopped = summary["stopped"]
+    assert stopped.startswith("no model: not enough history to train"), stopped
+    assert "(101 days, complete through" in stopped and "at least 109 days" in stopped
+    assert "CHURN_HORIZON_DAYS" in stopped
+    assert f"stopped              {stopped}" not in captured.err  # JSON: the log went to stderr
+    assert "no model: not enough history" in captured.err
+
+
+def test_more_malformed_input_than_the_limit_stops_with_one_line(tmp_path, monkeypatch, capsys):
+    """2% malformed messages against the 1% limit: one line naming the rate, where the rejects
+    are and the setting; no stack trace, nothing trained; a higher limit lets it through."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    argv = ["demo", "--customers", "100", "--days", "15", "--bad-fraction", "0.02"]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err + captured.out
+    assert "Test raised an exception" not in captured.err + captured.out
+    (line,) = [x for x in captured.err.splitlines() if x.startswith("churn-platform demo:")]
+    assert "the extract quarantined 1.9" in line or "the extract quarantined 2.0" in line
+    assert "max_rejected_rate of 1.00%" in line and "--max-rejected-rate" in line
+    assert "var/demo/lake/quarantine/customer_events" in line
+    assert "Churn Platform demo" not in captured.out
+    assert main([*argv, "--max-rejected-rate", "0.05", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["events_quarantined"] > 0
 
 
 def test_default_demo_runs_the_whole_pipeline(tmp_path, monkeypatch, capsys):

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import os
 import shlex
 import shutil
@@ -511,30 +510,32 @@ def bootstrap(
     topic: str = EVENTS_TOPIC,
     interrupts: Interrupts | None = None,
 ) -> str:
-    """Extract the history, then features → training → scores, as runs of the UI's instance.
+    """What `churn-platform train` does (`runner.run_platform`), as runs of the UI's instance.
 
-    Returns one line about the champion for the summary. A failure is reported
-    and `up` goes on: the failed run is in the UI, which is where to look at it.
+    Extract what the topic holds, then features → training → scores. Returns
+    one line about the champion for the summary. Where the data cannot support
+    a model, or a run fails, that is reported and `up` goes on: the runs are in
+    the UI, which is where to look at them.
     """
-    # Beam warns on the root logger that optional GCP clients are missing: noise here
-    logging.getLogger().addHandler(logging.NullHandler())
     import dagster as dg
 
-    from churn_platform.demo import _model_pipeline, extract_events
-    from churn_platform.lake.store import Lake
+    from churn_platform.runner import StepFailed, run_platform
 
-    lake = Lake(lake_root)
+    environ = {
+        "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+        "CHURN_LAKE": lake_root,
+        "CHURN_EVENTS_TOPIC": topic,
+    }
     try:
         with dg.DagsterInstance.get() as instance:
-            result = extract_events(lake, settings, topic, instance)
-            rows = result.asset_materializations_for_node("raw_customer_events")[0].metadata
-            step(f"extracted {rows['rows'].value:,} events into the lake (Dagster run)")
-            summary = _model_pipeline(lake, settings, topic, instance, step)
-    except (RuntimeError, dg.DagsterError) as exc:
+            summary = run_platform(instance, environ=environ, log=step)
+    except (StepFailed, dg.DagsterError) as exc:
         if interrupts is not None:
             interrupts.check()  # the run failed because of Ctrl-C: stop, not "failed"
         step(f"bootstrap failed: {exc}")
         return f"none: the bootstrap failed ({exc})"
+    if interrupts is not None:
+        interrupts.check()
     if summary.get("champion_version"):
         step(
             f"champion {summary['champion_version']} (holdout ROC AUC "
@@ -545,9 +546,7 @@ def bootstrap(
             f"{summary['champion_version']}, holdout ROC AUC "
             f"{summary['champion_holdout_roc_auc']:.3f}"
         )
-    if summary.get("gate_reasons"):
-        return "none: the candidate failed its gate (" + "; ".join(summary["gate_reasons"]) + ")"
-    return f"none: not enough history to train (try --history-days {UP_HISTORY_DAYS})"
+    return "none: " + summary.get("stopped", "no model was trained").removeprefix("no model: ")
 
 
 def where_to_look(
@@ -581,8 +580,10 @@ def where_to_look(
         # the run executes in dagster dev, with the topic, lake and Kafka settings of this session
         launch = (
             f"DAGSTER_HOME={_shell_path(str(dagster_home))} "
-            f"{_shell_path(str(Path(sys.executable).parent / 'dagster'))} job launch "
-            "-w workspace.yaml -j training_job"
+            f"KAFKA_BOOTSTRAP_SERVERS={settings.bootstrap_servers} "
+            f"CHURN_EVENTS_TOPIC={events.topic} CHURN_LAKE={_shell_path(events.lake)} "
+            f"{_shell_path(str(Path(sys.executable).parent / 'churn-platform'))} train "
+            "--skip-extract"
         )
         lines += [
             f"    make one     {url}/locations/{CODE_LOCATION}/jobs/training_job (Materialize all),",

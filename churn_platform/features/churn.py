@@ -99,7 +99,7 @@ class ChurnDefinition:
                 f"cancellation: a subscription_cancelled within {self.horizon_days} days after "
                 "the as-of date (customers active at its end)"
             )
-        activity = " or ".join(self.qualifying_types) if self.qualifying_types else "any activity"
+        activity = " or ".join(self.qualifying_types) if self.qualifying_types else "activity"
         return (
             f"inactivity: no {activity} within {self.horizon_days} days after the as-of date "
             f"(customers with {activity} in the {self.horizon_days} days up to it)"

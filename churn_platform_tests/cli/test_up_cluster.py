@@ -201,9 +201,11 @@ def test_up_on_a_users_cluster_reads_their_topic_and_never_writes_to_it(tmp_path
     assert "simulator" not in output.field("logs"), output.text
     assert output.field("lake") == str(tmp_path / "lake")
     # too little history for a model: said, with where to make one, and the platform runs
-    assert output.field("champion").startswith("none"), output.text
+    assert output.field("champion").startswith("none: not enough history to train"), output.text
+    assert "days of events" in output.field("champion"), output.text
     assert "training_job" in output.field("make one"), output.text
-    assert "job launch -w workspace.yaml -j training_job" in output.text, output.text
+    assert f"CHURN_EVENTS_TOPIC={topic}" in output.text, output.text
+    assert "train --skip-extract" in output.text, output.text
     assert "started dagster dev and the streaming scorer" in output.text, output.text
     for name in ("dagster", "scorer"):
         assert children[name]["CHURN_EVENTS_TOPIC"] == topic, children

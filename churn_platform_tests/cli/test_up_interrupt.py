@@ -23,7 +23,7 @@ from churn_platform.kafka.broker import free_port
 from churn_platform_tests.cli.test_up import PROJECT, UP_READY, Output, ours
 
 # printed by the bootstrap before its features runs (one per as-of date, ~1 s each)
-FEATURES_STARTED = "materializing customer_features"
+FEATURES_STARTED = "and churn_labels for"
 
 
 @pytest.mark.timeout(300)

@@ -32,6 +32,7 @@ from churn_platform.ml.gate import (
     judge_candidate,
     judge_regression,
 )
+from churn_platform.ml.readiness import problems, profile
 from churn_platform.ml.score import (
     SCORES_TOPIC,
     RiskBands,
@@ -162,6 +163,9 @@ def training_set(
     """Feature tables at weekly as-of dates joined to their churn labels (point in time)."""
     store = lake.lake()
     definition = churn.churn()
+    found = problems(profile(store), definition)
+    if found:
+        raise TrainingSetError("; ".join(found))
     chosen = training_dates(
         store,
         definition,
