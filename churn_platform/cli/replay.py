@@ -65,14 +65,14 @@ def add_parser(subparsers) -> None:
         help="load events (and a subscriptions table) from CSV, JSON Lines or Parquet files",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
-            "Produce the rows of PATH (a file, a directory or a quoted glob) as events, keyed by "
-            "customer id, in file order. Name your columns with the options below; rows that "
-            "break the event contract are counted (and produced, for the extract to quarantine, "
-            "unless --skip-invalid).\n\n"
-            "With --subscriptions-file, a table of subscriptions (one row per subscription, with "
-            "start and end) is replayed with the events in one go; both files are checked "
-            "against each other before anything is produced. Errors name rows from 1, not "
-            "counting the header."
+            "Produce the rows of PATH (a file, a directory or a quoted glob) as events, keyed\n"
+            "by customer id, in file order. Name your columns with the options below; rows\n"
+            "that break the event contract are counted (and produced, for the extract to\n"
+            "quarantine, unless --skip-invalid).\n\n"
+            "With --subscriptions-file, a table of subscriptions (one row per subscription,\n"
+            "with start and end) is replayed with the events in one go; both files are\n"
+            "checked against each other before anything is produced. Errors name rows\n"
+            "from 1, not counting the header."
         ),
         epilog=(
             "examples:\n"
@@ -311,7 +311,11 @@ def subscriptions_from_args(args: argparse.Namespace) -> ReplayInput | None:
             separator=None if separator is None else parse_separator(separator),
             options=(
                 ("customer_id_column", "--subscriptions-customer-id-column"),
-                ("ts_format", "--subscriptions-ts-format"),
+                *(
+                    (("ts_format", "--subscriptions-ts-format"),)
+                    if args.subscriptions_ts_format
+                    else ()
+                ),
             ),
         )
     except ReplayError as exc:

@@ -883,7 +883,7 @@ def test_a_subscription_that_ends_before_it_starts_is_named_by_row(tmp_path):
         "a3,02/01/2025,20/01/2025,pro\n",
     )
     message = check_fails(events, subscriptions_input(subscriptions))
-    assert message.startswith(f"{subscriptions}: 1 subscriptions end before they start")
+    assert message.startswith(f"{subscriptions}: 1 subscription ends before it starts")
     assert "row 2 (ends 2025-01-10 00:00:00, starts 2025-03-01 00:00:00)" in message
     assert "'finish' before 'begin'" in message and "Nothing was produced." in message
 
@@ -894,17 +894,19 @@ def test_unreadable_subscription_dates_name_rows_column_and_the_format_options(t
         tmp_path, subscriptions="account,begin,finish,tier\na0,2025-01-01,,pro\n" + rows
     )
     message = check_fails(events, subscriptions_input(subscriptions))
-    assert "cannot read the start in column 'begin' of 1 rows: row 1 ('2025-01-01')" in message
-    assert "the end in column 'finish' of 5 rows: row 2 ('soon'), row 3 ('soon'), row 4" in message
-    assert "and 2 more" in message and "do not match --ts-format '%d/%m/%Y'" in message
+    assert (
+        "cannot read as times the start (column 'begin') of 1 row: row 1 ('2025-01-01')" in message
+    )
+    assert "the end (column 'finish') of 5 rows: row 2 ('soon'), row 3 ('soon'), row 4" in message
+    assert "and 2 more" in message and "They do not match --ts-format '%d/%m/%Y'" in message
     assert "--ts-unit" in message
 
     # alone (--subscriptions) the same table is checked the same way
-    with pytest.raises(ReplayError, match="cannot read the start"):
+    with pytest.raises(ReplayError, match="cannot read as times the start"):
         replay_file(UNREACHABLE, "t", subscriptions, subscriptions_input(subscriptions).mapping)
     # without a format, the hint says to give one
     auto = subscriptions_input(subscriptions, ts_format=None)
-    assert "pass --ts-format (strftime codes" in check_fails(events, auto)
+    assert "Pass --ts-format (strftime codes" in check_fails(events, auto)
 
 
 def test_customers_in_one_file_only_stop_the_replay_with_counts_and_examples(tmp_path):
@@ -917,8 +919,8 @@ def test_customers_in_one_file_only_stop_the_replay_with_counts_and_examples(tmp
     )
     message = check_fails(events, subscriptions_input(subscriptions))
     assert "1 of the 3 customers of " + str(events) in message
-    assert "have no subscription in " + str(subscriptions) + " (e.g. 'a3')" in message
-    assert "have no events in " + str(events) + " (e.g. 'a9')" in message
+    assert "has no subscription in " + str(subscriptions) + " (e.g. 'a3')" in message
+    assert "has no events in " + str(events) + " (e.g. 'a9')" in message
     assert "--unmatched-customers keep" in message and "Nothing was produced." in message
 
 
@@ -1121,7 +1123,7 @@ def test_cli_refuses_bad_pairs_in_one_line_and_produces_nothing(
         *("--subscriptions-ts-format", "%d/%m/%Y"),
     ]
     for extra, expected in (
-        ([], "subscriptions end before they start"),
+        ([], "subscription ends before it starts"),
         (["--plan-column", "level"], "--plan-column 'level': no such column in subscriptions.csv"),
         (["--value-column", "price"], "--value-column 'price': no such column in events.csv"),
     ):

@@ -109,11 +109,12 @@ def check_subscription_dates(subscriptions: Input, batch_rows: int, limit: int |
     problems = []
     if no_start.count:
         problems.append(
-            f"{no_start.count:,} rows have no start in column {columns['start']!r}: "
-            f"{no_start.describe(single)}; fill them in or remove those rows"
+            f"{count(no_start.count, 'row')} {'has' if no_start.count == 1 else 'have'} no start "
+            f"in column {columns['start']!r}: {no_start.describe(single)}; fill them in or "
+            "remove those rows"
         )
     unreadable = [
-        f"the {what} in column {columns[what]!r} of {finding.count:,} rows: "
+        f"the {what} (column {columns[what]!r}) of {count(finding.count, 'row')}: "
         f"{finding.describe(single)}"
         for what, finding in (("start", bad_start), ("end", bad_end))
         if finding.count
@@ -126,18 +127,26 @@ def check_subscription_dates(subscriptions: Input, batch_rows: int, limit: int |
             else f"pass {option} (strftime codes, e.g. %d/%m/%Y or %Y%m%d)"
         )
         problems.append(
-            f"cannot read {' and '.join(unreadable)} as times: {format_hint}, or --ts-unit "
-            "for numbers (s, ms, us, ns); an open subscription's end must be empty"
+            f"cannot read as times {' and '.join(unreadable)}. "
+            f"{format_hint[0].upper()}{format_hint[1:]}, "
+            "or --ts-unit for epoch numbers (s, ms, us, ns); an open subscription's end "
+            "must be empty"
         )
     if backwards.count:
         problems.append(
-            f"{backwards.count:,} subscriptions end before they start "
+            f"{count(backwards.count, 'subscription')} "
+            f"{'ends' if backwards.count == 1 else 'end'} before {'it starts' if backwards.count == 1 else 'they start'} "
             f"(column {columns['end']!r} before {columns['start']!r}): "
             f"{backwards.describe(single)}; fix or remove those rows, or check "
             "--start-column and --end-column"
         )
     if problems:
         raise ReplayError(f"{subscriptions.name}: {'; '.join(problems)}. {NOTHING_PRODUCED}")
+
+
+def count(n: int, noun: str) -> str:
+    """`1 row`, `2 rows`, `1,234 customers`."""
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
 
 
 def customers(source: Input, batch_rows: int, limit: int | None) -> pl.Series:
@@ -187,14 +196,17 @@ def unmatched_message(match: CustomerMatch, events: Input, subscriptions: Input)
     """The one line that says which customers are in only one file and what to do."""
     parts = []
     if match.events_only.len():
+        n = match.events_only.len()
         parts.append(
-            f"{match.events_only.len():,} of the {match.events:,} customers of {events.name} "
-            f"have no subscription in {subscriptions.name} ({_examples(match.events_only)})"
+            f"{n:,} of the {count(match.events, 'customer')} of {events.name} "
+            f"{'has' if n == 1 else 'have'} no subscription in {subscriptions.name} "
+            f"({_examples(match.events_only)})"
         )
     if match.subscriptions_only.len():
+        n = match.subscriptions_only.len()
         parts.append(
-            f"{match.subscriptions_only.len():,} of the {match.subscriptions:,} customers of "
-            f"{subscriptions.name} have no events in {events.name} "
+            f"{n:,} of the {count(match.subscriptions, 'customer')} of {subscriptions.name} "
+            f"{'has' if n == 1 else 'have'} no events in {events.name} "
             f"({_examples(match.subscriptions_only)})"
         )
     hint = ""
