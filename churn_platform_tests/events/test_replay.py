@@ -523,6 +523,26 @@ def test_invalid_rows_are_counted_produced_by_default_and_skipped_into_rejects(
     ]
 
 
+def test_json_lines_that_are_not_objects_are_skipped_into_rejects_with_their_row(
+    kafka_settings, topic, tmp_path
+):
+    path = tmp_path / "events.jsonl"
+    good = json.dumps({"customer_id": "c", "event_type": "login", "ts": "2025-01-01T00:00:00Z"})
+    path.write_text(f"{good}\n{{not json\n{good}\n[1, 2]\n")
+    rejects = tmp_path / "rejects.jsonl"
+    summary = replay_file(
+        kafka_settings, topic, path, ReplayMapping(), skip_invalid=True, rejects_path=rejects
+    )
+    assert summary.rows_read == 4 and summary.events_produced == 2
+    assert summary.invalid_by_reason == {Reason.INVALID_JSON: 1, Reason.NOT_AN_OBJECT: 1}
+    records = [json.loads(line) for line in rejects.read_text().splitlines()]
+    assert [(r["row"], r["reason"], r["value"]) for r in records] == [
+        (1, Reason.INVALID_JSON, "{not json"),
+        (3, Reason.NOT_AN_OBJECT, "[1, 2]"),
+    ]
+    assert len(read_topic(kafka_settings, topic)) == 2
+
+
 def test_cli_replays_with_column_options_and_prints_a_json_summary(
     kafka_settings, topic, tmp_path, capsys
 ):
