@@ -49,10 +49,13 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/extract.py
+	$(PY) benchmarks/replay.py
 	$(PY) benchmarks/features.py
 	$(PY) benchmarks/model.py
 	$(PY) benchmarks/streaming.py
 	$(PY) benchmarks/freshness.py
+	$(PY) benchmarks/own_data.py
+	$(PY) benchmarks/feature_evidence.py
 
 # the whole batch pipeline at 1M, 3M and 10M events (~10 min on 2 cores, 590 s measured)
 scale: $(STAMP)

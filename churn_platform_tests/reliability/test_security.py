@@ -393,6 +393,7 @@ def test_up_starts_dagster_dev_on_loopback_unless_told(monkeypatch, tmp_path, ex
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")  # never contacted
     monkeypatch.setattr(up, "prepare_dagster_home", lambda: tmp_path / "dagster")
     monkeypatch.setattr(up, "ensure_topic", lambda *a, **k: False)
+    monkeypatch.setattr(up, "require_topic", lambda *a, **k: None)  # the user's topic exists
     monkeypatch.setattr(
         up.subprocess, "run", lambda argv, **k: subprocess.CompletedProcess(argv, 0, "0 events\n")
     )
