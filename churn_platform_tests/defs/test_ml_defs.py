@@ -194,6 +194,47 @@ def test_a_candidate_worse_than_the_champion_fails_no_regression(
     assert champion_bytes(lake) == before
 
 
+def test_a_champion_of_another_churn_definition_is_replaced_not_compared(
+    trained, ml_lake, tmp_path, instance
+):
+    """A champion trained for inactivity predicts another label: scoring refuses features of
+    another population, no_regression says the two are not comparable, and the candidate of
+    the definition in force is promoted."""
+    lake = copy_lake(trained[0], tmp_path / "lake")
+    current = registry.load_champion(lake)
+    other = registry.new_version(now=datetime.now(UTC) - timedelta(minutes=1), token="other")
+    registry.save_model(
+        lake,
+        other,
+        current.estimator,
+        features=current.features,
+        metrics=current.record.metrics,
+        gate={"passed": True, "reasons": ["test"]},
+        training={"churn_definition": {"kind": "inactivity", "horizon_days": 60}},
+        card="# inactivity\n",
+    )
+    registry.promote(lake, other, reason="test: another definition")
+    as_of = ml_lake.dates.dates[-1]
+    scoring = run_job(
+        definitions_for(lake, ml_lake.dates.dates[0]),
+        instance,
+        SCORING_JOB,
+        {"churn_scores": {"config": {"produce_to_kafka": False}}},
+        partition=as_of.isoformat(),
+    )
+    assert not scoring.success
+    text = failure_text(scoring)
+    assert "was trained for inactivity:60" in text and "retrain (training_job)" in text
+
+    result = train(lake, ml_lake.dates.dates[0], instance)
+
+    assert result.success, failure_text(result)
+    check = evaluations(result)[NO_REGRESSION_CHECK]
+    assert check.passed
+    assert "not comparable, the new definition replaces it" in check.metadata["rules"].value
+    assert registry.read_champion(lake)["version"] != other
+
+
 def read_topic(settings: KafkaSettings, topic: str) -> list:
     partitions = partitions_of(settings, topic)
     reader = OffsetRangeReader(settings, topic, dict.fromkeys(partitions, 0))
