@@ -51,19 +51,10 @@ def load() -> list[float]:
 
 
 def replay_cdnow(settings, path: Path) -> dict:
-    from churn_platform.events.replay import ReplayMapping, replay_file
+    from churn_platform.events.replay import replay_file
+    from churn_platform_tests.public_data import CDNOW_FILE_FORMAT, cdnow_mapping
 
-    mapping = ReplayMapping(
-        customer_id_column="customer_id",
-        ts_column="date",
-        ts_format="%Y%m%d",
-        event_type="purchase",
-        value_column="dollar_value",
-        attribute_columns=("number_of_cds",),
-    )
-    summary = replay_file(
-        settings, TOPIC, path, mapping, fmt="csv", separator="whitespace", partitions=2
-    )
+    summary = replay_file(settings, TOPIC, path, cdnow_mapping(), **CDNOW_FILE_FORMAT, partitions=2)
     return summary.as_dict()
 
 

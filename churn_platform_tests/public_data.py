@@ -12,7 +12,10 @@ new scipy), so the file is taken, without importing `lifetimes`:
    --no-deps` fetches from the package index pip is configured with; only
    the one file is extracted, checked against its SHA-256, then cached.
 
-Benchmarks import it as `from churn_platform_tests.public_data import cdnow_master_path`.
+How CDNOW maps onto the event contract is written once, here, as the options
+a user types (`CDNOW_REPLAY_OPTIONS`) and as the same thing in code
+(`cdnow_mapping()` with `CDNOW_FILE_FORMAT`). Benchmarks import these as
+`from churn_platform_tests.public_data import ...`.
 """
 
 from __future__ import annotations
@@ -113,3 +116,27 @@ def cdnow_master_path() -> Path:
         return cached
     _download_member(CDNOW_MEMBER, cached, CDNOW_SHA256)
     return cached
+
+
+# CDNOW_master.txt: " 00001 19970101  1   11.77" (customer, date, CDs, dollars), a header line
+CDNOW_REPLAY_OPTIONS = (
+    *("--format", "csv", "--separator", "whitespace"),
+    *("--customer-id-column", "customer_id", "--ts-column", "date", "--ts-format", "%Y%m%d"),
+    *("--event-type", "purchase", "--value-column", "dollar_value"),
+    *("--attribute-columns", "number_of_cds"),
+)
+CDNOW_FILE_FORMAT = {"fmt": "csv", "separator": "whitespace"}
+
+
+def cdnow_mapping():
+    """`CDNOW_REPLAY_OPTIONS` as a `ReplayMapping` (read with `CDNOW_FILE_FORMAT`)."""
+    from churn_platform.events.replay import ReplayMapping
+
+    return ReplayMapping(
+        customer_id_column="customer_id",
+        ts_column="date",
+        ts_format="%Y%m%d",
+        event_type="purchase",
+        value_column="dollar_value",
+        attribute_columns=("number_of_cds",),
+    )

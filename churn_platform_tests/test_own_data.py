@@ -36,14 +36,8 @@ from churn_platform.lake.store import Lake
 from churn_platform.ml import registry
 from churn_platform.ml.score import read_scores
 from churn_platform.serving.scorer import ServeConfig, StreamingScorer, decode_stream_score
-from churn_platform_tests.public_data import cdnow_master_path
+from churn_platform_tests.public_data import CDNOW_REPLAY_OPTIONS, cdnow_master_path
 
-CDNOW_MAPPING = [
-    *("--format", "csv", "--separator", "whitespace"),
-    *("--customer-id-column", "customer_id", "--ts-column", "date", "--ts-format", "%Y%m%d"),
-    *("--event-type", "purchase", "--value-column", "dollar_value"),
-    *("--attribute-columns", "number_of_cds"),
-]
 LAST_COMPLETE = date(1998, 6, 29)  # the data end on 1998-06-30
 
 
@@ -56,7 +50,7 @@ def cdnow_topic(broker):
     argv = [
         "replay",
         str(cdnow_master_path()),
-        *CDNOW_MAPPING,
+        *CDNOW_REPLAY_OPTIONS,
         "--topic",
         topic,
         "--partitions",

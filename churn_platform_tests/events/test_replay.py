@@ -36,7 +36,7 @@ from churn_platform.events.validation import validate
 from churn_platform.kafka.admin import partitions_of
 from churn_platform.kafka.broker import EmbeddedBroker
 from churn_platform.kafka.config import KafkaSettings
-from churn_platform_tests.public_data import cdnow_master_path
+from churn_platform_tests.public_data import cdnow_mapping, cdnow_master_path
 
 NOW = 1_790_000_000_000  # 2026-09-21, a fixed clock for the future-ts rule
 
@@ -602,14 +602,7 @@ CDNOW_LIKE = (
     " 00002 19970112  5   77.00\r\n"
     " 23570 19980630  2   42.96\r\n"
 )
-CDNOW_MAPPING = ReplayMapping(
-    customer_id_column="customer_id",
-    ts_column="date",
-    ts_format="%Y%m%d",
-    event_type="purchase",
-    value_column="dollar_value",
-    attribute_columns=("number_of_cds",),
-)
+CDNOW_MAPPING = cdnow_mapping()
 
 
 def test_whitespace_separated_text_with_a_date_format(tmp_path):

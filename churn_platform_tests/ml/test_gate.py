@@ -122,3 +122,26 @@ def test_bad_settings_are_refused():
         GateConfig(confidence=1.0)
     with pytest.raises(ValueError, match="min_roc_auc"):
         GateConfig(min_roc_auc=0.2)
+
+
+def test_the_gate_and_churn_resources_read_their_settings_from_the_environment():
+    from churn_platform.defs.resources.churn import ChurnDefinitionResource
+    from churn_platform.defs.resources.gate import GateResource
+
+    assert GateResource.from_env({}).min_roc_auc is None  # no floor unless asked
+    assert GateResource.from_env({}).confidence == 0.95
+    set_ = GateResource.from_env({"CHURN_MIN_ROC_AUC": "0.7", "CHURN_GATE_CONFIDENCE": "0.9"})
+    assert (set_.min_roc_auc, set_.confidence) == (0.7, 0.9)
+    for name, bad in (
+        ("CHURN_MIN_ROC_AUC", "0.2"),
+        ("CHURN_GATE_CONFIDENCE", "1"),
+        ("CHURN_MIN_ROC_AUC", "x"),
+    ):
+        with pytest.raises(ValueError, match=f"{name}={bad!r} is not a number in"):
+            GateResource.from_env({name: bad})
+    churn = ChurnDefinitionResource.from_env(
+        {"CHURN_DEFINITION": "inactivity", "CHURN_QUALIFYING_EVENTS": "purchase, login"}
+    ).churn()
+    assert churn.key() == "inactivity:90:purchase,login"
+    with pytest.raises(ValueError, match="CHURN_HORIZON_DAYS"):
+        ChurnDefinitionResource.from_env({"CHURN_HORIZON_DAYS": "400"})

@@ -7,13 +7,13 @@ range fails the load with a message naming the variable.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 
 import dagster as dg
 from pydantic import Field
 
+from churn_platform.defs.resources.env import env_number
 from churn_platform.ml.drift import DEFAULT_BINS, DEFAULT_PSI_THRESHOLD
 
 THRESHOLD_ENV = "CHURN_DRIFT_PSI_THRESHOLD"
@@ -50,17 +50,13 @@ class DriftResource(dg.ConfigurableResource):
             ("psi_threshold", THRESHOLD_ENV, False, "0.1 (moderate) or 0.25 (the default)"),
             ("retrain_cooldown_hours", COOLDOWN_ENV, True, "6 (the default), 24 or 0 (none)"),
         ):
-            configured = (environ.get(env) or "").strip()
-            if not configured:
-                continue
-            try:
-                value = float(configured)
-            except ValueError:
-                value = math.nan
-            if not (math.isfinite(value) and (value > 0 or (zero_ok and value == 0))):
-                kind = "a number >= 0" if zero_ok else "a positive number"
-                raise ValueError(
-                    f"{env}={configured!r} is not {kind}: set it to e.g. {example}, or unset it"
-                )
-            fields[name] = value
+            value = env_number(
+                environ,
+                env,
+                (lambda v: v >= 0) if zero_ok else (lambda v: v > 0),
+                "a number >= 0" if zero_ok else "a positive number",
+                example,
+            )
+            if value is not None:
+                fields[name] = value
         return cls(**fields)

@@ -8,13 +8,13 @@ one run. A bad value fails the load naming the variable.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 
 import dagster as dg
 from pydantic import Field
 
+from churn_platform.defs.resources.env import env_number
 from churn_platform.ml.gate import CONFIDENCE_ENV, DEFAULT_CONFIDENCE, MIN_ROC_AUC_ENV
 
 
@@ -37,20 +37,16 @@ class GateResource(dg.ConfigurableResource):
         environ = os.environ if environ is None else environ
         fields: dict[str, float] = {}
         for name, env, low, high, example in (
-            ("min_roc_auc", MIN_ROC_AUC_ENV, 0.5, 1.0, "0.7, or unset it for no floor"),
+            ("min_roc_auc", MIN_ROC_AUC_ENV, 0.5, 1.0, "0.7"),
             ("confidence", CONFIDENCE_ENV, 0.5, 0.999, "0.95 (the default) or 0.9"),
         ):
-            configured = (environ.get(env) or "").strip()
-            if not configured:
-                continue
-            try:
-                value = float(configured)
-            except ValueError:
-                value = math.nan
-            if not (math.isfinite(value) and low <= value <= high):
-                raise ValueError(
-                    f"{env}={configured!r} is not a number in [{low}, {high}]: set it to e.g. "
-                    f"{example}"
-                )
-            fields[name] = value
+            value = env_number(
+                environ,
+                env,
+                lambda v, low=low, high=high: low <= v <= high,
+                f"a number in [{low}, {high}]",
+                example,
+            )
+            if value is not None:
+                fields[name] = value
         return cls(**fields)
