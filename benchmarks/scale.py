@@ -86,9 +86,12 @@ def _definitions(lake_root: str, bootstrap: str, first: date):
     import dagster as dg
 
     from churn_platform.defs.features.definitions import features_definitions
+    from churn_platform.defs.ingestion.definitions import ingestion_definitions
     from churn_platform.defs.ml.assets import churn_champion, churn_model, training_set
     from churn_platform.defs.ml.definitions import ml_definitions
     from churn_platform.defs.resources.beam import BeamRunnerResource
+    from churn_platform.defs.resources.churn import ChurnDefinitionResource
+    from churn_platform.defs.resources.gate import GateResource
     from churn_platform.defs.resources.kafka import KafkaResource
     from churn_platform.defs.resources.lake import LakeResource
 
@@ -96,6 +99,7 @@ def _definitions(lake_root: str, bootstrap: str, first: date):
         start_date=first.isoformat(), timezone="UTC", end_offset=1
     )
     return dg.Definitions.merge(
+        ingestion_definitions(),
         features_definitions(partitions=partitions),
         ml_definitions(partitions),
         dg.Definitions(
@@ -109,6 +113,8 @@ def _definitions(lake_root: str, bootstrap: str, first: date):
                 "lake": LakeResource(root=lake_root),
                 "beam": BeamRunnerResource(),
                 "kafka": KafkaResource.from_settings(_settings(bootstrap), TOPIC),
+                "churn": ChurnDefinitionResource(),
+                "gate": GateResource(),
             },
         ),
     )
@@ -162,14 +168,16 @@ def stage_raw_consume(args: dict) -> dict:
 def stage_extract(args: dict) -> dict:
     import dagster as dg
 
-    from churn_platform.demo import extract_events
-    from churn_platform.lake.store import Lake
-
+    # the extract is not partitioned: any first as-of date will do before the lake has one
+    first = date.fromisoformat(args.get("first") or "2020-01-01")
+    definitions = _definitions(args["lake"], args["bootstrap"], first)
     started = time.perf_counter()
-    result = extract_events(
-        Lake(args["lake"]), _settings(args["bootstrap"]), TOPIC, dg.DagsterInstance.get()
+    result = definitions.resolve_job_def("raw_customer_events_job").execute_in_process(
+        instance=dg.DagsterInstance.get(), run_config=QUIET, raise_on_error=False
     )
     seconds = time.perf_counter() - started
+    if not result.success:
+        raise RuntimeError(f"raw_customer_events_job failed: run {result.run_id}")
     meta = result.asset_materializations_for_node("raw_customer_events")[0].metadata
     return {
         "seconds": seconds,
@@ -264,6 +272,7 @@ def stage_model(args: dict) -> dict:
             holdout_roc_auc=round(record.metrics["candidate"]["roc_auc"], 4),
             baseline_roc_auc=round(record.metrics["baseline"]["roc_auc"], 4),
             fitted_rows=record.training.get("train_rows"),
+            served_rows=record.training.get("served_rows"),
         )
     return out
 

@@ -323,13 +323,15 @@ def fit_served(
 ) -> ServedModel:
     """The candidate's recipe fitted on every row of `table`, calibrated out of fold.
 
-    The pipeline is fitted on all rows; its probabilities are calibrated on
+    The pipeline is fitted on all rows (whole customers sampled down to about
+    `max_train_rows` when that is set); its probabilities are calibrated on
     predictions each row got from a pipeline fitted without its customer
     (`calibration_folds` folds of whole customers), so the calibration never
     sees a prediction for a row its model was fitted on.
     """
     with threadpool_limits(limits=config.threads):
         started = time.perf_counter()
+        table, _ = _sample_customers(table, config)
         x, y = _xy(table, features)
         if len(np.unique(y)) < 2:
             raise TrainingError("the training set holds only one class: nothing to learn")

@@ -298,6 +298,13 @@ def test_the_served_model_is_fitted_on_every_labelled_date(served, training, tra
     assert "out-of-fold" in served.calibration
 
 
+def test_the_served_fit_samples_whole_customers_when_asked(training, trained):
+    config = TrainConfig(max_train_rows=4_000, importance_rows=300, importance_repeats=1)
+    sampled = fit_served(training.table, trained.features, config)
+    assert 3_000 < sampled.rows < 5_000 < training.rows
+    assert sampled.dates == training.dates  # every date, fewer customers
+
+
 def test_small_batch_predictor_equals_the_served_model_bit_for_bit(served, training, trained):
     predict = small_batch_predictor(served.estimator, trained.features)
     assert predict is not None
