@@ -16,23 +16,26 @@ Where the events come from decides what runs:
 
 Then a bootstrap in this process (extract, features for the training dates,
 training, scores) recorded in the same Dagster instance as the UI so its runs
-show there, then `dagster dev` (sensors and automation on), the live simulator
+show there, then `dg dev` (sensors and automation on), the live simulator
 (when simulating) and the streaming scorer, all reading the same topic
 (CHURN_EVENTS_TOPIC in their environment, `--topic` for the scorer). It prints
 where to look once the UI answers, including, when the bootstrap made no
 champion, why and how to make one.
 
 Every process it starts runs in its own process group and is stopped (SIGTERM,
-then SIGKILL) when this command ends, however it ends. The first Ctrl-C
-(SIGINT) or SIGTERM stops `up` in whatever phase it is, the bootstrap included:
-nothing is started after it. Ctrl-C is how `up` is meant to end, so it exits 0
-then; a failure exits non-zero.
+then SIGKILL) when this command ends. The first Ctrl-C (SIGINT) or SIGTERM
+stops `up` in whatever phase it is, the bootstrap included: nothing is started
+after it. Ctrl-C is how `up` is meant to end, so it exits 0 then; a failure
+exits non-zero. When `up` itself is killed (SIGKILL: no clean-up runs), its
+children get SIGTERM from the kernel and `up_reaper` stops everything else it
+started, grandchildren and the broker included (see cli/up_reaper.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import os
 import shlex
 import shutil
@@ -43,11 +46,14 @@ import sys
 import threading
 import time
 import urllib.request
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from churn_platform.cli import UserError
+from churn_platform.cli.up_reaper import GRACE_S, LAST, SESSION_VARIABLE, SETTLE_S
 from churn_platform.events.contract import EVENTS_TOPIC, SCORES_TOPIC
 from churn_platform.instance import prepare_dagster_home
 from churn_platform.kafka.admin import BrokerUnavailable, ensure_topic, list_topics
@@ -216,8 +222,36 @@ def require_topic(settings: KafkaSettings, topic: str) -> None:
         )
 
 
+# prctl(2): the signal the kernel sends this process when the thread that forked it ends
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """A `preexec_fn` that makes the child receive `sig` when this process dies (Linux).
+
+    The kernel sends it however this process dies, SIGKILL included, so each
+    child stops as on Ctrl-C (dg dev then stops its own children). It is tied to
+    the thread that starts the child: `up` starts them all from its main thread,
+    which lives as long as the process. The libc function is looked up here, in
+    the parent: between fork and exec the child only calls it. If this process
+    died before the call took effect, the child exits at once instead of
+    running parentless.
+    """
+    if not sys.platform.startswith("linux"):
+        return None  # elsewhere the reaper alone stops them
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, int(sig))
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return preexec
+
+
 class ProcessGroup:
-    """Child processes, each in its own session, all stopped together."""
+    """Child processes, each in its own session, all stopped together (and when `up` dies)."""
 
     def __init__(self) -> None:
         self.children: list[tuple[str, subprocess.Popen]] = []
@@ -232,6 +266,7 @@ class ProcessGroup:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=die_with_parent(),  # only prctl between fork and exec
             )
         self.children.append((name, child))
         return child
@@ -249,7 +284,7 @@ class ProcessGroup:
             except subprocess.TimeoutExpired:
                 _signal_group(child, signal.SIGKILL)
                 child.wait(5)
-        # dagster dev's own children share its group: make sure none outlives it
+        # dg dev's own children share its group: make sure none outlives it
         for _name, child in self.children:
             _signal_group(child, signal.SIGKILL)
 
@@ -257,6 +292,61 @@ class ProcessGroup:
 def _signal_group(child: subprocess.Popen, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(child.pid, sig)
+
+
+class Reaper:
+    """`up_reaper` in a session of its own: it stops what this session started once `up` is gone.
+
+    `start` marks this process's environment (and so every process started
+    from now on, and their children) with a new session id and starts the
+    reaper with a pipe to it. The kernel closes the pipe when `up` dies, even
+    by SIGKILL; the reaper then stops every process carrying the id.
+    """
+
+    def __init__(self, settle_s: float = SETTLE_S, grace_s: float = GRACE_S) -> None:
+        self.session = uuid.uuid4().hex
+        self.settle_s, self.grace_s = settle_s, grace_s
+        self.process: subprocess.Popen | None = None
+        self._saved: str | None = None
+
+    def start(self, log: Path) -> None:
+        self._saved = os.environ.get(SESSION_VARIABLE)
+        os.environ[SESSION_VARIABLE] = self.session
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "ab") as out:
+            self.process = subprocess.Popen(
+                [
+                    *(sys.executable, "-m", "churn_platform.cli.up_reaper"),
+                    *(self.session, str(os.getpid()), f"{self.settle_s:g}", f"{self.grace_s:g}"),
+                ],
+                stdin=subprocess.PIPE,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def stop_last(self, pid: int | None) -> None:
+        """Stop `pid` (the broker) after everything else, so the others can say goodbye to it."""
+        if self.process is not None and pid is not None:
+            with contextlib.suppress(OSError):
+                self.process.stdin.write(f"{LAST} {pid}\n".encode())
+                self.process.stdin.flush()
+
+    def finish(self, timeout: float = 30.0) -> None:
+        """After `up` stopped its children: the reaper checks nothing is left, then exits."""
+        if self.process is None:
+            return
+        if self._saved is None:  # `up` run in-process (tests): leave the environment as it was
+            os.environ.pop(SESSION_VARIABLE, None)
+        else:
+            os.environ[SESSION_VARIABLE] = self._saved
+        with contextlib.suppress(OSError):
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
 
 
 class Interrupts:
@@ -349,9 +439,12 @@ def run(args: argparse.Namespace) -> int:
     os.environ["DAGSTER_HOME"] = str(dagster_home)
     broker = None
     group = ProcessGroup()
+    reaper = Reaper()
     try:
-        for name in ("broker", "simulator", "dagster", "scorer"):
+        for name in ("broker", "simulator", "dagster", "scorer", "reaper"):
             (state / f"{name}.log").unlink(missing_ok=True)
+        # before anything starts: what starts from now on is stopped with up, however it ends
+        reaper.start(state / "reaper.log")
         if cluster:
             events = on_cluster(args, state, step)
         else:
@@ -360,6 +453,7 @@ def run(args: argparse.Namespace) -> int:
                 broker.start()
             except BrokerUnavailable as exc:
                 raise UserError(str(exc)) from exc
+            reaper.stop_last(broker.pid)
             step(f"embedded broker on {broker.settings.bootstrap_servers} (up's own)")
             events = simulated(broker.settings, EVENTS_TOPIC, state / "lake", args)
         step(events.describe())
@@ -382,14 +476,7 @@ def run(args: argparse.Namespace) -> int:
             model = bootstrap(events.lake, events.settings, step, events.topic, interrupts)
         interrupts.check()
         group.start(
-            "dagster",
-            [
-                *(sys.executable, "-m", "dagster", "dev"),
-                *("-h", args.host, "-p", str(args.ui_port)),
-                *("-w", str(project / "workspace.yaml")),
-            ],
-            env,
-            state / "dagster.log",
+            "dagster", dg_dev_command(args.host, args.ui_port, project), env, state / "dagster.log"
         )
         if simulate is not None:
             group.start(
@@ -426,13 +513,24 @@ def run(args: argparse.Namespace) -> int:
         if broker is not None:
             broker.stop()
             names.append("broker")
+        reaper.finish()
         if names or interrupts.received.is_set():
             print(f"stopped: {', '.join(names) or 'nothing was running'}", flush=True)
     return 0
 
 
+def dg_dev_command(host: str, port: int, project: Path) -> list[str]:
+    """`dg dev` on the project's workspace: webserver, daemon and code server, UI on host:port."""
+    # `python -m` of this interpreter: the `dg` script may not be on PATH (an unactivated venv)
+    return [
+        *(sys.executable, "-m", "dagster_dg_cli.cli", "dev"),
+        *("-h", host, "-p", str(port)),
+        *("-w", str(project / "workspace.yaml")),
+    ]
+
+
 _PROCESS_NAMES = {
-    "dagster": "dagster dev",
+    "dagster": "dg dev",
     "simulator": "the live simulator",
     "scorer": "the streaming scorer",
 }
@@ -577,7 +675,7 @@ def where_to_look(
         f"  champion       {model}",
     ]
     if model.startswith("none"):
-        # the run executes in dagster dev, with the topic, lake and Kafka settings of this session
+        # the run executes in dg dev, with the topic, lake and Kafka settings of this session
         launch = (
             f"DAGSTER_HOME={_shell_path(str(dagster_home))} "
             f"KAFKA_BOOTSTRAP_SERVERS={settings.bootstrap_servers} "

@@ -1,7 +1,7 @@
 """`churn-platform up` as a new user runs it, checked in a real browser.
 
 One run of `up` (broker, a history big enough to train on, a bootstrap that
-trains a champion, `dagster dev`, the live simulator, the streaming scorer). Then, with
+trains a champion, `dg dev`, the live simulator, the streaming scorer). Then, with
 Debian's Chromium driven by Playwright: the asset graph shows every asset of
 the code location, and a run that `customer_events_sensor` launched succeeded;
 the one-liner `up` prints to watch scores shows the scorer's output; Ctrl-C

@@ -34,7 +34,7 @@ from churn_platform.lake.raw import read_raw_events
 from churn_platform.lake.store import Lake
 from churn_platform_tests.cli.test_up import PROJECT, UP_READY, Output, ours
 
-STARTED = "started dagster dev"
+STARTED = "started dg dev"
 
 
 def produce_own_events(settings: KafkaSettings, topic: str, customers: int, seed: int) -> set[str]:
@@ -135,7 +135,7 @@ def stop_up(process: subprocess.Popen, output: Output, dagster_home: Path) -> li
 
 
 def children_environment(dagster_home: Path) -> dict[str, dict[str, str]]:
-    """What dagster dev and the scorer were given: CHURN_* settings and the scorer's argv."""
+    """What dg dev and the scorer were given: CHURN_* settings and the scorer's argv."""
     seen = {}
     for process in ours(dagster_home):
         with contextlib.suppress(psutil.Error):
@@ -163,7 +163,7 @@ def base_env(broker: EmbeddedBroker, topic: str, tmp_path: Path) -> dict[str, st
     return env
 
 
-# about 60 s (bootstrap ≈20 s, dagster dev ≈30 s to answer)
+# about 60 s (bootstrap ≈20 s, dg dev ≈30 s to answer)
 @pytest.mark.timeout(360)
 def test_up_on_a_users_cluster_reads_their_topic_and_never_writes_to_it(tmp_path):
     with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
@@ -206,7 +206,7 @@ def test_up_on_a_users_cluster_reads_their_topic_and_never_writes_to_it(tmp_path
     assert "training_job" in output.field("make one"), output.text
     assert f"CHURN_EVENTS_TOPIC={topic}" in output.text, output.text
     assert "train --skip-extract" in output.text, output.text
-    assert "started dagster dev and the streaming scorer" in output.text, output.text
+    assert "started dg dev and the streaming scorer" in output.text, output.text
     for name in ("dagster", "scorer"):
         assert children[name]["CHURN_EVENTS_TOPIC"] == topic, children
         assert children[name]["CHURN_LAKE"] == str(tmp_path / "lake"), children

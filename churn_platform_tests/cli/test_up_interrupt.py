@@ -67,7 +67,7 @@ def test_ctrl_c_during_the_bootstrap_stops_up_before_anything_else_starts(tmp_pa
     assert process.returncode == 0, output.text
     assert took < 60, output.text
     assert "stopped: broker" in output.text, output.text
-    assert "started dagster dev" not in output.text, output.text
+    assert "started dg dev" not in output.text, output.text
     assert UP_READY not in output.text, output.text
     assert not (state / "dagster.log").exists(), output.text
     assert left == [], [p.cmdline() for p in left]

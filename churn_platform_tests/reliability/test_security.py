@@ -373,12 +373,8 @@ def test_the_embedded_broker_listens_on_loopback_only(broker):
 
 
 @pytest.mark.parametrize(("extra", "host"), [([], "127.0.0.1"), (["--host", "0.0.0.0"], "0.0.0.0")])
-def test_up_starts_dagster_dev_on_loopback_unless_told(monkeypatch, tmp_path, extra, host):
-    """Run `up` with its children recorded instead of started: what would `dagster dev` bind?
-
-    up.py builds the command inline in `run`; a `dagster_dev_command(args, project)`
-    function would let this be a one-line check instead of these stand-ins.
-    """
+def test_up_starts_dg_dev_on_loopback_unless_told(monkeypatch, tmp_path, extra, host):
+    """Run `up` with its children recorded instead of started: what would `dg dev` bind?"""
     from churn_platform.cli import build_parser, up
 
     started: dict[str, list[str]] = {}
@@ -408,7 +404,9 @@ def test_up_starts_dagster_dev_on_loopback_unless_told(monkeypatch, tmp_path, ex
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
     argv = started["dagster"]
-    assert argv[argv.index("dev") - 2 :][:3] == ["-m", "dagster", "dev"]
+    # `dg dev`, not `dagster dev` (superseded in Dagster 1.13, which warns at run time)
+    assert argv == up.dg_dev_command(host, 3000, PROJECT)
+    assert argv[argv.index("dev") - 2 :][:3] == ["-m", "dagster_dg_cli.cli", "dev"]
     assert argv[argv.index("-h") + 1] == host
     assert "0.0.0.0" not in argv or host == "0.0.0.0"
 
