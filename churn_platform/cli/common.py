@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from churn_platform.cli import UserError
 from churn_platform.kafka.broker import DEFAULT_HOST, DEFAULT_PORT
-from churn_platform.kafka.config import ENV_TO_CLIENT, KafkaSettings
+from churn_platform.kafka.config import KafkaSettings, mask
 
 DEFAULT_BOOTSTRAP = f"{DEFAULT_HOST}:{DEFAULT_PORT}"
 
@@ -24,7 +25,7 @@ def kafka_settings(args: argparse.Namespace) -> KafkaSettings:
     """Settings from --bootstrap-servers or the KAFKA_* environment variables."""
     settings = KafkaSettings.from_env(default_bootstrap=DEFAULT_BOOTSTRAP)
     if getattr(args, "bootstrap_servers", None):
-        settings = KafkaSettings(args.bootstrap_servers, settings.security)
+        settings = dataclasses.replace(settings, bootstrap_servers=args.bootstrap_servers)
     return settings
 
 
@@ -40,13 +41,14 @@ def lake_root() -> str:
 def kafka_client_failure(exc: Exception, settings: KafkaSettings) -> UserError:
     """One line for a librdkafka failure: the address, the KAFKA_* setting it names, the fix.
 
-    librdkafka checks security settings when a client is created (a CA file
-    that does not load, a SASL mechanism this build lacks) and raises a bare
-    `KafkaException`; this turns it into the CLI's error line.
+    `KafkaSettings.check` turns what librdkafka refuses when a client is
+    created into a `KafkaConfigError`; what fails later (a handshake, a
+    certificate the broker rejects) arrives as a bare `KafkaException`, which
+    this turns into the CLI's error line, secrets masked.
     """
     error = exc.args[0] if exc.args else None
-    detail = error.str() if hasattr(error, "str") else str(exc)
-    named = [f"{env} ({prop})" for env, prop in ENV_TO_CLIENT.items() if prop in detail]
+    detail = mask(error.str() if hasattr(error, "str") else str(exc), settings.secrets())
+    named = settings.named_in(detail)
     if not named and "SASL mechanism" in detail:
         named = ["KAFKA_SASL_MECHANISM (sasl.mechanism)"]
     if not named and ("SSL" in detail or "ssl" in detail):

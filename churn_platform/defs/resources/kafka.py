@@ -1,4 +1,11 @@
-"""The Kafka resource: cluster address and security settings, clients built on demand."""
+"""The Kafka resource: cluster address and security settings, clients built on demand.
+
+Its settings fields are not written here: there is one per row of
+`churn_platform.kafka.config.SETTINGS` (the variable without `KAFKA_`, lower
+case: `KAFKA_SASL_PASSWORD` → `sasl_password`), plus `properties` for the
+`KAFKA_PROPERTY__*` pass-through, so the resource and the command line accept
+the same settings by construction.
+"""
 
 from __future__ import annotations
 
@@ -6,40 +13,35 @@ import os
 from collections.abc import Mapping
 
 import dagster as dg
+import pydantic
 
-from churn_platform.kafka.config import ENV_TO_CLIENT, SECRET_PROPERTIES, KafkaSettings
+from churn_platform.kafka.config import SETTINGS, KafkaSettings, is_secret, pass_through
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 
-# resource field ↔ environment variable; the field names are what users set in code
-_FIELD_ENV = {
-    "security_protocol": "KAFKA_SECURITY_PROTOCOL",
-    "sasl_mechanism": "KAFKA_SASL_MECHANISM",
-    "sasl_username": "KAFKA_SASL_USERNAME",
-    "sasl_password": "KAFKA_SASL_PASSWORD",
-    "ssl_ca_location": "KAFKA_SSL_CA_LOCATION",
-    "ssl_certificate_location": "KAFKA_SSL_CERTIFICATE_LOCATION",
-    "ssl_key_location": "KAFKA_SSL_KEY_LOCATION",
-    "ssl_key_password": "KAFKA_SSL_KEY_PASSWORD",
-}
-_SECRET_FIELDS = frozenset(
-    name for name, env in _FIELD_ENV.items() if ENV_TO_CLIENT[env] in SECRET_PROPERTIES
+_SECRET_FIELDS = frozenset(s.field for s in SETTINGS if s.secret)
+
+# pydantic's own way to declare fields from data; Dagster shows each description in the UI
+_SettingsFields = pydantic.create_model(
+    "_SettingsFields",
+    __base__=dg.ConfigurableResource,
+    **{
+        s.field: (str | None, pydantic.Field(default=None, description=f"{s.env}: {s.description}"))
+        for s in SETTINGS
+    },
 )
 
 
-class KafkaResource(dg.ConfigurableResource):
+class KafkaResource(_SettingsFields):
     """Where Kafka is and how to authenticate; secrets come from `dg.EnvVar`."""
 
     bootstrap_servers: str = DEFAULT_BOOTSTRAP
     events_topic: str = "customer-events"
-    security_protocol: str | None = None
-    sasl_mechanism: str | None = None
-    sasl_username: str | None = None
-    sasl_password: str | None = None
-    ssl_ca_location: str | None = None
-    ssl_certificate_location: str | None = None
-    ssl_key_location: str | None = None
-    ssl_key_password: str | None = None
+    properties: dict[str, str] = pydantic.Field(
+        default={},
+        description="any other librdkafka property → value (KAFKA_PROPERTY__<NAME>: "
+        "socket.keepalive.enable is KAFKA_PROPERTY__SOCKET_KEEPALIVE_ENABLE)",
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> KafkaResource:
@@ -54,31 +56,45 @@ class KafkaResource(dg.ConfigurableResource):
             fields["bootstrap_servers"] = dg.EnvVar("KAFKA_BOOTSTRAP_SERVERS")
         if environ.get("CHURN_EVENTS_TOPIC"):
             fields["events_topic"] = dg.EnvVar("CHURN_EVENTS_TOPIC")
-        for name, env in _FIELD_ENV.items():
-            if environ.get(env):
-                fields[name] = dg.EnvVar(env)
+        for setting in SETTINGS:
+            if environ.get(setting.env):
+                fields[setting.field] = dg.EnvVar(setting.env)
+        properties = {prop: dg.EnvVar(name) for prop, name in pass_through(environ).items()}
+        if properties:
+            fields["properties"] = properties
         return cls(**fields)
 
     @classmethod
     def from_settings(cls, settings: KafkaSettings, events_topic: str) -> KafkaResource:
         """A resource with these settings as plain values (for runs started from code)."""
-        by_property = {ENV_TO_CLIENT[env]: name for name, env in _FIELD_ENV.items()}
-        fields = {by_property[p]: v for p, v in settings.security.items() if p in by_property}
+        fields = {
+            s.field: settings.security[s.property]
+            for s in SETTINGS
+            if s.property in settings.security
+        }
         return cls(
-            bootstrap_servers=settings.bootstrap_servers, events_topic=events_topic, **fields
+            bootstrap_servers=settings.bootstrap_servers,
+            events_topic=events_topic,
+            properties=dict(settings.properties),
+            **fields,
         )
 
     def settings(self) -> KafkaSettings:
-        security = {}
-        for name, env in _FIELD_ENV.items():
-            value = getattr(self, name)
-            if value:
-                security[ENV_TO_CLIENT[env]] = value
-        return KafkaSettings(bootstrap_servers=self.bootstrap_servers, security=security)
+        security = {s.property: getattr(self, s.field) for s in SETTINGS if getattr(self, s.field)}
+        properties = {prop: value for prop, value in self.properties.items() if value}
+        return KafkaSettings(
+            bootstrap_servers=self.bootstrap_servers, security=security, properties=properties
+        )
 
     def __repr_args__(self):
         # In a run the fields hold the resolved values: like KafkaSettings, never print
-        # a password, even by accident. Outside a run they are EnvVar names, not secret.
+        # a secret, even by accident. Outside a run they are EnvVar names, not secret.
         for name, value in super().__repr_args__():
-            hidden = name in _SECRET_FIELDS and not isinstance(value, dg.EnvVar) and value
-            yield name, "***" if hidden else value
+            if name in _SECRET_FIELDS and value and not isinstance(value, dg.EnvVar):
+                value = "***"
+            elif name == "properties" and value:
+                value = {
+                    prop: "***" if is_secret(prop) and not isinstance(v, dg.EnvVar) else v
+                    for prop, v in value.items()
+                }
+            yield name, value
