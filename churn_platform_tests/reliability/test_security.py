@@ -4,7 +4,10 @@ to loopback by default, and a fresh clone installs exactly the dependencies test
 from __future__ import annotations
 
 import ast
+import base64
+import contextlib
 import hashlib
+import http.server
 import importlib.metadata
 import json
 import logging
@@ -13,6 +16,7 @@ import pickle
 import re
 import signal
 import subprocess
+import threading
 import tomllib
 import uuid
 from pathlib import Path
@@ -22,6 +26,7 @@ import numpy as np
 import psutil
 import pytest
 import skops.io
+from confluent_kafka import Producer
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from sklearn.linear_model import LogisticRegression
@@ -37,24 +42,75 @@ PROJECT = Path(__file__).resolve().parents[2]
 # Unique per run: found anywhere only if it leaked.
 SASL_SECRET = f"sasl-secret-{uuid.uuid4().hex}"
 SSL_SECRET = f"ssl-key-secret-{uuid.uuid4().hex}"
-SECRETS = (SASL_SECRET, SSL_SECRET)
+OIDC_SECRET = f"oidc-client-secret-{uuid.uuid4().hex}"
+PASS_THROUGH_SECRET = f"keystore-secret-{uuid.uuid4().hex}"  # KAFKA_PROPERTY__… route
+SECRETS = (SASL_SECRET, SSL_SECRET, OIDC_SECRET, PASS_THROUGH_SECRET)
+# where each secret is set (in the order of SECRETS) and the property it sets
+SECRET_ENV = {
+    "KAFKA_SASL_PASSWORD": "sasl.password",
+    "KAFKA_SSL_KEY_PASSWORD": "ssl.key.password",
+    "KAFKA_SASL_OAUTHBEARER_CLIENT_SECRET": "sasl.oauthbearer.client.secret",
+    "KAFKA_PROPERTY__SSL_KEYSTORE_PASSWORD": "ssl.keystore.password",
+}
+SECRET_PROPERTIES = tuple(SECRET_ENV.values())
+OIDC_CLIENT = "churn-oidc"
+# the client credentials as librdkafka sends them to the token endpoint (HTTP Basic)
+OIDC_BASIC = base64.b64encode(f"{OIDC_CLIENT}:{OIDC_SECRET}".encode()).decode()
 
 
 def leaked(text: str | bytes) -> list[str]:
     data = text.encode() if isinstance(text, str) else text
-    return [secret for secret in SECRETS if secret.encode() in data]
+    return [secret for secret in (*SECRETS, OIDC_BASIC) if secret.encode() in data]
 
 
 @pytest.fixture
 def secret_env(monkeypatch, tmp_path):
-    """SASL and SSL key passwords in the environment, as an operator would set them."""
+    """Every kind of Kafka secret in the environment, as an operator would set them: SASL and
+    SSL key passwords, an OIDC client secret, and a secret librdkafka property passed through."""
     monkeypatch.setenv("KAFKA_SASL_USERNAME", "churn-svc")
     monkeypatch.setenv("KAFKA_SASL_PASSWORD", SASL_SECRET)
     monkeypatch.setenv("KAFKA_SSL_KEY_PASSWORD", SSL_SECRET)
+    monkeypatch.setenv("KAFKA_SASL_OAUTHBEARER_METHOD", "oidc")
+    monkeypatch.setenv("KAFKA_SASL_OAUTHBEARER_CLIENT_ID", OIDC_CLIENT)
+    monkeypatch.setenv("KAFKA_SASL_OAUTHBEARER_CLIENT_SECRET", OIDC_SECRET)
+    monkeypatch.setenv("KAFKA_SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL", "http://127.0.0.1:9/token")
+    monkeypatch.setenv("KAFKA_PROPERTY__SSL_KEYSTORE_PASSWORD", PASS_THROUGH_SECRET)
     monkeypatch.setenv("CHURN_LAKE", str(tmp_path / "lake"))
+    for name in [n for n in os.environ if n.startswith("KAFKA_PROPERTY__")]:
+        if name != "KAFKA_PROPERTY__SSL_KEYSTORE_PASSWORD":
+            monkeypatch.delenv(name)
     for name in ("KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM", "KAFKA_SSL_KEY_LOCATION"):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
+
+
+@contextlib.contextmanager
+def token_endpoint():
+    """An OIDC token endpoint that records the credentials it is sent and refuses them."""
+    received: list[str] = []
+
+    class Refuse(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append(self.headers.get("Authorization", ""))
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = b'{"error": "invalid_client"}'
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Refuse)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/token", received
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 # secrets ------------------------------------------------------------------------
@@ -67,21 +123,23 @@ def test_settings_and_resources_hold_the_secret_only_as_an_env_var_name(secret_e
     settings = KafkaSettings.from_env()
     config = settings.client_config(**{"group.id": "g"})
     # librdkafka does get them: the test below would see them if anything echoed it
-    assert (config["sasl.password"], config["ssl.key.password"]) == SECRETS
+    assert tuple(config[p] for p in SECRET_PROPERTIES) == SECRETS
     shown = [repr(settings), str(settings), f"{settings!r}", json.dumps(settings.describe())]
     assert not leaked("\n".join(shown))
-    assert settings.describe()["sasl.password"] == settings.describe()["ssl.key.password"] == "***"
+    assert {settings.describe()[p] for p in SECRET_PROPERTIES} == {"***"}
 
     from churn_platform.definitions import defs
 
     definitions = defs()
     kafka = definitions.resources["kafka"]
-    assert isinstance(kafka.sasl_password, dg.EnvVar)
-    assert isinstance(kafka.ssl_key_password, dg.EnvVar)
-    assert (kafka.sasl_password.env_var_name, kafka.ssl_key_password.env_var_name) == (
-        "KAFKA_SASL_PASSWORD",
-        "KAFKA_SSL_KEY_PASSWORD",
-    )
+    held = [
+        kafka.sasl_password,
+        kafka.ssl_key_password,
+        kafka.sasl_oauthbearer_client_secret,
+        kafka.properties["ssl.keystore.password"],
+    ]
+    assert all(isinstance(value, dg.EnvVar) for value in held)
+    assert [value.env_var_name for value in held] == list(SECRET_ENV)
     for name, resource in definitions.resources.items():
         # the configured values the UI's Resources page shows
         configured = resource.get_resource_definition().config_schema.as_field().default_value
@@ -89,6 +147,12 @@ def test_settings_and_resources_hold_the_secret_only_as_an_env_var_name(secret_e
     configured = kafka.get_resource_definition().config_schema.as_field().default_value
     assert configured["sasl_password"] == {"env": "KAFKA_SASL_PASSWORD"}
     assert configured["ssl_key_password"] == {"env": "KAFKA_SSL_KEY_PASSWORD"}
+    assert configured["sasl_oauthbearer_client_secret"] == {
+        "env": "KAFKA_SASL_OAUTHBEARER_CLIENT_SECRET"
+    }
+    assert configured["properties"]["ssl.keystore.password"] == {
+        "env": "KAFKA_PROPERTY__SSL_KEYSTORE_PASSWORD"
+    }
 
 
 def test_a_resolved_resource_never_prints_its_password(secret_env):
@@ -104,17 +168,35 @@ def test_a_resolved_resource_never_prints_its_password(secret_env):
     with dg.instance_for_test() as instance:
         resources = {"kafka": KafkaResource.from_env()}
         assert dg.materialize([shows_its_resource], resources=resources, instance=instance).success
-    assert (seen["config"]["sasl.password"], seen["config"]["ssl.key.password"]) == SECRETS
+    assert tuple(seen["config"][p] for p in SECRET_PROPERTIES) == SECRETS
     assert not leaked(seen["shown"])
-    assert "sasl_password='***'" in seen["shown"] and "ssl_key_password='***'" in seen["shown"]
+    for shown in (
+        "sasl_password='***'",
+        "ssl_key_password='***'",
+        "sasl_oauthbearer_client_secret='***'",
+        "'ssl.keystore.password': '***'",
+    ):
+        assert shown in seen["shown"]
     plain = KafkaResource.from_settings(KafkaSettings.from_env(default_bootstrap="b:9092"), "e")
     assert plain.sasl_password == SASL_SECRET and not leaked(repr(plain) + str(plain))
+    assert plain.properties["ssl.keystore.password"] == PASS_THROUGH_SECRET
+    # set in code rather than from the environment: the same
+    in_code = KafkaResource(
+        sasl_oauthbearer_client_secret=OIDC_SECRET,
+        properties={
+            "ssl.keystore.password": PASS_THROUGH_SECRET,
+            "socket.keepalive.enable": "true",
+        },
+    )
+    assert not leaked(repr(in_code) + str(in_code) + repr(in_code.settings()))
+    assert "'socket.keepalive.enable': 'true'" in repr(in_code)
 
 
 def test_the_secret_appears_in_no_log_event_metadata_or_file(
     secret_env, kafka_settings, topic, tmp_path, caplog, capfd
 ):
-    """Sensor tick, a successful and a failing extract run, the CLI: capture everything."""
+    """Sensor tick, a successful and a failing extract run, the CLI, an OIDC login: capture
+    everything."""
     from churn_platform.cli import main
     from churn_platform.definitions import defs
     from churn_platform.defs.ingestion.assets import raw_customer_events
@@ -175,6 +257,31 @@ def test_the_secret_appears_in_no_log_event_metadata_or_file(
         assert isinstance(skipped, dg.SkipReason) and "unreachable" in skipped.skip_message
         seen.append(skipped.skip_message)
 
+        # OAUTHBEARER: the client secret goes to the token endpoint, which refuses it
+        secret_env.setenv("KAFKA_SASL_MECHANISM", "OAUTHBEARER")
+        secret_env.setenv("KAFKA_PROPERTY__DEBUG", "conf,security")  # librdkafka says much more
+        with token_endpoint() as (url, received):
+            secret_env.setenv("KAFKA_SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL", url)
+            context = dg.build_sensor_context(instance=instance, resources=resources())
+            skipped = customer_events_sensor(context)
+            assert isinstance(skipped, dg.SkipReason)
+            seen.append(skipped.skip_message)
+            # a client that is polled hands librdkafka's log lines to the logger
+            producer = Producer(KafkaSettings.from_env().client_config())
+            for _ in range(20):
+                producer.poll(0.1)
+            del producer
+        assert received and set(received) == {f"Basic {OIDC_BASIC}"}  # the secret was used
+
+        # a pass-through property librdkafka does not know: a run fails on one line
+        secret_env.setenv("KAFKA_PROPERTY__SSL_KEYSTORE_PASSWORDD", PASS_THROUGH_SECRET)
+        refused_run = dg.materialize(
+            [raw_customer_events], resources=resources(), instance=instance, raise_on_error=False
+        )
+        assert not refused_run.success
+        seen += [repr(event) for event in refused_run.all_events]
+        assert "check KAFKA_PROPERTY__SSL_KEYSTORE_PASSWORDD" in "\n".join(seen)
+
         # what Dagster stored and the UI reads: runs, their config and every event
         for run in instance.get_runs():
             seen.append(dg.serialize_value(run))
@@ -195,6 +302,9 @@ def test_the_secret_appears_in_no_log_event_metadata_or_file(
     # the capture is real: it holds the run's metadata, the failure and librdkafka's words
     assert '"rejected_by_reason"' in out and "rejected_by_reason" in corpus
     assert "ssl.certificate.location" in corpus
+    # librdkafka's debug lines: its configuration, and the token endpoint refusing the secret
+    assert "sasl.oauthbearer.client.secret = [redacted]" in corpus
+    assert "Failed to retrieve OIDC token" in corpus
     assert "churn_platform.librdkafka" in "\n".join(records)
     assert any(path.suffix == ".db" for path in stored)  # Dagster's SQLite storage
     assert not leaked(corpus)
