@@ -431,10 +431,13 @@ class KafkaSettings:
         detail = mask(detail, self.secrets())
         match = re.search(r"No provider for SASL mechanism (\S+?):", detail)
         if match:
-            return unsupported_mechanism(match.group(1), detail)
+            return f"Kafka settings for {self.bootstrap_servers}: " + unsupported_mechanism(
+                match.group(1), detail
+            )
+        detail = re.sub(r"^Failed to create \w+: ", "", detail)  # the check's client, not yours
         named = self.named_in(detail)
         where = f"; check {', '.join(named)}" if named else ""
-        return f"Kafka client settings refused by librdkafka: {detail}{where}"
+        return f"Kafka settings for {self.bootstrap_servers} refused by librdkafka: {detail}{where}"
 
     def named_in(self, text: str) -> list[str]:
         """'VARIABLE (property)' for each property of these settings or the table in `text`."""

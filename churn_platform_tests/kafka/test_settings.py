@@ -284,7 +284,8 @@ def test_a_property_librdkafka_does_not_know_is_one_line_naming_the_variable():
     with pytest.raises(KafkaConfigError) as caught:
         settings.client_config()
     assert str(caught.value) == (
-        "Kafka client settings refused by librdkafka: No such configuration property: "
+        f"Kafka settings for {settings.bootstrap_servers} refused by librdkafka: "
+        "No such configuration property: "
         '"socket.keepalive.enablee"; check KAFKA_PROPERTY__SOCKET_KEEPALIVE_ENABLEE '
         "(socket.keepalive.enablee)"
     )
@@ -451,5 +452,8 @@ def test_gssapi_works_where_librdkafka_has_it_and_is_one_clear_line_where_not(tm
         settings.check()
     line = str(caught.value)
     assert "\n" not in line
-    assert line.startswith("KAFKA_SASL_MECHANISM=GSSAPI is not supported by this librdkafka")
+    assert line.startswith(
+        f"Kafka settings for {settings.bootstrap_servers}: "
+        "KAFKA_SASL_MECHANISM=GSSAPI is not supported by this librdkafka"
+    )
     assert confluent_kafka.libversion()[0] in line and "libsasl2" in line
