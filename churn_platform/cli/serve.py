@@ -17,6 +17,7 @@ from churn_platform.events.contract import EVENTS_TOPIC, SCORES_TOPIC
 
 
 def add_parser(subparsers) -> None:
+    from churn_platform.serving.metrics import DEFAULT_METRICS_HOST, DEFAULT_METRICS_PORT
     from churn_platform.serving.scorer import DEFAULT_GROUP, ServeConfig
 
     defaults = ServeConfig()
@@ -58,6 +59,22 @@ def add_parser(subparsers) -> None:
         "--log-interval", type=float, default=defaults.log_interval_s, help="seconds between stats"
     )
     parser.add_argument("--seconds", type=float, default=None, help="stop after this long")
+    # off by default: several scorers of one group may run on one machine
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve Prometheus metrics on http://METRICS_HOST:PORT/metrics (events consumed, "
+        "scored and rejected, latency, lag per partition, champion); off unless given, e.g. "
+        f"{DEFAULT_METRICS_PORT}; 0 picks a free port",
+    )
+    parser.add_argument(
+        "--metrics-host",
+        default=DEFAULT_METRICS_HOST,
+        help="address the metrics endpoint binds (default %(default)s: this machine only; "
+        "0.0.0.0 exposes it)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -84,6 +101,18 @@ def run(args: argparse.Namespace) -> int:
         log_interval_s=args.log_interval,
     )
     scorer = StreamingScorer(kafka_settings(args), Lake(args.lake or lake_root()), config)
+    metrics = None
+    if args.metrics_port is not None:
+        from churn_platform.serving.metrics import serve_metrics
+
+        try:
+            metrics = serve_metrics(scorer, args.metrics_port, args.metrics_host)
+        except OSError as exc:
+            raise UserError(
+                f"cannot serve metrics on {args.metrics_host}:{args.metrics_port} ({exc.strerror}): "
+                "another scorer may use that port; choose another --metrics-port (0: any free one)"
+            ) from None
+        logging.getLogger("churn_platform.serve").info("metrics on %s", metrics.url)
 
     def stop(signum, _frame) -> None:
         logging.getLogger("churn_platform.serve").info("signal %d: stopping", signum)
@@ -101,4 +130,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     except KafkaException as exc:  # a setting librdkafka refuses, or undeliverable scores
         raise kafka_client_failure(exc, scorer.settings) from None
+    finally:
+        if metrics is not None:
+            metrics.close()
     return 0

@@ -57,9 +57,10 @@ from churn_platform.cli.up_reaper import GRACE_S, LAST, SESSION_VARIABLE, SETTLE
 from churn_platform.events.contract import EVENTS_TOPIC, SCORES_TOPIC
 from churn_platform.instance import prepare_dagster_home
 from churn_platform.kafka.admin import BrokerUnavailable, ensure_topic, list_topics
-from churn_platform.kafka.broker import DEFAULT_PORT, EmbeddedBroker
+from churn_platform.kafka.broker import DEFAULT_PORT, EmbeddedBroker, free_port
 from churn_platform.kafka.config import KafkaSettings
 from churn_platform.lake.store import DEFAULT_LAKE_ROOT
+from churn_platform.serving.metrics import DEFAULT_METRICS_HOST, DEFAULT_METRICS_PORT
 
 UP_DIR = Path("var/up")
 # enough history for the training set's twelve weekly as-of dates after its
@@ -485,9 +486,14 @@ def run(args: argparse.Namespace) -> int:
                 env,
                 state / "simulator.log",
             )
+        metrics_port = scorer_metrics_port()
+        metrics = f"http://{DEFAULT_METRICS_HOST}:{metrics_port}/metrics"
         group.start(
             "scorer",
-            [sys.executable, "-m", "churn_platform.cli", "serve", "--topic", events.topic],
+            [
+                *(sys.executable, "-m", "churn_platform.cli", "serve", "--topic", events.topic),
+                *("--metrics-port", str(metrics_port)),
+            ],
             env,
             state / "scorer.log",
         )
@@ -500,7 +506,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             step("the Dagster UI answers")
         logs = [*started, *(["broker"] if broker is not None else [])]
-        print(where_to_look(url, events, state, model, logs, dagster_home), flush=True)
+        print(where_to_look(url, events, state, model, logs, dagster_home, metrics), flush=True)
         while True:
             time.sleep(0.5)
             _raise_if_exited(group, state)
@@ -647,8 +653,22 @@ def bootstrap(
     return "none: " + summary.get("stopped", "no model was trained").removeprefix("no model: ")
 
 
+def scorer_metrics_port() -> int:
+    """The scorer's metrics port: the usual one when nothing listens there, else a free one."""
+    with socket.socket() as probe:
+        probe.settimeout(0.5)
+        taken = probe.connect_ex((DEFAULT_METRICS_HOST, DEFAULT_METRICS_PORT)) == 0
+    return free_port(DEFAULT_METRICS_HOST) if taken else DEFAULT_METRICS_PORT
+
+
 def where_to_look(
-    url: str, events: Events, state: Path, model: str, logs: list[str], dagster_home: Path
+    url: str,
+    events: Events,
+    state: Path,
+    model: str,
+    logs: list[str],
+    dagster_home: Path,
+    metrics: str | None = None,
 ) -> str:
     settings = events.settings
     watch = (
@@ -672,6 +692,11 @@ def where_to_look(
         f"  Kafka          {settings.bootstrap_servers}",
         f"  events topic   {events.topic}: {source}",
         f"  scores         streaming scorer → {SCORES_TOPIC}",
+        *(
+            [f"    metrics      {metrics}  (Prometheus: events/s, latency, lag, champion)"]
+            if metrics
+            else []
+        ),
         f"  champion       {model}",
     ]
     if model.startswith("none"):

@@ -38,7 +38,7 @@ import gc
 import logging
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -60,6 +60,7 @@ from churn_platform.ml import registry
 from churn_platform.ml.estimators import small_batch_predictor
 from churn_platform.ml.frame import model_input
 from churn_platform.ml.score import RiskBands
+from churn_platform.serving.metrics import LatencyHistogram, consumer_lag
 from churn_platform.serving.state import CustomerState, bootstrap_state
 
 log = logging.getLogger("churn_platform.serve")
@@ -123,6 +124,7 @@ class ServeConfig:
     commit_interval_ms: int = 100  # delivered offsets are committed at most this often
     reload_interval_s: float = 2.0
     log_interval_s: float = 10.0
+    lag_interval_s: float = 1.0  # how often the lag gauge is refreshed (no broker request)
     bands: RiskBands = field(default_factory=RiskBands)
     session_timeout_ms: int = 6_000
     bootstrap: bool = True
@@ -270,6 +272,12 @@ class StreamingScorer:
         self.outages: list[float] = []  # seconds each logged outage lasted
         self._window = ScorerStats()
         self._window_started = time.monotonic()
+        # what the metrics endpoint shows beyond `stats` (serving/metrics.py)
+        self.latency = LatencyHistogram()
+        self.rejected_by_reason: Counter[str] = Counter()
+        self.lag: dict[int, int] = {}  # partition → messages beyond what was read
+        self._positions: dict[int, int] = {}  # partition → next offset to read
+        self._lag_due = 0.0
 
     # --- lifecycle ----------------------------------------------------------------
 
@@ -279,6 +287,11 @@ class StreamingScorer:
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
+
+    @property
+    def reachable(self) -> int:
+        """1, or 0 during an outage (the cluster did not answer)."""
+        return 0 if self._down_since is not None else 1
 
     def run(self, max_seconds: float | None = None, ready: threading.Event | None = None) -> None:
         """Consume and score until `request_stop()` (or `max_seconds`)."""
@@ -348,6 +361,7 @@ class StreamingScorer:
                 self.stats.busy_s += finished - started
                 self._window.busy_s += finished - started
                 self._maybe_log()
+                self._refresh_lag(finished)
         finally:
             limits.restore_original_limits()
             self._close()
@@ -472,7 +486,9 @@ class StreamingScorer:
             log.info(
                 "partition %d: reading from %d, scoring from %d", tp.partition, tp.offset, owed
             )
+            self._positions[tp.partition] = tp.offset
         self.assigned.update(numbers)
+        self._lag_due = 0.0
         consumer.assign(partitions)
         _freeze_heap()
 
@@ -490,7 +506,9 @@ class StreamingScorer:
         for partition in revoked:
             self._delivered.pop(partition, None)
             self._committed.pop(partition, None)
+            self._positions.pop(partition, None)
         self.assigned.difference_update(revoked)
+        self.lag = {p: n for p, n in self.lag.items() if p not in revoked}
 
     # --- one micro-batch ------------------------------------------------------------
 
@@ -516,6 +534,7 @@ class StreamingScorer:
         partitions = np.fromiter((m.partition() for m in metas), np.int64, len(metas))
         offsets = np.fromiter((m.offset() for m in metas), np.int64, len(metas))
         inflight = _InFlight(_next_offsets(partitions, offsets))
+        self._positions.update(inflight.offsets)
         events = batch.events
         if events.num_rows:
             frame = pl.from_arrow(events)
@@ -616,6 +635,7 @@ class StreamingScorer:
                 self._produce_when_room(topic, value, key, delivered)
             latencies.append(latency)
         self.stats.inactive += inactive
+        self.latency.observe_ms(latencies)
         self.stats.latencies_ms.extend(latencies)
         self._window.latencies_ms.extend(latencies)
         self.stats.scored += len(latencies)
@@ -697,9 +717,26 @@ class StreamingScorer:
         )
         self.lake.write_parquet(path, table)
         self.stats.rejected += len(rows)
+        self.rejected_by_reason.update(columns[5])
         self._window.rejected += len(rows)
 
     # --- reporting -------------------------------------------------------------------
+
+    def _refresh_lag(self, now: float) -> None:
+        """The lag gauge, from the high watermarks the consumer cached from its fetches."""
+        if now < self._lag_due or self._consumer is None:
+            return
+        self._lag_due = now + self.config.lag_interval_s
+        highs = {}
+        for partition in self.assigned:
+            try:
+                _low, high = self._consumer.get_watermark_offsets(
+                    TopicPartition(self.config.topic, partition), cached=True
+                )
+            except KafkaException:
+                continue
+            highs[partition] = high
+        self.lag = consumer_lag(highs, self._positions)
 
     def _maybe_log(self) -> None:
         if time.monotonic() - self._window_started >= self.config.log_interval_s:

@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -260,6 +261,18 @@ def test_up_runs_everything_shows_it_in_the_ui_and_stops_everything(tmp_path, ca
             assert score["model_version"] and score["customer_id"], score
             assert score["risk_band"] in ("low", "medium", "high", "inactive"), score
         mark("scores read")
+        # the scorer's Prometheus endpoint, where `up` says it is: it scored, with the champion
+        metrics_url = output.field("metrics").split()[0]
+        assert metrics_url.startswith("http://127.0.0.1:"), output.text
+        with urllib.request.urlopen(metrics_url, timeout=5) as response:
+            metrics = response.read().decode()
+        version = champion.split(",")[0]
+        info = re.search(
+            r'^churn_scorer_champion_info\{.*version="([^"]+)".*\} 1\.0$', metrics, re.M
+        )
+        assert info and info[1] == version, (version, metrics)
+        scored = re.search(r"^churn_scorer_events_scored_total (\S+)$", metrics, re.M)
+        assert scored and float(scored[1]) >= len(scores), metrics
     finally:
         if watcher is not None:
             with contextlib.suppress(ProcessLookupError):

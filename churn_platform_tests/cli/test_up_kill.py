@@ -92,7 +92,8 @@ def test_sigkill_of_up_leaves_no_process_behind(tmp_path, capsys):
                 break
             time.sleep(0.5)
         assert set(running) == set(ROLES), (running, output.text)
-        assert listening(ui_port) and listening(broker_port)
+        metrics_port = int(output.field("metrics").split()[0].split(":")[2].split("/")[0])
+        assert listening(ui_port) and listening(broker_port) and listening(metrics_port)
 
         process.send_signal(signal.SIGKILL)
         process.wait(10)
@@ -112,7 +113,7 @@ def test_sigkill_of_up_leaves_no_process_behind(tmp_path, capsys):
                 leftover.kill()
     reaper_log = (state / "reaper.log").read_text()
     assert left == [], ([p.cmdline() for p in left], reaper_log)
-    assert not listening(ui_port) and not listening(broker_port)
+    assert not any(listening(port) for port in (ui_port, broker_port, metrics_port))
     # the reaper found what was left and stopped the broker after the others
     assert f"up (pid {process.pid}) has ended" in reaper_log, reaper_log
     signalled = [line for line in reaper_log.splitlines() if " SIGTERM to " in line]

@@ -11,11 +11,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -23,6 +26,7 @@ import numpy as np
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
+from prometheus_client.parser import text_string_to_metric_families
 
 from churn_platform.events.simulator import SimulatorConfig, produce_simulation
 from churn_platform.events.validation import validate
@@ -37,6 +41,7 @@ from churn_platform.ml import registry
 from churn_platform.ml.frame import model_input
 from churn_platform.ml.train import TrainConfig, train_models
 from churn_platform.ml.training_set import build_training_set
+from churn_platform.serving.metrics import serve_metrics
 from churn_platform.serving.scorer import (
     SCORER_QUARANTINE_DIR,
     ChampionWatcher,
@@ -115,6 +120,26 @@ def produce(settings, topic, messages) -> None:
     with EventProducer(settings) as producer:
         for value, key in messages:
             producer.send(topic, value, key)
+
+
+def scrape(url: str) -> dict[tuple[str, tuple], float]:
+    """(sample name, sorted labels) → value, as Prometheus would read the endpoint."""
+    with urllib.request.urlopen(url, timeout=5) as response:
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def lag_of(metrics: dict) -> dict[int, float]:
+    return {
+        int(dict(labels)["partition"]): value
+        for (name, labels), value in metrics.items()
+        if name == "churn_scorer_consumer_lag_messages"
+    }
 
 
 def read_scores(settings, topic) -> list:
@@ -305,7 +330,7 @@ def test_bad_messages_are_quarantined_and_the_batch_still_scored(kafka_settings,
 
 
 def test_serve_command_stops_cleanly_on_sigterm(kafka_settings, topic, world, tmp_path):
-    lake, _, scores_topic = world
+    lake, version, scores_topic = world
     env = {
         **{k: v for k, v in os.environ.items() if k != "POLARS_MAX_THREADS"},
         "CHURN_LAKE": lake.uri,
@@ -327,6 +352,7 @@ def test_serve_command_stops_cleanly_on_sigterm(kafka_settings, topic, world, tm
                 f"cli-{uuid.uuid4().hex[:6]}",
                 "--log-interval",
                 "1",
+                *("--metrics-port", "0"),  # any free port; the log says which
             ],
             env=env,
             stdout=out,
@@ -339,6 +365,16 @@ def test_serve_command_stops_cleanly_on_sigterm(kafka_settings, topic, world, tm
                 time.sleep(0.3)
             produce(kafka_settings, topic, [live_event(0, customers_of(lake)[0])])
             assert len(wait_for_scores(kafka_settings, scores_topic, 1)) == 1
+            url = re.search(r"metrics on (http://\S+)", log.read_text())[1]
+            assert url.startswith("http://127.0.0.1:")  # loopback unless --metrics-host
+            metrics = scrape(url)
+            assert metrics[("churn_scorer_events_scored_total", ())] == 1
+            versions = [
+                dict(labels)["version"]
+                for (name, labels), _ in metrics.items()
+                if name == "churn_scorer_champion_info"
+            ]
+            assert versions == [version]
             process.send_signal(signal.SIGTERM)
             assert process.wait(30) == 0
         finally:
@@ -347,6 +383,96 @@ def test_serve_command_stops_cleanly_on_sigterm(kafka_settings, topic, world, tm
     text = log.read_text()
     assert "stopping" in text and "final:" in text
     assert "(polars threads 1)" in text  # `serve` sizes polars' pool before importing it
+
+
+# --- metrics ---------------------------------------------------------------------------
+
+
+def test_the_metrics_endpoint_counts_what_the_scorer_did_and_its_lag_drains(
+    kafka_settings, topic, world
+):
+    """A backlog waits in the topic; the scorer reads it in small batches while it is scraped."""
+    lake, version, scores_topic = world
+    customers = customers_of(lake)[:200]
+    good = [live_event(i, customers[i % len(customers)]) for i in range(3000)]
+    bad = [(b"{not json", b"k"), (b"[]", b"k")]
+    # in chunks, each flushed: the embedded broker reports the last batch's base offset as
+    # the high watermark, so one batch would show no lag at all
+    for start in range(0, len(good), 300):
+        produce(kafka_settings, topic, good[start : start + 300])
+    produce(kafka_settings, topic, bad)
+    config = config_for(topic, scores_topic, max_batch=100, lag_interval_s=0.05)
+    with Running(kafka_settings, lake, config) as scorer:
+        server = serve_metrics(scorer, 0)  # a free port on loopback
+        try:
+            assert server.url == f"http://127.0.0.1:{server.port}/metrics"
+            most_behind = 0.0
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline:
+                metrics = scrape(server.url)
+                lag = lag_of(metrics)
+                most_behind = max(most_behind, sum(lag.values()))
+                consumed = metrics[("churn_scorer_events_consumed_total", ())]
+                if consumed == len(good) + len(bad) and lag and not any(lag.values()):
+                    break
+                time.sleep(0.02)
+            metrics = scrape(server.url)
+        finally:
+            server.close()
+        champion_churn = scorer.champion.churn.describe()
+
+    def value(name: str, **labels) -> float:
+        return metrics[(name, tuple(sorted(labels.items())))]
+
+    assert value("churn_scorer_events_consumed_total") == len(good) + len(bad)
+    assert value("churn_scorer_events_scored_total") == len(good)
+    expected = sorted(validate(v).reason for v, _ in bad)
+    assert expected == ["invalid_json", "not_an_object"]
+    for reason in expected:
+        assert value("churn_scorer_events_rejected_total", reason=reason) == 1
+    # every score's latency is in the histogram
+    assert value("churn_scorer_score_latency_seconds_count") == len(good)
+    assert value("churn_scorer_score_latency_seconds_bucket", le="+Inf") == len(good)
+    assert value("churn_scorer_score_latency_seconds_sum") > 0
+    assert value("churn_scorer_batches_total") >= len(good) / 100
+    # behind while the backlog was read, caught up at the end, on every partition it holds
+    assert most_behind > 0
+    assert lag_of(metrics) == {0: 0, 1: 0, 2: 0}
+    assert value("churn_scorer_assigned_partitions") == 3
+    assert value("churn_scorer_champion_info", version=version, churn=champion_churn) == 1
+    assert value("churn_scorer_champion_loads_total") == 1
+    assert value("churn_scorer_kafka_reachable") == 1
+    assert value("churn_scorer_customers") >= HISTORY_CUSTOMERS * 0.9
+    assert value("process_resident_memory_bytes") > 0
+
+
+def test_serve_names_a_metrics_port_that_is_taken(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [
+                *(sys.executable, "-m", "churn_platform.cli", "serve"),
+                *("--metrics-port", str(port), "--lake", str(tmp_path)),
+            ],
+            env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"},  # never contacted
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 2, done.stderr
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in done.stderr
+    assert "--metrics-port" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_lag_counts_what_is_beyond_the_next_offset_to_read():
+    from churn_platform.serving.metrics import consumer_lag
+
+    # a watermark behind the position (the embedded broker's last batch) is caught up;
+    # an unknown one (-1001: nothing fetched yet) or a partition not held is left out
+    highs = {0: 120, 1: 40, 2: -1001, 3: 7}
+    assert consumer_lag(highs, {0: 100, 1: 45, 2: 0}) == {0: 20, 1: 0}
 
 
 # --- scale out: partitions are the unit of parallelism ---------------------------------
