@@ -30,6 +30,7 @@ from datetime import date
 
 import dagster as dg
 
+from churn_platform.defs.progress import PROGRESS_LOGGER
 from churn_platform.lake.store import Lake
 
 EXTRACT_JOB = "raw_customer_events_job"
@@ -77,6 +78,34 @@ def _environment(values: Mapping[str, str] | None) -> Iterator[None]:
                 os.environ[key] = old
 
 
+class _Forward(logging.Handler):
+    """Progress lines of a run (the extract's position, churn_model's steps) to `log`."""
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        super().__init__(logging.INFO)
+        self.log = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.log("  " + record.getMessage())
+
+
+@contextlib.contextmanager
+def _progress_to(log: Callable[[str], None]) -> Iterator[None]:
+    """While a run executes here: its progress lines (defs/progress.py) go to `log` only."""
+    logger = logging.getLogger(PROGRESS_LOGGER)
+    handler = _Forward(log)
+    saved = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # a root handler (Beam installs one) would print them twice
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+
 def run_platform(
     instance: dg.DagsterInstance,
     *,
@@ -113,12 +142,13 @@ def _run(instance: dg.DagsterInstance, options: PathOptions, log) -> dict:
 
     def run(definitions, job: str, partition: str | None = None, ops: dict | None = None):
         started = time.perf_counter()
-        result = definitions.resolve_job_def(job).execute_in_process(
-            instance=instance,
-            partition_key=partition,
-            run_config={**QUIET, "ops": ops or {}},
-            raise_on_error=False,
-        )
+        with _progress_to(log):
+            result = definitions.resolve_job_def(job).execute_in_process(
+                instance=instance,
+                partition_key=partition,
+                run_config={**QUIET, "ops": ops or {}},
+                raise_on_error=False,
+            )
         checks = result.get_asset_check_evaluations()
         summary["checks_passed"] += sum(c.passed for c in checks)
         summary["checks_failed"] += sum(not c.passed for c in checks)

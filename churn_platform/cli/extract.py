@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from confluent_kafka import KafkaException
 
@@ -15,7 +16,12 @@ from churn_platform.cli.common import (
     lake_root,
 )
 from churn_platform.events.contract import EVENTS_TOPIC
-from churn_platform.ingestion.extract import ExtractConfig, ExtractError, extract_topic
+from churn_platform.ingestion.extract import (
+    ExtractConfig,
+    ExtractError,
+    extract_topic,
+    format_lag,
+)
 from churn_platform.kafka.admin import BrokerUnavailable
 from churn_platform.lake.ledger import LedgerCorrupt
 from churn_platform.lake.paths import ledger_path
@@ -74,8 +80,12 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"reset: removed {reset_topic(lake, args.topic)} files of {args.topic!r} from {lake.uri}"
         )
+
+    def progress(update) -> None:  # on stderr: stdout stays one JSON object with --json
+        print(update.describe(), file=sys.stderr, flush=True)
+
     try:
-        result = extract_topic(settings, lake, config)
+        result = extract_topic(settings, lake, config, progress=progress)
     except (ExtractError, BrokerUnavailable, LedgerCorrupt, LakeError) as exc:
         raise UserError(str(exc)) from exc
     except KafkaException as exc:  # e.g. a security setting librdkafka refuses
@@ -87,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
             f"extracted {result.messages} messages from {args.topic!r} in {result.seconds:.2f} s "
             f"({result.messages_per_second:,.0f}/s, {result.workers} worker(s)): {result.rows} rows, "
             f"{result.rejected} quarantined {result.rejected_by_reason or ''}, "
-            f"{len(result.files)} files in {lake.uri}"
+            f"{len(result.files)} files in {lake.uri}; lag after the run "
+            f"{format_lag(result.lag)}"
         )
     return 0

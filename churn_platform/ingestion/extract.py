@@ -14,6 +14,13 @@
 A crash before step 3 leaves files the next run deletes and rewrites; a crash
 after it skips nothing. Partitions are split across worker processes when the
 backlog is large (validation is CPU-bound Python; two cores read faster than one).
+
+While it runs, `progress` hears at most every few seconds how far each
+partition is (workers write their positions to shared memory after each chunk;
+the calling process reports them). After the run, the result holds the lag:
+what the topic holds beyond the ledger, from the high watermarks the broker
+reports (the embedded broker reports the last batch's base offset, so there
+the lag under-counts by up to that batch).
 """
 
 from __future__ import annotations
@@ -25,7 +32,8 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for_futures
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -58,6 +66,8 @@ from churn_platform.lake.store import Lake, temp_target
 
 # Below this backlog one process is faster than paying for worker start-up.
 PARALLEL_BACKLOG = 400_000
+# at most one progress line this often (a run shorter than this prints none)
+PROGRESS_EVERY_S = 5.0
 
 
 class ExtractError(RuntimeError):
@@ -119,6 +129,38 @@ class PartitionOutcome:
         return self.end - self.start
 
 
+def format_lag(lag: dict[int, int]) -> str:
+    """`p0=120, p1=0`; "unknown" when the broker did not report."""
+    return ", ".join(f"p{p}={n}" for p, n in sorted(lag.items())) or "unknown"
+
+
+@dataclass(frozen=True)
+class ExtractProgress:
+    """How far a running extract is: what `extract_topic(progress=...)` hears."""
+
+    topic: str
+    seconds: float
+    messages: int
+    rows: int
+    rejected: int
+    positions: dict[int, int]  # partition → next offset to read
+    high_watermarks: dict[int, int]  # reported before the run: a hint of where it ends
+
+    def describe(self) -> str:
+        """One line: messages and rows per second, and each partition's position."""
+        seconds = max(self.seconds, 1e-9)
+        where = ", ".join(
+            f"p{p} {offset:,}"
+            + (f"/{self.high_watermarks[p]:,}" if self.high_watermarks.get(p, -1) > 0 else "")
+            for p, offset in sorted(self.positions.items())
+        )
+        return (
+            f"extract {self.topic}: {self.messages:,} messages in {self.seconds:.0f} s "
+            f"({self.messages / seconds:,.0f}/s), {self.rows:,} rows ({self.rows / seconds:,.0f} "
+            f"rows/s), {self.rejected:,} quarantined; next offset/high watermark {where}"
+        )
+
+
 @dataclass
 class ExtractResult:
     topic: str
@@ -129,6 +171,8 @@ class ExtractResult:
     leftovers_removed: int = 0
     group_committed: bool = False
     group_commit_error: str | None = None
+    # reported by the broker after the run; empty when it did not answer
+    high_watermarks: dict[int, int] = field(default_factory=dict)
 
     @property
     def rows(self) -> int:
@@ -165,6 +209,20 @@ class ExtractResult:
     def rejected_rate(self) -> float:
         return self.rejected / self.messages if self.messages else 0.0
 
+    @property
+    def lag(self) -> dict[int, int]:
+        """partition → messages the topic holds beyond the ledger, after this run.
+
+        From the reported high watermark: the embedded broker reports the last
+        batch's base offset, so there it under-counts by up to that batch
+        (never below 0). Empty when the broker did not report.
+        """
+        return {
+            p: max(0, self.high_watermarks[p] - o.end)
+            for p, o in sorted(self.partitions.items())
+            if self.high_watermarks.get(p, -1) >= 0
+        }
+
     def offsets(self) -> dict[int, tuple[int, int]]:
         """partition → (start, end) offsets of this run."""
         return {p: (o.start, o.end) for p, o in sorted(self.partitions.items())}
@@ -186,6 +244,7 @@ class ExtractResult:
             "leftovers_removed": self.leftovers_removed,
             "group_committed": self.group_committed,
             "offsets": {str(p): {"start": s, "end": e} for p, (s, e) in self.offsets().items()},
+            "lag": {str(p): n for p, n in self.lag.items()},
         }
 
 
@@ -196,11 +255,15 @@ def extract_topic(
     *,
     run_id: str | None = None,
     fault_hook: Callable[[str], None] | None = None,
+    progress: Callable[[ExtractProgress], None] | None = None,
+    progress_every_s: float = PROGRESS_EVERY_S,
 ) -> ExtractResult:
     """Extract everything new in `config.topic` into `lake`, exactly once.
 
-    `fault_hook(stage)` is called at "files_written" and "ledger_written"; tests
-    raise from it to prove a crash at either point loses and duplicates nothing.
+    `progress` is called in this process (this thread) at most every
+    `progress_every_s` while partitions are read. `fault_hook(stage)` is called
+    at "files_written" and "ledger_written"; tests raise from it to prove a
+    crash at either point loses and duplicates nothing.
     """
     config = config or ExtractConfig()
     run_id = run_id or uuid.uuid4().hex[:12]
@@ -224,8 +287,9 @@ def extract_topic(
     highs = _high_watermarks(settings, config, starts)
     backlog = sum(_pending(config, starts[p], high) for p, high in highs.items())
     workers = _worker_count(config, len(partitions), backlog)
+    reporter = _Reporter(config.topic, starts, highs, workers, progress, progress_every_s)
     try:
-        outcomes = _run_workers(settings, lake, config, starts, workers, run_id)
+        outcomes = _run_workers(settings, lake, config, starts, workers, reporter)
     except ReadError as exc:
         beyond = {p: (starts[p], h) for p, h in highs.items() if starts[p] > h}
         hint = ""
@@ -254,6 +318,8 @@ def extract_topic(
         leftovers_removed=removed,
     )
     _commit_group(settings, config, ends, result)
+    # what arrived while this run read, or beyond its cap: the next run's backlog
+    result.high_watermarks = _high_watermarks(settings, config, ends)
     return result
 
 
@@ -349,7 +415,7 @@ def _run_workers(
     config: ExtractConfig,
     starts: dict[int, int],
     workers: int,
-    run_id: str,
+    reporter: _Reporter,
 ) -> dict[int, PartitionOutcome]:
     ordered = sorted(starts)
     shares = [ordered[i::workers] for i in range(workers)]
@@ -357,29 +423,63 @@ def _run_workers(
         (settings, lake.uri, config, {p: starts[p] for p in share}) for share in shares if share
     ]
     outcomes: dict[int, PartitionOutcome] = {}
+    board = reporter.board
     if len(jobs) <= 1:
         for job in jobs:
-            outcomes.update(extract_partitions(*job))
+            outcomes.update(extract_partitions(*job, board=board, on_chunk=reporter.tick))
         return outcomes
     # The children are spawned, not forked (librdkafka threads must not be
     # forked); while they start, this process already works on its own share.
+    # They write their progress to `board` (shared memory), this process reports it.
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=len(jobs) - 1, mp_context=context) as pool:
-        children = [pool.submit(_extract_job, job) for job in jobs[1:]]
-        outcomes.update(extract_partitions(*jobs[0]))
+    with ProcessPoolExecutor(
+        max_workers=len(jobs) - 1,
+        mp_context=context,
+        initializer=_set_worker_board,
+        initargs=(board,),
+    ) as pool:
+        children = [
+            pool.submit(_extract_job, job, worker) for worker, job in enumerate(jobs) if worker
+        ]
+        outcomes.update(extract_partitions(*jobs[0], board=board, on_chunk=reporter.tick))
+        running = set(children)
+        while running:
+            _done, running = wait_for_futures(
+                running, timeout=max(reporter.every_s, 0.1), return_when=FIRST_COMPLETED
+            )
+            reporter.tick()
         for child in children:
             outcomes.update(child.result())
     return outcomes
 
 
-def _extract_job(job: tuple) -> dict[int, PartitionOutcome]:
-    return extract_partitions(*job)
+_worker_board: _Board | None = None  # in a worker process: where its progress goes
+
+
+def _set_worker_board(board: _Board) -> None:
+    global _worker_board
+    _worker_board = board
+
+
+def _extract_job(job: tuple, worker: int) -> dict[int, PartitionOutcome]:
+    return extract_partitions(*job, board=_worker_board, worker=worker)
 
 
 def extract_partitions(
-    settings: KafkaSettings, lake_uri: str, config: ExtractConfig, starts: dict[int, int]
+    settings: KafkaSettings,
+    lake_uri: str,
+    config: ExtractConfig,
+    starts: dict[int, int],
+    *,
+    board: _Board | None = None,
+    worker: int = 0,
+    on_chunk: Callable[[], None] | None = None,
 ) -> dict[int, PartitionOutcome]:
-    """Read `starts`' partitions to EOF and write their files; the ledger is the caller's."""
+    """Read `starts`' partitions to EOF and write their files; the ledger is the caller's.
+
+    After each chunk its progress goes to `board` (slot `worker`) and
+    `on_chunk` is called: a few assignments per 20k messages.
+    """
     lake = Lake(lake_uri)
     reader = OffsetRangeReader(
         settings,
@@ -404,6 +504,10 @@ def extract_partitions(
                 sink.add(chunk, config.max_message_bytes, now)
                 if sink.buffered_rows >= config.flush_rows:
                     sink.flush()
+                if board is not None:
+                    board.record(worker, reader.next_offsets, sink.rows_added, sink.rejects_added)
+                if on_chunk is not None:
+                    on_chunk()
             sink.close()
         except BaseException:
             sink.abort()
@@ -411,6 +515,83 @@ def extract_partitions(
     for p, outcome in sink.outcomes.items():
         outcome.end = reader.next_offsets[p]
     return sink.outcomes
+
+
+class _Board:
+    """A run's progress, one slot per partition (next offset) and per worker (rows, rejects).
+
+    Each slot has one writer. With worker processes it lives in shared memory
+    (passed to them when they are spawned); readers may see a chunk's worth late.
+    """
+
+    def __init__(self, starts: dict[int, int], workers: int, shared: bool) -> None:
+        self.partitions = sorted(starts)
+        self.slots = {p: i for i, p in enumerate(self.partitions)}
+        size = len(self.partitions) + 2 * workers
+        if shared:
+            self.values = multiprocessing.get_context("spawn").RawArray("q", size)
+        else:
+            self.values = [0] * size
+        for p, offset in starts.items():
+            self.values[self.slots[p]] = offset
+        self.workers = workers
+
+    def record(self, worker: int, positions: dict[int, int], rows: int, rejected: int) -> None:
+        values, slots = self.values, self.slots
+        for p, offset in positions.items():
+            values[slots[p]] = offset
+        base = len(self.partitions) + 2 * worker
+        values[base], values[base + 1] = rows, rejected
+
+    def read(self) -> tuple[dict[int, int], int, int]:
+        """(partition → next offset, rows, rejected) as last recorded."""
+        values = list(self.values)
+        n = len(self.partitions)
+        counts = values[n:]
+        return (
+            dict(zip(self.partitions, values[:n], strict=True)),
+            sum(counts[::2]),
+            sum(counts[1::2]),
+        )
+
+
+class _Reporter:
+    """Calls `progress` with what the board says, at most every `every_s` (in this process)."""
+
+    def __init__(
+        self,
+        topic: str,
+        starts: dict[int, int],
+        highs: dict[int, int],
+        workers: int,
+        progress: Callable[[ExtractProgress], None] | None,
+        every_s: float,
+    ) -> None:
+        self.topic, self.starts, self.highs = topic, starts, highs
+        self.progress, self.every_s = progress, every_s
+        self.board = _Board(starts, workers, shared=workers > 1) if progress else None
+        self.started = time.monotonic()
+        self._due = self.started + every_s
+
+    def tick(self) -> None:
+        if self.progress is None:
+            return
+        now = time.monotonic()
+        if now < self._due:
+            return
+        self._due = now + self.every_s
+        positions, rows, rejected = self.board.read()
+        self.progress(
+            ExtractProgress(
+                topic=self.topic,
+                seconds=now - self.started,
+                messages=sum(positions[p] - s for p, s in self.starts.items()),
+                rows=rows,
+                rejected=rejected,
+                positions=positions,
+                high_watermarks=self.highs,
+            )
+        )
 
 
 @contextmanager
@@ -453,6 +634,8 @@ class _Sink:
         self.tables: list[pa.Table] = []
         self.rejects: list[tuple] = []
         self.buffered_rows = 0
+        self.rows_added = 0  # valid rows and rejects seen so far (for progress)
+        self.rejects_added = 0
         self.dead_letters = dead_letters
         self.dead_letter_topic = dead_letter_topic
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="lake-writer")
@@ -475,6 +658,7 @@ class _Sink:
             )
             self.tables.append(table)
             self.buffered_rows += n
+            self.rows_added += n
         for position, reason, detail in batch.rejects:
             self.rejects.append(
                 (
@@ -489,6 +673,7 @@ class _Sink:
                 )
             )
         self.buffered_rows += len(batch.rejects)
+        self.rejects_added += len(batch.rejects)
 
     def flush(self) -> None:
         """Hand the buffered rows to the writers (after the previous flush finished)."""

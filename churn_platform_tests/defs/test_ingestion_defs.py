@@ -8,7 +8,7 @@ import dagster as dg
 import pytest
 
 from churn_platform.defs.ingestion.assets import REJECTED_RATE_CHECK, raw_customer_events
-from churn_platform.defs.ingestion.sensors import customer_events_sensor
+from churn_platform.defs.ingestion.sensors import LAG_TAG, LAG_TOTAL_TAG, customer_events_sensor
 from churn_platform.defs.resources.kafka import KafkaResource
 from churn_platform.defs.resources.lake import LakeResource
 from churn_platform.lake.raw import read_raw_events
@@ -49,6 +49,11 @@ def test_definitions_load_with_every_asset_sensor_and_job(monkeypatch):
     assert {job.executor_def.name for job in jobs} == {"in_process"}
 
 
+def run_log(instance, run_id: str) -> list[str]:
+    """The run's log lines (context.log), as the UI lists them."""
+    return [entry.user_message for entry in instance.all_logs(run_id)]
+
+
 def test_asset_materializes_with_metadata_and_check(kafka_settings, topic, tmp_path, instance):
     valid, bad = produce_round(kafka_settings, topic, seed=300, bad_fraction=0.005)
     result = dg.materialize(
@@ -60,7 +65,15 @@ def test_asset_materializes_with_metadata_and_check(kafka_settings, topic, tmp_p
     metadata = result.asset_materializations_for_node("raw_customer_events")[0].metadata
     assert metadata["rows"].value == len(valid)
     assert metadata["rejected"].value == sum(bad.values())
-    assert "| partition |" in metadata["offsets"].value
+    assert "| partition | start | end | messages | high watermark | lag |" in (
+        metadata["offsets"].value
+    )
+    assert "embedded broker" in metadata["offsets"].value  # why the lag may under-count
+    # everything was read: nothing beyond the ledger
+    assert metadata["lag"].value == 0
+    assert metadata["lag_by_partition"].value == {"0": 0, "1": 0, "2": 0}
+    summary = [line for line in run_log(instance, result.run_id) if line.startswith("extracted")]
+    assert len(summary) == 1 and "lag after the run p0=0, p1=0, p2=0" in summary[0], summary
     check = result.get_asset_check_evaluations()[0]
     assert check.check_name == REJECTED_RATE_CHECK
     assert check.passed
@@ -78,6 +91,26 @@ def test_too_many_rejects_fail_the_blocking_check(kafka_settings, topic, tmp_pat
     evaluation = result.get_asset_check_evaluations()[0]
     assert not evaluation.passed
     assert evaluation.metadata["rejected_rate"].value > 0.01
+
+
+def test_the_extract_logs_its_progress_in_the_run(kafka_settings, topic, tmp_path, instance):
+    for seed in (302, 303):
+        produce_round(kafka_settings, topic, seed=seed, bad_fraction=0.0)
+    result = dg.materialize(
+        [raw_customer_events],
+        instance=instance,
+        resources=resources(kafka_settings, topic, tmp_path),
+        # a line per chunk here; every 5 s by default
+        run_config={"ops": {"raw_customer_events": {"config": {"progress_seconds": 0}}}},
+    )
+    assert result.success
+    messages = (
+        result.asset_materializations_for_node("raw_customer_events")[0].metadata["messages"].value
+    )
+    progress = [line for line in run_log(instance, result.run_id) if line.startswith("extract ")]
+    assert progress, run_log(instance, result.run_id)
+    assert f"extract {topic}: {messages:,} messages" in progress[-1]
+    assert "rows/s" in progress[-1] and "p0 " in progress[-1]
 
 
 def tick(instance, settings_or_address, topic, cursor=None):
@@ -119,6 +152,34 @@ def test_sensor_first_tick_nothing_new_new_data_and_broker_down(kafka_settings, 
     assert down_cursor == new_cursor
 
 
+def test_sensor_says_how_far_the_extract_is_behind(kafka_settings, topic, tmp_path, instance):
+    from churn_platform.ingestion.extract import format_lag
+    from churn_platform.kafka.admin import high_watermarks
+
+    # several flushed rounds: the embedded broker's watermark is the last batch's base offset
+    for seed in (330, 331, 332):
+        produce_round(kafka_settings, topic, seed=seed, bad_fraction=0.0)
+    request, cursor = tick(instance, kafka_settings, topic)
+    assert isinstance(request, dg.RunRequest)
+    marks = high_watermarks(kafka_settings, topic)
+    # nothing extracted yet: everything the broker reports is behind
+    assert request.tags[LAG_TAG] == format_lag(marks)
+    assert int(request.tags[LAG_TOTAL_TAG]) == sum(marks.values()) > 0
+
+    # the extract commits its offsets to its consumer group: caught up
+    extract = dg.materialize(
+        [raw_customer_events],
+        instance=instance,
+        resources=resources(kafka_settings, topic, tmp_path),
+        tags=request.tags,
+    )
+    assert extract.success
+    skipped, _ = tick(instance, kafka_settings, topic, cursor)
+    assert isinstance(skipped, dg.SkipReason)
+    assert "no new data" in skipped.skip_message
+    assert skipped.skip_message.endswith("lag behind the extract p0=0, p1=0, p2=0")
+
+
 def test_sensor_waits_for_missing_topic_and_running_extract(kafka_settings, topic, instance):
     missing, _ = tick(instance, kafka_settings, f"{topic}-not-yet")
     assert isinstance(missing, dg.SkipReason) and "does not exist" in missing.skip_message
@@ -131,6 +192,7 @@ def test_sensor_waits_for_missing_topic_and_running_extract(kafka_settings, topi
     instance.create_run_for_job(job, status=dg.DagsterRunStatus.STARTED)
     busy, cursor = tick(instance, kafka_settings, topic)
     assert isinstance(busy, dg.SkipReason) and "already" in busy.skip_message
+    assert "lag behind the extract p0=" in busy.skip_message
     assert cursor is None
 
 

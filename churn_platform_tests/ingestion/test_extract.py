@@ -10,7 +10,12 @@ import pytest
 
 from churn_platform.events.contract import Reason
 from churn_platform.events.simulator import SimulatorConfig, simulate
-from churn_platform.ingestion.extract import ExtractConfig, ExtractError, extract_topic
+from churn_platform.ingestion.extract import (
+    ExtractConfig,
+    ExtractError,
+    ExtractProgress,
+    extract_topic,
+)
 from churn_platform.kafka.producer import EventProducer
 from churn_platform.lake.ledger import LedgerCorrupt, read_ledger
 from churn_platform.lake.paths import ledger_path
@@ -137,6 +142,65 @@ def test_two_worker_processes_give_the_same_lake(kafka_settings, topic, lake):
     assert result.workers == 2
     assert sorted(read_raw_events(lake, [topic])["event_id"].to_list()) == sorted(valid)
     assert Counter(read_quarantine(lake, [topic])["reason"].to_list()) == bad
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_progress_says_where_each_partition_is_while_it_reads(kafka_settings, topic, lake, workers):
+    """Small chunks and no interval: a line per chunk, from the workers' shared positions."""
+    for seed in (91, 92, 93):
+        produce_round(kafka_settings, topic, seed=seed, bad_fraction=0.01)
+    heard: list[ExtractProgress] = []
+    result = extract_topic(
+        kafka_settings,
+        lake,
+        ExtractConfig(topic=topic, workers=workers, chunk_size=100),
+        progress=heard.append,
+        progress_every_s=0,
+    )
+    assert result.workers == workers
+    assert len(heard) >= result.messages // 100 / workers
+    ends = {p: end for p, (_start, end) in result.offsets().items()}
+    starts = {p: start for p, (start, _end) in result.offsets().items()}
+    for earlier, later in zip(heard, heard[1:], strict=False):
+        assert later.seconds >= earlier.seconds and later.messages >= earlier.messages
+        assert all(later.positions[p] >= earlier.positions[p] for p in ends)
+    assert all(starts[p] <= u.positions[p] <= ends[p] for u in heard for p in ends)
+    # the last line, after every worker's last chunk: the whole run
+    last = heard[-1]
+    assert last.positions == ends
+    assert last.messages == result.messages
+    assert (last.rows, last.rejected) == (result.rows, result.rejected)
+    line = last.describe()
+    assert f"extract {topic}: {result.messages:,} messages" in line
+    assert all(f"p{p} {end:,}" in line for p, end in ends.items()), line
+
+
+def test_without_a_listener_or_within_the_interval_nothing_is_reported(kafka_settings, topic, lake):
+    produce_round(kafka_settings, topic, seed=94, bad_fraction=0.0)
+    heard: list[ExtractProgress] = []
+    extract_topic(
+        kafka_settings, lake, ExtractConfig(topic=topic, chunk_size=100), progress=heard.append
+    )
+    assert heard == []  # a run shorter than the interval (5 s) says nothing until its result
+
+
+def test_lag_is_what_the_topic_holds_beyond_the_ledger_after_the_run(kafka_settings, topic, lake):
+    # several rounds, each flushed: the embedded broker reports the last batch's base offset
+    # as the high watermark, so one batch would show no lag at all
+    for seed in (95, 96, 97, 98):
+        produce_round(kafka_settings, topic, seed=seed, bad_fraction=0.0)
+    capped = extract_topic(
+        kafka_settings, lake, ExtractConfig(topic=topic, max_messages_per_partition=50)
+    )
+    lag = capped.lag
+    assert set(lag) == {0, 1, 2}
+    for p, (_start, end) in capped.offsets().items():
+        assert lag[p] == max(0, capped.high_watermarks[p] - end)
+    assert sum(lag.values()) > 0  # most of the topic is still to read
+    assert capped.as_dict()["lag"] == {str(p): n for p, n in lag.items()}
+    rest = extract_topic(kafka_settings, lake, ExtractConfig(topic=topic))
+    assert rest.messages >= sum(lag.values())  # the lag under-counts by at most the last batch
+    assert rest.lag == {0: 0, 1: 0, 2: 0}
 
 
 def test_group_offsets_mirror_the_ledger(kafka_settings, topic, lake):

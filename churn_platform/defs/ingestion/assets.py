@@ -2,11 +2,22 @@
 
 import dagster as dg
 
+from churn_platform.defs.progress import report
 from churn_platform.defs.resources.kafka import KafkaResource
 from churn_platform.defs.resources.lake import LakeResource
-from churn_platform.ingestion.extract import ExtractConfig, extract_topic
+from churn_platform.ingestion.extract import (
+    PROGRESS_EVERY_S,
+    ExtractConfig,
+    extract_topic,
+    format_lag,
+)
 
 EXTRACT_CONCURRENCY_TAG = "churn-platform/extract"
+LAG_NOTE = (
+    "lag: what the topic holds beyond the ledger after this run (high watermark − end). The "
+    "embedded broker reports the last batch's base offset as the high watermark, so there it "
+    "under-counts by up to that batch."
+)
 EXTRACT_POOL = "kafka_extract"
 REJECTED_RATE_CHECK = "rejected_rate_below_threshold"
 
@@ -18,6 +29,7 @@ class ExtractRunConfig(dg.Config):
     workers: int | None = None
     dead_letter_topic: str | None = None
     max_rejected_rate: float = 0.01
+    progress_seconds: float = PROGRESS_EVERY_S  # at most one progress line this often
 
 
 @dg.asset(
@@ -52,13 +64,22 @@ def raw_customer_events(
             dead_letter_topic=config.dead_letter_topic,
         ),
         run_id=context.run_id[:12],
+        progress=lambda update: report(context, update.describe()),
+        progress_every_s=config.progress_seconds,
+    )
+    report(
+        context,
+        f"extracted {result.messages:,} messages in {result.seconds:.1f} s "
+        f"({result.messages_per_second:,.0f}/s); lag after the run {format_lag(result.lag)}",
     )
     if result.group_commit_error:
         context.log.warning(
             f"consumer-group commit failed (the ledger is committed): {result.group_commit_error}"
         )
+    lag, highs = result.lag, result.high_watermarks
     offsets = "\n".join(
-        f"| {p} | {start} | {end} | {end - start} |" for p, (start, end) in result.offsets().items()
+        f"| {p} | {start} | {end} | {end - start} | {highs.get(p, '?')} | {lag.get(p, '?')} |"
+        for p, (start, end) in result.offsets().items()
     )
     yield dg.MaterializeResult(
         metadata={
@@ -68,8 +89,12 @@ def raw_customer_events(
             "rejected_rate": dg.MetadataValue.float(result.rejected_rate),
             "rejected_by_reason": dg.MetadataValue.json(result.rejected_by_reason),
             "offsets": dg.MetadataValue.md(
-                "| partition | start | end | messages |\n|---:|---:|---:|---:|\n" + offsets
+                "| partition | start | end | messages | high watermark | lag |\n"
+                "|---:|---:|---:|---:|---:|---:|\n" + offsets + "\n\n" + LAG_NOTE
             ),
+            # what the topic holds beyond the ledger once this run committed (plotted per run)
+            "lag": dg.MetadataValue.int(sum(lag.values())) if lag else "unknown",
+            "lag_by_partition": dg.MetadataValue.json({str(p): n for p, n in lag.items()}),
             "files": len(result.files),
             "bytes": result.bytes,
             "seconds": dg.MetadataValue.float(round(result.seconds, 3)),
