@@ -12,6 +12,9 @@ features when both are requested on one tick. Training is not automated here:
 `training_schedule` and `drift_retraining_sensor` start it.
 """
 
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from typing import Literal
 
@@ -19,6 +22,7 @@ import dagster as dg
 from pydantic import Field
 
 from churn_platform.defs.automation import eager_after_checks
+from churn_platform.defs.progress import report
 from churn_platform.defs.resources.beam import BeamRunnerResource
 from churn_platform.defs.resources.churn import ChurnDefinitionResource
 from churn_platform.defs.resources.gate import GateResource
@@ -262,7 +266,9 @@ def churn_model(
 ) -> dg.MaterializeResult:
     """A calibrated gradient-boosting candidate (and its logistic baseline), registered and gated."""
     store = lake.lake()
-    training = read_training_set(store)
+    with _step(context, "read the training set") as done:
+        training = read_training_set(store)
+        done(f"{training.rows:,} rows, {len(training.dates)} as-of dates")
     train_config = TrainConfig(
         seed=config.seed,
         horizon_days=training.churn.horizon_days,
@@ -278,25 +284,32 @@ def churn_model(
         confidence=gate.confidence,
         seed=config.seed,
     )
-    trained = train_models(training.table, training.features, train_config)
+    with _step(context, "evaluation fit (train dates → holdout)") as done:
+        trained = train_models(training.table, training.features, train_config)
+        done(
+            ", ".join(f"{name} {seconds:.1f} s" for name, seconds in trained.seconds.items())
+            + f"; holdout ROC AUC {trained.metrics['candidate']['roc_auc']:.3f}"
+        )
     cand = trained.metrics["candidate"]
     y, customers = trained.holdout_labels, trained.holdout_customers
-    quality = judge_candidate(
-        y,
-        trained.holdout_scores["candidate"],
-        trained.holdout_scores["baseline"],
-        customers,
-        gate_config,
-    )
-    regression = _against_champion(store, trained, training.churn, gate_config, context)
+    with _step(context, "gate: bootstrap of the holdout against baseline and no-skill") as done:
+        quality = judge_candidate(
+            y,
+            trained.holdout_scores["candidate"],
+            trained.holdout_scores["baseline"],
+            customers,
+            gate_config,
+        )
+        done("passed" if quality.passed else "failed")
+    with _step(context, "gate: against the champion") as done:
+        regression = _against_champion(store, trained, training.churn, gate_config, context)
+        done("passed" if regression.passed else "failed")
     passed, reasons = gate_summary(quality, regression)
     served: ServedModel | None = None
     if passed and config.refit_on_all_dates:
-        served = fit_served(training.table, trained.features, train_config)
-        context.log.info(
-            f"served model fitted on every labelled date: {served.rows:,} rows over "
-            f"{len(served.dates)} dates in {served.seconds:.1f} s"
-        )
+        with _step(context, "served refit on every labelled date") as done:
+            served = fit_served(training.table, trained.features, train_config)
+            done(f"{served.rows:,} rows over {len(served.dates)} dates")
     elif not passed:
         for rule in quality.failed() + regression.failed():
             context.log.error(f"gate: {rule.line()}")
@@ -305,6 +318,7 @@ def churn_model(
     card = model_card(
         version, trained, training.rows, data_range, reasons, passed, training.churn, served
     )
+    saving = time.perf_counter()
     registry.save_model(
         store,
         version,
@@ -336,6 +350,7 @@ def churn_model(
         },
         card=card,
     )
+    report(context, f"churn_model: registered {version} ({time.perf_counter() - saving:.1f} s)")
     scores = {
         "gradient boosting": trained.holdout_scores["candidate"],
         "logistic baseline": trained.holdout_scores["baseline"],
@@ -379,6 +394,17 @@ def churn_model(
             _check_result(NO_REGRESSION_CHECK, regression),
         ],
     )
+
+
+@contextmanager
+def _step(context: dg.AssetExecutionContext, what: str) -> Iterator[Callable[[str], None]]:
+    """A line when `what` starts, and one with what it found and how long it took."""
+    report(context, f"churn_model: {what} ...")
+    started = time.perf_counter()
+    found: list[str] = []
+    yield found.append
+    took = f"{time.perf_counter() - started:.1f} s"
+    report(context, f"churn_model: {what}: {'; '.join([*found, took])}")
 
 
 def _check_result(name: str, verdict: Verdict) -> dg.AssetCheckResult:
