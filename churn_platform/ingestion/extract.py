@@ -151,7 +151,8 @@ class ExtractProgress:
         seconds = max(self.seconds, 1e-9)
         where = ", ".join(
             f"p{p} {offset:,}"
-            + (f"/{self.high_watermarks[p]:,}" if self.high_watermarks.get(p, -1) > 0 else "")
+            # a snapshot from before the run, and on the embedded broker one batch short
+            + (f"/≈{self.high_watermarks[p]:,}" if self.high_watermarks.get(p, -1) > 0 else "")
             for p, offset in sorted(self.positions.items())
         )
         return (
