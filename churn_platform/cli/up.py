@@ -17,8 +17,9 @@ Where the events come from decides what runs:
 Then a bootstrap in this process (extract, features for the training dates,
 training, scores) recorded in the same Dagster instance as the UI so its runs
 show there, then `dg dev` (sensors and automation on), the live simulator
-(when simulating) and the streaming scorer, all reading the same topic
-(CHURN_EVENTS_TOPIC in their environment, `--topic` for the scorer). It prints
+(when simulating) and the streaming scorer with its Prometheus metrics, all
+reading the same topic (CHURN_EVENTS_TOPIC in their environment, `--topic`
+for the scorer). It prints
 where to look once the UI answers, including, when the bootstrap made no
 champion, why and how to make one.
 
