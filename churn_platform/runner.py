@@ -404,7 +404,7 @@ def summary_lines(summary: dict) -> list[str]:
     if summary.get("runs"):
         lines.append(
             f"  Dagster runs         {len(summary['runs'])} on the project's instance "
-            "(see them in the UI: make up, or dagster dev)"
+            "(see them in the UI: make up, or dg dev)"
         )
     if "features_as_of" in summary:
         lines.append(

@@ -3,7 +3,7 @@
 The path `runner.run_platform` runs (extract → features and labels for the
 training dates → model, gate, champion → scores of the latest complete date),
 each step a run of the project's own jobs on the project's instance
-(`DAGSTER_HOME`, default var/dagster), so `make up` / `dagster dev` shows them.
+(`DAGSTER_HOME`, default var/dagster), so `make up` / `dg dev` shows them.
 Exit 0: a champion scored every active customer; 1: the data could not
 support a model (the line says why, with the setting that changes it); 2: bad
 settings or a failed step.
