@@ -72,7 +72,9 @@ def describe(processes: list[psutil.Process]) -> str:
             argv = process.cmdline()
         except psutil.Error:
             argv = []
-        names.append(f"{process.pid} ({' '.join(argv[:4])[:80]})")
+        # the program's name, not its path: a long install path must not hide what it is
+        words = [os.path.basename(argv[0]), *argv[1:4]] if argv else []
+        names.append(f"{process.pid} ({' '.join(words)[:80]})")
     return ", ".join(names)
 
 

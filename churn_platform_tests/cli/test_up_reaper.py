@@ -122,3 +122,22 @@ def test_everything_up_started_stops_after_a_sigkill_and_nothing_else(tmp_path: 
     assert f"up (pid {up.pid}) has ended; stopping the" in log, log
     assert f"SIGKILL to 1 still running after 2 s: {grandchild}" in log, log
     assert (tmp_path / "broker-saw").read_text() == "gone"  # the broker went last
+
+
+def test_the_reaper_names_a_process_by_its_program_not_its_path(tmp_path):
+    """A deep install path (CI's is longer than ours) must not cut off what a process is."""
+    from churn_platform.cli.up_reaper import describe
+
+    deep = tmp_path.joinpath(*(["very-long-directory-name"] * 6))
+    deep.mkdir(parents=True)
+    program = deep / "tansu"
+    program.symlink_to(sys.executable)
+    process = subprocess.Popen([str(program), "-c", "import time; time.sleep(30)", "broker"])
+    try:
+        time.sleep(0.5)
+        line = describe([psutil.Process(process.pid)])
+        assert line.startswith(f"{process.pid} (tansu -c "), line
+        assert line.endswith("broker)"), line
+    finally:
+        process.kill()
+        process.wait(10)
