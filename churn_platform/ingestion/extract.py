@@ -31,7 +31,7 @@ import os
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for_futures
 from contextlib import contextmanager
@@ -129,6 +129,18 @@ class PartitionOutcome:
         return self.end - self.start
 
 
+def lag_behind(highs: dict[int, int], next_offsets: Mapping[int, int]) -> dict[int, int]:
+    """partition → messages the topic holds beyond `next_offsets` (a ledger's, or a run's ends).
+
+    From reported high watermarks (negative: not reported, left out): the embedded
+    broker reports the last batch's base offset, so there this under-counts by up to
+    that batch, never below 0.
+    """
+    return {
+        p: max(0, high - next_offsets.get(p, 0)) for p, high in sorted(highs.items()) if high >= 0
+    }
+
+
 def format_lag(lag: dict[int, int]) -> str:
     """`p0=120, p1=0`; "unknown" when the broker did not report."""
     return ", ".join(f"p{p}={n}" for p, n in sorted(lag.items())) or "unknown"
@@ -218,11 +230,8 @@ class ExtractResult:
         batch's base offset, so there it under-counts by up to that batch
         (never below 0). Empty when the broker did not report.
         """
-        return {
-            p: max(0, self.high_watermarks[p] - o.end)
-            for p, o in sorted(self.partitions.items())
-            if self.high_watermarks.get(p, -1) >= 0
-        }
+        ends = {p: o.end for p, o in self.partitions.items()}
+        return lag_behind({p: h for p, h in self.high_watermarks.items() if p in ends}, ends)
 
     def offsets(self) -> dict[int, tuple[int, int]]:
         """partition → (start, end) offsets of this run."""

@@ -113,35 +113,3 @@ def high_watermarks(settings: KafkaSettings, topic: str, timeout: float = 5.0) -
         return marks
     finally:
         consumer.close()
-
-
-def group_lag(
-    settings: KafkaSettings,
-    topic: str,
-    group_id: str,
-    highs: dict[int, int],
-    timeout: float = 5.0,
-) -> dict[int, int]:
-    """partition → high watermark − the group's committed offset (0 when it committed none).
-
-    What lag tools show for the group. The embedded broker reports high
-    watermarks from the last batch's base offset, so there this under-counts by
-    up to a batch and is never below 0. Raises `BrokerUnavailable`.
-    """
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer(
-        settings.client_config(**{"group.id": group_id, "enable.auto.commit": False})
-    )
-    try:
-        committed = consumer.committed(
-            [TopicPartition(topic, p) for p in sorted(highs)], timeout=timeout
-        )
-    except KafkaException as exc:
-        raise BrokerUnavailable(
-            f"Kafka at {settings.bootstrap_servers} did not return the offsets of group "
-            f"{group_id!r} on {topic!r}: {exc}"
-        ) from exc
-    finally:
-        consumer.close()
-    return {tp.partition: max(0, highs[tp.partition] - max(tp.offset, 0)) for tp in committed}

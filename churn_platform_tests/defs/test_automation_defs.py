@@ -323,7 +323,8 @@ def automation_tick(definitions, instance, cursor=None):
 
 def extract_tick(definitions, instance, kafka: KafkaResource, cursor=None):
     """customer_events_sensor once; the run it requests, executed like the daemon would."""
-    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"kafka": kafka})
+    resources = {"kafka": kafka, "lake": definitions.resources["lake"]}
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
     request = customer_events_sensor(context)
     assert isinstance(request, dg.RunRequest), request
     result = definitions.resolve_job_def(customer_events_sensor.job_name).execute_in_process(

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import time
 
 import dagster as dg
 import pytest
 
 from churn_platform.defs.ingestion.assets import REJECTED_RATE_CHECK, raw_customer_events
-from churn_platform.defs.ingestion.sensors import LAG_TAG, LAG_TOTAL_TAG, customer_events_sensor
+from churn_platform.defs.ingestion.sensors import (
+    LAG_TAG,
+    LAG_TOTAL_TAG,
+    TRIGGER_REASON_TAG,
+    customer_events_sensor,
+)
 from churn_platform.defs.resources.kafka import KafkaResource
 from churn_platform.defs.resources.lake import LakeResource
 from churn_platform.lake.raw import read_raw_events
@@ -113,40 +119,61 @@ def test_the_extract_logs_its_progress_in_the_run(kafka_settings, topic, tmp_pat
     assert "rows/s" in progress[-1] and "p0 " in progress[-1]
 
 
-def tick(instance, settings_or_address, topic, cursor=None):
-    kafka = (
-        KafkaResource(bootstrap_servers=settings_or_address, events_topic=topic)
+def tick(instance, settings_or_address, topic, lake_root, cursor=None):
+    address = (
+        settings_or_address
         if isinstance(settings_or_address, str)
-        else KafkaResource(
-            bootstrap_servers=settings_or_address.bootstrap_servers, events_topic=topic
-        )
+        else settings_or_address.bootstrap_servers
     )
-    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"kafka": kafka})
+    context = dg.build_sensor_context(
+        instance=instance,
+        cursor=cursor,
+        resources={
+            "kafka": KafkaResource(bootstrap_servers=address, events_topic=topic),
+            "lake": LakeResource(root=str(lake_root)),
+        },
+    )
     return customer_events_sensor(context), context.cursor
 
 
-def test_sensor_first_tick_nothing_new_new_data_and_broker_down(kafka_settings, topic, instance):
-    # topic exists but is empty: the first tick records watermarks only if they moved
+def extract(instance, settings, topic, lake_root, tags=None):
+    """The extract the sensor requested, run as the daemon would."""
+    result = dg.materialize(
+        [raw_customer_events],
+        instance=instance,
+        resources=resources(settings, topic, lake_root),
+        tags=tags or {},
+    )
+    assert result.success
+    return result
+
+
+def test_sensor_first_tick_nothing_new_new_data_and_broker_down(
+    kafka_settings, topic, instance, tmp_path
+):
+    lake = tmp_path / "lake"
     produce_round(kafka_settings, topic, seed=310, bad_fraction=0.0)
-    first, cursor = tick(instance, kafka_settings, topic)
+    first, cursor = tick(instance, kafka_settings, topic, lake)
     assert isinstance(first, dg.RunRequest)
+    assert first.tags[TRIGGER_REASON_TAG] == "new-data"
     assert cursor and all(v >= 0 for v in json.loads(cursor).values())
 
-    again, same_cursor = tick(instance, kafka_settings, topic, cursor)
+    extract(instance, kafka_settings, topic, lake, first.tags)
+    again, same_cursor = tick(instance, kafka_settings, topic, lake, cursor)
     assert isinstance(again, dg.SkipReason)
     assert "no new data" in again.skip_message
     assert same_cursor == cursor
 
     produce_round(kafka_settings, topic, seed=311, bad_fraction=0.0)
     produce_round(kafka_settings, topic, seed=312, bad_fraction=0.0)  # move the lagging watermark
-    moved, new_cursor = tick(instance, kafka_settings, topic, cursor)
+    moved, new_cursor = tick(instance, kafka_settings, topic, lake, cursor)
     assert isinstance(moved, dg.RunRequest)
     assert new_cursor != cursor
 
     from churn_platform.kafka.broker import free_port
 
     address = f"127.0.0.1:{free_port()}"
-    down, down_cursor = tick(instance, address, topic, new_cursor)
+    down, down_cursor = tick(instance, address, topic, lake, new_cursor)
     assert isinstance(down, dg.SkipReason)
     assert address in down.skip_message and "unreachable" in down.skip_message
     assert down_cursor == new_cursor
@@ -156,32 +183,93 @@ def test_sensor_says_how_far_the_extract_is_behind(kafka_settings, topic, tmp_pa
     from churn_platform.ingestion.extract import format_lag
     from churn_platform.kafka.admin import high_watermarks
 
+    lake = tmp_path / "lake"
     # several flushed rounds: the embedded broker's watermark is the last batch's base offset
     for seed in (330, 331, 332):
         produce_round(kafka_settings, topic, seed=seed, bad_fraction=0.0)
-    request, cursor = tick(instance, kafka_settings, topic)
+    request, cursor = tick(instance, kafka_settings, topic, lake)
     assert isinstance(request, dg.RunRequest)
     marks = high_watermarks(kafka_settings, topic)
     # nothing extracted yet: everything the broker reports is behind
     assert request.tags[LAG_TAG] == format_lag(marks)
     assert int(request.tags[LAG_TOTAL_TAG]) == sum(marks.values()) > 0
 
-    # the extract commits its offsets to its consumer group: caught up
-    extract = dg.materialize(
-        [raw_customer_events],
-        instance=instance,
-        resources=resources(kafka_settings, topic, tmp_path),
-        tags=request.tags,
-    )
-    assert extract.success
-    skipped, _ = tick(instance, kafka_settings, topic, cursor)
+    # the extract's ledger holds all of it: caught up
+    extract(instance, kafka_settings, topic, lake, request.tags)
+    skipped, _ = tick(instance, kafka_settings, topic, lake, cursor)
     assert isinstance(skipped, dg.SkipReason)
     assert "no new data" in skipped.skip_message
     assert skipped.skip_message.endswith("lag behind the extract p0=0, p1=0, p2=0")
 
 
-def test_sensor_waits_for_missing_topic_and_running_extract(kafka_settings, topic, instance):
-    missing, _ = tick(instance, kafka_settings, f"{topic}-not-yet")
+def test_sensor_retries_a_backlog_a_failed_extract_left_without_new_data(
+    kafka_settings, topic, tmp_path, instance, monkeypatch
+):
+    """An extract killed or failed after the sensor moved its cursor: no new data will come
+    to bring another, yet the lake trails the topic. The sensor brings one, not every tick."""
+    from churn_platform.definitions import defs
+    from churn_platform.defs.ingestion import sensors
+    from churn_platform.defs.ingestion.assets import raw_customer_events_job
+
+    lake = tmp_path / "lake"
+    for seed in (340, 341):
+        produce_round(kafka_settings, topic, seed=seed, bad_fraction=0.0)
+    request, cursor = tick(instance, kafka_settings, topic, lake)
+    assert isinstance(request, dg.RunRequest)
+    # the requested run dies: a worker killed with SIGKILL, reported failed by its code server
+    job = defs().resolve_job_def(raw_customer_events_job.name)
+    killed = instance.create_run_for_job(job, status=dg.DagsterRunStatus.STARTED)
+    instance.report_run_failed(killed)
+    ended = instance.get_run_record_by_id(killed.run_id).end_time
+
+    monkeypatch.setattr(sensors, "wall_clock", lambda: ended + 5)
+    waiting, same = tick(instance, kafka_settings, topic, lake, cursor)
+    assert isinstance(waiting, dg.SkipReason) and same == cursor
+    assert f"the last extract (run {killed.run_id[:8]}, FAILURE) left it" in waiting.skip_message
+    assert "retrying in 25 s" in waiting.skip_message
+    assert "lag behind the extract p0=" in waiting.skip_message
+
+    monkeypatch.setattr(sensors, "wall_clock", lambda: ended + sensors.RETRY_AFTER_S)
+    retry, _ = tick(instance, kafka_settings, topic, lake, cursor)
+    assert isinstance(retry, dg.RunRequest)
+    assert retry.tags[TRIGGER_REASON_TAG] == "backlog"
+    assert int(retry.tags[LAG_TOTAL_TAG]) > 0
+
+    # an extract that read something and still left a backlog (its cap): the next at once
+    # (the extract job itself, as the daemon runs it: its run ends after its materialization)
+    capped = (
+        dg.Definitions(
+            assets=[raw_customer_events],
+            jobs=[raw_customer_events_job],
+            resources=resources(kafka_settings, topic, lake),
+        )
+        .resolve_job_def(raw_customer_events_job.name)
+        .execute_in_process(
+            instance=instance,
+            run_config={
+                "ops": {"raw_customer_events": {"config": {"max_messages_per_partition": 5}}}
+            },
+            tags=retry.tags,
+        )
+    )
+    assert capped.success
+    monkeypatch.setattr(sensors, "wall_clock", time.time)
+    after_cap, _ = tick(instance, kafka_settings, topic, lake, cursor)
+    assert isinstance(after_cap, dg.RunRequest), after_cap
+    assert after_cap.tags[TRIGGER_REASON_TAG] == "backlog"
+
+    # caught up: nothing more, however long it waits
+    extract(instance, kafka_settings, topic, lake, after_cap.tags)
+    monkeypatch.setattr(sensors, "wall_clock", lambda: time.time() + 3600)
+    done, _ = tick(instance, kafka_settings, topic, lake, cursor)
+    assert isinstance(done, dg.SkipReason) and "no new data" in done.skip_message
+
+
+def test_sensor_waits_for_missing_topic_and_running_extract(
+    kafka_settings, topic, instance, tmp_path
+):
+    lake = tmp_path / "lake"
+    missing, _ = tick(instance, kafka_settings, f"{topic}-not-yet", lake)
     assert isinstance(missing, dg.SkipReason) and "does not exist" in missing.skip_message
 
     produce_round(kafka_settings, topic, seed=320, bad_fraction=0.0)
@@ -190,7 +278,7 @@ def test_sensor_waits_for_missing_topic_and_running_extract(kafka_settings, topi
 
     job = defs().resolve_job_def(raw_customer_events_job.name)
     instance.create_run_for_job(job, status=dg.DagsterRunStatus.STARTED)
-    busy, cursor = tick(instance, kafka_settings, topic)
+    busy, cursor = tick(instance, kafka_settings, topic, lake)
     assert isinstance(busy, dg.SkipReason) and "already" in busy.skip_message
     assert "lag behind the extract p0=" in busy.skip_message
     assert cursor is None

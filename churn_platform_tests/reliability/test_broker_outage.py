@@ -297,9 +297,7 @@ def test_extract_and_sensor_during_an_outage_then_exactly_once_after(outage, tmp
     with dg.instance_for_test(overrides=no_capture) as instance:
 
         def tick(cursor):
-            context = dg.build_sensor_context(
-                instance=instance, cursor=cursor, resources={"kafka": kafka}
-            )
+            context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
             return customer_events_sensor(context), context.cursor
 
         first_ids, _ = produce_round(outage.settings, topic, seed=700, bad_fraction=0.005)
