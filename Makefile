@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 # the project-local Dagster instance: dagster.yaml is copied there, data stays under var/
 export DAGSTER_HOME := $(CURDIR)/var/dagster
 
-.PHONY: install chromium demo test up broker lint bench scale soak fuzz clean
+.PHONY: install chromium postgresql demo test up broker lint bench scale soak fuzz clean
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -34,7 +34,23 @@ chromium:
 		echo "chromium is not installed: the UI test will be skipped (apt-get install chromium)"; \
 	fi
 
-test: $(STAMP) chromium
+# Debian's PostgreSQL for the tests of Dagster on PostgreSQL (churn_platform_tests/deploy/):
+# each test session runs a throw-away cluster of its own (initdb and pg_ctl in a temporary
+# directory, a loopback port), never the packaged service. Installed with apt when missing.
+postgresql:
+	@{ ls /usr/lib/postgresql/*/bin/initdb || command -v initdb; } >/dev/null 2>&1 && exit 0; \
+	if [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian's postgresql for the Dagster-on-PostgreSQL tests ..."; \
+		log=$$(mktemp); \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends postgresql; } >$$log 2>&1 \
+			|| { tail -20 $$log; rm -f $$log; exit 1; }; \
+		rm -f $$log; \
+	else \
+		echo "PostgreSQL is not installed: the Dagster-on-PostgreSQL tests will be skipped (apt-get install postgresql)"; \
+	fi
+
+test: $(STAMP) chromium postgresql
 	$(PY) -m pytest
 
 up: $(STAMP)

@@ -34,3 +34,4 @@ def topic(kafka_settings: KafkaSettings) -> str:
 
 # the simulated lake with features and labels that the ML tests share (built once)
 from churn_platform_tests.ml.ml_lake import ml_lake  # noqa: E402,F401
+from churn_platform_tests.postgres import postgres, postgres_database  # noqa: E402,F401

@@ -11,7 +11,17 @@ import importlib
 import os
 import sys
 
-SUBCOMMANDS = ("broker", "simulate", "replay", "extract", "train", "demo", "up", "serve")
+SUBCOMMANDS = (
+    "broker",
+    "simulate",
+    "replay",
+    "extract",
+    "train",
+    "demo",
+    "up",
+    "serve",
+    "deployment",
+)
 # The streaming scorer's features are a few small polars queries per micro-batch:
 # waking a pool of threads for them cost more than it saved (benchmarks/streaming.py
 # at 1,000 events/s: scorer p99 146 ms with one thread, 201 ms with two).
