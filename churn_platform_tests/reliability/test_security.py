@@ -465,8 +465,9 @@ def test_commands_bind_to_loopback_by_default():
     assert DEFAULT_HOST == EmbeddedBroker().host == "127.0.0.1"
     # exposing is explicit
     assert parser.parse_args(["up", "--host", "0.0.0.0"]).host == "0.0.0.0"
-    # the streaming scorer only connects to Kafka: nothing to bind, so no address option
+    # the streaming scorer binds only its metrics endpoint, when asked, and on loopback
     serve = parser.parse_args(["serve"])
+    assert serve.metrics_port is None and serve.metrics_host == "127.0.0.1"
     assert not {"host", "bind", "listen"} & set(vars(serve))
 
 
