@@ -63,13 +63,14 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check churn_platform churn_platform_tests benchmarks
 	$(VENV)/bin/ruff format --check churn_platform churn_platform_tests benchmarks
 
-bench: $(STAMP)
+bench: $(STAMP) postgresql
 	$(PY) benchmarks/extract.py
 	$(PY) benchmarks/replay.py
 	$(PY) benchmarks/features.py
 	$(PY) benchmarks/model.py
 	$(PY) benchmarks/streaming.py
 	$(PY) benchmarks/freshness.py
+	$(PY) benchmarks/deployment.py
 	$(PY) benchmarks/own_data.py
 	$(PY) benchmarks/feature_evidence.py
 
