@@ -205,12 +205,15 @@ class ChampionWatcher:
         if marker == self._marker:
             return False
         model = registry.load_champion(self.lake)  # corrupt or untrusted: fails loudly
-        self.model, self._marker = model, marker
         self.spec = model.record.spec or spec_for(model.features)
         self.churn = model.record.churn
         self._fast = small_batch_predictor(model.estimator, model.features)
         self._fast_verified = False
+        self._marker = marker
         self.loads += 1
+        # last: a reader in another thread (the metrics endpoint) that sees the new model
+        # sees everything that goes with it
+        self.model = model
         gc.freeze()  # the new model is long-lived too (see _freeze_heap)
         log.info(
             "serving champion %s (%d features; churn: %s)",
