@@ -71,6 +71,7 @@ def main() -> None:
         "benchmark": "extract",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()} {platform.processor() or ''} cores={__import__('os').cpu_count()}",
+        "load_average_at_end": __import__("os").getloadavg(),
         "messages": produced.messages_produced,
         "bad_fraction": args.bad_fraction,
         "raw_consume_per_s": round(raw_best),
