@@ -33,24 +33,12 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-from freshness import one_round  # benchmarks/ is this script's directory
+from freshness import one_round, percentiles  # benchmarks/ is this script's directory
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # for churn_platform_tests: the deployment and PostgreSQL harness
 RESULTS = ROOT / "benchmarks" / "results" / "deployment.json"
 TOPIC = "customer-events"
-
-
-def stats(values: list[float | None]) -> dict:
-    done = [v for v in values if v is not None]
-    if not done:
-        return {"n": 0}
-    return {
-        "n": len(done),
-        "p50_s": round(float(np.percentile(done, 50)), 2),
-        "p95_s": round(float(np.percentile(done, 95)), 2),
-        "max_s": round(max(done), 2),
-    }
 
 
 def measure(storage: str, root: Path, args, postgres=None) -> dict:
@@ -127,8 +115,8 @@ def measure(storage: str, root: Path, args, postgres=None) -> dict:
         "processes_ready_s": round(ready_s, 1),
         "first_scores_s": round(first_scores_s, 1),
         "rounds": rounds,
-        "to_lake": stats([r["to_lake_s"] for r in rounds]),
-        "to_scores": stats([r["to_scores_s"] for r in rounds]),
+        "to_lake": percentiles([r["to_lake_s"] for r in rounds]),
+        "to_scores": percentiles([r["to_scores_s"] for r in rounds]),
         "missed": sum(r["to_scores_s"] is None for r in rounds),
     }
 

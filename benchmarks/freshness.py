@@ -123,6 +123,19 @@ def one_round(settings, lake, customer: str, timeout: float) -> dict:
     return {"customer": customer, "to_lake_s": to_lake, "to_scores_s": to_scores}
 
 
+def percentiles(values: list[float | None]) -> dict:
+    """p50, p95 and max of the rounds that finished (None: missed)."""
+    done = [v for v in values if v is not None]
+    if not done:
+        return {"n": 0}
+    return {
+        "n": len(done),
+        "p50_s": round(float(np.percentile(done, 50)), 2),
+        "p95_s": round(float(np.percentile(done, 95)), 2),
+        "max_s": round(max(done), 2),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=8)
@@ -170,15 +183,7 @@ def main() -> None:
             os.killpg(process.pid, signal.SIGKILL)
 
     def stats(key: str) -> dict:
-        values = [r[key] for r in rounds if r[key] is not None]
-        if not values:
-            return {"n": 0}
-        return {
-            "n": len(values),
-            "p50_s": round(float(np.percentile(values, 50)), 2),
-            "p95_s": round(float(np.percentile(values, 95)), 2),
-            "max_s": round(max(values), 2),
-        }
+        return percentiles([r[key] for r in rounds])
 
     result = {
         "benchmark": "freshness",
