@@ -47,6 +47,7 @@ def measure(storage: str, root: Path, args, postgres=None) -> dict:
 
     from churn_platform.defs.ml.schedules import TRAINING_CRON_ENV
     from churn_platform.defs.resources.drift import THRESHOLD_ENV
+    from churn_platform.environ import temporary_environ
     from churn_platform.events.simulator import SimulatorConfig, produce_simulation
     from churn_platform.instance import PROJECT_DAGSTER_YAML
     from churn_platform.kafka.broker import EmbeddedBroker
@@ -71,45 +72,38 @@ def measure(storage: str, root: Path, args, postgres=None) -> dict:
         }
         if postgres is not None:
             env |= postgres.environment(postgres.create_database())
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        try:
-            deployment = Deployment(root / "deployment", env)
-            if postgres is None:  # the reference: the project's dagster.yaml, SQLite
-                shutil.copyfile(PROJECT_DAGSTER_YAML, deployment.home / "dagster.yaml")
-            started = time.monotonic()
-            with threadpool_limits(1), deployment.instance() as instance:
-                trained = run_platform(
-                    instance, options=PathOptions(engine="polars", score=False), log=lambda _: None
-                )
-            train_s = time.monotonic() - started
-            if not trained.get("champion_version"):
-                raise RuntimeError(f"{storage}: no champion: {trained.get('stopped')}")
-            stack.callback(deployment.stop)
-            started = time.monotonic()
-            deployment.start_all()
-            ready_s = time.monotonic() - started
+        # the instance reads DAGSTER_PG_*, the runs the rest
+        stack.enter_context(temporary_environ(env))
+        deployment = Deployment(root / "deployment", env)
+        if postgres is None:  # the reference: the project's dagster.yaml, SQLite
+            shutil.copyfile(PROJECT_DAGSTER_YAML, deployment.home / "dagster.yaml")
+        started = time.monotonic()
+        with threadpool_limits(1), deployment.instance() as instance:
+            trained = run_platform(
+                instance, options=PathOptions(engine="polars", score=False), log=lambda _: None
+            )
+        train_s = time.monotonic() - started
+        if not trained.get("champion_version"):
+            raise RuntimeError(f"{storage}: no champion: {trained.get('stopped')}")
+        stack.callback(deployment.stop)
+        started = time.monotonic()
+        deployment.start_all()
+        ready_s = time.monotonic() - started
 
-            today = datetime.now(UTC).date()
-            scores = lake.path(f"scores/churn_scores/as_of={today.isoformat()}/part-0.parquet")
-            deadline = time.monotonic() + 300
-            while not os.path.exists(scores) and time.monotonic() < deadline:
-                time.sleep(1)  # automation's first run scores today
-            first_scores_s = time.monotonic() - started
-            customers = sorted(pl.read_parquet(scores)["customer_id"].to_list())
-            rng = np.random.default_rng(7)
-            rounds = []
-            for i in range(args.rounds):
-                result = one_round(broker.settings, lake, str(rng.choice(customers)), args.timeout)
-                rounds.append(result)
-                print(f"{storage} round {i + 1}: {result}", flush=True)
-                time.sleep(3)
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+        today = datetime.now(UTC).date()
+        scores = lake.path(f"scores/churn_scores/as_of={today.isoformat()}/part-0.parquet")
+        deadline = time.monotonic() + 300
+        while not os.path.exists(scores) and time.monotonic() < deadline:
+            time.sleep(1)  # automation's first run scores today
+        first_scores_s = time.monotonic() - started
+        customers = sorted(pl.read_parquet(scores)["customer_id"].to_list())
+        rng = np.random.default_rng(7)
+        rounds = []
+        for i in range(args.rounds):
+            result = one_round(broker.settings, lake, str(rng.choice(customers)), args.timeout)
+            rounds.append(result)
+            print(f"{storage} round {i + 1}: {result}", flush=True)
+            time.sleep(3)
     return {
         "train_s": round(train_s, 1),
         "processes_ready_s": round(ready_s, 1),

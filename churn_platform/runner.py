@@ -31,6 +31,7 @@ from datetime import date
 import dagster as dg
 
 from churn_platform.defs.progress import PROGRESS_LOGGER
+from churn_platform.environ import temporary_environ
 from churn_platform.lake.store import Lake
 
 EXTRACT_JOB = "raw_customer_events_job"
@@ -61,21 +62,6 @@ class PathOptions:
     engine: str = "beam"  # customer_features' engine
     max_rejected_rate: float | None = None  # raw_customer_events' limit (None: its default)
     model_config: dict = field(default_factory=dict)  # churn_model run config
-
-
-@contextlib.contextmanager
-def _environment(values: Mapping[str, str] | None) -> Iterator[None]:
-    """`values` in os.environ while runs resolve their `dg.EnvVar`s; restored after."""
-    saved = {key: os.environ.get(key) for key in values or {}}
-    os.environ.update(values or {})
-    try:
-        yield
-    finally:
-        for key, old in saved.items():
-            if old is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = old
 
 
 class _Forward(logging.Handler):
@@ -123,7 +109,8 @@ def run_platform(
     # on the root logger that would install one and print it: noise here
     if not logging.getLogger().handlers:
         logging.getLogger().addHandler(logging.NullHandler())
-    with _environment(environ):
+    # runs resolve their dg.EnvVars from os.environ
+    with temporary_environ(environ):
         return _run(instance, options, log)
 
 

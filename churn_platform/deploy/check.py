@@ -23,6 +23,7 @@ from urllib.parse import quote
 import yaml
 
 from churn_platform.deploy import GRPC_WORKSPACE_YAML, LOCATION_NAME, POSTGRES_DAGSTER_YAML
+from churn_platform.environ import temporary_environ
 
 DEFAULT_TIMEOUT_S = 5.0
 PG_DEFAULT_PORT = 5432
@@ -361,6 +362,24 @@ def check_postgres(target: Postgres, timeout: float) -> Finding:
     )
 
 
+def load_yaml(file: Path, report: Report) -> Any:
+    """The parsed file, or None with the line that says why it is not YAML."""
+    try:
+        return yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as exc:
+        report.add(False, f"{file} is not YAML: {str(exc).splitlines()[0]}: fix the file")
+        return None
+
+
+def config_error(file: Path, exc: Exception) -> str:
+    """The first problem Dagster found in a file, one line, without its 'Expected:' part."""
+    from dagster._core.errors import DagsterInvalidConfigError
+
+    errors = exc.errors if isinstance(exc, DagsterInvalidConfigError) else None
+    first = errors[0].message if errors else str(exc)
+    return f"{file}: {first.split(' Expected:')[0].splitlines()[0]} Fix the file."
+
+
 def check_instance(home: Path, environ: Mapping[str, str], timeout: float, report: Report) -> None:
     from dagster._core.errors import DagsterInvalidConfigError
     from dagster._core.instance.config import dagster_instance_config
@@ -373,17 +392,14 @@ def check_instance(home: Path, environ: Mapping[str, str], timeout: float, repor
             f"SQLite files there: copy {POSTGRES_DAGSTER_YAML} to {file}",
         )
         return
-    try:
-        document = yaml.safe_load(file.read_text()) or {}
-    except yaml.YAMLError as exc:
-        report.add(False, f"{file} is not YAML: {str(exc).splitlines()[0]}: fix the file")
+    document = load_yaml(file, report)
+    if document is None:
         return
     report.secrets += secrets_in(document, environ)
     try:
         dagster_instance_config(str(home))
     except DagsterInvalidConfigError as exc:
-        first = exc.errors[0].message if exc.errors else str(exc)
-        report.add(False, f"{file}: {first.split(' Expected:')[0]} Fix the file.")
+        report.add(False, config_error(file, exc))
         return
     unset = unset_variables(
         document, file, environ, "the webserver, the daemon and the code server"
@@ -452,38 +468,27 @@ def check_code_server(name: str, host: str, port: int | None, socket: str | None
 
 
 def check_workspace(file: Path, environ: Mapping[str, str], timeout: float, report: Report) -> None:
-    from dagster._core.errors import DagsterInvalidConfigError
     from dagster._core.remote_origin import GrpcServerCodeLocationOrigin
     from dagster._core.workspace.load import location_origins_from_yaml_paths
 
     if not file.exists():
         report.add(False, f"workspace file {file} does not exist: pass -w {GRPC_WORKSPACE_YAML}")
         return
-    try:
-        document = yaml.safe_load(file.read_text()) or {}
-    except yaml.YAMLError as exc:
-        report.add(False, f"{file} is not YAML: {str(exc).splitlines()[0]}: fix the file")
+    document = load_yaml(file, report)
+    if document is None:
         return
     unset = unset_variables(document, file, environ, "the webserver and the daemon")
     if unset:
         report.findings += unset
         return
     # Dagster resolves the file's {env: ...} from os.environ
-    added = {k: v for k, v in environ.items() if os.environ.get(k) != v}
-    saved = {k: os.environ.get(k) for k in added}
-    os.environ.update(added)
+    differing = {k: v for k, v in environ.items() if os.environ.get(k) != v}
     try:
-        origins = location_origins_from_yaml_paths([str(file)])
+        with temporary_environ(differing):
+            origins = location_origins_from_yaml_paths([str(file)])
     except Exception as exc:  # noqa: BLE001 - Dagster raises several kinds for a bad file
-        first = exc.errors[0].message if isinstance(exc, DagsterInvalidConfigError) else str(exc)
-        report.add(False, f"{file}: {first.splitlines()[0].split(' Expected:')[0]} Fix the file.")
+        report.add(False, config_error(file, exc))
         return
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     for origin in origins:
         if not isinstance(origin, GrpcServerCodeLocationOrigin):
             report.add(
