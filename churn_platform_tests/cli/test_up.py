@@ -112,6 +112,35 @@ def ours(dagster_home: Path) -> list[psutil.Process]:
     return found
 
 
+# the user's own cluster, lake, topic and start date: `up` must use its embedded ones here
+USER_SETTINGS = (
+    "KAFKA_BOOTSTRAP_SERVERS",
+    "CHURN_LAKE",
+    "CHURN_EVENTS_TOPIC",
+    "CHURN_FEATURES_START_DATE",
+)
+
+
+def local_environment(dagster_home: Path) -> dict[str, str]:
+    """This process's environment for an `up` of its own: DAGSTER_HOME, no user settings."""
+    env = {k: v for k, v in os.environ.items() if k not in USER_SETTINGS}
+    env["DAGSTER_HOME"] = str(dagster_home)
+    return env
+
+
+def start_up(args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, Output]:
+    """`churn-platform up ARGS` in a process of its own, its output read as it comes."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "churn_platform.cli", "up", *args],
+        cwd=PROJECT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    return process, Output(process)
+
+
 def read_lines(process: subprocess.Popen, count: int, timeout: float) -> list[str]:
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(
@@ -183,25 +212,16 @@ def test_up_runs_everything_shows_it_in_the_ui_and_stops_everything(tmp_path, ca
     assert {"raw_customer_events", "churn_model", "churn_scores"} <= set(names)
     ui_port, broker_port = free_port(), free_port()
     state, dagster_home = tmp_path / "up", tmp_path / "dagster"
-    env = {**os.environ, "DAGSTER_HOME": str(dagster_home)}
-    for name in ("KAFKA_BOOTSTRAP_SERVERS", "CHURN_LAKE", "CHURN_FEATURES_START_DATE"):
-        env.pop(name, None)
     started = time.monotonic()
-    process = subprocess.Popen(
+    process, output = start_up(
         [
-            *(sys.executable, "-m", "churn_platform.cli", "up"),
             *("--ui-port", str(ui_port), "--broker-port", str(broker_port)),
             *("--state-dir", str(state)),
             # smaller than the defaults (2000 × 150) but still trains a champion: 10 as-of dates
             *("--customers", "1000", "--history-days", "120"),
         ],
-        cwd=PROJECT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        local_environment(dagster_home),
     )
-    output = Output(process)
     watcher = None
     screenshot = tmp_path / "asset-graph.png"
     seconds: dict[str, float] = {}

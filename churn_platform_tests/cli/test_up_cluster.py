@@ -32,7 +32,7 @@ from churn_platform.kafka.broker import EmbeddedBroker, free_port
 from churn_platform.kafka.config import KafkaSettings
 from churn_platform.lake.raw import read_raw_events
 from churn_platform.lake.store import Lake
-from churn_platform_tests.cli.test_up import PROJECT, UP_READY, Output, ours
+from churn_platform_tests.cli.test_up import PROJECT, UP_READY, Output, ours, start_up
 
 STARTED = "started dg dev"
 
@@ -101,18 +101,6 @@ def topic_contents(settings: KafkaSettings, topic: str) -> dict[int, list[tuple]
 
 def count(contents: dict[int, list[tuple]]) -> int:
     return sum(map(len, contents.values()))
-
-
-def start_up(args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, Output]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "churn_platform.cli", "up", *args],
-        cwd=PROJECT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    return process, Output(process)
 
 
 def stop_up(process: subprocess.Popen, output: Output, dagster_home: Path) -> list:

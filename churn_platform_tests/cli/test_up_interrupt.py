@@ -10,7 +10,6 @@ note of SIGINT as Dagster's does.
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import subprocess
 import sys
@@ -20,7 +19,13 @@ import psutil
 import pytest
 
 from churn_platform.kafka.broker import free_port
-from churn_platform_tests.cli.test_up import PROJECT, UP_READY, Output, ours
+from churn_platform_tests.cli.test_up import (
+    PROJECT,
+    UP_READY,
+    local_environment,
+    ours,
+    start_up,
+)
 
 # printed by the bootstrap before its features runs (one per as-of date, ~1 s each)
 FEATURES_STARTED = "and churn_labels for"
@@ -29,24 +34,15 @@ FEATURES_STARTED = "and churn_labels for"
 @pytest.mark.timeout(300)
 def test_ctrl_c_during_the_bootstrap_stops_up_before_anything_else_starts(tmp_path):
     state, dagster_home = tmp_path / "up", tmp_path / "dagster"
-    env = {**os.environ, "DAGSTER_HOME": str(dagster_home)}
-    for name in ("KAFKA_BOOTSTRAP_SERVERS", "CHURN_LAKE", "CHURN_EVENTS_TOPIC"):
-        env.pop(name, None)
-    process = subprocess.Popen(
+    process, output = start_up(
         [
-            *(sys.executable, "-m", "churn_platform.cli", "up"),
             *("--ui-port", str(free_port()), "--broker-port", str(free_port())),
             *("--state-dir", str(state)),
             # enough days for several as-of dates of features: the bootstrap takes > 10 s
             *("--customers", "300", "--history-days", "130"),
         ],
-        cwd=PROJECT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        local_environment(dagster_home),
     )
-    output = Output(process)
     try:
         output.wait_for(FEATURES_STARTED, 180)
         time.sleep(2)  # inside a features_job run, where Dagster holds SIGINT

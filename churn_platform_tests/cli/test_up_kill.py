@@ -12,18 +12,15 @@ a bounded time. The mechanism alone is tested in test_up_reaper.py.
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 
 import psutil
 import pytest
 
 from churn_platform.kafka.broker import free_port
-from churn_platform_tests.cli.test_up import PROJECT, UP_READY, Output, ours
+from churn_platform_tests.cli.test_up import UP_READY, local_environment, ours, start_up
 
 # the kernel's SIGTERM to up's children, 5 s for them to stop, SIGTERM/SIGKILL (10 s) to
 # the rest, then the broker: about 4 s here; the bound leaves room for a busy machine
@@ -62,22 +59,13 @@ def listening(port: int) -> bool:
 def test_sigkill_of_up_leaves_no_process_behind(tmp_path, capsys):
     state, dagster_home = tmp_path / "up", tmp_path / "dagster"
     ui_port, broker_port = free_port(), free_port()
-    env = {**os.environ, "DAGSTER_HOME": str(dagster_home)}
-    for name in ("KAFKA_BOOTSTRAP_SERVERS", "CHURN_LAKE", "CHURN_EVENTS_TOPIC"):
-        env.pop(name, None)
-    process = subprocess.Popen(
+    process, output = start_up(
         [
-            *(sys.executable, "-m", "churn_platform.cli", "up", "--skip-bootstrap"),
-            *("--ui-port", str(ui_port), "--broker-port", str(broker_port)),
+            *("--skip-bootstrap", "--ui-port", str(ui_port), "--broker-port", str(broker_port)),
             *("--state-dir", str(state), "--customers", "200", "--history-days", "20"),
         ],
-        cwd=PROJECT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        local_environment(dagster_home),
     )
-    output = Output(process)
     left: list[psutil.Process] = []
     try:
         output.wait_for(UP_READY, 240)  # printed once the UI answers
