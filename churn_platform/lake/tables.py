@@ -1,0 +1,720 @@
+"""The lake's tables: names, schemas, reads, writes and commits, in one place.
+
+Every table is a Delta Lake table (delta-rs through `deltalake`: no JVM, local
+paths and object stores), so Spark, Trino, DuckDB, polars and pyarrow read it
+correctly without knowing this project: a row is visible once a commit in the
+table's `_delta_log` references its file, and never before.
+
+Writers here write a data file first (`write_file`: zstd Parquet with a CRC per
+page, under a name no other write uses) and then reference it in one commit
+(`commit`), together with whatever else must become visible at the same
+instant: the files a partition replaces, and the extract's per-partition
+offsets as Delta application transactions (`txn` actions). A writer killed
+before its commit leaves files no commit references: invisible to every
+reader, and removed by `vacuum` once older than the retention.
+
+Errors follow one policy: a failed read or write raises `LakeError`, one line
+naming the path and the fix.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from churn_platform.events.contract import (
+    QUARANTINE_SCHEMA,
+    RAW_EVENTS_DICTIONARY_COLUMNS,
+    RAW_EVENTS_SCHEMA,
+    RAW_EVENTS_STATISTICS_COLUMNS,
+)
+from churn_platform.lake.store import PARQUET_COMPRESSION, Lake, LakeError
+
+if TYPE_CHECKING:
+    import polars as pl
+    from deltalake import DeltaTable
+
+LOG_DIR = "_delta_log"
+# how often a commit that lost a race with another writer is retried (each time
+# against the table's newest version; appends and compactions never conflict)
+COMMIT_RETRIES = 20
+# Delta's own defaults: deleted files and log entries are kept a week, so readers
+# that started before a compaction and time travel over the last week keep working
+DEFAULT_RETENTION_HOURS = 168
+TABLE_CONFIGURATION = {
+    "delta.logRetentionDuration": "interval 7 days",
+    "delta.deletedFileRetentionDuration": "interval 7 days",
+    "delta.checkpointInterval": "50",
+}
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A lake table: where it lives (relative to the lake root) and its shape.
+
+    `schema` is what readers get (None: the writer's schema, for tables whose
+    columns follow the data, like features); `partition_by` columns are kept in
+    the commit (Hive-style directories), not in the data files.
+    """
+
+    name: str
+    partition_by: tuple[str, ...] = ()
+    schema: pa.Schema | None = None
+    dictionary_columns: tuple[str, ...] | None = None
+    statistics_columns: tuple[str, ...] | None = None
+    description: str = ""
+
+    @property
+    def log_dir(self) -> str:
+        return f"{self.name}/{LOG_DIR}"
+
+
+RAW_EVENTS = TableSpec(
+    "raw/customer_events",
+    partition_by=("event_date",),
+    schema=RAW_EVENTS_SCHEMA,
+    dictionary_columns=tuple(RAW_EVENTS_DICTIONARY_COLUMNS),
+    statistics_columns=tuple(RAW_EVENTS_STATISTICS_COLUMNS),
+    description="every valid event once, with its topic, partition and offset",
+)
+QUARANTINE = TableSpec(
+    "quarantine/customer_events",
+    schema=QUARANTINE_SCHEMA,
+    description="every rejected message once, with its raw bytes and the reason",
+)
+FEATURES = TableSpec(
+    "features/customer_features",
+    partition_by=("as_of",),
+    description="one row per active customer per as-of date",
+)
+LABELS = TableSpec(
+    "labels/churn_labels",
+    partition_by=("as_of",),
+    description="whether each customer active at the as-of date churned within the horizon",
+)
+TRAINING_SET = TableSpec(
+    "ml/training_set",
+    description="the point-in-time join of features and labels the champion was trained on",
+)
+SCORES = TableSpec(
+    "scores/churn_scores",
+    partition_by=("as_of",),
+    description="the churn score of every active customer as of a date",
+)
+TABLES = (RAW_EVENTS, QUARANTINE, FEATURES, LABELS, TRAINING_SET, SCORES)
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """A data file of a table: its path relative to the table, partition values, size, rows."""
+
+    path: str
+    partition: Mapping[str, str | None]
+    size: int
+    rows: int | None = None
+    stats: str = field(default="", compare=False)
+
+
+# opening ------------------------------------------------------------------------
+def storage_options(lake: Lake) -> dict[str, str] | None:
+    """What delta-rs needs beyond the URI to reach the lake's store (from the environment).
+
+    S3-compatible stores are reached as with the AWS tools (AWS_ACCESS_KEY_ID,
+    AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL); delta-rs also needs
+    to be told that a plain-http endpoint is intended, and how commits are kept
+    atomic (conditional writes, which S3 and its look-alikes support).
+    """
+    if lake.is_local:
+        return None
+    import os
+
+    options: dict[str, str] = {}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        options["AWS_ENDPOINT_URL"] = endpoint
+        if endpoint.startswith("http://"):
+            options["AWS_ALLOW_HTTP"] = "true"
+    options.setdefault("AWS_CONDITIONAL_PUT", os.environ.get("AWS_CONDITIONAL_PUT", "etag"))
+    return options
+
+
+def table_uri(lake: Lake, spec: TableSpec) -> str:
+    return lake.url(spec.name)
+
+
+def has_log(lake: Lake, spec: TableSpec) -> bool:
+    return lake.exists(spec.log_dir) and bool(lake.list_files(spec.log_dir, ".json"))
+
+
+def _data_files_on_disk(lake: Lake, spec: TableSpec) -> list[str]:
+    return [p for p in lake.list_files(spec.name, ".parquet") if f"/{LOG_DIR}/" not in p]
+
+
+def open_table(lake: Lake, spec: TableSpec, version: int | None = None) -> DeltaTable | None:
+    """The table (at `version`, else the newest), or None when it was never written.
+
+    A directory holding data files but no transaction log is refused: the log
+    was lost, and treating the table as new would hide (and later vacuum) its
+    history.
+    """
+    from deltalake import DeltaTable
+
+    if not has_log(lake, spec):
+        found = _data_files_on_disk(lake, spec)
+        if found:
+            raise LakeError(
+                f"the table {table_uri(lake, spec)} holds {len(found)} data files (e.g. "
+                f"{lake.url(found[0])}) but no transaction log ({lake.url(spec.log_dir)}): "
+                "restore _delta_log from a backup; a lake written before Delta tables is "
+                "converted with `churn-platform lake migrate`"
+            )
+        return None
+    try:
+        return DeltaTable(
+            table_uri(lake, spec), version=version, storage_options=storage_options(lake)
+        )
+    except Exception as exc:  # deltalake raises several types; each is a damaged or missing log
+        raise _log_error(lake, spec, exc, version) from exc
+
+
+def _log_error(lake: Lake, spec: TableSpec, exc: Exception, version: int | None) -> LakeError:
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if version is not None and "version" in detail.lower():
+        return LakeError(
+            f"could not read {table_uri(lake, spec)} as of version {version}: {detail}; the "
+            "version's log entries or files were removed by `churn-platform lake maintain` "
+            f"(kept {DEFAULT_RETENTION_HOURS} h by default, CHURN_LAKE_RETENTION_HOURS)"
+        )
+    return LakeError(
+        f"could not read the transaction log {lake.url(spec.log_dir)}: {detail}; restore "
+        "_delta_log from a backup (a damaged newest commit file can be moved aside to fall "
+        "back to the version before it)"
+    )
+
+
+def version(lake: Lake, spec: TableSpec) -> int | None:
+    """The table's newest version, or None when it was never written."""
+    table = open_table(lake, spec)
+    return None if table is None else table.version()
+
+
+# reading ------------------------------------------------------------------------
+def _partition_filters(where: Mapping[str, Any] | None) -> list[tuple[str, str, Any]] | None:
+    if not where:
+        return None
+    filters = []
+    for column, wanted in where.items():
+        if isinstance(wanted, tuple) and len(wanted) == 2:  # an inclusive range
+            low, high = wanted
+            if low is not None:
+                filters.append((column, ">=", _partition_text(low)))
+            if high is not None:
+                filters.append((column, "<=", _partition_text(high)))
+        elif isinstance(wanted, list | set | frozenset):
+            filters.append((column, "in", [_partition_text(v) for v in wanted]))
+        else:
+            filters.append((column, "=", _partition_text(wanted)))
+    return filters
+
+
+def _partition_text(value: Any) -> str:
+    return value.isoformat() if isinstance(value, date) else str(value)
+
+
+def data_files(
+    lake: Lake,
+    spec: TableSpec,
+    where: Mapping[str, Any] | None = None,
+    version: int | None = None,
+    table: DeltaTable | None = None,
+) -> list[DataFile]:
+    """The data files of the table's version (newest by default), pruned by partition.
+
+    `where` maps a partition column to a value, a list of values, or an
+    inclusive (low, high) range (either may be None).
+    """
+    table = table if table is not None else open_table(lake, spec, version)
+    if table is None:
+        return []
+    actions = pa.table(table.get_add_actions(flatten=True))
+    keys = [f"partition.{c}" for c in spec.partition_by if f"partition.{c}" in actions.column_names]
+    columns = {
+        name: actions.column(name).to_pylist()
+        for name in ["path", "size_bytes", "num_records", *keys]
+    }
+    wanted = _partition_filters(where)
+    files = []
+    for i, path in enumerate(columns["path"]):
+        partition = {
+            key.removeprefix("partition."): _partition_value(columns[key][i]) for key in keys
+        }
+        if wanted and not all(_keeps(partition.get(c), op, v) for c, op, v in wanted):
+            continue
+        files.append(
+            DataFile(
+                path=path,
+                partition=partition,
+                size=int(columns["size_bytes"][i]),
+                rows=columns["num_records"][i],
+            )
+        )
+    files.sort(key=lambda f: (tuple(sorted((k, v or "") for k, v in f.partition.items())), f.path))
+    return files
+
+
+def _partition_value(value: Any) -> str | None:
+    return None if value is None else _partition_text(value)
+
+
+def _keeps(value: str | None, op: str, wanted: Any) -> bool:
+    if value is None:
+        return False
+    if op == "=":
+        return value == wanted
+    if op == "in":
+        return value in wanted
+    if op == ">=":
+        return value >= wanted
+    return value <= wanted  # "<="
+
+
+def file_path(spec: TableSpec, data_file: DataFile) -> str:
+    """The lake-relative path of a table's data file."""
+    from urllib.parse import unquote
+
+    return f"{spec.name}/{unquote(data_file.path)}"
+
+
+def read_file(
+    lake: Lake, spec: TableSpec, data_file: DataFile, columns: Sequence[str] | None = None
+) -> pa.Table:
+    """One committed data file as Arrow, with its partition columns, checksums verified."""
+    relative = file_path(spec, data_file)
+    stored = [c for c in columns if c not in spec.partition_by] if columns is not None else None
+    try:
+        with lake.fs.open(lake.path(relative), "rb") as handle:
+            table = pq.read_table(handle, columns=stored, page_checksum_verification=True)
+    except FileNotFoundError as exc:
+        raise LakeError(
+            f"{lake.url(relative)} is missing but the table {table_uri(lake, spec)} references "
+            "it: restore the file from a backup (or, to give up its rows, "
+            "`churn-platform lake repair` drops it from the table)"
+        ) from exc
+    except Exception as exc:  # a damaged file must be named, never read as empty
+        raise LakeError(
+            f"could not read {lake.url(relative)}: {exc}; restore the file from a backup "
+            "(or, to give up its rows, delete it and run `churn-platform lake repair`)"
+        ) from exc
+    for column in spec.partition_by:
+        if columns is None or column in columns:
+            table = table.append_column(
+                column, pa.repeat(pa.scalar(data_file.partition.get(column)), table.num_rows)
+            )
+    return table
+
+
+def read_arrow(
+    lake: Lake,
+    spec: TableSpec,
+    columns: Sequence[str] | None = None,
+    where: Mapping[str, Any] | None = None,
+    version: int | None = None,
+    files: list[DataFile] | None = None,
+) -> pa.Table:
+    """The committed rows (of partitions `where`, at `version`) as one Arrow table."""
+    files = data_files(lake, spec, where, version) if files is None else files
+    schema = _read_schema(spec, columns)
+    tables = [read_file(lake, spec, f, columns) for f in files]
+    if schema is None:
+        if not tables:
+            return pa.table({})
+        return pa.concat_tables(tables, promote_options="permissive")
+    if not tables:
+        return schema.empty_table()
+    return pa.concat_tables([conform(t, schema) for t in tables])
+
+
+def read(
+    lake: Lake,
+    spec: TableSpec,
+    columns: Sequence[str] | None = None,
+    where: Mapping[str, Any] | None = None,
+    version: int | None = None,
+) -> pl.DataFrame:
+    """The committed rows as a polars frame (see `read_arrow`)."""
+    import polars as pl
+
+    return pl.from_arrow(read_arrow(lake, spec, columns, where, version))
+
+
+def _read_schema(spec: TableSpec, columns: Sequence[str] | None) -> pa.Schema | None:
+    if spec.schema is None:
+        return None
+    if columns is None:
+        return spec.schema
+    return pa.schema([spec.schema.field(c) for c in columns])
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table`'s columns in `schema`'s order and types (partition values come as strings)."""
+    arrays = []
+    for f in schema:
+        column = table.column(f.name)
+        if column.type != f.type:
+            if pa.types.is_string(column.type) and pa.types.is_date(f.type):
+                column = pc.cast(pc.strptime(column, "%Y-%m-%d", "s"), f.type)
+            else:
+                column = column.cast(f.type)
+        arrays.append(column)
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+# writing ------------------------------------------------------------------------
+def _delta_schema(schema: pa.Schema) -> pa.Schema:
+    """`schema` as Delta stores it: timestamps in microseconds (Delta's precision)."""
+    fields = []
+    for f in schema:
+        if pa.types.is_timestamp(f.type) and f.type.unit != "us":
+            f = f.with_type(pa.timestamp("us", tz=f.type.tz))
+        fields.append(f)
+    return pa.schema(fields)
+
+
+def _stored(table: pa.Table, spec: TableSpec) -> pa.Table:
+    """What goes into a data file: no partition columns, Delta's timestamp precision."""
+    table = table.drop_columns([c for c in spec.partition_by if c in table.column_names])
+    target = _delta_schema(table.schema)
+    return table if target == table.schema else table.cast(target)
+
+
+def file_name(hint: str | None = None) -> str:
+    """A data file name no other write uses (a hint first, for people reading listings)."""
+    unique = uuid.uuid4().hex
+    return f"{hint}-{unique[:16]}.parquet" if hint else f"part-{unique}.parquet"
+
+
+def partition_dir(spec: TableSpec, partition: Mapping[str, Any]) -> str:
+    return "/".join(f"{c}={_partition_text(partition[c])}" for c in spec.partition_by)
+
+
+def write_file(
+    lake: Lake,
+    spec: TableSpec,
+    table: pa.Table,
+    partition: Mapping[str, Any] | None = None,
+    name_hint: str | None = None,
+) -> DataFile:
+    """Write `table` as a new data file of `spec` (not yet visible: `commit` makes it so)."""
+    partition = dict(partition or {})
+    missing = [c for c in spec.partition_by if c not in partition]
+    if missing:
+        raise ValueError(f"write_file to {spec.name} needs partition values for {missing}")
+    stored = _stored(table, spec)
+    directory = partition_dir(spec, partition)
+    relative = f"{directory}/{file_name(name_hint)}" if directory else file_name(name_hint)
+    sink = io.BytesIO()
+    pq.write_table(
+        stored,
+        sink,
+        compression=PARQUET_COMPRESSION,
+        use_dictionary=True if spec.dictionary_columns is None else list(spec.dictionary_columns),
+        write_statistics=True if spec.statistics_columns is None else list(spec.statistics_columns),
+        # a CRC per page (free to write): a reader that verifies it turns a garbled
+        # file into an error; without it 8% of garbled data pages read as wrong values
+        write_page_checksum=True,
+    )
+    size = lake.write_bytes(f"{spec.name}/{relative}", sink.getvalue())
+    return DataFile(
+        path=relative,
+        partition={c: _partition_text(partition[c]) for c in spec.partition_by},
+        size=size,
+        rows=stored.num_rows,
+        stats=_stats(stored, spec),
+    )
+
+
+def _stats(table: pa.Table, spec: TableSpec) -> str:
+    """Delta file statistics (row count, min/max/nulls of the statistics columns)."""
+    columns = spec.statistics_columns
+    names = [
+        c
+        for c in (columns if columns is not None else table.column_names)
+        if c in table.column_names
+    ]
+    low: dict[str, Any] = {}
+    high: dict[str, Any] = {}
+    nulls: dict[str, int] = {}
+    for name in names:
+        column = table.column(name)
+        kind = column.type
+        if not (
+            pa.types.is_integer(kind)
+            or pa.types.is_floating(kind)
+            or pa.types.is_timestamp(kind)
+            or pa.types.is_date(kind)
+            or pa.types.is_string(kind)
+        ):
+            continue
+        nulls[name] = column.null_count
+        if column.null_count == len(column):
+            continue
+        bounds = pc.min_max(column)
+        low[name] = _json_value(bounds["min"].as_py())
+        high[name] = _json_value(bounds["max"].as_py())
+    return json.dumps(
+        {"numRecords": table.num_rows, "minValues": low, "maxValues": high, "nullCount": nulls}
+    )
+
+
+def _json_value(value: Any) -> Any:
+    if hasattr(value, "isoformat"):
+        text = value.isoformat()
+        return text.replace("+00:00", "Z") if "+00:00" in text else text
+    if isinstance(value, float) and value != value:  # NaN has no JSON form
+        return None
+    return value
+
+
+class CommitConflict(LakeError):
+    """Another writer kept committing first, `COMMIT_RETRIES` times in a row."""
+
+
+def commit(
+    lake: Lake,
+    spec: TableSpec,
+    files: Sequence[DataFile],
+    *,
+    schema: pa.Schema,
+    replace: Mapping[str, Any] | None = None,
+    replace_all: bool = False,
+    transactions: Mapping[str, int] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    expect_transactions: Mapping[str, int | None] | None = None,
+) -> int:
+    """Make `files` visible in one atomic commit; returns the table's new version.
+
+    `replace` (partition values) or `replace_all` removes what those partitions
+    (or the whole table) held in the same commit. `transactions` (app id →
+    version) are recorded in the commit as Delta application transactions.
+    With `expect_transactions`, the commit is refused when the table's
+    transactions moved since (another writer consumed the same offsets).
+    """
+    from deltalake import CommitProperties, Transaction
+    from deltalake.exceptions import CommitFailedError
+    from deltalake.transaction import AddAction, create_table_with_add_actions
+
+    now = int(time.time() * 1000)
+    adds = [
+        AddAction(
+            f.path,
+            f.size,
+            dict(f.partition),
+            now,
+            True,
+            f.stats or json.dumps({"numRecords": f.rows or 0}),
+        )
+        for f in files
+    ]
+    properties = CommitProperties(
+        custom_metadata={
+            k: json.dumps(v) if not isinstance(v, str) else v for k, v in (metadata or {}).items()
+        }
+        or None,
+        app_transactions=[Transaction(app, v) for app, v in (transactions or {}).items()] or None,
+        max_commit_retries=COMMIT_RETRIES,
+    )
+    full_schema = _delta_schema(schema)
+    partition_by = list(spec.partition_by) or None
+    for attempt in range(COMMIT_RETRIES):
+        table = open_table(lake, spec)
+        try:
+            if table is None:
+                from deltalake import Schema
+
+                create_table_with_add_actions(
+                    table_uri(lake, spec),
+                    Schema.from_arrow(full_schema),
+                    adds,
+                    mode="error",
+                    partition_by=partition_by,
+                    configuration=TABLE_CONFIGURATION,
+                    storage_options=storage_options(lake),
+                    commit_properties=properties,
+                )
+            else:
+                if expect_transactions is not None:
+                    moved = {
+                        app: (want, table.transaction_version(app))
+                        for app, want in expect_transactions.items()
+                        if table.transaction_version(app) != want
+                    }
+                    if moved:
+                        raise CommitConflict(
+                            f"another writer committed to {table_uri(lake, spec)} first "
+                            + ", ".join(
+                                f"{a}: expected {w}, found {f}" for a, (w, f) in moved.items()
+                            )
+                            + "; nothing of this run was committed, rerun it"
+                        )
+                mode = "overwrite" if (replace is not None or replace_all) else "append"
+                table.create_write_transaction(
+                    adds,
+                    mode=mode,
+                    schema=_merged_schema(table, full_schema),
+                    partition_by=partition_by,
+                    partition_filters=_partition_filters(replace) if replace is not None else None,
+                    commit_properties=properties,
+                )
+        except CommitFailedError as exc:
+            if attempt + 1 == COMMIT_RETRIES:
+                raise CommitConflict(
+                    f"could not commit to {table_uri(lake, spec)}: {exc}; other writers kept "
+                    "committing first, rerun"
+                ) from exc
+            time.sleep(min(0.05 * (attempt + 1), 0.5))
+            continue
+        except LakeError:
+            raise
+        except OSError as exc:
+            raise LakeError(f"could not commit to {table_uri(lake, spec)}: {exc}") from exc
+        except Exception as exc:
+            if table is None and "already exists" in str(exc).lower():
+                continue  # another writer created it first: commit against theirs
+            raise LakeError(f"could not commit to {table_uri(lake, spec)}: {exc}") from exc
+        return _newest_version(lake, spec)
+    raise CommitConflict(
+        f"could not commit to {table_uri(lake, spec)}: other writers kept committing first, rerun"
+    )
+
+
+def _merged_schema(table: DeltaTable, schema: pa.Schema) -> pa.Schema:
+    """The table's schema plus `schema`'s new columns (a new event type adds feature columns)."""
+    current = pa.schema(table.schema().to_arrow())
+    have = set(current.names)
+    extra = [f for f in schema if f.name not in have]
+    return pa.schema(list(current) + extra) if extra else current
+
+
+def _newest_version(lake: Lake, spec: TableSpec) -> int:
+    table = open_table(lake, spec)
+    assert table is not None
+    return table.version()
+
+
+def create(lake: Lake, spec: TableSpec, schema: pa.Schema) -> int:
+    """Create the table empty when it does not exist yet; returns its version."""
+    table = open_table(lake, spec)
+    if table is not None:
+        return table.version()
+    return commit(lake, spec, [], schema=schema)
+
+
+def write(
+    lake: Lake,
+    spec: TableSpec,
+    table: pa.Table,
+    *,
+    replace: Mapping[str, Any] | None = None,
+    replace_all: bool = False,
+    metadata: Mapping[str, Any] | None = None,
+    name_hint: str | None = None,
+) -> int:
+    """Write `table` into one partition (`replace` names it) or the whole table, atomically.
+
+    The rows of a partitioned table must all belong to the `replace`d partition.
+    Returns the new version.
+    """
+    partition = dict(replace or {})
+    schema = table.schema
+    for column in spec.partition_by:
+        if column not in schema.names:
+            kind = pa.date32() if isinstance(partition.get(column), date) else pa.string()
+            schema = schema.append(pa.field(column, kind))
+    create(lake, spec, schema)  # before any file: files without a log are refused
+    written = (
+        [write_file(lake, spec, table, partition, name_hint)]
+        if table.num_rows or not spec.partition_by
+        else []
+    )
+    return commit(
+        lake,
+        spec,
+        written,
+        schema=schema,
+        replace=replace,
+        replace_all=replace_all,
+        metadata=metadata,
+    )
+
+
+# application transactions (the extract's offsets) --------------------------------
+def offsets_app_id(topic: str, partition: int) -> str:
+    """The application transaction id under which a table records a topic partition's offset."""
+    return f"churn-platform-extract/{topic}/{partition}"
+
+
+def committed_offsets(
+    lake: Lake, spec: TableSpec, topic: str, partitions: Iterable[int] | None = None
+) -> dict[int, int]:
+    """partition → the next offset the table holds for `topic` (what its commits recorded).
+
+    Without `partitions`, every partition the commits name (the extract records
+    all of a topic's partitions, so they are 0..n-1).
+    """
+    table = open_table(lake, spec)
+    if table is None:
+        return {}
+    return offsets_in(table, topic, partitions)
+
+
+def offsets_in(
+    table: DeltaTable, topic: str, partitions: Iterable[int] | None = None
+) -> dict[int, int]:
+    found: dict[int, int] = {}
+    if partitions is not None:
+        for p in partitions:
+            v = table.transaction_version(offsets_app_id(topic, p))
+            if v is not None:
+                found[p] = v
+        return found
+    p = 0
+    while (v := table.transaction_version(offsets_app_id(topic, p))) is not None:
+        found[p] = v
+        p += 1
+    return found
+
+
+__all__ = [
+    "DEFAULT_RETENTION_HOURS",
+    "FEATURES",
+    "LABELS",
+    "QUARANTINE",
+    "RAW_EVENTS",
+    "SCORES",
+    "TABLES",
+    "TRAINING_SET",
+    "CommitConflict",
+    "DataFile",
+    "TableSpec",
+    "commit",
+    "committed_offsets",
+    "create",
+    "data_files",
+    "open_table",
+    "read",
+    "read_arrow",
+    "read_file",
+    "version",
+    "write",
+    "write_file",
+]
