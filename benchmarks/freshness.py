@@ -74,10 +74,10 @@ def start_up(state: Path, customers: int, days: int, rate: float) -> tuple[subpr
 
 
 def committed(lake, event_id: str, today) -> bool:
-    from churn_platform.lake.raw import committed_raw_files
+    from churn_platform.lake.raw import raw_files, raw_path, read_raw_file
 
-    for f in committed_raw_files(lake, start=today, end=today):
-        ids = pl.read_parquet(lake.path(f.path), columns=["event_id"])["event_id"]
+    for f in raw_files(lake, start=today, end=today):
+        ids = read_raw_file(lake, raw_path(f), ["event_id"])["event_id"]
         if (ids == event_id).any():
             return True
     return False

@@ -469,10 +469,10 @@ def percentiles(values, qs=(50, 95, 99)) -> dict[str, float]:
 
 def throughput_round(args, settings, lake, topic, customers, work, number: int, broker_pid) -> dict:
     from churn_platform.ingestion.extract import ExtractConfig, extract_topic
-    from churn_platform.lake.ledger import read_ledger
+    from churn_platform.lake.raw import extracted_offsets
 
     tag = f"backlog{number}-{uuid.uuid4().hex[:6]}"
-    start = {p: read_ledger(lake, topic).next_offset(p) for p in range(PARTITIONS)}
+    start = extracted_offsets(lake, topic, range(PARTITIONS))
     load_before = load()
     produce_s = produce_backlog(settings, topic, customers, args.backlog, tag)
     n, raw_s = raw_consume(settings, topic, start, args.backlog)

@@ -21,8 +21,7 @@ from churn_platform.events.simulator import SimulatorConfig, produce_simulation
 from churn_platform.instance import prepare_dagster_home
 from churn_platform.kafka.broker import EmbeddedBroker
 from churn_platform.kafka.config import KafkaSettings
-from churn_platform.lake.ledger import read_ledger
-from churn_platform.lake.raw import committed_raw_files, read_quarantine, read_raw_events
+from churn_platform.lake.raw import extracted_offsets, raw_files, read_quarantine, read_raw_events
 from churn_platform.lake.store import Lake
 from churn_platform.runner import PathOptions, run_platform, summary_lines
 
@@ -73,8 +72,8 @@ def run_demo(
 
         events = read_raw_events(lake, [topic])
         quarantine = read_quarantine(lake, [topic])
-        ledger = read_ledger(lake, topic)
-        files = committed_raw_files(lake, [topic])
+        offsets = extracted_offsets(lake, topic)
+        files = raw_files(lake)
         return {
             "bootstrap_servers": settings.bootstrap_servers,
             "topic": topic,
@@ -87,9 +86,9 @@ def run_demo(
             "quarantined_by_reason": dict(
                 sorted(quarantine.group_by("reason").len().iter_rows()) if quarantine.height else []
             ),
-            "offsets": {str(p): o for p, o in sorted(ledger.offsets.items())},
+            "offsets": {str(p): o for p, o in sorted(offsets.items())},
             "lake_files": len(files),
-            "event_dates": len({f.path.split("/")[2] for f in files}),
+            "event_dates": len({f.partition["event_date"] for f in files}),
             **path,
             "seconds": round(time.perf_counter() - started, 2),
         }
@@ -114,7 +113,7 @@ def format_summary(summary: dict) -> str:
         f"  events extracted     {summary['events_extracted']:>10,}  "
         f"at {summary['extract_messages_per_second']:,.0f} messages/s",
         f"  events quarantined   {summary['events_quarantined']:>10,}  {summary['quarantined_by_reason']}",
-        "  offsets (ledger)     " + ", ".join(f"p{p}={o}" for p, o in summary["offsets"].items()),
+        "  offsets (lake)       " + ", ".join(f"p{p}={o}" for p, o in summary["offsets"].items()),
         f"  lake                 {summary['lake_root']}  "
         f"({summary['lake_files']} Parquet files over {summary['event_dates']} event dates)",
         *summary_lines(summary),

@@ -23,9 +23,7 @@ from churn_platform.ingestion.extract import (
     format_lag,
 )
 from churn_platform.kafka.admin import BrokerUnavailable
-from churn_platform.lake.ledger import LedgerCorrupt
-from churn_platform.lake.paths import ledger_path
-from churn_platform.lake.raw import topic_files
+from churn_platform.lake.raw import forget_topic
 from churn_platform.lake.store import Lake, LakeError
 
 
@@ -33,8 +31,9 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "extract",
         help="extract new events from Kafka into the lake (exactly once)",
-        description="Read every partition from the ledger to EOF, write Parquet and quarantine "
-        "files, then commit the ledger. The Dagster asset raw_customer_events runs the same code.",
+        description="Read every partition from where the lake's raw table is to EOF, write the "
+        "raw and quarantine tables' data files, then commit them with the new offsets (Delta "
+        "application transactions). The Dagster asset raw_customer_events runs the same code.",
     )
     add_kafka_arguments(parser)
     parser.add_argument("--topic", default=EVENTS_TOPIC, help="topic (default %(default)s)")
@@ -43,25 +42,15 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--workers", type=int, default=None, help="processes (default: auto)")
     parser.add_argument("--dead-letter-topic", default=None, help="also produce rejects here")
     parser.add_argument(
+        "--reset-offsets",
         "--reset-ledger",
+        dest="reset_offsets",
         action="store_true",
-        help="forget what was extracted from this topic: delete its ledger, lake files and "
-        "quarantine, then extract from the earliest offset",
+        help="forget what was extracted from this topic: remove its rows and quarantine from "
+        "the lake's tables (one commit each) and extract from the earliest offset",
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(handler=run)
-
-
-def reset_topic(lake: Lake, topic: str) -> int:
-    """Delete the topic's ledger and range files; returns how many files went."""
-    removed = 0
-    for f in topic_files(lake, topic):
-        lake.remove(f.path)
-        removed += 1
-    if lake.exists(ledger_path(topic)):
-        lake.remove(ledger_path(topic))
-        removed += 1
-    return removed
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,17 +65,19 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise UserError(str(exc)) from exc
-    if args.reset_ledger:
-        print(
-            f"reset: removed {reset_topic(lake, args.topic)} files of {args.topic!r} from {lake.uri}"
-        )
+    if args.reset_offsets:
+        try:
+            removed = forget_topic(lake, args.topic)
+        except LakeError as exc:
+            raise UserError(str(exc)) from exc
+        print(f"reset: removed {removed} rows of {args.topic!r} from {lake.uri}")
 
     def progress(update) -> None:  # on stderr: stdout stays one JSON object with --json
         print(update.describe(), file=sys.stderr, flush=True)
 
     try:
         result = extract_topic(settings, lake, config, progress=progress)
-    except (ExtractError, BrokerUnavailable, LedgerCorrupt, LakeError) as exc:
+    except (ExtractError, BrokerUnavailable, LakeError) as exc:
         raise UserError(str(exc)) from exc
     except KafkaException as exc:  # e.g. a security setting librdkafka refuses
         raise kafka_client_failure(exc, settings) from None

@@ -13,12 +13,11 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 
 import polars as pl
-from polars.exceptions import PanicException
 
 from churn_platform.events.contract import LIFECYCLE_EVENT_TYPES
 from churn_platform.features.definitions import EVENT_COLUMNS, EVENT_SCHEMA, LOOKBACK_DAYS
-from churn_platform.lake.raw import committed_raw_files, event_date_of
-from churn_platform.lake.store import Lake, LakeError
+from churn_platform.lake.raw import event_date_of, raw_files, raw_path, read_raw_file
+from churn_platform.lake.store import Lake
 
 _EMPTY = pl.DataFrame(schema=EVENT_SCHEMA)
 
@@ -47,21 +46,16 @@ def feature_inputs(lake: Lake, as_of: date) -> FeatureInputs:
     """The committed raw files an as-of date needs, split into window and history."""
     first = as_of - timedelta(days=LOOKBACK_DAYS - 1)
     window, history = [], []
-    for f in committed_raw_files(lake, end=as_of):
-        day = event_date_of(f.path)
-        (window if day is not None and day >= first else history).append(f.path)
+    for f in raw_files(lake, end=as_of):
+        path = raw_path(f)
+        day = event_date_of(path)
+        (window if day is not None and day >= first else history).append(path)
     return FeatureInputs(as_of, tuple(sorted(window)), tuple(sorted(history)))
 
 
 def read_file(lake: Lake, path: str, lifecycle_only: bool = False) -> pl.DataFrame:
     """One raw file's event columns (only lifecycle rows when `lifecycle_only`)."""
-    try:
-        with lake.fs.open(lake.path(path), "rb") as handle:
-            # polars' own Parquet reader: about 3x faster than pyarrow + from_arrow here
-            frame = pl.read_parquet(handle, columns=list(EVENT_COLUMNS))
-    except (Exception, PanicException) as exc:  # a damaged file is named, never read as empty
-        # (polars panics, a BaseException, on some damaged pages)
-        raise LakeError(f"could not read {lake.url(path)}: {exc}") from exc
+    frame = read_raw_file(lake, path, EVENT_COLUMNS)
     if lifecycle_only:
         frame = frame.filter(pl.col("event_type").is_in(sorted(LIFECYCLE_EVENT_TYPES)))
     return frame

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
-from polars.exceptions import PanicException
 
 from churn_platform.events.contract import LIFECYCLE_EVENT_TYPES, SUBSCRIPTION_CANCELLED
 from churn_platform.features.churn import CANCELLATION, RECENT_ACTIVITY_DAYS, ChurnDefinition
@@ -43,7 +42,7 @@ from churn_platform.lake.paths import (
     feature_spec_path,
     features_dir,
 )
-from churn_platform.lake.raw import committed_raw_files, event_date_of
+from churn_platform.lake.raw import event_date_of, event_days, raw_files, raw_path, read_raw_file
 from churn_platform.lake.store import Lake, LakeError
 
 if TYPE_CHECKING:
@@ -89,7 +88,7 @@ class MaterializedFeatures:
 
 def first_event_date(lake: Lake) -> date | None:
     """The earliest committed event date in the lake (the first sensible as-of date)."""
-    days = [d for f in committed_raw_files(lake) if (d := event_date_of(f.path)) is not None]
+    days = event_days(lake)
     return min(days) if days else None
 
 
@@ -408,7 +407,7 @@ def active_customers(
     end = as_of_end(as_of)
     first_window_day = as_of - timedelta(days=LOOKBACK_DAYS - 1)
     if inputs is None:
-        paths = [f.path for f in committed_raw_files(lake, end=as_of)]
+        paths = [raw_path(f) for f in raw_files(lake, end=as_of)]
     else:
         paths = [*inputs.history_files, *inputs.window_files]
     frames = []
@@ -454,11 +453,7 @@ def active_customers(
 
 def _read_state(lake: Lake, path: str, lifecycle_only: bool) -> pl.DataFrame:
     """The state columns of one raw file (lifecycle rows only for files before the window)."""
-    try:
-        with lake.fs.open(lake.path(path), "rb") as handle:
-            frame = pl.read_parquet(handle, columns=_STATE_COLUMNS)
-    except (Exception, PanicException) as exc:  # a damaged file is named, never read as empty
-        raise LakeError(f"could not read {lake.url(path)}: {exc}") from exc
+    frame = read_raw_file(lake, path, _STATE_COLUMNS)
     if lifecycle_only:
         frame = frame.filter(pl.col("event_type").is_in(sorted(LIFECYCLE_EVENT_TYPES)))
     return frame

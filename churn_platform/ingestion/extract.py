@@ -1,24 +1,22 @@
-"""The exactly-once extract: Kafka offset ranges → Parquet lake + quarantine + ledger.
+"""The exactly-once extract: Kafka offset ranges → the raw event and quarantine tables.
 
-1. read the ledger → start offset per partition; delete leftovers of a run that
-   crashed before committing (files whose first offset is at or past the ledger).
-   The first run writes an empty ledger before any file, so files of the topic
-   without a ledger mean the ledger was lost: the run refuses instead of taking
-   the lake's history for leftovers;
+1. read how far each partition is extracted: the raw table's commits record it
+   (a Delta application transaction per topic partition, `lake.raw`);
 2. read every partition with `assign()` from there to partition EOF (or a cap),
    validate in chunks, buffer valid rows and rejects in bounded memory;
-3. write Parquet files named by offset range (atomic renames), then replace the
-   ledger atomically: the commit point;
+3. write the data files (nobody references them yet), then commit them with
+   the partitions' new offsets in one atomic commit per table: the commit point;
 4. then commit the same offsets to the consumer group, for standard lag tools.
 
-A crash before step 3 leaves files the next run deletes and rewrites; a crash
-after it skips nothing. Partitions are split across worker processes when the
-backlog is large (validation is CPU-bound Python; two cores read faster than one).
+A crash before step 3's commit leaves files no commit references (readers never
+see them; `lake maintain` vacuums them); a crash after it skips nothing.
+Partitions are split across worker processes when the backlog is large
+(validation is CPU-bound Python; two cores read faster than one).
 
 While it runs, `progress` hears at most every few seconds how far each
 partition is (workers write their positions to shared memory after each chunk;
 the calling process reports them). After the run, the result holds the lag:
-what the topic holds beyond the ledger, from the high watermarks the broker
+what the topic holds beyond the lake, from the high watermarks the broker
 reports (the embedded broker reports the last batch's base offset, so there
 the lag under-counts by up to that batch).
 """
@@ -42,8 +40,6 @@ import pyarrow as pa
 from churn_platform.events.contract import (
     DEFAULT_MAX_MESSAGE_BYTES,
     EVENTS_TOPIC,
-    RAW_EVENTS_DICTIONARY_COLUMNS,
-    RAW_EVENTS_STATISTICS_COLUMNS,
     quarantine_table,
 )
 from churn_platform.events.validation import now_ms, validate_batch
@@ -51,18 +47,10 @@ from churn_platform.kafka.admin import ensure_topic, partitions_of
 from churn_platform.kafka.config import KafkaSettings
 from churn_platform.kafka.producer import EventProducer
 from churn_platform.kafka.reader import Chunk, OffsetRangeReader, ReadError, fast_consumer
-from churn_platform.lake.ledger import Ledger, LedgerCorrupt, read_ledger, write_ledger
-from churn_platform.lake.paths import (
-    LEDGER_DIR,
-    QUARANTINE_DIR,
-    RAW_EVENTS_DIR,
-    ledger_path,
-    parse_range_file,
-    quarantine_path,
-    raw_events_path,
-)
-from churn_platform.lake.raw import check_ledger_against_files, range_files, topic_files
-from churn_platform.lake.store import Lake, temp_target
+from churn_platform.lake import raw as raw_table
+from churn_platform.lake import tables
+from churn_platform.lake.store import Lake
+from churn_platform.lake.tables import DataFile
 
 # Below this backlog one process is faster than paying for worker start-up.
 PARALLEL_BACKLOG = 400_000
@@ -123,6 +111,8 @@ class PartitionOutcome:
     rejected: dict[str, int] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
     bytes: int = 0
+    raw_files: list[DataFile] = field(default_factory=list)
+    quarantine_files: list[DataFile] = field(default_factory=list)
 
     @property
     def messages(self) -> int:
@@ -130,7 +120,7 @@ class PartitionOutcome:
 
 
 def lag_behind(highs: dict[int, int], next_offsets: Mapping[int, int]) -> dict[int, int]:
-    """partition → messages the topic holds beyond `next_offsets` (a ledger's, or a run's ends).
+    """partition → messages the topic holds beyond `next_offsets` (the lake's, or a run's ends).
 
     From reported high watermarks (negative: not reported, left out): the embedded
     broker reports the last batch's base offset, so there this under-counts by up to
@@ -181,7 +171,6 @@ class ExtractResult:
     partitions: dict[int, PartitionOutcome]
     seconds: float
     workers: int
-    leftovers_removed: int = 0
     group_committed: bool = False
     group_commit_error: str | None = None
     # reported by the broker after the run; empty when it did not answer
@@ -224,7 +213,7 @@ class ExtractResult:
 
     @property
     def lag(self) -> dict[int, int]:
-        """partition → messages the topic holds beyond the ledger, after this run.
+        """partition → messages the topic holds beyond the lake, after this run.
 
         From the reported high watermark: the embedded broker reports the last
         batch's base offset, so there it under-counts by up to that batch
@@ -251,7 +240,6 @@ class ExtractResult:
             "seconds": round(self.seconds, 3),
             "messages_per_second": round(self.messages_per_second, 1),
             "workers": self.workers,
-            "leftovers_removed": self.leftovers_removed,
             "group_committed": self.group_committed,
             "offsets": {str(p): {"start": s, "end": e} for p, (s, e) in self.offsets().items()},
             "lag": {str(p): n for p, n in self.lag.items()},
@@ -272,7 +260,7 @@ def extract_topic(
 
     `progress` is called in this process (this thread) at most every
     `progress_every_s` while partitions are read. `fault_hook(stage)` is called
-    at "files_written" and "ledger_written"; tests raise from it to prove a
+    at "files_written" and "committed"; tests raise from it to prove a
     crash at either point loses and duplicates nothing.
     """
     config = config or ExtractConfig()
@@ -287,100 +275,55 @@ def extract_topic(
         ) from exc
     if config.dead_letter_topic:
         ensure_topic(settings, config.dead_letter_topic, partitions=len(partitions))
-    ledger = read_ledger(lake, config.topic)
-    if not lake.exists(ledger_path(config.topic)):
-        _refuse_files_without_ledger(lake, config.topic)
-        ledger = write_ledger(lake, config.topic, {}, run_id=run_id)  # before any file
-    starts = {p: ledger.next_offset(p) for p in partitions}
-    removed = _remove_leftovers(lake, ledger, starts)
+    raw_table.ensure_tables(lake)  # before any data file: files without a log are refused
+    starts = raw_table.extracted_offsets(lake, config.topic, partitions)
+    quarantined = raw_table.quarantined_offsets(lake, config.topic, partitions)
+    skip = {p: q for p, q in quarantined.items() if q > starts[p]}
 
     highs = _high_watermarks(settings, config, starts)
     backlog = sum(_pending(config, starts[p], high) for p, high in highs.items())
     workers = _worker_count(config, len(partitions), backlog)
     reporter = _Reporter(config.topic, starts, highs, workers, progress, progress_every_s)
     try:
-        outcomes = _run_workers(settings, lake, config, starts, workers, reporter)
+        outcomes = _run_workers(settings, lake, config, starts, workers, reporter, skip)
     except ReadError as exc:
         beyond = {p: (starts[p], h) for p, h in highs.items() if starts[p] > h}
         hint = ""
         if beyond:
             hint = (
-                " The ledger is past what Kafka reports for partitions "
-                + ", ".join(f"{p} (ledger {s}, high watermark {h})" for p, (s, h) in beyond.items())
+                " The lake is past what Kafka reports for partitions "
+                + ", ".join(f"{p} (lake {s}, high watermark {h})" for p, (s, h) in beyond.items())
                 + ": if the topic was recreated (the embedded broker starts empty), reset with "
-                "`churn-platform extract --reset-ledger`."
+                "`churn-platform extract --reset-offsets`."
             )
         raise ExtractError(f"{exc}{hint}") from exc
 
     if fault_hook:
         fault_hook("files_written")
     ends = {p: o.end for p, o in outcomes.items()}
-    if ends != starts:
-        write_ledger(lake, config.topic, ends, run_id=run_id)
+    raw_table.commit_extract(
+        lake,
+        config.topic,
+        starts,
+        ends,
+        [f for o in outcomes.values() for f in o.raw_files],
+        [f for o in outcomes.values() for f in o.quarantine_files],
+        run_id=run_id,
+        fault_hook=fault_hook,
+    )
     if fault_hook:
-        fault_hook("ledger_written")
+        fault_hook("committed")
     result = ExtractResult(
         topic=config.topic,
         run_id=run_id,
         partitions=outcomes,
         seconds=time.perf_counter() - started,
         workers=workers,
-        leftovers_removed=removed,
     )
     _commit_group(settings, config, ends, result)
     # what arrived while this run read, or beyond its cap: the next run's backlog
     result.high_watermarks = _high_watermarks(settings, config, ends)
     return result
-
-
-def _refuse_files_without_ledger(lake: Lake, topic: str) -> None:
-    """Raise LedgerCorrupt when the lake holds files of `topic` but no ledger.
-
-    Every run since the first one has a ledger to go by (the first writes one before
-    any file), so such files are committed history whose ledger was deleted or lost,
-    not leftovers: deleting them and reading the topic from the start would lose
-    whatever Kafka no longer holds.
-    """
-    found = topic_files(lake, topic)
-    if found:
-        partitions = sorted({f.partition for f in found})
-        raise LedgerCorrupt(
-            f"the ledger {lake.url(ledger_path(topic))} is missing, but the lake holds "
-            f"{len(found)} files of {topic!r} (partitions {partitions}, e.g. "
-            f"{lake.url(min(found).path)}): restore the ledger from a backup, or delete them "
-            "and re-extract the topic from the earliest offset Kafka still holds "
-            "(`churn-platform extract --reset-ledger`)"
-        )
-
-
-def _remove_leftovers(lake: Lake, ledger: Ledger, starts: dict[int, int]) -> int:
-    """Delete what a crashed run of this topic left: files beyond the ledger, temp files.
-
-    A writer killed mid-file leaves its temporary file (invisible to readers, but
-    it would fill the disk over many crashes); no other run of the topic writes now.
-    Nothing is deleted when a file contradicts the ledger (LedgerCorrupt).
-    """
-    topic = ledger.topic
-    files = {d: range_files(lake, d) for d in (RAW_EVENTS_DIR, QUARANTINE_DIR)}
-    for found in files.values():
-        check_ledger_against_files(lake, ledger, found)
-    removed = 0
-    for directory in (RAW_EVENTS_DIR, QUARANTINE_DIR):
-        for f in files[directory]:
-            if f.topic == topic and f.first >= starts.get(f.partition, 0):
-                lake.remove(f.path)
-                removed += 1
-        for path in lake.temp_files(directory):
-            target = parse_range_file(temp_target(path.rpartition("/")[2]) or "")
-            if target is not None and target.topic == topic:
-                lake.remove(path)
-                removed += 1
-    ledger_name = ledger_path(topic).rpartition("/")[2]
-    for path in lake.temp_files(LEDGER_DIR):
-        if temp_target(path.rpartition("/")[2]) == ledger_name:
-            lake.remove(path)
-            removed += 1
-    return removed
 
 
 def _high_watermarks(
@@ -426,11 +369,21 @@ def _run_workers(
     starts: dict[int, int],
     workers: int,
     reporter: _Reporter,
+    skip: dict[int, int] | None = None,
 ) -> dict[int, PartitionOutcome]:
     ordered = sorted(starts)
     shares = [ordered[i::workers] for i in range(workers)]
+    skip = skip or {}
     jobs = [
-        (settings, lake.uri, config, {p: starts[p] for p in share}) for share in shares if share
+        (
+            settings,
+            lake.uri,
+            config,
+            {p: starts[p] for p in share},
+            {p: skip[p] for p in share if p in skip},
+        )
+        for share in shares
+        if share
     ]
     outcomes: dict[int, PartitionOutcome] = {}
     board = reporter.board
@@ -480,13 +433,16 @@ def extract_partitions(
     lake_uri: str,
     config: ExtractConfig,
     starts: dict[int, int],
+    skip_rejects_below: dict[int, int] | None = None,
     *,
     board: _Board | None = None,
     worker: int = 0,
     on_chunk: Callable[[], None] | None = None,
 ) -> dict[int, PartitionOutcome]:
-    """Read `starts`' partitions to EOF and write their files; the ledger is the caller's.
+    """Read `starts`' partitions to EOF and write their data files; the commit is the caller's.
 
+    Rejects below `skip_rejects_below[p]` are already in the quarantine table
+    (a run that crashed between the quarantine's commit and the raw table's).
     After each chunk its progress goes to `board` (slot `worker`) and
     `on_chunk` is called: a few assignments per 20k messages.
     """
@@ -506,6 +462,7 @@ def extract_partitions(
         {p: PartitionOutcome(p, s, s) for p, s in starts.items()},
         EventProducer(settings) if config.dead_letter_topic else None,
         config.dead_letter_topic,
+        skip_rejects_below,
     )
     now = now_ms()
     with _gc_paused():
@@ -637,8 +594,10 @@ class _Sink:
         outcomes: dict[int, PartitionOutcome],
         dead_letters: EventProducer | None = None,
         dead_letter_topic: str | None = None,
+        skip_rejects_below: dict[int, int] | None = None,
     ) -> None:
         self.lake = lake
+        self.skip_rejects_below = skip_rejects_below or {}
         self.topic = topic
         self.outcomes = outcomes
         self.tables: list[pa.Table] = []
@@ -650,7 +609,7 @@ class _Sink:
         self.dead_letter_topic = dead_letter_topic
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="lake-writer")
         # (write in flight, what it writes: partition, path, rows, rejects per reason)
-        self._pending: list[tuple[Future, tuple[int, str, int, Counter]]] = []
+        self._pending: list[tuple[Future, tuple[tables.TableSpec, int, int, Counter]]] = []
 
     def add(self, chunk: Chunk, max_bytes: int, now: int) -> None:
         batch = validate_batch(chunk.values, now=now, max_bytes=max_bytes)
@@ -670,6 +629,8 @@ class _Sink:
             self.buffered_rows += n
             self.rows_added += n
         for position, reason, detail in batch.rejects:
+            if chunk.offsets[position] < self.skip_rejects_below.get(chunk.partitions[position], 0):
+                continue  # committed to the quarantine by a run that crashed before its raw commit
             self.rejects.append(
                 (
                     self.topic,
@@ -715,8 +676,15 @@ class _Sink:
                 ),
                 strict=True,
             ):
-                path = raw_events_path(day, self.topic, partition, first, last)
-                self._submit(partition, path, table.slice(start, count), count, {}, raw=True)
+                self._submit(
+                    tables.RAW_EVENTS,
+                    partition,
+                    {"event_date": day},
+                    f"{self.topic}-p{partition}-{first:020d}-{last:020d}",
+                    table.slice(start, count),
+                    count,
+                    {},
+                )
                 start += count
         if self.rejects:
             by_partition: dict[int, list[tuple]] = {}
@@ -726,8 +694,16 @@ class _Sink:
             for partition, rows in by_partition.items():
                 columns = list(zip(*rows, strict=True))
                 table = quarantine_table(columns)
-                path = quarantine_path(self.topic, partition, min(columns[2]), max(columns[2]))
-                self._submit(partition, path, table, 0, Counter(columns[5]))
+                first, last = min(columns[2]), max(columns[2])
+                self._submit(
+                    tables.QUARANTINE,
+                    partition,
+                    {},
+                    f"{self.topic}-p{partition}-{first:020d}-{last:020d}",
+                    table,
+                    0,
+                    Counter(columns[5]),
+                )
                 if self.dead_letters is not None:
                     for topic, part, offset, key, value, reason, detail, _ in rows:
                         self.dead_letters.send(
@@ -744,31 +720,29 @@ class _Sink:
 
     def _submit(
         self,
+        spec: tables.TableSpec,
         partition: int,
-        path: str,
+        partition_values: dict,
+        name_hint: str,
         table: pa.Table,
         rows: int,
         rejected: Counter,
-        raw: bool = False,
     ) -> None:
-        options = (
-            {
-                "dictionary_columns": RAW_EVENTS_DICTIONARY_COLUMNS,
-                "statistics_columns": RAW_EVENTS_STATISTICS_COLUMNS,
-            }
-            if raw
-            else {}
+        future = self._pool.submit(
+            tables.write_file, self.lake, spec, table, partition_values, name_hint
         )
-        future = self._pool.submit(self.lake.write_parquet, path, table, **options)
-        self._pending.append((future, (partition, path, rows, rejected)))
+        self._pending.append((future, (spec, partition, rows, rejected)))
 
     def _collect(self) -> None:
         pending, self._pending = self._pending, []
-        for future, (partition, path, rows, rejected) in pending:
-            size = future.result()  # a failed write fails the run before the ledger moves
+        for future, (spec, partition, rows, rejected) in pending:
+            written = future.result()  # a failed write fails the run before anything commits
             outcome = self.outcomes[partition]
-            outcome.files.append(path)
-            outcome.bytes += size
+            outcome.files.append(tables.file_path(spec, written))
+            (outcome.raw_files if spec is tables.RAW_EVENTS else outcome.quarantine_files).append(
+                written
+            )
+            outcome.bytes += written.size
             outcome.rows += rows
             for reason, count in rejected.items():
                 outcome.rejected[reason] = outcome.rejected.get(reason, 0) + count
@@ -782,14 +756,14 @@ class _Sink:
             self.dead_letters.close()
 
     def abort(self) -> None:
-        """Stop writing: what was written stays beyond the ledger, for the next run to replace."""
+        """Stop writing: what was written is referenced by no commit, for `lake maintain` to vacuum."""
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _commit_group(
     settings: KafkaSettings, config: ExtractConfig, ends: dict[int, int], result: ExtractResult
 ) -> None:
-    """Mirror the ledger into the consumer group so lag tools see progress (best effort)."""
+    """Mirror the lake into the consumer group so lag tools see progress (best effort)."""
     from confluent_kafka import TopicPartition
 
     consumer = fast_consumer(settings, config.group_id)
@@ -799,7 +773,7 @@ def _commit_group(
             asynchronous=False,
         )
         result.group_committed = True
-    except Exception as exc:  # the ledger already committed; lag tools are a convenience
+    except Exception as exc:  # the lake already committed; lag tools are a convenience
         result.group_commit_error = f"{type(exc).__name__}: {exc}"
     finally:
         consumer.close()

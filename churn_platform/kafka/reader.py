@@ -188,8 +188,8 @@ class OffsetRangeReader:
             raise ReadError(
                 f"offset {self.next_offsets.get(p)} of {self.topic!r} partition {p} is outside "
                 f"what Kafka at {self.settings.bootstrap_servers} holds ({err.str()}): the topic was "
-                "recreated or its data expired. If that is expected, reset the ledger "
-                "(`churn-platform extract --reset-ledger`) to read from the earliest offset."
+                "recreated or its data expired. If that is expected, reset the lake's offsets "
+                "(`churn-platform extract --reset-offsets`) to read from the earliest offset."
             )
         if err.fatal() or code in (
             KafkaError.UNKNOWN_TOPIC_OR_PART,

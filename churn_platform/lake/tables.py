@@ -19,6 +19,7 @@ naming the path and the fix.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import time
@@ -323,6 +324,48 @@ def read_file(
     return table
 
 
+def read_frame(
+    lake: Lake, spec: TableSpec, relative: str, columns: Sequence[str] | None = None
+) -> pl.DataFrame:
+    """One data file (lake-relative path) as polars, in the spec's column types.
+
+    polars' own Parquet reader: about 3x faster than pyarrow + from_arrow on raw
+    event files. Partition columns are not read (they are in the path).
+    """
+    import polars as pl
+    from polars.exceptions import PanicException
+
+    try:
+        with lake.fs.open(lake.path(relative), "rb") as handle:
+            frame = pl.read_parquet(handle, columns=list(columns) if columns is not None else None)
+    except FileNotFoundError as exc:
+        raise LakeError(
+            f"{lake.url(relative)} is missing but the table {table_uri(lake, spec)} references "
+            "it: restore the file from a backup"
+        ) from exc
+    except (Exception, PanicException) as exc:  # a damaged file is named, never read as empty
+        # (polars panics, a BaseException, on some damaged pages)
+        raise LakeError(
+            f"could not read {lake.url(relative)}: {exc}; restore the file from a backup"
+        ) from exc
+    if spec.schema is not None:
+        wanted = _polars_schema(spec)
+        casts = [
+            pl.col(name).cast(wanted[name])
+            for name, kind in frame.schema.items()
+            if name in wanted and kind != wanted[name]
+        ]
+        frame = frame.with_columns(casts) if casts else frame
+    return frame
+
+
+@functools.cache
+def _polars_schema(spec: TableSpec) -> dict:
+    import polars as pl
+
+    return dict(pl.from_arrow(spec.schema.empty_table()).schema)
+
+
 def read_arrow(
     lake: Lake,
     spec: TableSpec,
@@ -499,7 +542,7 @@ def commit(
     replace_all: bool = False,
     transactions: Mapping[str, int] | None = None,
     metadata: Mapping[str, Any] | None = None,
-    expect_transactions: Mapping[str, int | None] | None = None,
+    expect_transactions: Mapping[str, int] | None = None,
 ) -> int:
     """Make `files` visible in one atomic commit; returns the table's new version.
 
@@ -556,7 +599,7 @@ def commit(
                     moved = {
                         app: (want, table.transaction_version(app))
                         for app, want in expect_transactions.items()
-                        if table.transaction_version(app) != want
+                        if (table.transaction_version(app) or 0) != (want or 0)
                     }
                     if moved:
                         raise CommitConflict(

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 
 import polars as pl
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from churn_platform.events.contract import LIFECYCLE_EVENT_TYPES, SUBSCRIPTION_CANCELLED
@@ -34,7 +33,7 @@ from churn_platform.features.churn import (
 )
 from churn_platform.features.definitions import as_of_end
 from churn_platform.lake.paths import labels_path
-from churn_platform.lake.raw import committed_raw_files, event_date_of
+from churn_platform.lake.raw import event_days, raw_files, raw_path, read_raw_file
 from churn_platform.lake.store import Lake, LakeError
 
 DEFAULT_HORIZON_DAYS = DEFAULT_CANCELLATION_HORIZON_DAYS
@@ -91,7 +90,7 @@ class LabelResult:
 
 def complete_through(lake: Lake) -> date | None:
     """The last event date the lake has fully observed (the day before its latest one)."""
-    days = [d for f in committed_raw_files(lake) if (d := event_date_of(f.path)) is not None]
+    days = event_days(lake)
     return max(days) - timedelta(days=1) if days else None
 
 
@@ -103,13 +102,13 @@ def ensure_labelable(as_of: date, horizon_days: int, through: date | None) -> No
         raise NotYetLabelable(as_of, horizon_days, through)
 
 
-def _label_event_filter(churn: ChurnDefinition) -> list:
-    """The pyarrow filter for the events that decide labels under `churn`."""
+def _label_event_filter(churn: ChurnDefinition) -> pl.Expr:
+    """The filter for the events that decide labels under `churn`."""
     if not churn.is_inactivity:
-        return [("event_type", "=", SUBSCRIPTION_CANCELLED)]
+        return pl.col("event_type") == SUBSCRIPTION_CANCELLED
     if churn.qualifying_types:
-        return [("event_type", "in", list(churn.qualifying_types))]
-    return [("event_type", "not in", sorted(LIFECYCLE_EVENT_TYPES))]
+        return pl.col("event_type").is_in(list(churn.qualifying_types))
+    return ~pl.col("event_type").is_in(sorted(LIFECYCLE_EVENT_TYPES))
 
 
 def read_label_events(lake: Lake, as_of: date, churn: ChurnDefinition) -> pl.DataFrame:
@@ -119,20 +118,12 @@ def read_label_events(lake: Lake, as_of: date, churn: ChurnDefinition) -> pl.Dat
     """
     first = as_of + timedelta(days=1)
     last = as_of + timedelta(days=churn.horizon_days)
-    tables = []
-    for f in committed_raw_files(lake, start=first, end=last):
-        try:
-            with lake.fs.open(lake.path(f.path), "rb") as handle:
-                tables.append(
-                    pq.read_table(
-                        handle,
-                        columns=_LABEL_EVENT_COLUMNS,
-                        filters=_label_event_filter(churn),
-                    )
-                )
-        except Exception as exc:  # a damaged file is named, never read as empty
-            raise LakeError(f"could not read {lake.url(f.path)}: {exc}") from exc
-    if not tables:
+    wanted = _label_event_filter(churn)
+    frames = [
+        read_raw_file(lake, raw_path(f), _LABEL_EVENT_COLUMNS).filter(wanted)
+        for f in raw_files(lake, start=first, end=last)
+    ]
+    if not frames:
         return pl.DataFrame(
             schema={
                 "event_id": pl.String,
@@ -141,7 +132,7 @@ def read_label_events(lake: Lake, as_of: date, churn: ChurnDefinition) -> pl.Dat
                 "ts": pl.Datetime("ms", "UTC"),
             }
         )
-    return pl.from_arrow(pa.concat_tables(tables)).unique(subset="event_id", maintain_order=True)
+    return pl.concat(frames).unique(subset="event_id", maintain_order=True)
 
 
 def read_cancellations(lake: Lake, as_of: date, horizon_days: int) -> pl.DataFrame:

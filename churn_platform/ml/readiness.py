@@ -15,12 +15,11 @@ from dataclasses import dataclass, field
 from datetime import date
 
 import polars as pl
-from polars.exceptions import PanicException
 
 from churn_platform.events.contract import LIFECYCLE_EVENT_TYPES, SUBSCRIPTION_CANCELLED
 from churn_platform.features.churn import ChurnDefinition
-from churn_platform.lake.raw import committed_raw_files, event_date_of
-from churn_platform.lake.store import Lake, LakeError
+from churn_platform.lake.raw import event_date_of, raw_files, raw_path, read_raw_file
+from churn_platform.lake.store import Lake
 
 
 @dataclass(frozen=True)
@@ -51,15 +50,9 @@ class DataProfile:
 
 def profile(lake: Lake) -> DataProfile:
     """Counts over the committed raw events (reads event_type and customer_id only)."""
-    files = committed_raw_files(lake)
-    frames = []
-    for f in files:
-        try:
-            with lake.fs.open(lake.path(f.path), "rb") as handle:
-                frames.append(pl.read_parquet(handle, columns=["customer_id", "event_type"]))
-        except (Exception, PanicException) as exc:  # a damaged file is named, never skipped
-            raise LakeError(f"could not read {lake.url(f.path)}: {exc}") from exc
-    days = [d for f in files if (d := event_date_of(f.path)) is not None]
+    files = raw_files(lake)
+    frames = [read_raw_file(lake, raw_path(f), ["customer_id", "event_type"]) for f in files]
+    days = [d for f in files if (d := event_date_of(raw_path(f))) is not None]
     if not frames:
         return DataProfile(events=0, customers=0)
     table = pl.concat(frames)

@@ -25,9 +25,7 @@ import polars as pl
 
 from churn_platform.events.contract import LIFECYCLE_EVENT_TYPES
 from churn_platform.features.definitions import EVENT_COLUMNS, EVENT_SCHEMA, LOOKBACK_DAYS
-from churn_platform.features.inputs import read_file
-from churn_platform.lake.ledger import read_ledger
-from churn_platform.lake.raw import committed_raw_files, event_date_of
+from churn_platform.lake.raw import event_date_of, raw_path, read_raw_file, snapshot
 from churn_platform.lake.store import Lake
 
 # one row per event: (event_id, customer_id, event_type, ts_ms, value, attributes)
@@ -227,26 +225,36 @@ def bootstrap_state(
     read whole; older ones for lifecycle events only, as the batch engines do.
     """
     wanted = set(partitions)
-    ledger = read_ledger(lake, topic)
-    files = [f for f in committed_raw_files(lake, [topic]) if f.partition in wanted]
-    days = [d for f in files if (d := event_date_of(f.path)) is not None]
+    files, offsets = snapshot(lake, topic, wanted)
+    days = [d for f in files if (d := event_date_of(raw_path(f))) is not None]
     latest = max(days) if days else None
     anchor = today or latest or datetime.now(UTC).date()
     first_window_day = anchor - timedelta(days=LOOKBACK_DAYS - 1)
     window, history = [], []
     for f in files:
-        day = event_date_of(f.path)
-        (window if day is not None and day >= first_window_day else history).append(f.path)
-    frames = [read_file(lake, path) for path in window]
-    # exactly the batch engines' inputs: older files for lifecycle events only
-    frames += [read_file(lake, path, lifecycle_only=True) for path in history]
+        path = raw_path(f)
+        day = event_date_of(path)
+        (window if day is not None and day >= first_window_day else history).append(path)
+    # exactly the batch engines' inputs: older files for lifecycle events only; a file
+    # may hold several partitions and topics (compaction merges them): keep ours
+    ours = (pl.col("_topic") == topic) & pl.col("_partition").is_in(sorted(wanted))
+    columns = [*EVENT_COLUMNS, "_topic", "_partition"]
+    frames = [
+        read_raw_file(lake, path, columns).filter(ours).select(EVENT_COLUMNS) for path in window
+    ]
+    frames += [
+        read_raw_file(lake, path, columns)
+        .filter(ours & pl.col("event_type").is_in(sorted(LIFECYCLE_EVENT_TYPES)))
+        .select(EVENT_COLUMNS)
+        for path in history
+    ]
     state = CustomerState()
     events = 0
     if frames:
         events = state.add_frame(pl.concat(frames, how="vertical_relaxed"))
     return Bootstrap(
         state=state,
-        start_offsets={p: ledger.next_offset(p) for p in wanted},
+        start_offsets=offsets,
         files=len(files),
         events=events,
         latest_date=latest,

@@ -12,13 +12,11 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from churn_platform.events.contract import EVENTS_TOPIC, RAW_EVENTS_SCHEMA
 from churn_platform.events.simulator import SimulatorConfig, simulate
 from churn_platform.events.validation import validate_batch
-from churn_platform.lake.ledger import read_ledger, write_ledger
-from churn_platform.lake.paths import raw_events_path
+from churn_platform.lake.raw import append_rows, extracted_offsets
 from churn_platform.lake.store import Lake
 
 SIM_END = datetime(2024, 5, 1, tzinfo=UTC)
@@ -42,16 +40,12 @@ def append_messages(
     events = batch.events
     if events.num_rows == 0:
         return 0
-    first = read_ledger(lake, topic).next_offset(partition)
+    first = extracted_offsets(lake, topic, [partition])[partition]
     offsets = pa.array(range(first, first + events.num_rows), pa.int64())
     table = events.append_column("_topic", pa.array([topic] * events.num_rows, pa.string()))
     table = table.append_column("_partition", pa.array([partition] * events.num_rows, pa.int32()))
     table = table.append_column("_offset", offsets).cast(RAW_EVENTS_SCHEMA)
-    for day in sorted(set(table["event_date"].to_pylist())):
-        part = table.filter(pc.equal(table["event_date"], pa.scalar(day, pa.date32())))
-        lo, hi = part["_offset"][0].as_py(), part["_offset"][-1].as_py()
-        lake.write_parquet(raw_events_path(day, topic, partition, lo, hi), part)
-    write_ledger(lake, topic, {partition: first + events.num_rows})
+    append_rows(lake, topic, table)
     return events.num_rows
 
 

@@ -23,15 +23,11 @@ import pyarrow as pa
 
 from churn_platform.events.contract import (
     EVENTS_TOPIC,
-    RAW_EVENTS_DICTIONARY_COLUMNS,
-    RAW_EVENTS_SCHEMA,
-    RAW_EVENTS_STATISTICS_COLUMNS,
 )
 from churn_platform.events.simulator import SimulatorConfig, simulate
 from churn_platform.events.validation import validate_batch
 from churn_platform.features.definitions import EVENT_SCHEMA
-from churn_platform.lake.ledger import read_ledger, write_ledger
-from churn_platform.lake.paths import raw_events_path
+from churn_platform.lake.raw import append_rows, extracted_offsets
 from churn_platform.lake.store import Lake
 
 DEFAULT_PARTITIONS = 6
@@ -92,7 +88,7 @@ def write_events(
     frame = events if isinstance(events, pl.DataFrame) else pl.from_arrow(events)
     if frame.is_empty():
         return LakeSummary(0, 0, 0)
-    ledger = read_ledger(lake, topic)
+    offsets = extracted_offsets(lake, topic, range(partitions))
     frame = frame.select(
         "event_id",
         "customer_id",
@@ -111,7 +107,7 @@ def write_events(
     starts = pl.DataFrame(
         {
             "_partition": list(range(partitions)),
-            "_start": [ledger.next_offset(p) for p in range(partitions)],
+            "_start": [offsets[p] for p in range(partitions)],
         },
         schema={"_partition": pl.Int32, "_start": pl.Int64},
     )
@@ -122,21 +118,8 @@ def write_events(
         .drop("_n", "_start")
         .sort(["_partition", "event_date", "_offset"])
     )
-    files = 0
-    for (partition, day), part in frame.group_by(["_partition", "event_date"], maintain_order=True):
-        offsets = part["_offset"]
-        table = part.to_arrow().cast(RAW_EVENTS_SCHEMA)
-        lake.write_parquet(
-            raw_events_path(day, topic, partition, offsets.min(), offsets.max()),
-            table,
-            dictionary_columns=RAW_EVENTS_DICTIONARY_COLUMNS,
-            statistics_columns=RAW_EVENTS_STATISTICS_COLUMNS,
-        )
-        files += 1
-    ends = dict(ledger.offsets)
-    for row in frame.group_by("_partition").agg(pl.col("_offset").max()).iter_rows():
-        ends[row[0]] = row[1] + 1
-    write_ledger(lake, topic, ends)
+    files = frame.select("_partition", "event_date").unique().height
+    append_rows(lake, topic, frame.to_arrow())
     return LakeSummary(frame.height, frame["customer_id"].n_unique(), files)
 
 

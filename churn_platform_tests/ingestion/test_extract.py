@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from datetime import UTC, datetime
 
@@ -17,10 +16,9 @@ from churn_platform.ingestion.extract import (
     extract_topic,
 )
 from churn_platform.kafka.producer import EventProducer
-from churn_platform.lake.ledger import LedgerCorrupt, read_ledger
-from churn_platform.lake.paths import ledger_path
-from churn_platform.lake.raw import range_files, read_quarantine, read_raw_events
-from churn_platform.lake.store import Lake
+from churn_platform.lake import tables
+from churn_platform.lake.raw import extracted_offsets, read_quarantine, read_raw_events
+from churn_platform.lake.store import Lake, LakeError
 
 END = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -70,48 +68,63 @@ def test_rounds_extract_every_valid_event_exactly_once(kafka_settings, topic, la
     assert Counter(quarantine["reason"].to_list()) == expected_bad
     assert set(expected_bad) == set(Reason.ALL)  # the simulator injected every kind
     # every offset of every partition is accounted for, once
-    ledger = read_ledger(lake, topic)
     offsets = (
         events.select("_partition", "_offset").rows()
         + quarantine.select("partition", "offset").rows()
     )
-    assert len(offsets) == len(set(offsets)) == sum(ledger.offsets.values())
+    assert len(offsets) == len(set(offsets)) == sum(extracted_offsets(lake, topic).values())
+    # what a reader that knows nothing of this project sees: the same rows
+    import polars as pl
+
+    other = pl.read_delta(lake.url(tables.RAW_EVENTS.name))
+    assert sorted(other["event_id"].to_list()) == sorted(expected_ids)
+    assert pl.read_delta(lake.url(tables.QUARANTINE.name)).height == quarantine.height
 
 
-def test_crash_between_files_and_ledger_then_rerun_is_still_exactly_once(
-    kafka_settings, topic, lake
+@pytest.mark.parametrize("stage", ["files_written", "quarantine_committed"])
+def test_crash_before_the_commit_then_rerun_is_still_exactly_once(
+    kafka_settings, topic, lake, stage
 ):
+    """Killed after the data files (or after the quarantine's commit, before the raw one)."""
     first, _ = produce_round(kafka_settings, topic, seed=7, bad_fraction=0.0)
     extract_topic(kafka_settings, lake, ExtractConfig(topic=topic))
-    ledger_before = read_ledger(lake, topic)
+    offsets_before = extracted_offsets(lake, topic)
+    files_before = len(tables.data_files(lake, tables.RAW_EVENTS))
 
-    second, _ = produce_round(kafka_settings, topic, seed=8, bad_fraction=0.02)
+    second, bad = produce_round(kafka_settings, topic, seed=8, bad_fraction=0.05)
 
-    def crash(stage: str) -> None:
-        if stage == "files_written":
-            raise KeyboardInterrupt("simulated crash after files, before the ledger")
+    def crash(at: str) -> None:
+        if at == stage:
+            raise KeyboardInterrupt(f"simulated crash at {stage}")
 
     with pytest.raises(KeyboardInterrupt):
         extract_topic(kafka_settings, lake, ExtractConfig(topic=topic), fault_hook=crash)
-    # the crashed run's files exist but nothing reads them: the ledger did not move
-    assert read_ledger(lake, topic).offsets == ledger_before.offsets
+    # the crashed run's files exist but no commit references them: nothing moved
+    assert extracted_offsets(lake, topic) == offsets_before
+    assert len(tables.data_files(lake, tables.RAW_EVENTS)) == files_before
+    on_disk = [
+        p for p in lake.list_files(tables.RAW_EVENTS.name, ".parquet") if "_delta_log" not in p
+    ]
+    assert len(on_disk) > files_before
     assert sorted(read_raw_events(lake, [topic])["event_id"].to_list()) == sorted(first)
+    quarantined = read_quarantine(lake, [topic]).height
+    assert quarantined == (sum(bad.values()) if stage == "quarantine_committed" else 0)
 
     # more data arrives before the rerun, so the rerun covers a different range
     third, _ = produce_round(kafka_settings, topic, seed=9, bad_fraction=0.0)
-    result = extract_topic(kafka_settings, lake, ExtractConfig(topic=topic))
-    assert result.leftovers_removed > 0
+    extract_topic(kafka_settings, lake, ExtractConfig(topic=topic))
     ids = read_raw_events(lake, [topic])["event_id"].to_list()
     assert sorted(ids) == sorted(first + second + third)
-    on_disk = range_files(lake, "raw/customer_events")
-    assert sum(1 for f in on_disk) == len({(f.path) for f in on_disk})
+    quarantine = read_quarantine(lake, [topic])
+    assert Counter(quarantine["reason"].to_list()) == bad  # once, whichever commit it was
+    assert quarantine.select("partition", "offset").is_duplicated().sum() == 0
 
 
 def test_crash_after_ledger_skips_nothing(kafka_settings, topic, lake):
     valid, _ = produce_round(kafka_settings, topic, seed=21, bad_fraction=0.0)
 
     def crash(stage: str) -> None:
-        if stage == "ledger_written":
+        if stage == "committed":
             raise KeyboardInterrupt("crash before the consumer-group commit")
 
     with pytest.raises(KeyboardInterrupt):
@@ -203,7 +216,7 @@ def test_lag_is_what_the_topic_holds_beyond_the_ledger_after_the_run(kafka_setti
     assert rest.lag == {0: 0, 1: 0, 2: 0}
 
 
-def test_group_offsets_mirror_the_ledger(kafka_settings, topic, lake):
+def test_group_offsets_mirror_the_lake(kafka_settings, topic, lake):
     from confluent_kafka import Consumer, TopicPartition
 
     produce_round(kafka_settings, topic, seed=51, bad_fraction=0.0)
@@ -216,7 +229,7 @@ def test_group_offsets_mirror_the_ledger(kafka_settings, topic, lake):
         )
     finally:
         consumer.close()
-    assert {tp.partition: tp.offset for tp in committed} == read_ledger(lake, topic).offsets
+    assert {tp.partition: tp.offset for tp in committed} == extracted_offsets(lake, topic)
 
 
 def test_dead_letter_topic_gets_the_rejects(kafka_settings, topic, lake):
@@ -236,38 +249,43 @@ def test_dead_letter_topic_gets_the_rejects(kafka_settings, topic, lake):
     assert reasons == bad
 
 
-def test_missing_topic_and_corrupt_ledger_are_named(kafka_settings, topic, lake):
+def test_missing_topic_and_damaged_log_are_named(kafka_settings, topic, lake):
     with pytest.raises(ExtractError, match="does not exist"):
         extract_topic(kafka_settings, lake, ExtractConfig(topic=f"{topic}-missing"))
-    lake.write_bytes(ledger_path(topic), b"{not json")
-    with pytest.raises(LedgerCorrupt, match=ledger_path(topic)):
+    produce_round(kafka_settings, topic, seed=41, bad_fraction=0.0)
+    extract_topic(kafka_settings, lake, ExtractConfig(topic=topic))
+    log = tables.RAW_EVENTS.log_dir
+    newest = sorted(lake.list_files(log, ".json"))[-1]
+    lake.write_bytes(newest, b"{not json")
+    with pytest.raises(LakeError, match="_delta_log") as refused:
         extract_topic(kafka_settings, lake, ExtractConfig(topic=topic))
+    assert "restore _delta_log" in str(refused.value)
 
 
-def test_a_lost_ledger_is_refused_not_taken_for_leftovers(kafka_settings, topic, lake, tmp_path):
-    """Files of the topic and no ledger: committed history, not a crashed run's files.
+def test_a_lost_log_is_refused_never_taken_for_a_new_table(kafka_settings, topic, lake, tmp_path):
+    """Data files and no transaction log: committed history whose log was lost.
 
-    The extract used to delete them all and read the topic again from offset 0,
-    which loses whatever Kafka no longer holds."""
-    first_ids, _ = produce_round(kafka_settings, topic, seed=81)
+    Treating the table as new would read the topic again from offset 0 (losing
+    what Kafka no longer holds) and leave the history to be vacuumed."""
+    import shutil
+
+    produce_round(kafka_settings, topic, seed=81)
     extract_topic(kafka_settings, lake, ExtractConfig(topic=topic))
     produce_round(kafka_settings, topic, seed=82)
     extract_topic(kafka_settings, lake, ExtractConfig(topic=topic))
-    ledger_bytes = lake.read_bytes(ledger_path(topic))
+    total = sum(extracted_offsets(lake, topic).values())
     files = sorted(lake.list_files("", ".parquet"))
-    assert files
-    lake.remove(ledger_path(topic))
-    with pytest.raises(LedgerCorrupt, match="is missing") as refused:
+    log = lake.path(tables.RAW_EVENTS.log_dir)
+    shutil.move(log, tmp_path / "log-backup")
+    with pytest.raises(LakeError, match="no transaction log") as refused:
         extract_topic(kafka_settings, lake, ExtractConfig(topic=topic))
-    assert lake.url(ledger_path(topic)) in str(refused.value)
-    assert "--reset-ledger" in str(refused.value)
-    assert sorted(lake.list_files("", ".parquet")) == files  # nothing deleted
-    # the ledger restored from a backup: the next run goes on where it was
-    lake.write_bytes(ledger_path(topic), ledger_bytes)
+    assert lake.url(tables.RAW_EVENTS.log_dir) in str(refused.value)
+    assert sorted(lake.list_files("", ".parquet")) == files  # nothing deleted or added
+    # the log restored from a backup: the next run goes on where it was
+    shutil.move(tmp_path / "log-backup", log)
     assert extract_topic(kafka_settings, lake, ExtractConfig(topic=topic)).messages == 0
-    total = sum(json.loads(ledger_bytes)["offsets"].values())
-    # a first run that crashes after writing files left its empty ledger first: the
-    # files are leftovers and the rerun replaces them (not refused)
+    # a first run killed after writing files had created the (empty) table first:
+    # its files are no one's rows, and the rerun reads everything once
     fresh = Lake(tmp_path / "fresh")
 
     def crash(stage: str) -> None:
@@ -276,15 +294,25 @@ def test_a_lost_ledger_is_refused_not_taken_for_leftovers(kafka_settings, topic,
 
     with pytest.raises(RuntimeError, match="killed"):
         extract_topic(kafka_settings, fresh, ExtractConfig(topic=topic), fault_hook=crash)
-    assert fresh.list_files("", ".parquet") and fresh.exists(ledger_path(topic))
+    assert fresh.list_files(tables.RAW_EVENTS.name, ".parquet")
     again = extract_topic(kafka_settings, fresh, ExtractConfig(topic=topic))
-    assert again.leftovers_removed > 0 and again.messages == total
+    assert again.messages == total
+    assert read_raw_events(fresh).height == read_raw_events(lake).height
 
 
-def test_ledger_beyond_the_topic_is_an_error_not_a_silent_skip(kafka_settings, topic, lake):
-    from churn_platform.lake.ledger import write_ledger
+def test_offsets_beyond_the_topic_are_an_error_not_a_silent_skip(kafka_settings, topic, lake):
+    from churn_platform.events.contract import RAW_EVENTS_SCHEMA
 
     produce_round(kafka_settings, topic, seed=71, bad_fraction=0.0)
-    write_ledger(lake, topic, {0: 10_000_000, 1: 0, 2: 0})
-    with pytest.raises(ExtractError, match="reset-ledger"):
+    tables.create(lake, tables.RAW_EVENTS, RAW_EVENTS_SCHEMA)
+    tables.commit(
+        lake,
+        tables.RAW_EVENTS,
+        [],
+        schema=RAW_EVENTS_SCHEMA,
+        transactions={
+            tables.offsets_app_id(topic, p): o for p, o in {0: 10_000_000, 1: 0, 2: 0}.items()
+        },
+    )
+    with pytest.raises(ExtractError, match="reset-offsets"):
         extract_topic(kafka_settings, lake, ExtractConfig(topic=topic, stall_timeout=10))

@@ -100,7 +100,6 @@ def raw_customer_events(
             "seconds": dg.MetadataValue.float(round(result.seconds, 3)),
             "messages_per_second": dg.MetadataValue.float(round(result.messages_per_second, 1)),
             "workers": result.workers,
-            "leftovers_removed": result.leftovers_removed,
             "lake": dg.MetadataValue.path(lake.lake().url("raw/customer_events")),
         }
     )

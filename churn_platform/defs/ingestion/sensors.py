@@ -22,7 +22,7 @@ from churn_platform.defs.resources.lake import LakeResource
 from churn_platform.defs.runs import job_in_progress
 from churn_platform.ingestion.extract import format_lag, lag_behind
 from churn_platform.kafka.admin import BrokerUnavailable, high_watermarks
-from churn_platform.lake.ledger import read_ledger
+from churn_platform.lake.raw import extracted_offsets
 from churn_platform.lake.store import LakeError
 
 LAG_TAG = "churn-platform/lag"
@@ -101,10 +101,10 @@ def customer_events_sensor(
             f"topic {topic!r} does not exist on {settings.bootstrap_servers} yet; waiting for events"
         )
     try:
-        ledger = read_ledger(lake.lake(), topic)
+        offsets = extracted_offsets(lake.lake(), topic, marks)
     except (LakeError, OSError) as exc:
-        return dg.SkipReason(f"the lake's ledger of {topic!r} cannot be read: {exc}")
-    lag = lag_behind(marks, ledger.offsets)
+        return dg.SkipReason(f"the lake's offsets of {topic!r} cannot be read: {exc}")
+    lag = lag_behind(marks, offsets)
     behind = f"lag behind the extract {format_lag(lag)}"
     seen = {int(p): o for p, o in json.loads(context.cursor).items()} if context.cursor else {}
     moved = {p: (seen.get(p), o) for p, o in marks.items() if seen.get(p) != o}
