@@ -1,4 +1,6 @@
-"""Reading the raw event lake: only what the ledgers have committed.
+"""The lake's layout before Delta tables, read only by `churn-platform lake migrate`.
+
+Reading the raw event lake: only what the ledgers have committed.
 
 A data file counts when its last offset is below its partition's ledger offset;
 anything else is the leftover of a run that crashed before committing and will
@@ -114,6 +116,18 @@ def committed_raw_files(
             continue
         kept.append(f)
     return kept
+
+
+def read_range_file(lake: Lake, f: RangeFile, schema: pa.Schema) -> pa.Table:
+    """One range file of the old layout, checksums verified; a damaged file is named."""
+    try:
+        with lake.fs.open(lake.path(f.path), "rb") as fh:
+            return pq.read_table(fh, schema=schema, page_checksum_verification=True)
+    except Exception as exc:  # a damaged file must be named, never read as empty
+        raise LakeError(
+            f"could not read {lake.url(f.path)}: {exc}; restore it from a backup and run "
+            "`churn-platform lake migrate` again"
+        ) from exc
 
 
 def _read(lake: Lake, files: list[RangeFile], schema) -> pl.DataFrame:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     import polars as pl
 
 LEGACY_LEDGER_DIR = "raw/_ledger"
+MIGRATION_MARKER = "_legacy/MIGRATING"  # lake.migrate.MARKER
 
 
 class LegacyLake(LakeError):
@@ -33,10 +34,13 @@ class LegacyLake(LakeError):
 
 
 def refuse_legacy(lake: Lake) -> None:
-    """Raise LegacyLake when the lake holds a ledger of the old layout and no raw table yet."""
-    if tables.has_log(lake, RAW_EVENTS):
-        return
+    """Raise LegacyLake while the lake holds a ledger of the old layout (until migrated)."""
     ledgers = lake.list_files(LEGACY_LEDGER_DIR, ".json")
+    if not ledgers and lake.exists(MIGRATION_MARKER):
+        raise LegacyLake(
+            f"the lake {lake.uri} is being migrated to Delta tables ({lake.url(MIGRATION_MARKER)} "
+            "exists): run `churn-platform lake migrate` again to finish it"
+        )
     if ledgers:
         raise LegacyLake(
             f"the lake {lake.uri} was written before its tables were Delta tables (ledger "
