@@ -6,15 +6,15 @@ Starts the embedded broker and a 3-partition topic. Every round produces
 another simulated batch (5% malformed messages, each labelled with the reason
 validation must give it; every message's partition and offset recorded from the
 delivery reports), starts the extract in a child process that commits in steps
-(`--cap` messages per partition per ledger commit, small chunks and flushes, so
-many files and many commit points) and SIGKILLs it after a seeded delay spread
-over the whole run. After every kill it checks what readers see (exactly the
-produced data below the ledger) and records the state the kill left: ledger
-offsets, committed files, files beyond the ledger, temporary files. A clean run
-then completes the extract and the lake is compared with what was produced:
-lost and duplicate events must be 0, the quarantine exactly the malformed
-messages with their reasons, the ledger the end of the topic, no temporary
-file left. Writes benchmarks/results/soak.json; exits 1 if anything was lost
+(`--cap` messages per partition per commit, small chunks and flushes, so many
+files and many commit points) and SIGKILLs it after a seeded delay spread over
+the whole run. After every kill it checks what readers see (exactly the
+produced data below the committed offsets) and records the state the kill
+left: committed offsets and files, data files no commit references, temporary
+files. A clean run then completes the extract and the lake is compared with
+what was produced: lost and duplicate events must be 0, the quarantine exactly
+the malformed messages with their reasons, the offsets the end of the topic, no
+temporary file left. Writes benchmarks/results/soak.json; exits 1 if anything was lost
 or duplicated.
 """
 
@@ -89,8 +89,8 @@ def main() -> int:
             print(
                 f"round {r['round']:>2}: backlog {r['backlog']:>6}, kill after "
                 f"{r['kill_after_s']:.2f} s ({'killed' if r['killed'] else 'had finished'}): "
-                f"{r['phase']}; ledger {r['ledger_total']}, files {r['committed_files']} "
-                f"committed + {r['files_beyond_ledger']} beyond, {r['temp_files']} temp"
+                f"{r['phase']}; offsets {r['offsets_total']}, files {r['committed_files']} "
+                f"committed + {r['unreferenced_files']} unreferenced, {r['temp_files']} temp"
             )
         rerun_started = time.perf_counter()
         steps = run_child_to_completion(
@@ -110,12 +110,11 @@ def main() -> int:
         "rounds": args.rounds,
         "killed": sum(r["killed"] for r in records),
         "kill_phases": dict(sorted(phases.items())),
-        "leftover_files_at_kills": sum(r["files_beyond_ledger"] for r in records),
+        "unreferenced_files_at_kills": sum(r["unreferenced_files"] for r in records),
         "temp_files_at_kills": sum(r["temp_files"] for r in records),
         "final_rerun": {
             "seconds": round(rerun_seconds, 2),
             "steps": len(steps),
-            "leftovers_removed": sum(s["leftovers_removed"] for s in steps),
         },
         **figures,
         "seconds": round(seconds, 1),

@@ -276,6 +276,11 @@ def extract_topic(
     if config.dead_letter_topic:
         ensure_topic(settings, config.dead_letter_topic, partitions=len(partitions))
     raw_table.ensure_tables(lake)  # before any data file: files without a log are refused
+    # temporary files of a killed run (extracts of a lake run one at a time); its
+    # finished data files no commit references stay invisible until vacuumed
+    for spec in (tables.RAW_EVENTS, tables.QUARANTINE):
+        for path in lake.temp_files(spec.name):
+            lake.remove(path)
     starts = raw_table.extracted_offsets(lake, config.topic, partitions)
     quarantined = raw_table.quarantined_offsets(lake, config.topic, partitions)
     skip = {p: q for p, q in quarantined.items() if q > starts[p]}

@@ -52,6 +52,14 @@ def _write_failure(url: str, exc: OSError) -> LakeError:
     return LakeError(f"could not write {url}: {exc}" + (f"; {hint}" if hint else ""))
 
 
+def write_hint(message: str) -> str | None:
+    """What to do about a write failure reported as text ('... (os error 28)' from delta-rs)."""
+    import re
+
+    match = re.search(r"os error (\d+)", message)
+    return _WRITE_HINTS.get(int(match[1])) if match else None
+
+
 class LakeError(RuntimeError):
     """A lake read or write failed; the message names the path."""
 

@@ -39,7 +39,7 @@ from churn_platform.events.contract import (
     RAW_EVENTS_SCHEMA,
     RAW_EVENTS_STATISTICS_COLUMNS,
 )
-from churn_platform.lake.store import PARQUET_COMPRESSION, Lake, LakeError
+from churn_platform.lake.store import PARQUET_COMPRESSION, Lake, LakeError, write_hint
 
 if TYPE_CHECKING:
     import polars as pl
@@ -287,6 +287,13 @@ def _keeps(value: str | None, op: str, wanted: Any) -> bool:
     if op == ">=":
         return value >= wanted
     return value <= wanted  # "<="
+
+
+def unreferenced_files(lake: Lake, spec: TableSpec) -> list[str]:
+    """Lake-relative data files in the table's directory that its newest version does not
+    reference: a killed writer's files, or files a compaction replaced (until vacuumed)."""
+    referenced = {file_path(spec, f) for f in data_files(lake, spec)}
+    return [p for p in _data_files_on_disk(lake, spec) if p not in referenced]
 
 
 def file_path(spec: TableSpec, data_file: DataFile) -> str:
@@ -628,15 +635,22 @@ def commit(
             continue
         except LakeError:
             raise
-        except OSError as exc:
-            raise LakeError(f"could not commit to {table_uri(lake, spec)}: {exc}") from exc
         except Exception as exc:
             if table is None and "already exists" in str(exc).lower():
                 continue  # another writer created it first: commit against theirs
-            raise LakeError(f"could not commit to {table_uri(lake, spec)}: {exc}") from exc
+            raise _commit_failure(lake, spec, exc, len(files)) from exc
         return _newest_version(lake, spec)
     raise CommitConflict(
         f"could not commit to {table_uri(lake, spec)}: other writers kept committing first, rerun"
+    )
+
+
+def _commit_failure(lake: Lake, spec: TableSpec, exc: Exception, files: int) -> LakeError:
+    detail = " ".join(str(exc).split()) or type(exc).__name__
+    hint = write_hint(detail) or ("nothing of this write became visible; fix the cause and rerun")
+    return LakeError(
+        f"could not write {lake.url(spec.log_dir)} (the commit of {files} data files): "
+        f"{detail}; {hint}"
     )
 
 

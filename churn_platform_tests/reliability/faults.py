@@ -7,8 +7,8 @@
 - `start_extract_child` runs the extract in a child process (`python -m
   churn_platform_tests.reliability.faults ...`) that says "ready" once its imports
   are done, so a seeded kill delay measures the extract, not Python's start-up.
-- `lake_state` looks at the lake as a crash left it: ledger, committed range files,
-  files beyond the ledger, temporary files.
+- `lake_state` looks at the lake as a crash left it: committed offsets and files,
+  data files no commit references, temporary files.
 - `check_exactly_once` compares the lake with what was produced.
 """
 
@@ -195,25 +195,19 @@ def temp_files(root: str | os.PathLike[str]) -> list[str]:
 
 
 def lake_state(lake, topic: str) -> dict:
-    """Ledger offsets, committed files, files beyond the ledger and temp files."""
-    from churn_platform.lake.ledger import read_ledger
-    from churn_platform.lake.paths import QUARANTINE_DIR, RAW_EVENTS_DIR
-    from churn_platform.lake.raw import range_files
+    """Committed offsets and files, data files no commit references, temp files."""
+    from churn_platform.lake import tables
+    from churn_platform.lake.raw import extracted_offsets
 
-    ledger = read_ledger(lake, topic)
-    files = [
-        f
-        for d in (RAW_EVENTS_DIR, QUARANTINE_DIR)
-        for f in range_files(lake, d)
-        if f.topic == topic
-    ]
-    committed = [f for f in files if f.last < ledger.next_offset(f.partition)]
-    beyond = [f.path for f in files if f.last >= ledger.next_offset(f.partition)]
+    offsets = extracted_offsets(lake, topic)
+    specs = (tables.RAW_EVENTS, tables.QUARANTINE)
+    committed = sum(len(tables.data_files(lake, spec)) for spec in specs)
+    beyond = [p for spec in specs for p in tables.unreferenced_files(lake, spec)]
     return {
-        "ledger_offsets": {str(p): o for p, o in sorted(ledger.offsets.items())},
-        "ledger_total": sum(ledger.offsets.values()),
-        "committed_files": len(committed),
-        "files_beyond_ledger": len(beyond),
+        "offsets": {str(p): o for p, o in sorted(offsets.items())},
+        "offsets_total": sum(offsets.values()),
+        "committed_files": committed,
+        "unreferenced_files": len(beyond),
         "temp_files": len(temp_files(lake.root)),
         # which files (a rewritten file is a new inode): tells this run's files from older ones
         "_beyond": {(p, os.stat(lake.path(p)).st_ino) for p in beyond},
@@ -227,35 +221,38 @@ def kill_phase(state: dict, at_start: dict, killed: bool) -> str:
     if state["temp_files"]:
         return "writing a file"
     if state["_beyond"] - at_start["_beyond"]:
-        return "files written, ledger not yet"
-    if state["ledger_total"] > at_start["ledger_total"]:
-        return "after a ledger commit"
-    if state["_beyond"] < at_start["_beyond"]:
-        return "removing a crashed run's files"
+        return "files written, not yet committed"
+    if state["offsets_total"] > at_start["offsets_total"]:
+        return "after a commit"
     return "before any file"
 
 
 def check_visible_prefix(lake, topic: str, produced: Produced) -> int:
-    """What readers see is exactly the produced data below the ledger, once.
+    """What readers see is exactly the produced data below the committed offsets, once.
 
-    Holds at every instant, whatever a crash left beyond the ledger. Returns
-    how many rows (events + quarantined) readers see.
+    Holds at every instant, whatever a crash left uncommitted. Returns how many
+    rows (events + quarantined) readers see.
     """
-    from churn_platform.lake.ledger import read_ledger
-    from churn_platform.lake.raw import read_quarantine, read_raw_events
+    from churn_platform.lake.raw import extracted_offsets, read_quarantine, read_raw_events
 
-    ledger = read_ledger(lake, topic)
+    offsets = extracted_offsets(lake, topic)
     events = read_raw_events(lake, [topic])
     quarantine = read_quarantine(lake, [topic])
     seen = list(zip(events["_partition"], events["_offset"], events["event_id"], strict=True))
     assert len(seen) == len({(p, o) for p, o, _ in seen}), "a valid event is in the lake twice"
-    want = {k: v for k, v in produced.valid.items() if k[1] < ledger.next_offset(k[0])}
+    want = {k: v for k, v in produced.valid.items() if k[1] < offsets.get(k[0], 0)}
     assert {(p, o): e for p, o, e in seen} == want
     bad = list(
         zip(quarantine["partition"], quarantine["offset"], quarantine["reason"], strict=True)
     )
     assert len(bad) == len({(p, o) for p, o, _ in bad}), "a message is quarantined twice"
-    want_bad = {k: v for k, v in produced.bad.items() if k[1] < ledger.next_offset(k[0])}
+    # the quarantine commits first, so it may be ahead of the raw table (never behind)
+    from churn_platform.lake import tables
+
+    q_offsets = tables.committed_offsets(lake, tables.QUARANTINE, topic)
+    assert all(q_offsets.get(p, o) >= o for p, o in offsets.items() if p in q_offsets)
+    held = {p: max(o, q_offsets.get(p, 0)) for p, o in offsets.items()}
+    want_bad = {k: v for k, v in produced.bad.items() if k[1] < held.get(k[0], 0)}
     assert {(p, o): r for p, o, r in bad} == want_bad
     return len(seen) + len(bad)
 
@@ -265,8 +262,7 @@ def check_exactly_once(lake, topic: str, produced: Produced) -> dict:
 
     Returns the figures a report wants (checked, lost, duplicates, quarantined).
     """
-    from churn_platform.lake.ledger import read_ledger
-    from churn_platform.lake.raw import read_quarantine, read_raw_events
+    from churn_platform.lake.raw import extracted_offsets, read_quarantine, read_raw_events
 
     events = read_raw_events(lake, [topic])
     quarantine = read_quarantine(lake, [topic])
@@ -300,7 +296,7 @@ def check_exactly_once(lake, topic: str, produced: Produced) -> dict:
         "quarantine_duplicates": sum(n - 1 for n in q.values() if n > 1),
         "quarantine_wrong": sum(1 for k, r in produced.bad.items() if q_reasons.get(k) != r)
         + len(set(q) - set(produced.bad)),
-        "ledger_matches_topic_end": read_ledger(lake, topic).offsets == produced.ends,
+        "offsets_match_topic_end": extracted_offsets(lake, topic) == produced.ends,
         "temp_files_left": len(temp_files(lake.root)),
     }
     return figures
@@ -319,7 +315,7 @@ def assert_exactly_once(figures: dict) -> None:
     assert {k: figures[k] for k in zero} == dict.fromkeys(zero, 0), figures
     assert figures["events_checked"] == figures["valid_produced"], figures
     assert figures["quarantined_checked"] == figures["quarantined_expected"], figures
-    assert figures["ledger_matches_topic_end"], figures
+    assert figures["offsets_match_topic_end"], figures
 
 
 # --- kill rounds -----------------------------------------------------------------
@@ -343,7 +339,7 @@ def kill_rounds(settings, topic, lake, produced, *, rounds, seed, sizes, child_o
     for round_number in range(rounds):
         produce_recorded(settings, topic, produced, seed=seed + round_number, **sizes)
         before = lake_state(lake, topic)
-        backlog = produced.messages - before["ledger_total"]
+        backlog = produced.messages - before["offsets_total"]
         delay = fractions[round_number] * 1.1 * backlog / rate
         command = extract_child_command(
             settings.bootstrap_servers, lake.root, topic, **child_options
@@ -366,7 +362,7 @@ def kill_rounds(settings, topic, lake, produced, *, rounds, seed, sizes, child_o
                 "ran_s": round(alive, 3),
                 "killed": killed,
                 "phase": kill_phase(state, before, killed),
-                "ledger_total_before": before["ledger_total"],
+                "offsets_total_before": before["offsets_total"],
                 "visible_rows": visible,
                 **{k: v for k, v in state.items() if not k.startswith("_")},
             }
@@ -380,7 +376,7 @@ def kill_rounds(settings, topic, lake, produced, *, rounds, seed, sizes, child_o
 def _child(argv: list[str] | None = None) -> int:
     """Extract in steps of `--cap` messages per partition until nothing is new.
 
-    Every step commits the ledger, so a run has many commit points; small chunks
+    Every step commits, so a run has many commit points; small chunks
     and flushes give many file writes between them.
     """
     parser = argparse.ArgumentParser()

@@ -44,8 +44,7 @@ from churn_platform.events.contract import (
 )
 from churn_platform.events.validation import now_ms, validate, validate_batch
 from churn_platform.ingestion.extract import ExtractConfig, extract_topic
-from churn_platform.lake.ledger import read_ledger
-from churn_platform.lake.raw import read_quarantine, read_raw_events
+from churn_platform.lake.raw import extracted_offsets, read_quarantine, read_raw_events
 from churn_platform.lake.store import Lake
 
 MAX_BYTES = DEFAULT_MAX_MESSAGE_BYTES
@@ -887,7 +886,7 @@ def test_extract_lands_the_valid_and_quarantines_the_rest(
 ):
     """Real broker, real extract: rows == the valid messages, quarantine == the rest, by offset.
 
-    Two runs (the second resumes from the ledger) in small chunks and small flushes, so
+    Two runs (the second resumes from the lake's offsets) in small chunks and small flushes, so
     rejects fall on chunk and file boundaries.
     """
     lake = Lake(tmp_path / "lake")
@@ -911,7 +910,7 @@ def test_extract_lands_the_valid_and_quarantines_the_rest(
     rows = read_raw_events(lake, [topic])
     quarantine = read_quarantine(lake, [topic])
     assert rows.height + quarantine.height == len(extract_pool)  # nothing lost
-    assert sum(read_ledger(lake, topic).offsets.values()) == len(extract_pool)
+    assert sum(extracted_offsets(lake, topic).values()) == len(extract_pool)
     good = {where for where, (_, _, o) in expected.items() if isinstance(o, Event)}
     assert 0 < len(good) < len(expected)
     assert set(zip(rows["_partition"], rows["_offset"], strict=True)) == good

@@ -1,4 +1,4 @@
-"""The lake fails under the extract: a full disk, a read-only lake, damaged files and ledger.
+"""The lake fails under the extract: a full disk, a read-only lake, damaged files and log.
 
 Full and read-only are real, even as root: the lake lives on a small tmpfs mounted in a
 private user + mount namespace (`unshare --user --map-root-user --mount`, no privilege
@@ -7,10 +7,10 @@ read-only remount fails writes with EROFS. The extract runs there through the re
 command line (`nsenter` into the namespace); the test looks at the lake through
 /proc/<holder>/root and copies it out to read it with the lake's readers.
 
-Each fault must give a clear error naming the path and what to do, leave the ledger as
-it was, leave no temporary file, keep readers' view exactly the committed data, and once
-the fault is lifted a rerun must complete with every message exactly once. Damaged
-Parquet files and a damaged ledger must be errors naming the path, never read as empty,
+Each fault must give a clear error naming the path and what to do, leave the transaction
+log as it was, leave no temporary file, keep readers' view exactly the committed data, and
+once the fault is lifted a rerun must complete with every message exactly once. Damaged
+Parquet files and a damaged log must be errors naming the path, never read as empty,
 never a restart from offset 0.
 """
 
@@ -30,9 +30,8 @@ import pytest
 
 from churn_platform.features.inputs import feature_inputs, read_inputs
 from churn_platform.ingestion.extract import ExtractConfig, extract_topic
-from churn_platform.lake.ledger import LedgerCorrupt, read_ledger
-from churn_platform.lake.paths import QUARANTINE_DIR, RAW_EVENTS_DIR, ledger_path
-from churn_platform.lake.raw import committed, read_quarantine, read_raw_events
+from churn_platform.lake import tables
+from churn_platform.lake.raw import extracted_offsets, read_quarantine, read_raw_events
 from churn_platform.lake.store import Lake, LakeError
 from churn_platform_tests.reliability.faults import (
     END,
@@ -125,6 +124,15 @@ def extract_in(tmpfs: NamespaceTmpfs, settings, topic: str) -> dict:
     return json.loads(done.stdout.splitlines()[-1])
 
 
+def logs(tmpfs: NamespaceTmpfs) -> dict[str, int]:
+    """The tables' transaction logs (file → size) as they are in the tmpfs."""
+    return {
+        path: size
+        for path, size in listing(tmpfs.view("lake")).items()
+        if f"/{tables.LOG_DIR}/" in f"/{path}"
+    }
+
+
 def snapshot(tmpfs: NamespaceTmpfs, target) -> Lake:
     """A copy of the lake as it is in the tmpfs, for the lake's readers."""
     shutil.copytree(tmpfs.view("lake"), target)
@@ -156,8 +164,7 @@ def test_full_filesystem_is_a_clear_error_and_a_rerun_completes(
     produced = Produced()
     produce_recorded(kafka_settings, topic, produced, seed=301, **SMALL)
     extract_in(tmpfs, kafka_settings, topic)
-    ledger_file = tmpfs.view(f"lake/{ledger_path(topic)}")
-    ledger_before = Path(ledger_file).read_bytes()
+    log_before = logs(tmpfs)
 
     produce_recorded(kafka_settings, topic, produced, seed=302, customers=60, days=30)
     # fill the filesystem but for a few pages: some of the new files fit, then ENOSPC
@@ -170,11 +177,11 @@ def test_full_filesystem_is_a_clear_error_and_a_rerun_completes(
     assert_clear_error(
         failed, f"{tmpfs.mountpoint}/lake/", "No space left on device", "is full", "and rerun"
     )
-    assert Path(ledger_file).read_bytes() == ledger_before
+    assert logs(tmpfs) == log_before
     assert temp_files(tmpfs.view("lake")) == []  # the failed writer removed its temp file
     during = snapshot(tmpfs, tmp_path / "during")
     # readers see exactly the first extract's data, whatever the failure left beyond it
-    first_offsets = read_ledger(during, topic).offsets
+    first_offsets = extracted_offsets(during, topic)
     assert check_visible_prefix(during, topic, produced) == sum(first_offsets.values())
 
     os.remove(tmpfs.view("filler"))  # the fault is lifted
@@ -182,45 +189,44 @@ def test_full_filesystem_is_a_clear_error_and_a_rerun_completes(
     assert_exactly_once(check_exactly_once(snapshot(tmpfs, tmp_path / "after"), topic, produced))
 
 
-def test_read_only_lake_and_ledger_are_clear_errors_and_a_rerun_completes(
+def test_read_only_lake_and_log_are_clear_errors_and_a_rerun_completes(
     kafka_settings, topic, tmpfs, tmp_path
 ):
     produced = Produced()
     produce_recorded(kafka_settings, topic, produced, seed=311, **SMALL)
     extract_in(tmpfs, kafka_settings, topic)
     lake_dir = f"{tmpfs.mountpoint}/lake"
-    ledger_file = tmpfs.view(f"lake/{ledger_path(topic)}")
-    ledger_before = Path(ledger_file).read_bytes()
+    raw_log = f"{lake_dir}/{tables.RAW_EVENTS.log_dir}"
+    before_log = Path(tmpfs.view(f"lake/{tables.RAW_EVENTS.log_dir}"))
+    raw_log_before = sorted(p.name for p in before_log.iterdir())
 
-    # 1. only the ledger's directory is read-only: every data file is written, the commit fails
+    # 1. only the raw table's log is read-only: every data file is written (and the
+    # quarantine's commit lands), the raw table's commit fails
     produce_recorded(kafka_settings, topic, produced, seed=312, **SMALL)
-    ledger_dir = f"{lake_dir}/raw/_ledger"
-    tmpfs.sh(f"mount --bind {ledger_dir} {ledger_dir} && mount -o remount,ro,bind {ledger_dir}")
+    tmpfs.sh(f"mount --bind {raw_log} {raw_log} && mount -o remount,ro,bind {raw_log}")
     failed = cli_extract(tmpfs, kafka_settings, topic)
-    assert_clear_error(
-        failed, f"{lake_dir}/{ledger_path(topic)}", "Read-only file system", "remount it"
-    )
-    assert Path(ledger_file).read_bytes() == ledger_before
+    assert_clear_error(failed, raw_log, "Read-only file system", "remount it")
+    assert sorted(p.name for p in before_log.iterdir()) == raw_log_before
     assert temp_files(tmpfs.view("lake")) == []
     during = snapshot(tmpfs, tmp_path / "during")
-    visible = [f for d in (RAW_EVENTS_DIR, QUARANTINE_DIR) for f in committed(during, d, [topic])]
-    assert check_visible_prefix(during, topic, produced) == sum(
-        read_ledger(during, topic).offsets.values()
-    )
-    on_disk = [p for p in listing(tmpfs.view("lake")) if p.endswith(".parquet")]
-    assert len(on_disk) > len(visible)  # the new files are there, and invisible
+    # exactly the first run's rows, and this run's rejects: the quarantine committed first
+    # (the rerun skips them); this run's event files are there, and invisible
+    check_visible_prefix(during, topic, produced)
+    quarantined = tables.committed_offsets(during, tables.QUARANTINE, topic)
+    assert sum(quarantined.values()) > sum(extracted_offsets(during, topic).values())
+    assert len(tables.unreferenced_files(during, tables.RAW_EVENTS)) > 0
 
-    # 2. the whole lake is read-only: the leftovers of 1. cannot even be removed
-    tmpfs.sh(f"umount {ledger_dir} && mount -o remount,ro {tmpfs.mountpoint}")
+    # 2. the whole lake is read-only
+    tmpfs.sh(f"umount {raw_log} && mount -o remount,ro {tmpfs.mountpoint}")
     produce_recorded(kafka_settings, topic, produced, seed=313, **SMALL)
     before = listing(tmpfs.view("lake"))
     failed = cli_extract(tmpfs, kafka_settings, topic)
     assert_clear_error(failed, f"{lake_dir}/", "Read-only file system", "remount it")
     assert listing(tmpfs.view("lake")) == before
 
-    # the fault is lifted: the rerun replaces the leftovers and completes, exactly once
+    # the fault is lifted: the rerun completes, exactly once
     tmpfs.sh(f"mount -o remount,rw {tmpfs.mountpoint}")
-    assert extract_in(tmpfs, kafka_settings, topic)["leftovers_removed"] > 0
+    extract_in(tmpfs, kafka_settings, topic)
     assert_exactly_once(check_exactly_once(snapshot(tmpfs, tmp_path / "after"), topic, produced))
 
 
@@ -280,10 +286,16 @@ def test_damaged_parquet_files_are_named_never_read_as_empty(extracted, topic):
     as_of = END.date()
     inputs = feature_inputs(lake, as_of)
     raw = max(inputs.window_files, key=lake.size)
-    quarantine = max(committed(lake, QUARANTINE_DIR, [topic]), key=lambda f: lake.size(f.path))
+    quarantine = max(
+        (
+            tables.file_path(tables.QUARANTINE, f)
+            for f in tables.data_files(lake, tables.QUARANTINE)
+        ),
+        key=lake.size,
+    )
     for target, read, detects_all in (
         (raw, lambda: read_raw_events(lake, [topic]), True),
-        (quarantine.path, lambda: read_quarantine(lake, [topic]), True),
+        (quarantine, lambda: read_quarantine(lake, [topic]), True),
         # polars reads the features' inputs and checks no page checksums: a garbled data
         # page can pass there (see the README); truncation and broken structure cannot
         (raw, lambda: read_inputs(lake, inputs), False),
@@ -305,58 +317,52 @@ def test_damaged_parquet_files_are_named_never_read_as_empty(extracted, topic):
     assert read_raw_events(lake, [topic]).height > 0  # restored, all readable again
 
 
-def test_damaged_ledger_is_named_and_the_extract_never_restarts_from_zero(
+def test_damaged_log_is_named_and_the_extract_never_restarts_from_zero(
     extracted, kafka_settings, topic
 ):
+    """The newest commit of the raw table's log damaged in every way a disk or a person can.
+
+    Unparseable: an error naming the log and the fix, from the extract, every reader and
+    the command line, and nothing in the lake changes. Parseable but empty (a commit
+    file emptied or replaced by `{}`), or the newest commit removed: the table is the
+    version before it, rows and offsets together, so the next extract reads exactly
+    that commit's messages again: exactly once, never from offset 0.
+    """
     lake, produced = extracted
-    produce_recorded(kafka_settings, topic, produced, seed=322, **SMALL)  # work for a rerun
-    path = lake.path(ledger_path(topic))
+    produce_recorded(kafka_settings, topic, produced, seed=322, **SMALL)
+    extract_topic(kafka_settings, lake, ExtractConfig(topic=topic))  # a second commit
+    produce_recorded(kafka_settings, topic, produced, seed=323, **SMALL)  # work for a rerun
+    log = tables.RAW_EVENTS.log_dir
+    newest = sorted(lake.list_files(log, ".json"))[-1]
+    path = lake.path(newest)
     original = Path(path).read_bytes()
-    body = json.loads(original)
+    offsets = extracted_offsets(lake, topic)
     files_before = listing(lake.root)
     rng = random.Random(322)
     garbled = bytearray(original)
     for i in rng.sample(range(len(garbled)), 12):
         garbled[i] = rng.randrange(256)
-    # a plausible ledger whose offset of partition 0 went back into a committed file
-    straddled = min(
-        (
-            f
-            for f in committed(lake, RAW_EVENTS_DIR, [topic])
-            if f.partition == 0 and f.last > f.first
-        ),
-        key=lambda f: f.first,
-    )
-    rolled_back = {**body, "offsets": {**body["offsets"], "0": straddled.first + 1}}
-    versions = {
+    unreadable = {
         "truncated to half": original[: len(original) // 2],
-        "truncated to nothing": b"",
         "bytes garbled": bytes(garbled),
         "not an object": b"[]",
-        "offsets missing": json.dumps({"topic": topic}).encode(),
-        "an offset not a number": json.dumps({**body, "offsets": {"0": "many"}}).encode(),
-        "a negative offset": json.dumps({**body, "offsets": {"0": -5}}).encode(),
-        "another topic's": json.dumps({**body, "topic": f"{topic}-other"}).encode(),
-        "rolled back into a file": json.dumps(rolled_back).encode(),
+        "not JSON": b"{not json",
     }
-    named = re.escape(lake.url(ledger_path(topic)))
-    for name, damaged in versions.items():
+    named = re.escape(lake.url(log))
+    for name, damaged in unreadable.items():
         with open(path, "wb") as fh:
             fh.write(damaged)
-        with pytest.raises(LedgerCorrupt, match=named):
+        with pytest.raises(LakeError, match=named):
             extract_topic(kafka_settings, lake, ExtractConfig(topic=topic))
-        assert listing(lake.root) == {**files_before, ledger_path(topic): len(damaged)}, name
-        with pytest.raises(LedgerCorrupt, match=named):
+        assert listing(lake.root) == {**files_before, newest: len(damaged)}, name
+        with pytest.raises(LakeError, match=named):
             read_raw_events(lake, [topic])
-        with pytest.raises(LedgerCorrupt, match=named):
+        with pytest.raises(LakeError, match=named):
             feature_inputs(lake, END.date())
-        if name != "rolled back into a file":
-            with pytest.raises(LedgerCorrupt, match=named):
-                read_ledger(lake, topic)
 
-    # the command line says which file and what to do, without a traceback
+    # the command line says which log and what to do, without a traceback
     with open(path, "wb") as fh:
-        fh.write(versions["truncated to half"])
+        fh.write(unreadable["truncated to half"])
     done = subprocess.run(
         [sys.executable, "-m", "churn_platform.cli", "extract", "--topic", topic]
         + ["--bootstrap-servers", kafka_settings.bootstrap_servers, "--lake", lake.root],
@@ -366,11 +372,16 @@ def test_damaged_ledger_is_named_and_the_extract_never_restarts_from_zero(
         timeout=120,
     )
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
-    assert lake.url(ledger_path(topic)) in done.stderr, done.stderr
-    assert "restore it from a backup" in done.stderr, done.stderr
+    assert lake.url(log) in done.stderr, done.stderr
+    assert "restore _delta_log from a backup" in done.stderr, done.stderr
 
-    with open(path, "wb") as fh:  # restored from a backup: the extract goes on, exactly once
-        fh.write(original)
+    # an emptied newest commit reads as the version before it: offsets and rows went
+    # back together, never to 0, and the extract reads that commit's messages again
+    with open(path, "wb") as fh:
+        fh.write(b"")
+    back = extracted_offsets(lake, topic)
+    assert 0 < sum(back.values()) < sum(offsets.values())
+    assert check_visible_prefix(lake, topic, produced) >= sum(back.values())  # + quarantine
     extract_topic(kafka_settings, lake, ExtractConfig(topic=topic))
     assert_exactly_once(check_exactly_once(lake, topic, produced))
 

@@ -32,7 +32,7 @@ from churn_platform.ingestion.extract import ExtractConfig, extract_topic
 from churn_platform.kafka.admin import ensure_topic, partitions_of
 from churn_platform.kafka.config import KafkaSettings
 from churn_platform.kafka.reader import OffsetRangeReader
-from churn_platform.lake.ledger import read_ledger
+from churn_platform.lake.raw import extracted_offsets
 from churn_platform.lake.store import Lake
 from churn_platform.serving.scorer import decode_stream_score
 from churn_platform_tests.serving.test_scorer import register, trained_model  # noqa: F401
@@ -134,7 +134,7 @@ def test_scorer_killed_under_load_scores_every_event_with_bounded_duplicates(
     lake = Lake(str(tmp_path / "lake"))
     extract_topic(settings, lake, ExtractConfig(topic=topic))
     register(lake, trained_model, uuid.uuid4().hex)
-    ledger = read_ledger(lake, topic)
+    held = extracted_offsets(lake, topic)
     scores_topic = f"kill-scores-{uuid.uuid4().hex[:8]}"
     ensure_topic(settings, scores_topic, partitions=3)
     group = f"kill-{uuid.uuid4().hex[:8]}"
@@ -159,7 +159,7 @@ def test_scorer_killed_under_load_scores_every_event_with_bounded_duplicates(
             time.sleep(0.3)  # a produce request already on the wire lands now
             committed = committed_offsets(settings, topic, group)
             floor = {
-                p: o if o >= 0 else ledger.next_offset(p) for p, o in committed.items()
+                p: o if o >= 0 else held.get(p, 0) for p, o in committed.items()
             }  # nothing committed yet: the restart scores from the lake's end
             delivered = score_keys(settings, scores_topic)
             window = {(p, o) for p, o in delivered if o >= floor[p]}
@@ -173,7 +173,7 @@ def test_scorer_killed_under_load_scores_every_event_with_bounded_duplicates(
         owed = {
             (m.partition(), m.offset())
             for m in events
-            if m.offset() >= ledger.next_offset(m.partition())
+            if m.offset() >= held.get(m.partition(), 0)
             and not isinstance(validate(m.value()), Rejection)
         }
         deadline = time.monotonic() + 30
