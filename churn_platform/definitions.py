@@ -27,6 +27,7 @@ import dagster as dg
 from churn_platform.defs.automation import automation_definitions
 from churn_platform.defs.features.definitions import features_definitions, features_partitions
 from churn_platform.defs.ingestion.definitions import ingestion_definitions
+from churn_platform.defs.lake.definitions import lake_definitions
 from churn_platform.defs.ml.definitions import ml_definitions
 from churn_platform.defs.monitoring.definitions import monitoring_definitions
 from churn_platform.defs.resources.beam import BeamRunnerResource
@@ -61,5 +62,6 @@ def defs() -> dg.Definitions:
         ml_definitions(partitions),
         monitoring_definitions(partitions),
         automation_definitions(),
+        lake_definitions(),
         dg.Definitions(resources=resources_from_env(), executor=dg.in_process_executor),
     )

@@ -21,6 +21,7 @@ SUBCOMMANDS = (
     "up",
     "serve",
     "deployment",
+    "lake",
 )
 # The streaming scorer's features are a few small polars queries per micro-batch:
 # waking a pool of threads for them cost more than it saved (benchmarks/streaming.py

@@ -1,5 +1,7 @@
 """Run-state questions that sensors and schedules ask before requesting a run."""
 
+import time
+
 import dagster as dg
 
 ACTIVE_RUN_STATUSES = [
@@ -16,3 +18,21 @@ def job_in_progress(instance: dg.DagsterInstance, job_name: str) -> bool:
         filters=dg.RunsFilter(job_name=job_name, statuses=ACTIVE_RUN_STATUSES), limit=1
     )
     return bool(runs)
+
+
+def longest_run(instance: dg.DagsterInstance, limit: int = 1000) -> tuple[float, str]:
+    """(hours, run id) of the longest of the instance's last `limit` runs, an active one's so far.
+
+    Maintenance refuses a retention shorter than this: a vacuum would delete
+    files such a run had written but not committed yet, or was still reading.
+    """
+    now = time.time()
+    longest, which = 0.0, ""
+    for record in instance.get_run_records(limit=limit):
+        if record.start_time is None:
+            continue
+        active = record.dagster_run.status in ACTIVE_RUN_STATUSES
+        end = record.end_time or (now if active else record.start_time)
+        if end - record.start_time > longest:
+            longest, which = end - record.start_time, record.dagster_run.run_id
+    return longest / 3600, which
