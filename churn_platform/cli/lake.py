@@ -1,4 +1,5 @@
-"""`churn-platform lake …`: operations on the lake's tables (`maintain`: compaction, vacuum)."""
+"""`churn-platform lake …`: operations on the lake's tables (`maintain`: compaction, vacuum;
+`migrate`: a lake of the layout before Delta tables, converted in place)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,36 @@ def add_parser(subparsers) -> None:
     )
     commands = parser.add_subparsers(dest="lake_command", required=True, metavar="LAKE_COMMAND")
     add_maintain_parser(commands)
+    add_migrate_parser(commands)
+
+
+def add_migrate_parser(commands) -> None:
+    parser = commands.add_parser(
+        "migrate",
+        help="convert a lake written before Delta tables (range files + ledger), once",
+        description="Convert a lake of the old layout (Parquet range files and a JSON offset "
+        "ledger per topic) into Delta tables in place: the rows the ledger committed become "
+        "the raw and quarantine tables' rows, once, and the ledger's offsets the tables' "
+        "application transactions, so the extract goes on where it was. The old files move "
+        "under _legacy/ (nothing is deleted); features, labels and scores are recomputed. "
+        "Stop the platform first; an interrupted run goes on where it stopped when run again.",
+    )
+    parser.add_argument("--lake", default=None, help="lake root (default $CHURN_LAKE or var/lake)")
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    parser.set_defaults(handler=run_migrate)
+
+
+def run_migrate(args: argparse.Namespace) -> int:
+    from churn_platform.lake.migrate import migrate
+    from churn_platform.lake.store import Lake, LakeError
+
+    try:
+        lake = Lake(args.lake or lake_root())
+        done = migrate(lake)
+    except LakeError as exc:
+        raise UserError(str(exc)) from None
+    print(json.dumps(done.as_dict()) if args.json else done.describe())
+    return 0
 
 
 def add_maintain_parser(commands) -> None:

@@ -154,7 +154,11 @@ def table_uri(lake: Lake, spec: TableSpec) -> str:
 
 
 def has_log(lake: Lake, spec: TableSpec) -> bool:
-    return lake.exists(spec.log_dir) and bool(lake.list_files(spec.log_dir, ".json"))
+    """Whether the table has a transaction log (cheap: no listing of a long log)."""
+    log = spec.log_dir
+    if lake.exists(f"{log}/_last_checkpoint") or lake.exists(f"{log}/{0:020d}.json"):
+        return True
+    return lake.exists(log) and bool(lake.list_files(log, ".json"))
 
 
 def _data_files_on_disk(lake: Lake, spec: TableSpec) -> list[str]:
@@ -639,7 +643,10 @@ def commit(
             if table is None and "already exists" in str(exc).lower():
                 continue  # another writer created it first: commit against theirs
             raise _commit_failure(lake, spec, exc, len(files)) from exc
-        return _newest_version(lake, spec)
+        if table is None:
+            return _newest_version(lake, spec)
+        table.update_incremental()
+        return table.version()
     raise CommitConflict(
         f"could not commit to {table_uri(lake, spec)}: other writers kept committing first, rerun"
     )
@@ -668,11 +675,10 @@ def _newest_version(lake: Lake, spec: TableSpec) -> int:
     return table.version()
 
 
-def create(lake: Lake, spec: TableSpec, schema: pa.Schema) -> int:
-    """Create the table empty when it does not exist yet; returns its version."""
-    table = open_table(lake, spec)
-    if table is not None:
-        return table.version()
+def create(lake: Lake, spec: TableSpec, schema: pa.Schema) -> int | None:
+    """Create the table empty unless it has a log already; returns its version (None: it had)."""
+    if has_log(lake, spec):
+        return None
     return commit(lake, spec, [], schema=schema)
 
 

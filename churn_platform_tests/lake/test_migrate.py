@@ -157,3 +157,30 @@ def test_a_damaged_old_file_is_named_and_nothing_is_committed(tmp_path):
     assert tables.committed_offsets(lake, tables.RAW_EVENTS, TOPIC) == {}
     with pytest.raises(raw.LegacyLake, match="run `churn-platform lake migrate` again"):
         raw.read_raw_events(lake)
+
+
+def test_the_command_migrates_and_says_what_it_did(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    lake, committed = old_layout_lake(tmp_path / "lake")
+    command = [sys.executable, "-m", "churn_platform.cli", "lake", "migrate", "--lake", lake.root]
+    done = subprocess.run(command + ["--json"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    body = json.loads(done.stdout)
+    assert body["topics"][0]["rows"] == len(committed) and body["legacy_files_moved"] > 0
+    again = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "nothing to migrate" in again.stdout, again.stdout
+    # a damaged old ledger: one line naming it, no traceback
+    other, _ = old_layout_lake(tmp_path / "other")
+    ledger = f"raw/_ledger/{TOPIC}.json"
+    other.write_bytes(ledger, b"{not json")
+    bad = subprocess.run(
+        [sys.executable, "-m", "churn_platform.cli", "lake", "migrate", "--lake", other.root],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
+    assert f"{LEGACY_DIR}/{ledger}" in bad.stderr and "corrupt" in bad.stderr, bad.stderr
