@@ -17,7 +17,7 @@ from churn_platform.features.materialize import read_features
 from churn_platform.kafka.admin import partitions_of
 from churn_platform.kafka.config import KafkaSettings
 from churn_platform.kafka.reader import OffsetRangeReader
-from churn_platform.lake.paths import scores_dir
+from churn_platform.lake import tables
 from churn_platform.ml import estimators, registry
 from churn_platform.ml.frame import LABEL_COLUMN, model_input
 from churn_platform.ml.score import decode_score_message, read_scores
@@ -308,7 +308,7 @@ def test_scoring_without_a_usable_champion_fails_loudly(
     text = failure_text(result)
     assert "no champion yet" in text and "champion.json does not exist" in text
     assert "ModelMissing" in text
-    assert not untrained.list_files(scores_dir(as_of))
+    assert not tables.data_files(untrained, tables.SCORES, {"as_of": as_of})
 
     lake = copy_lake(trained[0], tmp_path / "corrupt")
     version = registry.read_champion(lake)["version"]
@@ -323,7 +323,7 @@ def test_scoring_without_a_usable_champion_fails_loudly(
     text = failure_text(result)
     assert lake.url(model_path) in text and "does not match its manifest" in text
     assert "ModelCorrupt" in text
-    assert not lake.list_files(scores_dir(as_of))
+    assert not tables.data_files(lake, tables.SCORES, {"as_of": as_of})
     assert read_topic(kafka_settings, topic) == []
 
 
