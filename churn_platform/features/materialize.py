@@ -254,15 +254,18 @@ def feature_files(lake: Lake, as_of: date, version: int | None = None) -> list[s
 
 def read_feature_manifest(lake: Lake, as_of: date, version: int | None = None) -> dict:
     """What the data files of `as_of` carry in their footers (spec, churn definition, inputs)."""
-    return _manifest(lake, as_of, _partition(lake, as_of, version))
+    return _manifest(lake, as_of, _partition(lake, as_of, version), version)
 
 
-def _manifest(lake: Lake, as_of: date, files: list[tables.DataFile]) -> dict:
+def _manifest(
+    lake: Lake, as_of: date, files: list[tables.DataFile], version: int | None = None
+) -> dict:
     """The footers' manifest. Every file of a partition was written for one commit, so
     they agree; a file that does not (or carries nothing) is named."""
     found: dict | None = None
     for data_file in files:
-        text = tables.file_metadata(lake, tables.FEATURES, data_file).get(FEATURE_TABLE_KEY)
+        footer = tables.file_metadata(lake, tables.FEATURES, data_file, version)
+        text = footer.get(FEATURE_TABLE_KEY)
         path = lake.url(tables.file_path(tables.FEATURES, data_file))
         if text is None:
             raise LakeError(
@@ -289,7 +292,7 @@ def read_features(
     holds the union of every date's columns).
     """
     files = _partition(lake, as_of, version)
-    spec = FeatureSpec.from_dict(_manifest(lake, as_of, files))
+    spec = FeatureSpec.from_dict(_manifest(lake, as_of, files, version))
     schema = spec.schema()
     wanted = list(schema) if columns is None else columns
     unknown = [c for c in wanted if c not in schema]

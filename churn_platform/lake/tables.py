@@ -365,21 +365,35 @@ def file_path(spec: TableSpec, data_file: DataFile) -> str:
     return f"{spec.name}/{unquote(data_file.path)}"
 
 
+def _missing(lake: Lake, spec: TableSpec, relative: str, version: int | None) -> LakeError:
+    if version is not None:  # an old version's file is gone: vacuum, not damage
+        return _retention_error(lake, spec, version, f"{lake.url(relative)} is missing")
+    return LakeError(
+        f"{lake.url(relative)} is missing but the table {table_uri(lake, spec)} references "
+        "it: restore the file from a backup (or, to give up its rows, "
+        "`churn-platform lake repair` drops it from the table)"
+    )
+
+
 def read_file(
-    lake: Lake, spec: TableSpec, data_file: DataFile, columns: Sequence[str] | None = None
+    lake: Lake,
+    spec: TableSpec,
+    data_file: DataFile,
+    columns: Sequence[str] | None = None,
+    version: int | None = None,
 ) -> pa.Table:
-    """One committed data file as Arrow, with its partition columns, checksums verified."""
+    """One committed data file as Arrow, with its partition columns, checksums verified.
+
+    `version`: the table version the file was listed at, when not the newest
+    (a missing file is then explained by vacuum).
+    """
     relative = file_path(spec, data_file)
     stored = [c for c in columns if c not in spec.partition_by] if columns is not None else None
     try:
         with lake.fs.open(lake.path(relative), "rb") as handle:
             table = pq.read_table(handle, columns=stored, page_checksum_verification=True)
     except FileNotFoundError as exc:
-        raise LakeError(
-            f"{lake.url(relative)} is missing but the table {table_uri(lake, spec)} references "
-            "it: restore the file from a backup (or, to give up its rows, "
-            "`churn-platform lake repair` drops it from the table)"
-        ) from exc
+        raise _missing(lake, spec, relative, version) from exc
     except Exception as exc:  # a damaged file must be named, never read as empty
         raise LakeError(
             f"could not read {lake.url(relative)}: {exc}; restore the file from a backup "
@@ -420,13 +434,7 @@ def read_arrow(
         schema = _read_schema(pa.schema(table.schema().to_arrow()), columns)
     else:
         return pa.table({})
-    try:
-        tables = [read_file(lake, spec, f, columns) for f in files]
-    except LakeError as exc:
-        if version is not None and isinstance(exc.__cause__, FileNotFoundError):
-            # an old version's file is gone: vacuum, not damage
-            raise _retention_error(lake, spec, version, str(exc.__cause__)) from exc
-        raise
+    tables = [read_file(lake, spec, f, columns, version) for f in files]
     if not tables:
         return schema.empty_table()
     return pa.concat_tables([conform(t, schema) for t in tables])
@@ -471,18 +479,19 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def file_metadata(lake: Lake, spec: TableSpec, data_file: DataFile) -> dict[str, str]:
-    """The key-value metadata `write_file` put into a data file's footer (Arrow's own left out)."""
+def file_metadata(
+    lake: Lake, spec: TableSpec, data_file: DataFile, version: int | None = None
+) -> dict[str, str]:
+    """The key-value metadata `write_file` put into a data file's footer (Arrow's own left out).
+
+    `version` as in `read_file`.
+    """
     relative = file_path(spec, data_file)
     try:
         with lake.fs.open(lake.path(relative), "rb") as handle:
             found = pq.read_metadata(handle).metadata or {}
     except FileNotFoundError as exc:
-        raise LakeError(
-            f"{lake.url(relative)} is missing but the table {table_uri(lake, spec)} references "
-            "it: restore the file from a backup (or, to give up its rows, "
-            "`churn-platform lake repair` drops it from the table)"
-        ) from exc
+        raise _missing(lake, spec, relative, version) from exc
     except Exception as exc:
         raise LakeError(
             f"could not read the footer of {lake.url(relative)}: {exc}; restore the file from "

@@ -431,7 +431,8 @@ def read_training_set(lake: Lake, version: int | None = None) -> TrainingSet:
     read_version = table.version()
     manifest: dict | None = None
     for data_file in files:
-        text = tables.file_metadata(lake, tables.TRAINING_SET, data_file).get(TRAINING_SET_KEY)
+        footer = tables.file_metadata(lake, tables.TRAINING_SET, data_file, version)
+        text = footer.get(TRAINING_SET_KEY)
         if text is None:
             raise LakeError(
                 f"{lake.url(tables.file_path(tables.TRAINING_SET, data_file))} carries no "
