@@ -116,6 +116,13 @@ def test_training_job_materializes_the_model_its_checks_and_the_champion(trained
     assert "| as_of | rows | churned | churn_rate |" in per_date
     assert all(d.isoformat() in per_date for d in ml_lake.dates.dates)
     assert ts_meta["computed_inputs"].value.startswith("(none")  # all read from the lake
+    # the model records the table versions its training set was built from, and the set's own
+    lineage = record.training["training_set"]
+    assert lineage == training.lineage()
+    assert lineage["training_set_version"] == ts_meta["table_version"].value
+    assert lineage["features_version"] == ts_meta["features_version"].value is not None
+    assert lineage["labels_version"] == ts_meta["labels_version"].value is not None
+    assert f"churn_labels v{lineage['labels_version']}" in record.card
 
 
 def test_an_opt_in_floor_blocks_the_champion_naming_the_rule_and_setting(
