@@ -32,8 +32,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-import polars as pl
-from freshness import one_round, percentiles  # benchmarks/ is this script's directory
+from freshness import (
+    one_round,
+    percentiles,
+    wait_for_scores,
+)  # benchmarks/ is this script's directory
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # for churn_platform_tests: the deployment and PostgreSQL harness
@@ -91,12 +94,11 @@ def measure(storage: str, root: Path, args, postgres=None) -> dict:
         ready_s = time.monotonic() - started
 
         today = datetime.now(UTC).date()
-        scores = lake.path(f"scores/churn_scores/as_of={today.isoformat()}/part-0.parquet")
-        deadline = time.monotonic() + 300
-        while not os.path.exists(scores) and time.monotonic() < deadline:
-            time.sleep(1)  # automation's first run scores today
+        scores = wait_for_scores(lake, today, 1)  # automation's first run scores today
         first_scores_s = time.monotonic() - started
-        customers = sorted(pl.read_parquet(scores)["customer_id"].to_list())
+        if scores is None:
+            raise RuntimeError(f"{storage}: no churn scores for {today} after 5 minutes")
+        customers = sorted(scores["customer_id"].to_list())
         rng = np.random.default_rng(7)
         rounds = []
         for i in range(args.rounds):

@@ -103,17 +103,14 @@ def child_beam(lake_root: str, as_of: date, mode: str, workers: int, shards: int
 
 
 def child_check(lake_root: str, as_of: date) -> dict:
-    import polars as pl
     from polars.testing import assert_frame_equal
 
-    from churn_platform.features.pipeline import features_dir
+    from churn_platform.features.materialize import read_features
     from churn_platform.features.reference import reference_features
     from churn_platform.lake.store import Lake
 
     lake = Lake(lake_root)
-    beam = pl.concat(
-        [pl.read_parquet(lake.path(p)) for p in lake.list_files(features_dir(as_of), ".parquet")]
-    ).sort("customer_id")
+    beam = read_features(lake, as_of)
     assert_frame_equal(beam, reference_features(lake, as_of))
     return {"identical": True, "rows": beam.height, "columns": beam.width}
 

@@ -83,13 +83,27 @@ def committed(lake, event_id: str, today) -> bool:
     return False
 
 
-def scored_after(lake, customer: str, today, after: datetime) -> bool:
-    path = lake.path(f"scores/churn_scores/as_of={today.isoformat()}/part-0.parquet")
-    if not os.path.exists(path):
-        return False
+def scores_of(lake, today):
+    """Today's churn scores, or None before the first scoring run committed them."""
+    from churn_platform.ml.score import ScoresMissing, read_scores
+
     try:
-        scores = pl.read_parquet(path, columns=["customer_id", "scored_at"])
-    except Exception:  # replaced under us: try again on the next poll
+        return read_scores(lake, today)
+    except ScoresMissing:
+        return None
+
+
+def wait_for_scores(lake, today, poll_s: float):
+    """Today's scores once the first automated run committed them (None after 5 minutes)."""
+    deadline = time.monotonic() + 300
+    while (scores := scores_of(lake, today)) is None and time.monotonic() < deadline:
+        time.sleep(poll_s)
+    return scores
+
+
+def scored_after(lake, customer: str, today, after: datetime) -> bool:
+    scores = scores_of(lake, today)  # a committed version: never half a file
+    if scores is None:
         return False
     row = scores.filter(pl.col("customer_id") == customer)
     return row.height == 1 and row["scored_at"][0] > after
@@ -160,12 +174,9 @@ def main() -> None:
         lake = Lake(str(state / "lake"))
         # active customers only: an event of a cancelled customer scores nobody
         today = datetime.now(UTC).date()
-        scores = lake.path(f"scores/churn_scores/as_of={today.isoformat()}/part-0.parquet")
-        deadline = time.monotonic() + 300
-        while not os.path.exists(scores) and time.monotonic() < deadline:
-            time.sleep(2)  # the first automated run scores today
-        if os.path.exists(scores):
-            customers = sorted(pl.read_parquet(scores)["customer_id"].to_list())
+        scores = wait_for_scores(lake, today, 2)  # the first automated run scores today
+        if scores is not None:
+            customers = sorted(scores["customer_id"].to_list())
         else:
             customers = sorted(read_raw_events(lake)["customer_id"].unique().to_list())
         rng = np.random.default_rng(7)

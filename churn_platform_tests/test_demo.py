@@ -34,9 +34,9 @@ def test_demo_json_reports_what_it_did(tmp_path, monkeypatch, capsys):
     )
     assert sum(summary["offsets"].values()) == summary["events_produced"]
     assert summary["lake_files"] > 0
-    assert (
-        tmp_path / "var" / "demo" / "lake" / "raw" / "_ledger" / "customer-events.json"
-    ).exists()
+    lake = tmp_path / "var" / "demo" / "lake"
+    assert (lake / "raw" / "customer_events" / "_delta_log").is_dir()
+    assert not (lake / "raw" / "_ledger").exists()
     # 100 days is too short for the time split: features yes, no model, and it says why
     assert summary["customers_with_features"] > 0
     assert "champion_version" not in summary and "customers_scored" not in summary
@@ -119,9 +119,9 @@ def test_extract_command_and_reset(kafka_settings, topic, tmp_path, capsys):
     assert first["rows"] == len(valid)
     assert main(argv) == 0
     assert json.loads(capsys.readouterr().out)["messages"] == 0
-    assert main([*argv, "--reset-ledger"]) == 0
+    assert main([*argv, "--reset-offsets"]) == 0
     out = capsys.readouterr().out
-    assert "reset: removed" in out
+    assert f"reset: removed {len(valid)} rows" in out
     assert json.loads(out.splitlines()[-1])["rows"] == len(valid)
 
 

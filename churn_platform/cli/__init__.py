@@ -17,6 +17,7 @@ SUBCOMMANDS = (
     "replay",
     "extract",
     "train",
+    "training_set",
     "demo",
     "up",
     "serve",

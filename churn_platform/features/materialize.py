@@ -1,10 +1,15 @@
 """Materializing the feature table of an as-of date, reading it back, and checking it.
 
-`materialize_features` runs one engine and leaves the same lake layout either
-way: `features/customer_features/as_of=YYYY-MM-DD/*.parquet` plus the spec
-JSON (which activity types the table tracks; they are discovered per date).
-"beam" is the Beam pipeline (`churn_platform.features.pipeline`), the one that
-scales out; "polars" is the single-process reference, for small lakes and tests.
+`materialize_features` runs one engine and leaves the same table either way:
+the `as_of` partition of the Delta table `features/customer_features`
+(`lake.tables.FEATURES`), replaced in one commit. The feature spec (which
+activity types the table tracks; they are discovered per date), the churn
+definition and the raw files read travel in the footer of every data file of
+the partition (`FEATURE_TABLE_KEY`), so a reader at any table version gets the
+spec of exactly the rows it reads; the run's counts go into the commit's
+metadata, for the table's history. "beam" is the Beam pipeline
+(`churn_platform.features.pipeline`), the one that scales out; "polars" is the
+single-process reference, for small lakes and tests.
 
 The `check_*` functions judge a materialized table and return
 `CheckOutcome(passed, details)`; the row-count check recomputes the active
@@ -17,13 +22,13 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from churn_platform.events.contract import LIFECYCLE_EVENT_TYPES, SUBSCRIPTION_CANCELLED
 from churn_platform.features.churn import CANCELLATION, RECENT_ACTIVITY_DAYS, ChurnDefinition
@@ -36,21 +41,15 @@ from churn_platform.features.definitions import (
     discover_spec,
 )
 from churn_platform.features.inputs import FeatureInputs, feature_inputs, read_inputs
-from churn_platform.lake.paths import (
-    FEATURE_SPEC_FILE,
-    feature_part_path,
-    feature_spec_path,
-    features_dir,
-)
+from churn_platform.lake import tables
 from churn_platform.lake.raw import event_date_of, event_days, raw_files, raw_path, read_raw_file
 from churn_platform.lake.store import Lake, LakeError
 
 if TYPE_CHECKING:
     from churn_platform.features.options import BeamRunnerSettings
 
-SPEC_FILE = FEATURE_SPEC_FILE
-# the polars engine writes the Beam pipeline's layout with a single part
-POLARS_PART = feature_part_path(date.min, 0, 1).rpartition("/")[2]
+# the footer key of every feature data file: the table's spec, churn definition, inputs
+FEATURE_TABLE_KEY = "churn_platform.feature_table"
 ENGINES = ("beam", "polars")
 DEFAULT_ENGINE = "beam"
 NULL_RATE_TOP = 10
@@ -80,6 +79,7 @@ class MaterializedFeatures:
     spec: FeatureSpec
     output_files: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    version: int | None = None  # the features table's version that holds this as-of date
 
     @property
     def events_per_second(self) -> float:
@@ -129,6 +129,7 @@ def materialize_features(
         spec=result.spec,
         output_files=[str(f) for f in result.output_files],
         seconds=result.seconds,
+        version=result.version,
     )
 
 
@@ -140,7 +141,7 @@ def _materialize_polars(lake: Lake, as_of: date, churn: ChurnDefinition) -> Mate
     table = compute_features(events, as_of, spec, churn)
     customers = events["customer_id"].n_unique()
     counts = {"customers": customers, "events_read": events.height}
-    files = write_features(lake, as_of, table, spec, counts, inputs, churn)
+    version = write_features(lake, as_of, table, spec, counts, inputs, churn)
     return MaterializedFeatures(
         as_of=as_of,
         engine="polars",
@@ -148,8 +149,58 @@ def _materialize_polars(lake: Lake, as_of: date, churn: ChurnDefinition) -> Mate
         customers=customers,
         events_read=events.height,
         spec=spec,
-        output_files=files,
+        output_files=feature_files(lake, as_of, version),
         seconds=time.perf_counter() - started,
+        version=version,
+    )
+
+
+def feature_file_metadata(
+    as_of: date,
+    spec: FeatureSpec,
+    churn: ChurnDefinition = CANCELLATION,
+    inputs: FeatureInputs | None = None,
+) -> dict[str, str]:
+    """What every data file of the as-of partition carries in its footer (`FEATURE_TABLE_KEY`)."""
+    body = {
+        **spec.to_dict(),
+        "as_of": as_of.isoformat(),
+        "churn_definition": churn.to_dict(),
+        **({"inputs": inputs.to_dict()} if inputs else {}),
+    }
+    return {FEATURE_TABLE_KEY: json.dumps(body)}
+
+
+def feature_schema(spec: FeatureSpec) -> pa.Schema:
+    """The Arrow schema of a feature table with `spec` (key columns first)."""
+    return pl.DataFrame(schema=spec.schema()).to_arrow().schema
+
+
+def create_feature_table(lake: Lake) -> None:
+    """Create the features table (key columns only) before workers write its files.
+
+    Feature columns are added by the commits that bring them: activity types
+    are discovered per date.
+    """
+    keys = pa.schema([pa.field("customer_id", pa.string()), pa.field("as_of", pa.date32())])
+    tables.create(lake, tables.FEATURES, keys)
+
+
+def commit_features(
+    lake: Lake,
+    as_of: date,
+    files: Sequence[tables.DataFile],
+    spec: FeatureSpec,
+    counts: dict[str, Any],
+) -> int:
+    """Make `files` the whole `as_of` partition in one commit; returns the table's version."""
+    return tables.commit(
+        lake,
+        tables.FEATURES,
+        files,
+        schema=feature_schema(spec),
+        replace={"as_of": as_of},
+        metadata={"as_of": as_of.isoformat(), **counts},
     )
 
 
@@ -161,81 +212,106 @@ def write_features(
     counts: dict[str, int] | None = None,
     inputs: FeatureInputs | None = None,
     churn: ChurnDefinition = CANCELLATION,
-) -> list[str]:
-    """Write the table (one part) and its spec manifest, then drop what a previous run left.
+) -> int:
+    """Replace the `as_of` partition with `table` (one data file, even when empty).
 
-    The layout is the Beam pipeline's: parts, then `_spec.json` (the spec, the
-    run's counts and the part list); anything else in the directory is stale.
+    Returns the features table's new version.
     """
-    directory = features_dir(as_of)
-    part = feature_part_path(as_of, 0, 1)
-    lake.write_parquet(part, table.to_arrow())
-    spec_file = feature_spec_path(as_of)
-    for stale in lake.list_files(directory):
-        if stale not in (part, spec_file):
-            lake.remove(stale)
-    manifest = {
-        **spec.to_dict(),
-        "as_of": as_of.isoformat(),
-        "rows": table.height,
-        **(counts or {}),
-        "shards": 1,
-        "files": [part],
-        "churn_definition": churn.to_dict(),
-        **({"inputs": inputs.to_dict()} if inputs else {}),
-    }
-    lake.write_bytes(spec_file, json.dumps(manifest, indent=2).encode())
-    return [part]
+    create_feature_table(lake)
+    written = tables.write_file(
+        lake,
+        tables.FEATURES,
+        table.to_arrow(),
+        {"as_of": as_of},
+        name_hint="part-00000-of-00001",
+        metadata=feature_file_metadata(as_of, spec, churn, inputs),
+    )
+    return commit_features(
+        lake, as_of, [written], spec, {"rows": table.height, "shards": 1, **(counts or {})}
+    )
 
 
 # --- reading back ----------------------------------------------------------------
 
 
-def feature_files(lake: Lake, as_of: date) -> list[str]:
-    return lake.list_files(features_dir(as_of), ".parquet")
-
-
-def read_features(lake: Lake, as_of: date, columns: list[str] | None = None) -> pl.DataFrame:
-    """The materialized feature table of `as_of`, sorted by customer_id."""
-    files = feature_files(lake, as_of)
+def _partition(lake: Lake, as_of: date, version: int | None) -> list[tables.DataFile]:
+    files = tables.data_files(lake, tables.FEATURES, {"as_of": as_of}, version)
     if not files:
+        at = f" at version {version}" if version is not None else ""
         raise FeaturesMissing(
-            f"no feature table under {lake.url(features_dir(as_of))}: "
+            f"no feature table for {as_of.isoformat()} in "
+            f"{tables.table_uri(lake, tables.FEATURES)}{at}: "
             f"materialize customer_features for {as_of.isoformat()} first"
         )
-    tables = []
-    for path in files:
-        try:
-            with lake.fs.open(lake.path(path), "rb") as handle:
-                tables.append(pq.read_table(handle, columns=columns))
-        except Exception as exc:  # a damaged file is named, never read as empty
-            raise LakeError(f"could not read {lake.url(path)}: {exc}") from exc
-    table = pl.from_arrow(pa.concat_tables(tables, promote_options="default"))
-    return table.sort("customer_id") if "customer_id" in table.columns else table
+    return files
 
 
-def _read_manifest(lake: Lake, as_of: date) -> dict:
-    path = feature_spec_path(as_of)
-    try:
-        return json.loads(lake.read_bytes(path))
-    except FileNotFoundError as exc:
-        raise FeaturesMissing(
-            f"no feature spec at {lake.url(path)}: "
-            f"materialize customer_features for {as_of.isoformat()} (again)"
-        ) from exc
+def feature_files(lake: Lake, as_of: date, version: int | None = None) -> list[str]:
+    """Lake-relative paths of the data files of `as_of` (at `version`, else the newest)."""
+    return [tables.file_path(tables.FEATURES, f) for f in _partition(lake, as_of, version)]
 
 
-def read_feature_spec(lake: Lake, as_of: date) -> FeatureSpec:
-    """The spec written beside the feature table of `as_of` (`_spec.json`)."""
-    return FeatureSpec.from_dict(_read_manifest(lake, as_of))
+def read_feature_manifest(lake: Lake, as_of: date, version: int | None = None) -> dict:
+    """What the data files of `as_of` carry in their footers (spec, churn definition, inputs)."""
+    return _manifest(lake, as_of, _partition(lake, as_of, version), version)
 
 
-def read_feature_churn(lake: Lake, as_of: date) -> ChurnDefinition:
-    """The churn definition the feature table of `as_of` chose its customers by.
+def _manifest(
+    lake: Lake, as_of: date, files: list[tables.DataFile], version: int | None = None
+) -> dict:
+    """The footers' manifest. Every file of a partition was written for one commit, so
+    they agree; a file that does not (or carries nothing) is named."""
+    found: dict | None = None
+    for data_file in files:
+        footer = tables.file_metadata(lake, tables.FEATURES, data_file, version)
+        text = footer.get(FEATURE_TABLE_KEY)
+        path = lake.url(tables.file_path(tables.FEATURES, data_file))
+        if text is None:
+            raise LakeError(
+                f"{path} carries no feature spec ({FEATURE_TABLE_KEY} in its footer): "
+                f"materialize customer_features for {as_of.isoformat()} again"
+            )
+        body = json.loads(text)
+        if found is not None and body != found:
+            raise LakeError(
+                f"{path} carries another feature spec than the other files of "
+                f"{as_of.isoformat()}: materialize customer_features for that date again"
+            )
+        found = body
+    assert found is not None
+    return found
 
-    Tables written before definitions were recorded used the cancellation one.
+
+def read_features(
+    lake: Lake, as_of: date, columns: list[str] | None = None, version: int | None = None
+) -> pl.DataFrame:
+    """The feature table of `as_of` (at table `version`, else the newest), by customer_id.
+
+    Exactly the columns of its spec, in their order and types (the Delta table
+    holds the union of every date's columns).
     """
-    return ChurnDefinition.from_dict(_read_manifest(lake, as_of).get("churn_definition"))
+    files = _partition(lake, as_of, version)
+    spec = FeatureSpec.from_dict(_manifest(lake, as_of, files, version))
+    schema = spec.schema()
+    wanted = list(schema) if columns is None else columns
+    unknown = [c for c in wanted if c not in schema]
+    if unknown:
+        raise KeyError(f"the feature table of {as_of.isoformat()} has no columns {unknown}")
+    table = tables.read_arrow(lake, tables.FEATURES, wanted, version=version, files=files)
+    frame = pl.from_arrow(table).cast({c: schema[c] for c in wanted})
+    return frame.sort("customer_id") if "customer_id" in frame.columns else frame
+
+
+def read_feature_spec(lake: Lake, as_of: date, version: int | None = None) -> FeatureSpec:
+    """The spec the feature table of `as_of` was computed with."""
+    return FeatureSpec.from_dict(read_feature_manifest(lake, as_of, version))
+
+
+def read_feature_churn(lake: Lake, as_of: date, version: int | None = None) -> ChurnDefinition:
+    """The churn definition the feature table of `as_of` chose its customers by."""
+    return ChurnDefinition.from_dict(
+        read_feature_manifest(lake, as_of, version).get("churn_definition")
+    )
 
 
 # --- checks ----------------------------------------------------------------------
@@ -378,11 +454,13 @@ def check_ranges(table: pl.DataFrame, as_of: date, examples: int = 5) -> CheckOu
     return CheckOutcome(not violations, {"rules": len(rules), "violations": violations})
 
 
-def read_feature_inputs(lake: Lake, as_of: date) -> FeatureInputs | None:
+def read_feature_inputs(
+    lake: Lake, as_of: date, version: int | None = None
+) -> FeatureInputs | None:
     """The raw files the feature table of `as_of` was computed from (None: not recorded)."""
     try:
-        body = json.loads(lake.read_bytes(feature_spec_path(as_of)))
-    except FileNotFoundError:
+        body = read_feature_manifest(lake, as_of, version)
+    except FeaturesMissing:
         return None
     return FeatureInputs.from_dict(as_of, body["inputs"]) if "inputs" in body else None
 

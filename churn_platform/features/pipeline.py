@@ -23,12 +23,16 @@ be a local path or a URI (s3://, gs://, memory://). Steps:
 3. `ComputeShardFeatures`: a GroupByKey brings a shard's batches together, in
    lake order (so "the first of a repeated event_id" is the reference's
    first), and `compute_features` runs on the shard.
-4. `WriteFeatureTable`: every shard writes `part-SSSSS-of-NNNNN.parquet` (temp
-   name + rename, even when empty, so the set of files is fixed); a last step
-   writes `_spec.json` (the `FeatureSpec` and run counts) and removes parts of
-   an earlier run with another shard count: a rerun replaces, never duplicates.
-   Each part is replaced atomically and `_spec.json` is written last, so its
-   `files` list names a finished run's parts.
+4. `WriteFeatureTable`: every shard writes one data file of the features
+   table (`lake.tables.write_file`, a name no other run uses, even when empty,
+   so the set of files is fixed), its footer carrying the exact spec, the
+   churn definition and the inputs; the files are not visible yet. A last step
+   records them (`DataFile`s) and the run's counts as a pending commit.
+5. The launching process, once the pipeline finished, commits every file in
+   one Delta commit that replaces the as-of partition (`commit_features`): a
+   reader sees the previous table or the new one, never a mix, and a rerun
+   replaces, never duplicates. A run that dies before the commit leaves files
+   no commit references (vacuum removes them).
 
 Two specs, for exactness: task specs are found before repeated event_ids are
 dropped, so a type seen only in a repeat could be in them but not in
@@ -55,6 +59,7 @@ import json
 import logging
 import sys
 import time
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -79,10 +84,13 @@ from churn_platform.features.definitions import (
     merge_specs,
 )
 from churn_platform.features.inputs import FeatureInputs, feature_inputs, read_file
+from churn_platform.features.materialize import (
+    commit_features,
+    create_feature_table,
+    feature_file_metadata,
+)
 from churn_platform.features.options import BeamRunnerSettings
-from churn_platform.lake.paths import feature_part_path as part_path
-from churn_platform.lake.paths import feature_spec_path as spec_path
-from churn_platform.lake.paths import features_dir
+from churn_platform.lake import tables
 from churn_platform.lake.store import DEFAULT_LAKE_ROOT, Lake
 
 # Measured at 2M and 10M events on 2 cores: 8 to 16 shards and 8 to 16 read
@@ -169,8 +177,9 @@ class FeatureRunResult:
     customers: int  # distinct customers in the events read
     events_read: int  # rows read from raw files
     spec: FeatureSpec
-    output_files: tuple[str, ...]  # lake-relative paths of the Parquet parts
+    output_files: tuple[str, ...]  # lake-relative paths of the committed data files
     seconds: float
+    version: int | None = None  # the features table's version the run committed
     # Beam counters by name (skipped rows, duplicates, ...), where the runner reports them
     counters: dict[str, int] = field(default_factory=dict)
 
@@ -424,31 +433,7 @@ class ComputeShardFeatures(beam.PTransform):
 
 
 class WriteShardFn(beam.DoFn):
-    """(shard, feature table) → its Parquet part (atomic), keeping the exact spec's columns."""
-
-    def __init__(self, lake_uri: str, as_of: date, shards: int) -> None:
-        self._lake_uri = lake_uri
-        self._as_of = as_of
-        self._shards = shards
-        self._lake: Lake | None = None
-        self.columns_dropped = Metrics.counter(METRICS_NAMESPACE, "columns_only_in_duplicates")
-
-    def setup(self) -> None:
-        self._lake = Lake(self._lake_uri)
-
-    def process(self, element: tuple[int, FrameBatch], spec: FeatureSpec) -> Iterator[dict]:
-        shard, features = element[0], element[1].frame
-        columns = [*KEY_COLUMNS, *spec.columns()]
-        if len(columns) != features.width:
-            self.columns_dropped.inc(features.width - len(columns))
-            features = features.select(columns)
-        path = part_path(self._as_of, shard, self._shards)
-        self._lake.write_parquet(path, features.to_arrow())
-        yield {"path": path, "rows": features.height}
-
-
-class CommitFeaturesFn(beam.DoFn):
-    """All parts written → `_spec.json` (spec + counts), and stale parts removed."""
+    """(shard, feature table) → a data file of the features table (not yet committed)."""
 
     def __init__(
         self,
@@ -464,41 +449,64 @@ class CommitFeaturesFn(beam.DoFn):
         self._inputs = inputs
         self._churn = churn
         self._lake: Lake | None = None
-        self.stale_removed = Metrics.counter(METRICS_NAMESPACE, "stale_files_removed")
+        self.columns_dropped = Metrics.counter(METRICS_NAMESPACE, "columns_only_in_duplicates")
 
     def setup(self) -> None:
         self._lake = Lake(self._lake_uri)
 
     def process(
-        self, written: list[dict], spec: FeatureSpec, events_read: int, customers: int
+        self, element: tuple[int, FrameBatch], spec: FeatureSpec
+    ) -> Iterator[tables.DataFile]:
+        shard, features = element[0], element[1].frame
+        columns = [*KEY_COLUMNS, *spec.columns()]
+        if len(columns) != features.width:
+            self.columns_dropped.inc(features.width - len(columns))
+            features = features.select(columns)
+        yield tables.write_file(
+            self._lake,
+            tables.FEATURES,
+            features.to_arrow(),
+            {"as_of": self._as_of},
+            name_hint=f"part-{shard:05d}-of-{self._shards:05d}",
+            metadata=feature_file_metadata(self._as_of, spec, self._churn, self._inputs),
+        )
+
+
+class StageFeaturesFn(beam.DoFn):
+    """All files written → one pending commit (the files and the run's counts)."""
+
+    def __init__(self, lake_uri: str, as_of: date, shards: int, pending: str) -> None:
+        self._lake_uri = lake_uri
+        self._as_of = as_of
+        self._shards = shards
+        self._pending = pending
+        self._lake: Lake | None = None
+
+    def setup(self) -> None:
+        self._lake = Lake(self._lake_uri)
+
+    def process(
+        self, written: list[tables.DataFile], spec: FeatureSpec, events_read: int, customers: int
     ) -> Iterator[dict]:
-        lake = self._lake
-        paths = sorted(w["path"] for w in written)
-        keep = {*paths, spec_path(self._as_of)}
-        for path in lake.list_files(features_dir(self._as_of)):
-            if path not in keep:  # a part of an earlier run with another shard count
-                lake.remove(path)
-                self.stale_removed.inc()
-        manifest = {
+        files = sorted(written, key=lambda f: f.path)
+        info = {
             **spec.to_dict(),
             "as_of": self._as_of.isoformat(),
-            "rows": sum(w["rows"] for w in written),
+            "rows": sum(f.rows or 0 for f in files),
             "customers": customers,
             "events_read": events_read,
             "shards": self._shards,
-            "files": paths,
-            "churn_definition": self._churn.to_dict(),
-            **({"inputs": self._inputs.to_dict()} if self._inputs else {}),
         }
-        lake.write_bytes(spec_path(self._as_of), json.dumps(manifest, indent=2).encode())
-        yield manifest
+        tables.write_pending(self._lake, tables.FEATURES, self._pending, files, info)
+        yield info
 
 
 class WriteFeatureTable(beam.PTransform):
-    """(shard, feature table) → Parquet parts and `_spec.json` under the as-of directory.
+    """(shard, feature table) → data files of the as-of partition and a pending commit.
 
-    Side inputs (one-element PCollections): the exact spec, events read, customers.
-    Outputs the manifest written to `_spec.json`.
+    Side inputs (one-element PCollections): the exact spec, events read,
+    customers. Outputs the pending commit's info (spec and counts); the
+    launching process commits it (`commit_pending_features`).
     """
 
     def __init__(
@@ -509,6 +517,7 @@ class WriteFeatureTable(beam.PTransform):
         spec,
         events_read,
         customers,
+        pending: str,
         inputs: FeatureInputs | None = None,
         churn: ChurnDefinition = CANCELLATION,
     ) -> None:
@@ -519,6 +528,7 @@ class WriteFeatureTable(beam.PTransform):
         self._spec = spec
         self._events_read = events_read
         self._customers = customers
+        self._pending = pending
         self._inputs = inputs
         self._churn = churn
 
@@ -527,20 +537,26 @@ class WriteFeatureTable(beam.PTransform):
             features
             | "WriteShardFn"
             >> beam.ParDo(
-                WriteShardFn(self._lake_uri, self._as_of, self._shards),
+                WriteShardFn(self._lake_uri, self._as_of, self._shards, self._inputs, self._churn),
                 spec=AsSingleton(self._spec),
             )
             | "CollectWritten" >> beam.combiners.ToList()
-            | "CommitFeaturesFn"
+            | "StageFeaturesFn"
             >> beam.ParDo(
-                CommitFeaturesFn(
-                    self._lake_uri, self._as_of, self._shards, self._inputs, self._churn
-                ),
+                StageFeaturesFn(self._lake_uri, self._as_of, self._shards, self._pending),
                 spec=AsSingleton(self._spec),
                 events_read=AsSingleton(self._events_read),
                 customers=AsSingleton(self._customers),
             )
         )
+
+
+def commit_pending_features(lake: Lake, as_of: date, pending: str) -> tuple[int, dict]:
+    """Commit what a finished run staged under `pending`; returns (version, the run's info)."""
+    files, info = tables.read_pending(lake, tables.FEATURES, pending)
+    version = commit_features(lake, as_of, files, FeatureSpec.from_dict(info), info)
+    tables.discard_pending(lake, tables.FEATURES, pending)
+    return version, {**info, "files": [tables.file_path(tables.FEATURES, f) for f in files]}
 
 
 # --- the whole pipeline ----------------------------------------------------------
@@ -550,7 +566,7 @@ class CustomerFeatures(beam.PTransform):
     """Lake → `features/customer_features/as_of=D/`: every active customer's features at D.
 
     Lists the files to read when the pipeline is built (`feature_inputs`).
-    Outputs one element: the manifest written to `_spec.json`.
+    Outputs one element: the info of the pending commit named `pending`.
     """
 
     def __init__(
@@ -560,6 +576,7 @@ class CustomerFeatures(beam.PTransform):
         shards: int = DEFAULT_SHARDS,
         read_tasks: int = DEFAULT_READ_TASKS,
         churn: ChurnDefinition = CANCELLATION,
+        pending: str = "",
     ) -> None:
         super().__init__()
         for name, value in (("shards", shards), ("read_tasks", read_tasks)):
@@ -570,6 +587,7 @@ class CustomerFeatures(beam.PTransform):
         self._shards = shards
         self._tasks = read_tasks
         self._churn = churn
+        self._pending = pending or f"{as_of.isoformat()}-{uuid.uuid4().hex}"
 
     def expand(self, pbegin):
         inputs = feature_inputs(Lake(self._lake_uri), self._as_of)
@@ -590,6 +608,7 @@ class CustomerFeatures(beam.PTransform):
             spec,
             events_read,
             customers,
+            self._pending,
             inputs,
             self._churn,
         )
@@ -613,27 +632,30 @@ def _run(options: PipelineOptions) -> FeatureRunResult:
         churn = own.churn()
     except ValueError as exc:
         raise FeaturePipelineError(str(exc)) from exc
+    # the table exists before any worker writes a file: data files without a
+    # transaction log would make the directory unreadable
+    create_feature_table(lake)
+    pending = f"{as_of.isoformat()}-{uuid.uuid4().hex}"
     pipeline = beam.Pipeline(options=options)
     _ = pipeline | "CustomerFeatures" >> CustomerFeatures(
-        lake.uri, as_of, own.shards, own.read_tasks, churn
+        lake.uri, as_of, own.shards, own.read_tasks, churn, pending
     )
     result = pipeline.run()
     state = result.wait_until_finish()
     if state != PipelineState.DONE:
         raise FeaturePipelineError(f"the feature pipeline for {as_of} ended in state {state}")
-    manifest = json.loads(lake.read_bytes(spec_path(as_of)))
-    _LOGGER.info(
-        "features as of %s: %s", as_of, {k: v for k, v in manifest.items() if k != "files"}
-    )
+    version, info = commit_pending_features(lake, as_of, pending)
+    _LOGGER.info("features as of %s (version %d): %s", as_of, version, info)
     return FeatureRunResult(
         as_of=as_of,
-        rows=manifest["rows"],
-        customers=manifest["customers"],
-        events_read=manifest["events_read"],
-        spec=FeatureSpec.from_dict(manifest),
-        output_files=tuple(manifest["files"]),
+        rows=info["rows"],
+        customers=info["customers"],
+        events_read=info["events_read"],
+        spec=FeatureSpec.from_dict(info),
+        output_files=tuple(info["files"]),
         seconds=time.perf_counter() - started,
         counters=_counters(result),
+        version=version,
     )
 
 

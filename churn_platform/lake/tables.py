@@ -19,6 +19,7 @@ naming the path and the fix.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import json
@@ -98,9 +99,30 @@ FEATURES = TableSpec(
     partition_by=("as_of",),
     description="one row per active customer per as-of date",
 )
+LABELS_SCHEMA = pa.schema(
+    [
+        pa.field("customer_id", pa.string()),
+        pa.field("as_of", pa.date32()),
+        pa.field("churned", pa.bool_()),
+        pa.field("horizon_days", pa.int64()),
+        pa.field("churn_definition", pa.string()),
+    ]
+)
+SCORES_SCHEMA = pa.schema(
+    [
+        pa.field("customer_id", pa.string()),
+        pa.field("as_of", pa.date32()),
+        pa.field("churn_probability", pa.float64()),
+        pa.field("risk_band", pa.string()),
+        pa.field("model_version", pa.string()),
+        # Delta stores microseconds; readers get the milliseconds the scores were made with
+        pa.field("scored_at", pa.timestamp("ms", tz="UTC")),
+    ]
+)
 LABELS = TableSpec(
     "labels/churn_labels",
     partition_by=("as_of",),
+    schema=LABELS_SCHEMA,
     description="whether each customer active at the as-of date churned within the horizon",
 )
 TRAINING_SET = TableSpec(
@@ -110,6 +132,10 @@ TRAINING_SET = TableSpec(
 SCORES = TableSpec(
     "scores/churn_scores",
     partition_by=("as_of",),
+    schema=SCORES_SCHEMA,
+    # few distinct values: dictionaries pay off; min/max statistics help range reads
+    dictionary_columns=("risk_band", "model_version", "scored_at"),
+    statistics_columns=("churn_probability",),
     description="the churn score of every active customer as of a date",
 )
 TABLES = (RAW_EVENTS, QUARANTINE, FEATURES, LABELS, TRAINING_SET, SCORES)
@@ -124,6 +150,25 @@ class DataFile:
     size: int
     rows: int | None = None
     stats: str = field(default="", compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "partition": dict(self.partition),
+            "size": self.size,
+            "rows": self.rows,
+            "stats": self.stats,
+        }
+
+    @classmethod
+    def from_dict(cls, body: Mapping[str, Any]) -> DataFile:
+        return cls(
+            path=body["path"],
+            partition=dict(body["partition"]),
+            size=int(body["size"]),
+            rows=body.get("rows"),
+            stats=body.get("stats", ""),
+        )
 
 
 # opening ------------------------------------------------------------------------
@@ -194,17 +239,42 @@ def open_table(lake: Lake, spec: TableSpec, version: int | None = None) -> Delta
 
 def _log_error(lake: Lake, spec: TableSpec, exc: Exception, version: int | None) -> LakeError:
     detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if version is not None and "version" in detail.lower():
-        return LakeError(
-            f"could not read {table_uri(lake, spec)} as of version {version}: {detail}; the "
-            "version's log entries or files were removed by `churn-platform lake maintain` "
-            f"(kept {DEFAULT_RETENTION_HOURS} h by default, CHURN_LAKE_RETENTION_HOURS)"
-        )
+    if len(detail) > 200:  # delta-rs puts whole listings into some messages
+        detail = detail[:200] + "…"
+    if version is not None:
+        newest = _readable_newest(lake, spec)
+        if newest is not None and version > newest:
+            return LakeError(
+                f"{table_uri(lake, spec)} has no version {version} (its newest is {newest}): "
+                "the version was recorded against another lake, or this table was restored "
+                "from an older backup; point --lake / CHURN_LAKE at the lake it came from"
+            )
+        if newest is not None or "version" in detail.lower():
+            return _retention_error(lake, spec, version, detail)
     return LakeError(
         f"could not read the transaction log {lake.url(spec.log_dir)}: {detail}; restore "
         "_delta_log from a backup (a damaged newest commit file can be moved aside to fall "
         "back to the version before it)"
     )
+
+
+def _retention_error(lake: Lake, spec: TableSpec, version: int, detail: str) -> LakeError:
+    return LakeError(
+        f"could not read {table_uri(lake, spec)} as of version {version}: {detail}; the "
+        "version's log entries or files were removed by vacuum (`churn-platform lake "
+        f"maintain`), which keeps old versions {DEFAULT_RETENTION_HOURS} h by default: raise "
+        "CHURN_LAKE_RETENTION_HOURS to keep versions longer, or restore the table from a backup"
+    )
+
+
+def _readable_newest(lake: Lake, spec: TableSpec) -> int | None:
+    """The newest version when the table's newest state reads, else None."""
+    from deltalake import DeltaTable
+
+    try:
+        return DeltaTable(table_uri(lake, spec), storage_options=storage_options(lake)).version()
+    except Exception:
+        return None
 
 
 def version(lake: Lake, spec: TableSpec) -> int | None:
@@ -307,21 +377,35 @@ def file_path(spec: TableSpec, data_file: DataFile) -> str:
     return f"{spec.name}/{unquote(data_file.path)}"
 
 
+def _missing(lake: Lake, spec: TableSpec, relative: str, version: int | None) -> LakeError:
+    if version is not None:  # an old version's file is gone: vacuum, not damage
+        return _retention_error(lake, spec, version, f"{lake.url(relative)} is missing")
+    return LakeError(
+        f"{lake.url(relative)} is missing but the table {table_uri(lake, spec)} references "
+        "it: restore the file from a backup (or, to give up its rows, "
+        "`churn-platform lake repair` drops it from the table)"
+    )
+
+
 def read_file(
-    lake: Lake, spec: TableSpec, data_file: DataFile, columns: Sequence[str] | None = None
+    lake: Lake,
+    spec: TableSpec,
+    data_file: DataFile,
+    columns: Sequence[str] | None = None,
+    version: int | None = None,
 ) -> pa.Table:
-    """One committed data file as Arrow, with its partition columns, checksums verified."""
+    """One committed data file as Arrow, with its partition columns, checksums verified.
+
+    `version`: the table version the file was listed at, when not the newest
+    (a missing file is then explained by vacuum).
+    """
     relative = file_path(spec, data_file)
     stored = [c for c in columns if c not in spec.partition_by] if columns is not None else None
     try:
         with lake.fs.open(lake.path(relative), "rb") as handle:
             table = pq.read_table(handle, columns=stored, page_checksum_verification=True)
     except FileNotFoundError as exc:
-        raise LakeError(
-            f"{lake.url(relative)} is missing but the table {table_uri(lake, spec)} references "
-            "it: restore the file from a backup (or, to give up its rows, "
-            "`churn-platform lake repair` drops it from the table)"
-        ) from exc
+        raise _missing(lake, spec, relative, version) from exc
     except Exception as exc:  # a damaged file must be named, never read as empty
         raise LakeError(
             f"could not read {lake.url(relative)}: {exc}; restore the file from a backup "
@@ -385,14 +469,26 @@ def read_arrow(
     version: int | None = None,
     files: list[DataFile] | None = None,
 ) -> pa.Table:
-    """The committed rows (of partitions `where`, at `version`) as one Arrow table."""
-    files = data_files(lake, spec, where, version) if files is None else files
-    schema = _read_schema(spec, columns)
-    tables = [read_file(lake, spec, f, columns) for f in files]
-    if schema is None:
-        if not tables:
-            return pa.table({})
-        return pa.concat_tables(tables, promote_options="permissive")
+    """The committed rows (of partitions `where`, at `version`) as one Arrow table.
+
+    Columns and types are the spec's schema, or for a table whose columns
+    follow the data (features, the training set) the table's own schema at
+    that version: partition values come back typed, and a column a file lacks
+    (added by a later write) is null there. `files` (from `data_files` of the
+    same version) skips listing them again.
+    """
+    table = None
+    if files is None or spec.schema is None:
+        table = open_table(lake, spec, version)
+    if files is None:
+        files = [] if table is None else data_files(lake, spec, where, table=table)
+    if spec.schema is not None:
+        schema = _read_schema(spec.schema, columns)
+    elif table is not None:
+        schema = _read_schema(pa.schema(table.schema().to_arrow()), columns)
+    else:
+        return pa.table({})
+    tables = [read_file(lake, spec, f, columns, version) for f in files]
     if not tables:
         return schema.empty_table()
     return pa.concat_tables([conform(t, schema) for t in tables])
@@ -411,18 +507,22 @@ def read(
     return pl.from_arrow(read_arrow(lake, spec, columns, where, version))
 
 
-def _read_schema(spec: TableSpec, columns: Sequence[str] | None) -> pa.Schema | None:
-    if spec.schema is None:
-        return None
+def _read_schema(schema: pa.Schema, columns: Sequence[str] | None) -> pa.Schema:
     if columns is None:
-        return spec.schema
-    return pa.schema([spec.schema.field(c) for c in columns])
+        return schema
+    return pa.schema([schema.field(c) for c in columns])
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """`table`'s columns in `schema`'s order and types (partition values come as strings)."""
+    """`table`'s columns in `schema`'s order and types (partition values come as strings).
+
+    A column `table` lacks is all null (a file written before the column existed).
+    """
     arrays = []
     for f in schema:
+        if f.name not in table.column_names:
+            arrays.append(pa.nulls(table.num_rows, f.type))
+            continue
         column = table.column(f.name)
         if column.type != f.type:
             if pa.types.is_string(column.type) and pa.types.is_date(f.type):
@@ -431,6 +531,72 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
                 column = column.cast(f.type)
         arrays.append(column)
     return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def file_metadata(
+    lake: Lake, spec: TableSpec, data_file: DataFile, version: int | None = None
+) -> dict[str, str]:
+    """The key-value metadata `write_file` put into a data file's footer (Arrow's own left out).
+
+    `version` as in `read_file`.
+    """
+    relative = file_path(spec, data_file)
+    try:
+        with lake.fs.open(lake.path(relative), "rb") as handle:
+            found = pq.read_metadata(handle).metadata or {}
+    except FileNotFoundError as exc:
+        raise _missing(lake, spec, relative, version) from exc
+    except Exception as exc:
+        raise LakeError(
+            f"could not read the footer of {lake.url(relative)}: {exc}; restore the file from "
+            "a backup (or, to give up its rows, delete it and run `churn-platform lake repair`)"
+        ) from exc
+    return {k.decode(): v.decode() for k, v in found.items() if not k.startswith(b"ARROW:")}
+
+
+# pending commits ------------------------------------------------------------------
+# Files written by workers elsewhere (Beam) reach the process that commits them
+# through a small JSON record under the table's `_pending/` directory: Delta
+# readers never look there, and the record names files no commit references yet.
+PENDING_DIR = "_pending"
+
+
+def _pending_path(spec: TableSpec, name: str) -> str:
+    return f"{spec.name}/{PENDING_DIR}/{name}.json"
+
+
+def write_pending(
+    lake: Lake,
+    spec: TableSpec,
+    name: str,
+    files: Sequence[DataFile],
+    info: Mapping[str, Any] | None = None,
+) -> None:
+    """Record `files` (written, not committed) and `info` for the committing process."""
+    body = {"files": [f.to_dict() for f in files], "info": dict(info or {})}
+    lake.write_bytes(_pending_path(spec, name), json.dumps(body).encode())
+
+
+def read_pending(lake: Lake, spec: TableSpec, name: str) -> tuple[list[DataFile], dict[str, Any]]:
+    """The files and info `write_pending` recorded under `name`."""
+    relative = _pending_path(spec, name)
+    try:
+        body = json.loads(lake.read_bytes(relative))
+    except FileNotFoundError as exc:
+        raise LakeError(
+            f"no pending commit at {lake.url(relative)}: the job that writes it did not "
+            "finish; run it again"
+        ) from exc
+    except json.JSONDecodeError as exc:
+        raise LakeError(
+            f"{lake.url(relative)} is not valid JSON: {exc}; run the job again"
+        ) from exc
+    return [DataFile.from_dict(f) for f in body["files"]], body.get("info", {})
+
+
+def discard_pending(lake: Lake, spec: TableSpec, name: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        lake.remove(_pending_path(spec, name))
 
 
 # writing ------------------------------------------------------------------------
@@ -467,13 +633,26 @@ def write_file(
     table: pa.Table,
     partition: Mapping[str, Any] | None = None,
     name_hint: str | None = None,
+    metadata: Mapping[str, str] | None = None,
 ) -> DataFile:
-    """Write `table` as a new data file of `spec` (not yet visible: `commit` makes it so)."""
+    """Write `table` as a new data file of `spec` (not yet visible: `commit` makes it so).
+
+    `metadata` (text → text) goes into the file's Parquet footer: what a
+    reader needs to interpret exactly these rows (a feature table's spec),
+    so it can never disagree with them, at any version (`file_metadata`).
+    """
     partition = dict(partition or {})
     missing = [c for c in spec.partition_by if c not in partition]
     if missing:
         raise ValueError(f"write_file to {spec.name} needs partition values for {missing}")
     stored = _stored(table, spec)
+    if metadata:
+        stored = stored.replace_schema_metadata(
+            {
+                **(stored.schema.metadata or {}),
+                **{k.encode(): v.encode() for k, v in metadata.items()},
+            }
+        )
     directory = partition_dir(spec, partition)
     relative = f"{directory}/{file_name(name_hint)}" if directory else file_name(name_hint)
     sink = io.BytesIO()
@@ -691,10 +870,16 @@ def write(
     replace_all: bool = False,
     metadata: Mapping[str, Any] | None = None,
     name_hint: str | None = None,
+    file_metadata: Mapping[str, str] | None = None,
+    keep_empty: bool = False,
 ) -> int:
     """Write `table` into one partition (`replace` names it) or the whole table, atomically.
 
     The rows of a partitioned table must all belong to the `replace`d partition.
+    `metadata` goes into the commit (operators see it in the table's history),
+    `file_metadata` into the data file's footer (see `write_file`). An empty
+    partition gets no file unless `keep_empty`: then an empty file records
+    that the partition was computed and holds no rows (and its footer).
     Returns the new version.
     """
     partition = dict(replace or {})
@@ -705,8 +890,8 @@ def write(
             schema = schema.append(pa.field(column, kind))
     create(lake, spec, schema)  # before any file: files without a log are refused
     written = (
-        [write_file(lake, spec, table, partition, name_hint)]
-        if table.num_rows or not spec.partition_by
+        [write_file(lake, spec, table, partition, name_hint, file_metadata)]
+        if table.num_rows or not spec.partition_by or keep_empty
         else []
     )
     return commit(
@@ -773,11 +958,15 @@ __all__ = [
     "committed_offsets",
     "create",
     "data_files",
+    "discard_pending",
+    "file_metadata",
     "open_table",
     "read",
     "read_arrow",
     "read_file",
+    "read_pending",
     "version",
     "write",
     "write_file",
+    "write_pending",
 ]

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 
 import polars as pl
-import pyarrow.parquet as pq
 
 from churn_platform.events.contract import LIFECYCLE_EVENT_TYPES, SUBSCRIPTION_CANCELLED
 from churn_platform.features.churn import (
@@ -32,9 +31,9 @@ from churn_platform.features.churn import (
     ChurnDefinition,
 )
 from churn_platform.features.definitions import as_of_end
-from churn_platform.lake.paths import labels_path
+from churn_platform.lake import tables
 from churn_platform.lake.raw import event_days, raw_files, raw_path, read_raw_file
-from churn_platform.lake.store import Lake, LakeError
+from churn_platform.lake.store import Lake
 
 DEFAULT_HORIZON_DAYS = DEFAULT_CANCELLATION_HORIZON_DAYS
 LABEL_SCHEMA = {
@@ -79,7 +78,7 @@ class LabelResult:
     churned: int
     complete_through: date
     cancellations_read: int  # the events that decided labels (cancellations or activity)
-    path: str
+    version: int  # the labels table's version that holds them
     seconds: float = 0.0
     churn: ChurnDefinition = CANCELLATION
 
@@ -195,31 +194,36 @@ def compute_labels(
     )
 
 
-def write_labels(lake: Lake, labels: pl.DataFrame, as_of: date) -> str:
-    """Atomically write (or replace) the labels of `as_of`; returns the lake path."""
-    path = labels_path(as_of)
-    lake.write_parquet(path, labels.to_arrow())
-    return path
+class LabelsMissing(FileNotFoundError):
+    """No labels in the lake for the as-of date (at the version read)."""
 
 
-def read_labels(lake: Lake, as_of: date) -> pl.DataFrame:
-    """The materialized labels of `as_of`."""
-    path = labels_path(as_of)
-    if not lake.exists(path):
-        raise FileNotFoundError(
-            f"no churn labels at {lake.url(path)}: materialize churn_labels for {as_of} first"
+def write_labels(lake: Lake, labels: pl.DataFrame, as_of: date) -> int:
+    """Replace the labels of `as_of` in one commit; returns the labels table's version.
+
+    An as-of date without active customers keeps an empty file: labelled, no rows.
+    """
+    return tables.write(
+        lake,
+        tables.LABELS,
+        labels.select(list(LABEL_SCHEMA)).to_arrow(),
+        replace={"as_of": as_of},
+        keep_empty=True,
+    )
+
+
+def read_labels(lake: Lake, as_of: date, version: int | None = None) -> pl.DataFrame:
+    """The materialized labels of `as_of` (at the labels table's `version`, else the newest)."""
+    files = tables.data_files(lake, tables.LABELS, {"as_of": as_of}, version)
+    if not files:
+        at = f" at version {version}" if version is not None else ""
+        raise LabelsMissing(
+            f"no churn labels for {as_of.isoformat()} in "
+            f"{tables.table_uri(lake, tables.LABELS)}{at}: materialize churn_labels for "
+            f"{as_of} first"
         )
-    try:
-        with lake.fs.open(lake.path(path), "rb") as handle:
-            labels = pl.from_arrow(pq.read_table(handle))
-    except Exception as exc:  # a damaged file is named, never read as empty
-        raise LakeError(f"could not read {lake.url(path)}: {exc}") from exc
-    if "churn_definition" not in labels.columns:
-        # written before definitions were recorded: the cancellation one
-        labels = labels.with_columns(
-            pl.format("cancellation:{}", pl.col("horizon_days")).alias("churn_definition")
-        )
-    return labels
+    table = tables.read_arrow(lake, tables.LABELS, version=version, files=files)
+    return pl.from_arrow(table).cast(LABEL_SCHEMA).sort("customer_id")
 
 
 def materialize_labels(
@@ -235,7 +239,7 @@ def materialize_labels(
     ensure_labelable(as_of, churn.horizon_days, through)
     events = read_label_events(lake, as_of, churn)
     labels = compute_labels(customers, events, as_of, churn)
-    path = write_labels(lake, labels, as_of)
+    version = write_labels(lake, labels, as_of)
     return LabelResult(
         as_of=as_of,
         horizon_days=churn.horizon_days,
@@ -243,7 +247,7 @@ def materialize_labels(
         churned=int(labels["churned"].sum()),
         complete_through=through,
         cancellations_read=events.height,
-        path=path,
+        version=version,
         seconds=time.perf_counter() - started,
         churn=churn,
     )

@@ -7,8 +7,8 @@ loaded model (`ScoringModel`), so this module does not depend on how models
 are stored. Rows are scored in chunks, so the model's input matrix (and its
 intermediate arrays) stays bounded however many customers there are.
 
-The scores go to the lake (`write_scores`, one Parquet file per as-of date,
-replaced on rerun) and to Kafka (`produce_scores`, keyed by customer so a
+The scores go to the lake (`write_scores`: the as-of partition of the Delta
+table `scores/churn_scores`, replaced in one commit on rerun) and to Kafka (`produce_scores`, keyed by customer so a
 compacted topic keeps each customer's latest score).
 
 Risk bands split [0, 1] at ascending cut-offs, each band closed at its lower
@@ -28,13 +28,12 @@ from typing import Protocol
 import msgspec
 import numpy as np
 import polars as pl
-import pyarrow.parquet as pq
 
 from churn_platform.events.contract import SCORES_TOPIC
 from churn_platform.kafka.admin import ensure_topic
 from churn_platform.kafka.config import KafkaSettings
 from churn_platform.kafka.producer import EventProducer, ProduceError
-from churn_platform.lake.paths import scores_dir, scores_path
+from churn_platform.lake import tables
 from churn_platform.lake.store import Lake, LakeError
 
 DEFAULT_CUTOFFS = (0.1, 0.3)
@@ -56,9 +55,6 @@ SCORES_SCHEMA = pl.Schema(
         "scored_at": pl.Datetime("ms", "UTC"),
     }
 )
-# few distinct values: dictionaries pay off; min/max statistics help range reads
-_DICTIONARY_COLUMNS = ["as_of", "risk_band", "model_version", "scored_at"]
-_STATISTICS_COLUMNS = ["as_of", "churn_probability"]
 _ISO_DATE = "%Y-%m-%d"
 _ISO_UTC_MS = "%Y-%m-%dT%H:%M:%S%.3fZ"
 
@@ -252,44 +248,29 @@ def _utc_ms(moment: datetime | None) -> datetime:
 # --- the lake --------------------------------------------------------------------
 
 
-def write_scores(lake: Lake, scores: pl.DataFrame, as_of: date) -> str:
-    """Write the scores of `as_of` atomically (replacing a previous run); returns the path."""
+def write_scores(lake: Lake, scores: pl.DataFrame, as_of: date) -> int:
+    """Replace the scores of `as_of` in one commit; returns the scores table's version.
+
+    No active customers still leaves an (empty) file: scored, nobody to score.
+    """
     _check_scores(scores)
     if scores.height and scores["as_of"].unique().to_list() != [as_of]:
         raise ValueError(f"the scores are not all as of {as_of.isoformat()}")
-    path = scores_path(as_of)
-    lake.write_parquet(
-        path,
-        scores.to_arrow(),
-        dictionary_columns=_DICTIONARY_COLUMNS,
-        statistics_columns=_STATISTICS_COLUMNS,
+    return tables.write(
+        lake, tables.SCORES, scores.to_arrow(), replace={"as_of": as_of}, keep_empty=True
     )
-    for stale in lake.list_files(scores_dir(as_of)):
-        if stale != path:  # left by a run with another layout: never read two copies
-            lake.remove(stale)
-    return path
 
 
-def read_scores(lake: Lake, as_of: date) -> pl.DataFrame:
+def read_scores(lake: Lake, as_of: date, version: int | None = None) -> pl.DataFrame:
     """The scores of `as_of` as written (`SCORES_SCHEMA`, most at risk first)."""
-    path = scores_path(as_of)
-    try:
-        with lake.fs.open(lake.path(path), "rb") as handle:
-            table = pq.read_table(handle)
-    except FileNotFoundError as exc:
+    files = tables.data_files(lake, tables.SCORES, {"as_of": as_of}, version)
+    if not files:
         raise ScoresMissing(
-            f"no churn scores at {lake.url(path)}: "
+            f"no churn scores for {as_of.isoformat()} in {tables.table_uri(lake, tables.SCORES)}: "
             f"materialize churn_scores for {as_of.isoformat()} first"
-        ) from exc
-    except Exception as exc:  # a damaged file is named, never read as empty
-        raise LakeError(f"could not read {lake.url(path)}: {exc}") from exc
-    scores = pl.from_arrow(table)
-    if scores.schema != SCORES_SCHEMA:
-        raise LakeError(
-            f"{lake.url(path)} has columns {dict(scores.schema)}, expected {dict(SCORES_SCHEMA)}: "
-            f"materialize churn_scores for {as_of.isoformat()} again"
         )
-    return scores
+    scores = pl.from_arrow(tables.read_arrow(lake, tables.SCORES, version=version, files=files))
+    return scores.sort(["churn_probability", "customer_id"], descending=[True, False])
 
 
 def _check_scores(scores: pl.DataFrame) -> None:

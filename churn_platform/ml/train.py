@@ -394,8 +394,13 @@ def model_card(
     passed: bool,
     churn: ChurnDefinition = CANCELLATION,
     served: ServedModel | None = None,
+    lineage: dict | None = None,
 ) -> str:
-    """A short markdown card: what the model is, on what data, how good, against what."""
+    """A short markdown card: what the model is, on what data, how good, against what.
+
+    `lineage` (`TrainingSet.lineage()`): the lake table versions the training
+    set was built from, so it can be rebuilt exactly.
+    """
     c, b = trained.metrics["candidate"], trained.metrics["baseline"]
     split = trained.split.describe()
     if served is not None:
@@ -414,6 +419,17 @@ def model_card(
         "",
         f"- Churn: {churn.describe()}",
         f"- Data: as-of dates {data_range}, {training_rows} rows in the training set",
+        *(
+            [
+                f"- Lake versions: customer_features v{lineage['features_version']}, "
+                f"churn_labels v{lineage['labels_version']}, training_set "
+                f"v{lineage['training_set_version']} (sha256 {lineage['sha256'][:16]}…); "
+                "rebuild with `churn-platform training-set rebuild --model "
+                f"{version}`"
+            ]
+            if lineage
+            else []
+        ),
         f"- Evaluation split by time: train {split['train_dates']} ({split['train_rows']} "
         f"rows), calibration {split['calibration_dates']} ({split['calibration_rows']}), "
         f"holdout {split['holdout_dates']} ({split['holdout_rows']}); "

@@ -17,11 +17,21 @@ short for even one training date is refused with the days it would need.
 
 The churn definition is one: every feature table and label table stacked
 must have been made under the same `ChurnDefinition`, and the training set
-records it (and the activity types it saw) in a manifest beside its file.
+records it (and the activity types it saw) in its manifest.
+
+Reproducible: a build reads the features and labels tables at one version
+each (the newest when it starts, or the versions asked for), so it is one
+consistent snapshot however the tables change meanwhile. The Delta table
+`ml/training_set` is replaced whole by `write_training_set`; its manifest
+(dates, columns, churn definition, the two input versions and a sha256 of the
+rows, `content_sha256`) travels in the data file's footer and the commit. A
+model records them, and `rebuild_training_set` reads those versions again to
+prove the set can be made again exactly (`churn-platform training-set rebuild`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -41,16 +51,18 @@ from churn_platform.features.materialize import (
     read_features,
 )
 from churn_platform.features.options import BeamRunnerSettings
+from churn_platform.lake import tables
 from churn_platform.lake.store import Lake, LakeError
 from churn_platform.ml.frame import KEY_COLUMNS, LABEL_COLUMN, feature_columns, model_input
 from churn_platform.ml.labels import (
+    LabelsMissing,
     complete_through,
     materialize_labels,
     read_labels,
 )
 
-TRAINING_SET_PATH = "ml/training_set/training_set.parquet"
-TRAINING_MANIFEST_PATH = "ml/training_set/_training_set.json"
+# the footer key of the training set's data file: its manifest
+TRAINING_SET_KEY = "churn_platform.training_set"
 DEFAULT_CADENCE_DAYS = 7
 DEFAULT_MIN_HISTORY_DAYS = 28
 DEFAULT_HOLDOUT_DATES = 2
@@ -104,6 +116,10 @@ class TrainingSet:
     seconds: float = 0.0
     churn: ChurnDefinition = CANCELLATION
     spec: FeatureSpec | None = None  # the activity types the feature tables tracked
+    # the versions of the tables it was built from, and (once written or read) its own
+    features_version: int | None = None
+    labels_version: int | None = None
+    version: int | None = None
 
     def manifest(self) -> dict:
         return {
@@ -113,7 +129,23 @@ class TrainingSet:
             "features": self.features,
             "churn_definition": self.churn.to_dict(),
             "feature_spec": self.spec.to_dict() if self.spec else None,
+            "features_version": self.features_version,
+            "labels_version": self.labels_version,
+            "sha256": self.sha256(),
         }
+
+    def lineage(self) -> dict:
+        """What a model records to rebuild this set: dates, table versions, content hash."""
+        return {
+            "dates": [d.isoformat() for d in self.dates],
+            "features_version": self.features_version,
+            "labels_version": self.labels_version,
+            "training_set_version": self.version,
+            "sha256": self.sha256(),
+        }
+
+    def sha256(self) -> str:
+        return content_sha256(self.table)
 
     @property
     def rows(self) -> int:
@@ -134,6 +166,18 @@ class TrainingSet:
             )
             .sort("as_of")
         )
+
+
+def content_sha256(table: pl.DataFrame) -> str:
+    """sha256 of the rows sorted by (as_of, customer_id), as CSV with a header.
+
+    CSV rather than a binary format: the digest follows the values (shortest
+    round-trip floats, ISO dates), not a library's encoding, so a set rebuilt
+    by a later polars version still compares.
+    """
+    keys = [c for c in KEY_COLUMNS if c in table.columns]
+    ordered = table.sort(keys) if keys and table.height else table
+    return hashlib.sha256(ordered.write_csv().encode()).hexdigest()
 
 
 def training_dates(
@@ -238,17 +282,23 @@ def ensure_inputs(
 def _labels_current(lake: Lake, as_of: date, churn: ChurnDefinition) -> bool:
     try:
         labels = read_labels(lake, as_of)
-    except FileNotFoundError:
+    except LabelsMissing:
         return False
     return labels.height == 0 or labels["churn_definition"][0] == churn.key()
 
 
-def join_date(lake: Lake, as_of: date, churn: ChurnDefinition | None = None) -> pl.DataFrame:
+def join_date(
+    lake: Lake,
+    as_of: date,
+    churn: ChurnDefinition | None = None,
+    features_version: int | None = None,
+    labels_version: int | None = None,
+) -> pl.DataFrame:
     """The feature table of `as_of` with its labels; every active customer labelled once."""
-    features = read_features(lake, as_of)
+    features = read_features(lake, as_of, version=features_version)
     try:
-        labels = read_labels(lake, as_of)
-    except FileNotFoundError as exc:
+        labels = read_labels(lake, as_of, labels_version)
+    except LabelsMissing as exc:
         raise TrainingSetError(str(exc)) from exc
     if churn is not None and labels.height and labels["churn_definition"][0] != churn.key():
         raise TrainingSetError(
@@ -269,9 +319,18 @@ def join_date(lake: Lake, as_of: date, churn: ChurnDefinition | None = None) -> 
 
 
 def build_training_set(
-    lake: Lake, dates: Sequence[date], churn: ChurnDefinition | None = None
+    lake: Lake,
+    dates: Sequence[date],
+    churn: ChurnDefinition | None = None,
+    *,
+    features_version: int | None = None,
+    labels_version: int | None = None,
 ) -> TrainingSet:
     """Stack the labelled feature tables of `dates` with one column set.
+
+    Reads the features and labels tables at `features_version` and
+    `labels_version` (default: each table's newest version when the build
+    starts, so the whole build sees one snapshot), recorded in the result.
 
     Activity types discovered at one date but absent at another get the neutral
     fill of `frame.model_input` (counts 0, "days since" null), so every row has
@@ -281,7 +340,11 @@ def build_training_set(
     """
     started = time.perf_counter()
     dates = sorted(dates)
-    recorded = _one_definition(lake, dates)
+    if features_version is None:
+        features_version = tables.version(lake, tables.FEATURES)
+    if labels_version is None:
+        labels_version = tables.version(lake, tables.LABELS)
+    recorded = _one_definition(lake, dates, features_version)
     churn = churn or recorded
     if not recorded.same_population(churn):
         raise TrainingSetError(
@@ -289,8 +352,8 @@ def build_training_set(
             f"{recorded.key()}, not {churn.key()}: rematerialize customer_features for those "
             "dates (training_set does it with fill_missing)"
         )
-    spec = merge_specs(read_feature_spec(lake, d) for d in dates)
-    frames = [join_date(lake, d, churn) for d in dates]
+    spec = merge_specs(read_feature_spec(lake, d, features_version) for d in dates)
+    frames = [join_date(lake, d, churn, features_version, labels_version) for d in dates]
     features: list[str] = []
     for frame in frames:
         features += [c for c in feature_columns(frame) if c not in features]
@@ -313,13 +376,17 @@ def build_training_set(
         seconds=time.perf_counter() - started,
         churn=churn,
         spec=spec,
+        features_version=features_version,
+        labels_version=labels_version,
     )
 
 
-def _one_definition(lake: Lake, dates: Sequence[date]) -> ChurnDefinition:
+def _one_definition(
+    lake: Lake, dates: Sequence[date], features_version: int | None = None
+) -> ChurnDefinition:
     found: dict[ChurnDefinition, list[date]] = {}
     for as_of in dates:
-        found.setdefault(read_feature_churn(lake, as_of), []).append(as_of)
+        found.setdefault(read_feature_churn(lake, as_of, features_version), []).append(as_of)
     first = next(iter(found), CANCELLATION)
     if not all(first.same_population(other) for other in found):
         described = "; ".join(
@@ -334,33 +401,98 @@ def _one_definition(lake: Lake, dates: Sequence[date]) -> ChurnDefinition:
     return next(iter(found)) if found else CANCELLATION
 
 
-def write_training_set(lake: Lake, training: TrainingSet) -> str:
-    lake.write_parquet(TRAINING_SET_PATH, training.table.to_arrow())
-    lake.write_bytes(TRAINING_MANIFEST_PATH, json.dumps(training.manifest(), indent=2).encode())
-    return TRAINING_SET_PATH
+def write_training_set(lake: Lake, training: TrainingSet) -> int:
+    """Replace the training set (the whole table) in one commit; returns its version.
+
+    Sets `training.version`. The manifest goes into the data file's footer
+    (read back with the rows, at any version) and the commit (the history).
+    """
+    manifest = training.manifest()
+    training.version = tables.write(
+        lake,
+        tables.TRAINING_SET,
+        training.table.to_arrow(),
+        replace_all=True,
+        metadata=manifest,
+        file_metadata={TRAINING_SET_KEY: json.dumps(manifest)},
+    )
+    return training.version
 
 
-def read_training_set(lake: Lake) -> TrainingSet:
-    """The training set last written by the `training_set` asset."""
-    if not lake.exists(TRAINING_SET_PATH):
+def read_training_set(lake: Lake, version: int | None = None) -> TrainingSet:
+    """The training set at the table's `version` (default: the last one written)."""
+    table = tables.open_table(lake, tables.TRAINING_SET, version)
+    files = [] if table is None else tables.data_files(lake, tables.TRAINING_SET, table=table)
+    if not files:
         raise TrainingSetError(
-            f"no training set at {lake.url(TRAINING_SET_PATH)}: materialize training_set first"
+            f"no training set in {tables.table_uri(lake, tables.TRAINING_SET)}: "
+            "materialize training_set first"
         )
-    try:
-        with lake.fs.open(lake.path(TRAINING_SET_PATH), "rb") as handle:
-            table = pl.read_parquet(handle)
-    except Exception as exc:  # a damaged file is named, never read as empty
-        raise LakeError(f"could not read {lake.url(TRAINING_SET_PATH)}: {exc}") from exc
-    dates = sorted(table["as_of"].unique().to_list())
-    try:
-        manifest = json.loads(lake.read_bytes(TRAINING_MANIFEST_PATH))
-    except FileNotFoundError:
-        manifest = {}  # written before manifests: the cancellation definition
+    read_version = table.version()
+    manifest: dict | None = None
+    for data_file in files:
+        footer = tables.file_metadata(lake, tables.TRAINING_SET, data_file, version)
+        text = footer.get(TRAINING_SET_KEY)
+        if text is None:
+            raise LakeError(
+                f"{lake.url(tables.file_path(tables.TRAINING_SET, data_file))} carries no "
+                f"training set manifest ({TRAINING_SET_KEY} in its footer): materialize "
+                "training_set again"
+            )
+        manifest = json.loads(text)
+    assert manifest is not None
+    columns = [*KEY_COLUMNS, *manifest["features"], LABEL_COLUMN]
+    rows = pl.from_arrow(
+        tables.read_arrow(lake, tables.TRAINING_SET, columns, version=read_version, files=files)
+    )
     spec = manifest.get("feature_spec")
     return TrainingSet(
-        table=table,
-        dates=dates,
-        features=feature_columns(table),
+        table=rows,
+        dates=[date.fromisoformat(d) for d in manifest["dates"]],
+        features=list(manifest["features"]),
         churn=ChurnDefinition.from_dict(manifest.get("churn_definition")),
         spec=FeatureSpec.from_dict(spec) if spec else None,
+        features_version=manifest.get("features_version"),
+        labels_version=manifest.get("labels_version"),
+        version=read_version,
     )
+
+
+@dataclass(frozen=True)
+class Rebuilt:
+    """A training set built again from the table versions a model recorded."""
+
+    training: TrainingSet
+    recorded_sha256: str
+
+    @property
+    def equal(self) -> bool:
+        return self.training.sha256() == self.recorded_sha256
+
+
+def rebuild_training_set(lake: Lake, lineage: dict, churn: ChurnDefinition) -> Rebuilt:
+    """Build the training set of `lineage` (a model's record) again from its table versions.
+
+    Raises `TrainingSetError` when the lineage lacks what a rebuild needs, and
+    `LakeError` when a version can no longer be read (its log or files were
+    removed by vacuum after the retention).
+    """
+    missing = [
+        key
+        for key in ("dates", "features_version", "labels_version", "sha256")
+        if lineage.get(key) is None
+    ]
+    if missing:
+        raise TrainingSetError(
+            f"the model's training record lacks {', '.join(missing)}: it was trained before "
+            "training sets recorded their table versions; only models trained since can be "
+            "rebuilt"
+        )
+    training = build_training_set(
+        lake,
+        [date.fromisoformat(d) for d in lineage["dates"]],
+        churn,
+        features_version=int(lineage["features_version"]),
+        labels_version=int(lineage["labels_version"]),
+    )
+    return Rebuilt(training, lineage["sha256"])

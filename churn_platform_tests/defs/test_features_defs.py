@@ -28,17 +28,15 @@ from churn_platform.defs.resources.churn import ChurnDefinitionResource
 from churn_platform.defs.resources.lake import LakeResource
 from churn_platform.features.churn import ChurnDefinition
 from churn_platform.features.materialize import (
-    POLARS_PART,
-    SPEC_FILE,
     active_customers,
     check_row_count,
     check_schema,
-    features_dir,
     materialize_features,
     read_feature_spec,
     read_features,
     write_features,
 )
+from churn_platform.lake import tables
 from churn_platform.lake.store import Lake
 from churn_platform.ml.labels import read_labels
 from churn_platform_tests.defs.lake_builder import (
@@ -167,7 +165,8 @@ def test_features_and_labels_materialize_with_metadata_and_passing_checks(
     assert "login" in meta["activity_types"].value
     assert "| feature | null rate |" in meta["null_rates"].value
     assert meta["events_per_second"].value > 0 and meta["seconds"].value > 0
-    assert meta["lake"].value.endswith(f"as_of={SIM_AS_OF}")
+    assert meta["lake"].value == tables.table_uri(lake, tables.FEATURES)
+    assert meta["table_version"].value == tables.version(lake, tables.FEATURES)
     assert done["customer_features"].partition == SIM_AS_OF
     assert meta["engine"].value == engine
 
@@ -176,6 +175,7 @@ def test_features_and_labels_materialize_with_metadata_and_passing_checks(
     label_meta = done["churn_labels"].metadata
     assert label_meta["rows"].value == table.height
     assert label_meta["churned"].value == labels["churned"].sum()
+    assert label_meta["table_version"].value == tables.version(lake, tables.LABELS)
 
 
 def corrupting(engine_result_table):
@@ -216,7 +216,7 @@ def test_a_broken_feature_table_fails_blocking_checks_and_stops_labels(
     assert "plan" in evaluations[NULLS_CHECK].metadata["columns_with_forbidden_nulls"].value
     assert "login_count_7d >= 0" in evaluations[RANGES_CHECK].metadata["violations"].value
     assert set(materialized(result)) == {"customer_features"}  # churn_labels never ran
-    assert not lake.exists(f"labels/churn_labels/as_of={SIM_AS_OF}/labels.parquet")
+    assert not tables.data_files(lake, tables.LABELS, {"as_of": SIM_AS_OF})
 
 
 def test_row_count_and_schema_checks_catch_a_dropped_customer_and_column(tmp_path):
@@ -284,15 +284,12 @@ def test_the_beam_engine_writes_the_same_table_as_polars(tmp_path, instance):
     assert meta["engine"].value == "beam" and meta["files"].value == pipeline.DEFAULT_SHARDS
     assert "churn_labels" in materialized(result)
 
-    # same layout, so either engine replaces the other's output
-    assert features_dir(as_of) == pipeline.features_dir(as_of)
-    assert f"{features_dir(as_of)}/{SPEC_FILE}" == pipeline.spec_path(as_of)
-    assert f"{features_dir(as_of)}/{POLARS_PART}" == pipeline.part_path(as_of, 0, 1)
+    # one table, so either engine's commit replaces the other's partition
     polars = materialize_features(lake, as_of, engine="polars")
-    assert lake.list_files(features_dir(as_of)) == sorted(
-        [*polars.output_files, pipeline.spec_path(as_of)]
-    )
+    committed = tables.data_files(lake, tables.FEATURES, {"as_of": as_of})
+    assert [tables.file_path(tables.FEATURES, f) for f in committed] == polars.output_files
     assert beam_table.equals(read_features(lake, as_of))
+    assert beam_table.equals(read_features(lake, as_of, version=meta["table_version"].value))
     assert polars.customers == meta["customers"].value
 
 

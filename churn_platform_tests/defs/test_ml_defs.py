@@ -17,7 +17,7 @@ from churn_platform.features.materialize import read_features
 from churn_platform.kafka.admin import partitions_of
 from churn_platform.kafka.config import KafkaSettings
 from churn_platform.kafka.reader import OffsetRangeReader
-from churn_platform.lake.paths import scores_dir
+from churn_platform.lake import tables
 from churn_platform.ml import estimators, registry
 from churn_platform.ml.frame import LABEL_COLUMN, model_input
 from churn_platform.ml.score import decode_score_message, read_scores
@@ -116,6 +116,13 @@ def test_training_job_materializes_the_model_its_checks_and_the_champion(trained
     assert "| as_of | rows | churned | churn_rate |" in per_date
     assert all(d.isoformat() in per_date for d in ml_lake.dates.dates)
     assert ts_meta["computed_inputs"].value.startswith("(none")  # all read from the lake
+    # the model records the table versions its training set was built from, and the set's own
+    lineage = record.training["training_set"]
+    assert lineage == training.lineage()
+    assert lineage["training_set_version"] == ts_meta["table_version"].value
+    assert lineage["features_version"] == ts_meta["features_version"].value is not None
+    assert lineage["labels_version"] == ts_meta["labels_version"].value is not None
+    assert f"churn_labels v{lineage['labels_version']}" in record.card
 
 
 def test_an_opt_in_floor_blocks_the_champion_naming_the_rule_and_setting(
@@ -308,7 +315,7 @@ def test_scoring_without_a_usable_champion_fails_loudly(
     text = failure_text(result)
     assert "no champion yet" in text and "champion.json does not exist" in text
     assert "ModelMissing" in text
-    assert not untrained.list_files(scores_dir(as_of))
+    assert not tables.data_files(untrained, tables.SCORES, {"as_of": as_of})
 
     lake = copy_lake(trained[0], tmp_path / "corrupt")
     version = registry.read_champion(lake)["version"]
@@ -323,7 +330,7 @@ def test_scoring_without_a_usable_champion_fails_loudly(
     text = failure_text(result)
     assert lake.url(model_path) in text and "does not match its manifest" in text
     assert "ModelCorrupt" in text
-    assert not lake.list_files(scores_dir(as_of))
+    assert not tables.data_files(lake, tables.SCORES, {"as_of": as_of})
     assert read_topic(kafka_settings, topic) == []
 
 

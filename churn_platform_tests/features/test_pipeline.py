@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 from datetime import UTC, date, datetime, timedelta
 
 import apache_beam as beam
@@ -22,17 +21,17 @@ from polars.testing import assert_frame_equal
 
 from churn_platform.features.definitions import FeatureSpec, as_of_end, compute_features
 from churn_platform.features.inputs import feature_inputs
+from churn_platform.features.materialize import read_feature_manifest, read_features
 from churn_platform.features.options import BeamRunnerSettings, BeamRunnerSettingsError
 from churn_platform.features.pipeline import (
     ComputeShardFeatures,
     FrameBatch,
     ReadEventShards,
-    features_dir,
     run,
     run_feature_pipeline,
-    spec_path,
 )
 from churn_platform.features.reference import reference_features
+from churn_platform.lake import tables
 from churn_platform.lake.store import Lake
 from churn_platform_tests.features.lake_factory import (
     event,
@@ -47,10 +46,10 @@ AS_OF = date(2026, 11, 20)  # the last simulated day
 EARLIER = date(2026, 10, 12)  # mid-window: later files exist and must not be read
 
 
-def beam_table(lake: Lake, files) -> pl.DataFrame:
-    """The feature table a run wrote, as one frame in the reference's order."""
-    frames = [pl.read_parquet(lake.fs.open(lake.path(p), "rb").read()) for p in files]
-    return pl.concat(frames).sort("customer_id")
+def beam_table(lake: Lake, result) -> pl.DataFrame:
+    """The feature table a run committed (at the version it made), in the reference's order."""
+    assert result.version is not None
+    return read_features(lake, result.as_of, version=result.version)
 
 
 def local_runner() -> BeamRunnerSettings:
@@ -82,7 +81,7 @@ def catalogue_lake(tmp_path) -> Lake:
 def test_beam_equals_the_polars_reference_on_simulated_events(sim_lake, as_of):
     result = run_feature_pipeline(sim_lake.uri, as_of, local_runner(), shards=3, read_tasks=5)
     expected = reference_features(sim_lake, as_of)
-    assert_frame_equal(beam_table(sim_lake, result.output_files), expected)
+    assert_frame_equal(beam_table(sim_lake, result), expected)
     assert result.rows == expected.height > 50
     assert result.spec.columns() == expected.columns[2:]
     assert len(result.output_files) == 3
@@ -112,7 +111,7 @@ def test_beam_equals_the_reference_on_a_replayed_catalogue(catalogue_lake):
     # a task per file, so the two copies travel in different batches
     result = run_feature_pipeline(lake.uri, AS_OF, local_runner(), shards=4, read_tasks=len(files))
     expected = reference_features(lake, AS_OF)
-    assert_frame_equal(beam_table(lake, result.output_files), expected)
+    assert_frame_equal(beam_table(lake, result), expected)
     assert result.spec == FeatureSpec(
         ("api_call", "export", "page_view"), ("api_call", "page_view")
     )
@@ -128,9 +127,7 @@ def test_a_date_before_any_event_writes_an_empty_table_with_the_schema(sim_lake)
     result = run_feature_pipeline(sim_lake.uri, before, local_runner(), shards=2, read_tasks=2)
     assert (result.rows, result.events_read, result.spec) == (0, 0, FeatureSpec((), ()))
     assert len(result.output_files) == 2
-    assert_frame_equal(
-        beam_table(sim_lake, result.output_files), reference_features(sim_lake, before)
-    )
+    assert_frame_equal(beam_table(sim_lake, result), reference_features(sim_lake, before))
 
 
 # --- no lookahead -----------------------------------------------------------------
@@ -141,7 +138,7 @@ def test_events_after_the_as_of_date_change_no_feature(catalogue_lake):
     d = date(2026, 11, 10)
     before_beam = run_feature_pipeline(lake.uri, d, local_runner(), shards=2, read_tasks=2)
     before = reference_features(lake, d)
-    assert_frame_equal(beam_table(lake, before_beam.output_files), before)
+    assert_frame_equal(beam_table(lake, before_beam), before)
     active = before.filter(pl.col("plan") != "unknown")["customer_id"][0]
     quiet = before.filter(pl.col("plan") == "unknown")["customer_id"][0]
     after = as_of_end(d)  # the first instant after d
@@ -182,7 +179,7 @@ def test_events_after_the_as_of_date_change_no_feature(catalogue_lake):
 
     after_beam = run_feature_pipeline(lake.uri, d, local_runner(), shards=2, read_tasks=2)
     assert_frame_equal(reference_features(lake, d), before)
-    assert_frame_equal(beam_table(lake, after_beam.output_files), before)
+    assert_frame_equal(beam_table(lake, after_beam), before)
     assert after_beam.spec == before_beam.spec
     assert after_beam.counters["events_after_as_of_skipped"] == 2
     # the planted events are real: the next day sees them
@@ -199,34 +196,35 @@ def test_multi_processing_workers_give_the_same_table(sim_lake):
     """Two worker processes: everything shipped to them (DoFns, batches, specs) pickles."""
     settings = BeamRunnerSettings(direct_num_workers=2, direct_running_mode="multi_processing")
     result = run_feature_pipeline(sim_lake.uri, AS_OF, settings, shards=4, read_tasks=4)
-    assert_frame_equal(
-        beam_table(sim_lake, result.output_files), reference_features(sim_lake, AS_OF)
-    )
+    assert_frame_equal(beam_table(sim_lake, result), reference_features(sim_lake, AS_OF))
 
 
-def test_a_memory_lake_goes_through_the_same_code_path():
-    lake = Lake(f"memory://features-{uuid.uuid4().hex[:8]}")
+def test_a_file_uri_lake_goes_through_the_same_code_path(tmp_path):
+    lake = Lake(f"file://{tmp_path}/lake")
     write_events(lake, replayed_catalogue(end=END, customers=15, days=40), partitions=2)
     result = run_feature_pipeline(lake.uri, AS_OF, local_runner(), shards=2, read_tasks=2)
-    assert lake.exists(spec_path(AS_OF))
     assert all(lake.exists(p) for p in result.output_files)
-    assert_frame_equal(beam_table(lake, result.output_files), reference_features(lake, AS_OF))
+    assert_frame_equal(beam_table(lake, result), reference_features(lake, AS_OF))
 
 
 def test_a_rerun_replaces_the_output_never_duplicates(catalogue_lake):
     lake = catalogue_lake
     first = run_feature_pipeline(lake.uri, AS_OF, local_runner(), shards=4, read_tasks=2)
     again = run_feature_pipeline(lake.uri, AS_OF, local_runner(), shards=4, read_tasks=2)
-    assert again.output_files == first.output_files
+    assert again.version > first.version
+    assert not set(again.output_files) & set(first.output_files)  # new files, one commit
     fewer = run_feature_pipeline(lake.uri, AS_OF, local_runner(), shards=2, read_tasks=2)
-    on_disk = lake.list_files(features_dir(AS_OF), ".parquet")
-    assert on_disk == list(fewer.output_files) and len(on_disk) == 2
-    assert fewer.counters["stale_files_removed"] == 4  # every part name says "-of-00004"
-    whole = pl.read_parquet(lake.path(features_dir(AS_OF)) + "/*.parquet").sort("customer_id")
+    committed = tables.data_files(lake, tables.FEATURES, {"as_of": AS_OF})
+    assert [tables.file_path(tables.FEATURES, f) for f in committed] == sorted(fewer.output_files)
+    assert len(committed) == 2
+    whole = read_features(lake, AS_OF)
     assert_frame_equal(whole, reference_features(lake, AS_OF))
-    manifest = json.loads(lake.read_bytes(spec_path(AS_OF)))
-    assert FeatureSpec.from_dict(manifest) == fewer.spec
-    assert manifest["rows"] == whole.height and manifest["shards"] == 2
+    assert FeatureSpec.from_dict(read_feature_manifest(lake, AS_OF)) == fewer.spec
+    assert fewer.rows == whole.height
+    # the earlier runs stay readable by version: time travel
+    assert_frame_equal(read_features(lake, AS_OF, version=first.version), whole)
+    # nothing is left pending once a run committed
+    assert not lake.list_files(f"{tables.FEATURES.name}/{tables.PENDING_DIR}")
 
 
 def test_command_line_entry_point(sim_lake, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone
 
@@ -14,7 +15,7 @@ from polars.testing import assert_frame_equal
 from churn_platform.events.contract import SCORES_TOPIC
 from churn_platform.kafka.admin import partitions_of
 from churn_platform.kafka.reader import OffsetRangeReader
-from churn_platform.lake.paths import scores_dir, scores_path
+from churn_platform.lake import tables
 from churn_platform.lake.store import Lake, LakeError
 from churn_platform.ml import estimators
 from churn_platform.ml.frame import model_input
@@ -329,22 +330,40 @@ def test_top_at_risk_markdown(scores):
 # --- the lake ------------------------------------------------------------------------
 
 
+def committed_files(lake: Lake, as_of=AS_OF) -> list[str]:
+    return [
+        tables.file_path(tables.SCORES, f)
+        for f in tables.data_files(lake, tables.SCORES, {"as_of": as_of})
+    ]
+
+
 def test_write_read_roundtrip(tmp_path, scores):
     lake = Lake(tmp_path / "lake")
-    path = write_scores(lake, scores, AS_OF)
-    assert path == scores_path(AS_OF) == "scores/churn_scores/as_of=2024-03-01/part-0.parquet"
-    assert lake.list_files(scores_dir(AS_OF)) == [path]
+    version = write_scores(lake, scores, AS_OF)
+    assert version == tables.version(lake, tables.SCORES)
+    (path,) = committed_files(lake)
+    assert path.startswith("scores/churn_scores/as_of=2024-03-01/")
     assert_frame_equal(read_scores(lake, AS_OF), scores)
 
 
-def test_rerun_replaces_the_scores_and_drops_stale_files(tmp_path, scores):
+def test_rerun_replaces_the_scores_in_one_commit(tmp_path, scores):
     lake = Lake(tmp_path / "lake")
-    write_scores(lake, scores, AS_OF)
-    lake.write_bytes(f"{scores_dir(AS_OF)}/part-1.parquet", b"left by an old layout")
+    first = write_scores(lake, scores, AS_OF)
+    other_day = scores.head(3).with_columns(pl.lit(AS_OF + timedelta(days=1)).alias("as_of"))
+    write_scores(lake, other_day, AS_OF + timedelta(days=1))
+    lake.write_bytes(f"{tables.SCORES.name}/as_of=2024-03-01/part-1.parquet", b"uncommitted")
     rescored = scores.head(10).with_columns(pl.lit("v2").alias("model_version"))
     write_scores(lake, rescored, AS_OF)
     assert_frame_equal(read_scores(lake, AS_OF), rescored)
-    assert lake.list_files(scores_dir(AS_OF)) == [scores_path(AS_OF)]
+    assert len(committed_files(lake)) == 1  # the old file is replaced, the stray one unseen
+    assert_frame_equal(read_scores(lake, AS_OF + timedelta(days=1)), other_day)
+    assert_frame_equal(read_scores(lake, AS_OF, version=first), scores)
+
+
+def test_no_customers_to_score_is_an_empty_partition_not_a_missing_one(tmp_path, scores):
+    lake = Lake(tmp_path / "lake")
+    write_scores(lake, scores.head(0), AS_OF)
+    assert read_scores(lake, AS_OF).is_empty()
 
 
 def test_write_rejects_scores_of_another_date_or_shape(tmp_path, scores):
@@ -353,7 +372,7 @@ def test_write_rejects_scores_of_another_date_or_shape(tmp_path, scores):
         write_scores(lake, scores, AS_OF + timedelta(days=1))
     with pytest.raises(ValueError, match="score_table"):
         write_scores(lake, scores.drop("risk_band"), AS_OF)
-    assert not lake.list_files("scores")
+    assert tables.version(lake, tables.SCORES) is None
 
 
 def test_missing_scores_name_the_url_and_the_fix(tmp_path):
@@ -362,14 +381,16 @@ def test_missing_scores_name_the_url_and_the_fix(tmp_path):
         read_scores(lake, AS_OF)
     assert isinstance(caught.value, LakeError)
     message = str(caught.value)
-    assert lake.url(scores_path(AS_OF)) in message
+    assert tables.table_uri(lake, tables.SCORES) in message
     assert "materialize churn_scores for 2024-03-01" in message
 
 
-def test_damaged_scores_are_an_error_naming_the_file(tmp_path):
+def test_damaged_scores_are_an_error_naming_the_file(tmp_path, scores):
     lake = Lake(tmp_path / "lake")
-    lake.write_bytes(scores_path(AS_OF), b"not parquet")
-    with pytest.raises(LakeError, match="could not read .*part-0.parquet"):
+    write_scores(lake, scores, AS_OF)
+    (path,) = committed_files(lake)
+    lake.write_bytes(path, b"not parquet")
+    with pytest.raises(LakeError, match=re.escape(f"could not read {lake.url(path)}")):
         read_scores(lake, AS_OF)
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
 import pytest
 from polars.testing import assert_frame_equal
 
@@ -16,13 +16,12 @@ from churn_platform.events.contract import SUBSCRIPTION_CANCELLED
 from churn_platform.features.churn import ChurnDefinition
 from churn_platform.features.definitions import as_of_end, compute_features
 from churn_platform.features.materialize import read_features
-from churn_platform.lake.paths import features_dir, labels_dir, labels_path
+from churn_platform.lake import tables
 from churn_platform.lake.raw import read_raw_events
 from churn_platform.lake.store import Lake, LakeError
 from churn_platform.ml.frame import KEY_COLUMNS, LABEL_COLUMN, model_input
 from churn_platform.ml.labels import compute_labels, read_labels, write_labels
 from churn_platform.ml.training_set import (
-    TRAINING_SET_PATH,
     SplitNeeds,
     TrainingSet,
     TrainingSetError,
@@ -51,6 +50,12 @@ def lake_of(root: Path, rows: list[dict]) -> Lake:
     lake = Lake(str(root))
     write_events(lake, events_frame(rows), partitions=2)
     return lake
+
+
+def drop_partition(lake: Lake, spec: tables.TableSpec, as_of: date) -> None:
+    """A commit that empties the `as_of` partition (as if it was never materialized)."""
+    nothing = pa.table({"customer_id": pa.array([], pa.string())})
+    tables.write(lake, spec, nothing, replace={"as_of": as_of})
 
 
 def rows_of(training: TrainingSet, as_of: date) -> pl.DataFrame:
@@ -319,7 +324,7 @@ def test_labels_that_do_not_match_the_feature_table_are_refused(tmp_path):
 def test_missing_labels_name_churn_labels(tmp_path):
     lake = two_date_lake(tmp_path / "lake")
     ensure_inputs(lake, [D1], ChurnDefinition("cancellation", 7))
-    lake.remove(labels_path(D1))
+    drop_partition(lake, tables.LABELS, D1)
     with pytest.raises(TrainingSetError, match="materialize churn_labels for 2024-03-01"):
         build_training_set(lake, [D1])
 
@@ -333,9 +338,9 @@ def test_ensure_inputs_computes_exactly_what_is_missing(ml_lake, tmp_path):
     lake = copy_lake(ml_lake.lake, tmp_path / "lake")
     dates = ml_lake.dates.dates
     gone, labels_gone = dates[5], dates[9]
-    shutil.rmtree(lake.path(features_dir(gone)))
-    shutil.rmtree(lake.path(labels_dir(gone)))
-    shutil.rmtree(lake.path(labels_dir(labels_gone)))
+    drop_partition(lake, tables.FEATURES, gone)
+    drop_partition(lake, tables.LABELS, gone)
+    drop_partition(lake, tables.LABELS, labels_gone)
 
     seen = []
     computed = ensure_inputs(
@@ -366,27 +371,40 @@ def test_ensure_inputs_computes_exactly_what_is_missing(ml_lake, tmp_path):
     assert ensure_inputs(lake, [gone], ChurnDefinition("cancellation", 20)) == []
 
 
-# --- the file ------------------------------------------------------------------------
+# --- the table -----------------------------------------------------------------------
 
 
-def test_write_read_roundtrip(training, tmp_path):
+def test_write_read_roundtrip(ml_lake, training, tmp_path):
     lake = Lake(str(tmp_path / "lake"))
     with pytest.raises(TrainingSetError, match="materialize training_set first"):
         read_training_set(lake)
-    assert write_training_set(lake, training) == TRAINING_SET_PATH
+    version = write_training_set(lake, training)
+    assert version == training.version == tables.version(lake, tables.TRAINING_SET)
     back = read_training_set(lake)
     assert_frame_equal(back.table, training.table)
     assert back.dates == training.dates
     assert back.features == training.features
     assert (back.rows, back.positives) == (training.rows, training.positives)
+    assert back.lineage() == training.lineage()
+    assert back.features_version is not None and back.labels_version is not None
+
+    # a smaller set replaces the whole table; the first stays readable by version
+    fewer = build_training_set(ml_lake.lake, training.dates[-3:])
+    newer = write_training_set(lake, fewer)
+    assert_frame_equal(read_training_set(lake).table, fewer.table)
+    assert set(read_training_set(lake).features) == set(fewer.features)
+    assert_frame_equal(read_training_set(lake, version).table, training.table)
+    assert newer == version + 1
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
 def test_a_damaged_training_set_is_an_error_naming_the_file(training, tmp_path, damage):
     lake = Lake(str(tmp_path / "lake"))
     write_training_set(lake, training)
-    good = lake.read_bytes(TRAINING_SET_PATH)
-    lake.write_bytes(TRAINING_SET_PATH, b"not parquet" if damage == "garbage" else good[:-100])
-    with pytest.raises(LakeError, match=re.escape(lake.url(TRAINING_SET_PATH))) as refused:
+    (data_file,) = tables.data_files(lake, tables.TRAINING_SET)
+    path = tables.file_path(tables.TRAINING_SET, data_file)
+    good = lake.read_bytes(path)
+    lake.write_bytes(path, b"not parquet" if damage == "garbage" else good[:-100])
+    with pytest.raises(LakeError, match=re.escape(lake.url(path))) as refused:
         read_training_set(lake)
     assert not isinstance(refused.value, TrainingSetError)

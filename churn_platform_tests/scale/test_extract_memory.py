@@ -41,7 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.compute as pc
 
 SMALL = 200_000
 LARGE = 2_000_000
@@ -181,21 +181,15 @@ def extract_in_child(bootstrap: str, topic: str, lake_dir: Path, log_dir: Path) 
 
 def lake_contents(lake_dir: Path, topic: str) -> tuple[pa.Table, int]:
     """The committed raw rows (ids, types, offsets) and the quarantined count of `topic`."""
-    from churn_platform.lake.paths import QUARANTINE_DIR
-    from churn_platform.lake.raw import committed, committed_raw_files
+    from churn_platform.lake import tables as lake_tables
     from churn_platform.lake.store import Lake
 
     lake = Lake(lake_dir)
-    columns = ["event_id", "event_type", "_partition", "_offset"]
-    tables = [
-        pq.read_table(lake.path(f.path), columns=columns)
-        for f in committed_raw_files(lake, [topic])
-    ]
-    quarantined = sum(
-        pq.read_metadata(lake.path(f.path)).num_rows
-        for f in committed(lake, QUARANTINE_DIR, [topic])
-    )
-    return pa.concat_tables(tables), quarantined
+    columns = ["event_id", "event_type", "_topic", "_partition", "_offset"]
+    rows = lake_tables.read_arrow(lake, lake_tables.RAW_EVENTS, columns)
+    rows = rows.filter(pc.equal(rows["_topic"], topic)).drop_columns(["_topic"])
+    quarantined = sum(f.rows or 0 for f in lake_tables.data_files(lake, lake_tables.QUARANTINE))
+    return rows, quarantined
 
 
 def assert_every_valid_event_once(table: pa.Table, quarantined: int, produced, tag: str) -> None:

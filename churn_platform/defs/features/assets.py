@@ -23,13 +23,12 @@ from churn_platform.defs.resources.churn import ChurnDefinitionResource
 from churn_platform.defs.resources.lake import LakeResource
 from churn_platform.features.materialize import (
     DEFAULT_ENGINE,
-    features_dir,
     materialize_features,
     null_rates_markdown,
     read_feature_churn,
     read_features,
 )
-from churn_platform.lake.paths import labels_dir
+from churn_platform.lake import tables
 from churn_platform.ml.labels import NotYetLabelable, materialize_labels
 
 RAW_EVENTS = dg.AssetKey("raw_customer_events")
@@ -57,7 +56,7 @@ def build_feature_assets(
         group_name="features",
         partitions_def=partitions_def,
         deps=[RAW_EVENTS],
-        kinds={"beam", "parquet"},
+        kinds={"beam", "delta"},
         automation_condition=follow_updates(while_upstream_runs=True),
     )
     def customer_features(
@@ -83,7 +82,7 @@ def build_feature_assets(
             shards=config.shards,
             churn=definition,
         )
-        table = read_features(store, as_of)
+        table = read_features(store, as_of, version=result.version)
         return dg.MaterializeResult(
             metadata={
                 "rows": dg.MetadataValue.int(result.rows),
@@ -97,7 +96,8 @@ def build_feature_assets(
                 "seconds": dg.MetadataValue.float(round(result.seconds, 3)),
                 "events_per_second": dg.MetadataValue.float(round(result.events_per_second, 1)),
                 "files": len(result.output_files),
-                "lake": dg.MetadataValue.path(store.url(features_dir(as_of))),
+                "table_version": result.version,
+                "lake": dg.MetadataValue.path(tables.table_uri(store, tables.FEATURES)),
             }
         )
 
@@ -105,7 +105,7 @@ def build_feature_assets(
         group_name="features",
         partitions_def=partitions_def,
         deps=[customer_features, RAW_EVENTS],
-        kinds={"parquet"},
+        kinds={"delta"},
         output_required=False,
     )
     def churn_labels(
@@ -115,14 +115,16 @@ def build_feature_assets(
         as_of = date.fromisoformat(context.partition_key)
         store = lake.lake()
         definition = churn.churn()
-        if not read_feature_churn(store, as_of).same_population(definition):
+        version = tables.version(store, tables.FEATURES)  # the rows and their spec: one version
+        recorded = read_feature_churn(store, as_of, version)
+        if not recorded.same_population(definition):
             raise ValueError(
                 f"customer_features as of {as_of} were computed under the churn definition "
-                f"{read_feature_churn(store, as_of).key()}, not {definition.key()} "
+                f"{recorded.key()}, not {definition.key()} "
                 "(CHURN_DEFINITION / CHURN_HORIZON_DAYS changed since): materialize "
                 "customer_features for this date again, then churn_labels"
             )
-        customers = read_features(store, as_of, columns=["customer_id"])["customer_id"]
+        customers = read_features(store, as_of, ["customer_id"], version)["customer_id"]
         try:
             result = materialize_labels(store, customers, as_of, definition)
         except NotYetLabelable as exc:
@@ -155,7 +157,8 @@ def build_feature_assets(
                 "complete_through": result.complete_through.isoformat(),
                 "cancellations_read": result.cancellations_read,
                 "seconds": dg.MetadataValue.float(round(result.seconds, 3)),
-                "lake": dg.MetadataValue.path(store.url(labels_dir(as_of))),
+                "table_version": result.version,
+                "lake": dg.MetadataValue.path(tables.table_uri(store, tables.LABELS)),
             }
         )
 

@@ -1,7 +1,9 @@
 """Blocking checks on each `customer_features` partition: schema, nulls, ranges, row count.
 
 Each check reads the materialized partition back from the lake, so it judges
-what downstream assets will read, whichever engine wrote it. A failed check
+what downstream assets will read, whichever engine wrote it; the table and
+its spec are read at one version of the features table, so a rewrite while
+the check runs cannot pair one run's rows with another's spec. A failed check
 (severity ERROR) stops what is downstream in the same run: `churn_labels` in
 `features_job`, `churn_scores` and `feature_drift` in the automated run of today.
 """
@@ -27,6 +29,7 @@ from churn_platform.features.materialize import (
     read_feature_spec,
     read_features,
 )
+from churn_platform.lake import tables
 from churn_platform.lake.store import Lake
 
 FEATURES = dg.AssetKey("customer_features")
@@ -35,25 +38,26 @@ NULLS_CHECK = "no_unexpected_nulls"
 RANGES_CHECK = "values_in_range"
 ROW_COUNT_CHECK = "one_row_per_active_customer"
 
-Judge = Callable[[Lake, date, pl.DataFrame], CheckOutcome]
+Judge = Callable[[Lake, date, pl.DataFrame, int | None], CheckOutcome]
 
 
-def _judge_schema(lake: Lake, as_of: date, table: pl.DataFrame) -> CheckOutcome:
-    return check_schema(table, read_feature_spec(lake, as_of))
+def _judge_schema(lake: Lake, as_of: date, table: pl.DataFrame, version: int | None):
+    return check_schema(table, read_feature_spec(lake, as_of, version))
 
 
-def _judge_nulls(lake: Lake, as_of: date, table: pl.DataFrame) -> CheckOutcome:
-    return check_nulls(table, read_feature_spec(lake, as_of))
+def _judge_nulls(lake: Lake, as_of: date, table: pl.DataFrame, version: int | None):
+    return check_nulls(table, read_feature_spec(lake, as_of, version))
 
 
-def _judge_ranges(lake: Lake, as_of: date, table: pl.DataFrame) -> CheckOutcome:
+def _judge_ranges(lake: Lake, as_of: date, table: pl.DataFrame, version: int | None):
     return check_ranges(table, as_of)
 
 
-def _judge_row_count(lake: Lake, as_of: date, table: pl.DataFrame) -> CheckOutcome:
+def _judge_row_count(lake: Lake, as_of: date, table: pl.DataFrame, version: int | None):
     # judged against the raw files the table was computed from and the churn definition
-    # it chose its customers by (both recorded in _spec.json)
-    inputs, churn = read_feature_inputs(lake, as_of), read_feature_churn(lake, as_of)
+    # it chose its customers by (both in the footers of the partition's data files)
+    inputs = read_feature_inputs(lake, as_of, version)
+    churn = read_feature_churn(lake, as_of, version)
     outcome = check_row_count(table, active_customers(lake, as_of, inputs, churn))
     return CheckOutcome(outcome.passed, {**outcome.details, "churn_definition": churn.key()})
 
@@ -61,7 +65,8 @@ def _judge_row_count(lake: Lake, as_of: date, table: pl.DataFrame) -> CheckOutco
 def _evaluate(context: dg.AssetCheckExecutionContext, lake: Lake, judge: Judge):
     as_of = date.fromisoformat(context.partition_key)
     try:
-        passed, details = judge(lake, as_of, read_features(lake, as_of))
+        version = tables.version(lake, tables.FEATURES)
+        passed, details = judge(lake, as_of, read_features(lake, as_of, version=version), version)
     except FeaturesMissing as exc:
         passed, details = False, {"error": str(exc)}
     if not passed:

@@ -28,6 +28,7 @@ from churn_platform.defs.resources.churn import ChurnDefinitionResource
 from churn_platform.defs.resources.gate import GateResource
 from churn_platform.defs.resources.kafka import KafkaResource
 from churn_platform.defs.resources.lake import LakeResource
+from churn_platform.lake import tables
 from churn_platform.ml import plots, registry
 from churn_platform.ml.gate import (
     DEFAULT_MAX_REGRESSION,
@@ -156,7 +157,7 @@ class ChurnScoresConfig(dg.Config):
     topic: str = SCORES_TOPIC
 
 
-@dg.asset(group_name="ml", deps=[CUSTOMER_FEATURES, CHURN_LABELS], kinds={"polars", "parquet"})
+@dg.asset(group_name="ml", deps=[CUSTOMER_FEATURES, CHURN_LABELS], kinds={"polars", "delta"})
 def training_set(
     context: dg.AssetExecutionContext,
     config: TrainingSetConfig,
@@ -218,7 +219,7 @@ def training_set(
                 "CHURN_HORIZON_DAYS or narrow CHURN_QUALIFYING_EVENTS"
             )
         )
-    path = write_training_set(store, result)
+    version = write_training_set(store, result)
     per_date = result.per_date()
     return dg.MaterializeResult(
         metadata={
@@ -232,7 +233,11 @@ def training_set(
             "churn_definition": definition.describe(),
             "per_date": dg.MetadataValue.md(_markdown_table(per_date)),
             "computed_inputs": ", ".join(computed) or "(none: all read from the lake)",
-            "lake": dg.MetadataValue.path(store.url(path)),
+            "table_version": version,
+            "features_version": result.features_version,
+            "labels_version": result.labels_version,
+            "sha256": result.sha256(),
+            "lake": dg.MetadataValue.path(tables.table_uri(store, tables.TRAINING_SET)),
         }
     )
 
@@ -315,8 +320,17 @@ def churn_model(
             context.log.error(f"gate: {rule.line()}")
     version = registry.new_version(token=context.run_id)
     data_range = f"{training.dates[0].isoformat()}..{training.dates[-1].isoformat()}"
+    lineage = training.lineage()
     card = model_card(
-        version, trained, training.rows, data_range, reasons, passed, training.churn, served
+        version,
+        trained,
+        training.rows,
+        data_range,
+        reasons,
+        passed,
+        training.churn,
+        served,
+        lineage,
     )
     saving = time.perf_counter()
     registry.save_model(
@@ -343,6 +357,7 @@ def churn_model(
             "seed": config.seed,
             "churn_definition": training.churn.to_dict(),
             "feature_spec": training.spec.to_dict() if training.spec else None,
+            "training_set": lineage,
             "dropped_features": trained.dropped,
             **trained.split.describe(),
             **(served.describe() if served is not None else {"served_fit": "evaluation split"}),
@@ -503,7 +518,7 @@ def build_scores_asset(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefi
         group_name="serving",
         partitions_def=partitions_def,
         deps=[CUSTOMER_FEATURES, churn_champion],
-        kinds={"parquet", "kafka"},
+        kinds={"delta", "kafka"},
         automation_condition=eager_after_checks(),
     )
     def churn_scores(
@@ -519,7 +534,8 @@ def build_scores_asset(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefi
         store = lake.lake()
         bands = RiskBands(cutoffs=tuple(config.risk_band_cutoffs))
         model = registry.load_champion(store)
-        churn = read_feature_churn(store, as_of)
+        version = tables.version(store, tables.FEATURES)  # the rows and their spec: one version
+        churn = read_feature_churn(store, as_of, version)
         if not churn.same_population(model.record.churn):
             raise ValueError(
                 f"customer_features as of {as_of} hold the customers active under the churn "
@@ -527,9 +543,9 @@ def build_scores_asset(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefi
                 f"{model.record.churn.key()}: retrain (training_job) after changing "
                 "CHURN_DEFINITION / CHURN_HORIZON_DAYS, or set them back"
             )
-        features = read_features(store, as_of)
+        features = read_features(store, as_of, version=version)
         scores = score_table(model, features, as_of, bands, scored_at=datetime.now(UTC))
-        path = write_scores(store, scores, as_of)
+        scores_version = write_scores(store, scores, as_of)
         produced = (
             produce_scores(kafka.settings(), scores, topic=config.topic)
             if config.produce_to_kafka
@@ -551,7 +567,9 @@ def build_scores_asset(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefi
                 "top_at_risk": dg.MetadataValue.md(top_at_risk_markdown(scores, 10)),
                 "produced_to_kafka": produced,
                 "topic": config.topic if config.produce_to_kafka else "(not produced)",
-                "lake": dg.MetadataValue.path(store.url(path)),
+                "features_version": version,
+                "table_version": scores_version,
+                "lake": dg.MetadataValue.path(tables.table_uri(store, tables.SCORES)),
             }
         )
 
