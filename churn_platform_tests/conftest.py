@@ -10,6 +10,9 @@ from churn_platform.kafka.admin import ensure_topic
 from churn_platform.kafka.broker import EmbeddedBroker
 from churn_platform.kafka.config import KafkaSettings
 
+# an S3-compatible server on loopback (moto), for tests of the lake on an object store
+pytest_plugins = ["churn_platform_tests.lake.s3"]
+
 
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory) -> EmbeddedBroker:

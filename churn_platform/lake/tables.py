@@ -138,7 +138,13 @@ SCORES = TableSpec(
     statistics_columns=("churn_probability",),
     description="the churn score of every active customer as of a date",
 )
-TABLES = (RAW_EVENTS, QUARANTINE, FEATURES, LABELS, TRAINING_SET, SCORES)
+SCORER_QUARANTINE = TableSpec(
+    "quarantine/scorer",
+    partition_by=("group_id",),
+    schema=pa.schema([*QUARANTINE_SCHEMA, pa.field("group_id", pa.string(), nullable=False)]),
+    description="every message the streaming scorer rejected, with its raw bytes and the reason",
+)
+TABLES = (RAW_EVENTS, QUARANTINE, FEATURES, LABELS, TRAINING_SET, SCORES, SCORER_QUARANTINE)
 
 
 @dataclass(frozen=True)

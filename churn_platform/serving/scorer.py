@@ -5,7 +5,7 @@ of parallelism: run more processes to scale out). For each micro-batch (what
 arrived within `max_wait_ms`, at most `max_batch` messages) it
 
 1. validates the messages with the extract's rules (`validate_batch`); bad
-   ones go to `quarantine/scorer/` in the lake with their reason, as in the
+   ones go to the `quarantine/scorer` table in the lake with their reason, as in the
    extract;
 2. adds the valid events to the per-customer state (`serving.state`);
 3. recomputes the touched customers' features with the batch pipeline's own
@@ -55,6 +55,7 @@ from churn_platform.features.churn import CANCELLATION, ChurnDefinition
 from churn_platform.features.definitions import FeatureSpec, compute_features
 from churn_platform.kafka.admin import ensure_topic, is_unreachable
 from churn_platform.kafka.config import KafkaSettings
+from churn_platform.lake import tables
 from churn_platform.lake.store import Lake
 from churn_platform.ml import registry
 from churn_platform.ml.estimators import small_batch_predictor
@@ -67,7 +68,6 @@ log = logging.getLogger("churn_platform.serve")
 
 
 DEFAULT_GROUP = "churn-platform-scorer"
-SCORER_QUARANTINE_DIR = "quarantine/scorer"
 INACTIVE_BAND = "inactive"
 
 
@@ -713,12 +713,16 @@ class StreamingScorer:
         columns = list(zip(*rows, strict=True))
         table = quarantine_table(columns)
         first, last = min(columns[2]), max(columns[2])
-        partition = columns[1][0]
-        path = (
-            f"{SCORER_QUARANTINE_DIR}/{self.config.group_id}/"
-            f"{self.config.topic}-p{partition}-{first}-{last}-{now.strftime('%Y%m%dT%H%M%S%f')}.parquet"
+        spec = tables.SCORER_QUARANTINE
+        tables.create(self.lake, spec, spec.schema)  # before its first data file
+        written = tables.write_file(
+            self.lake,
+            spec,
+            table,
+            {"group_id": self.config.group_id},
+            f"{self.config.topic}-p{columns[1][0]}-{first}-{last}",
         )
-        self.lake.write_parquet(path, table)
+        tables.commit(self.lake, spec, [written], schema=spec.schema)
         self.stats.rejected += len(rows)
         self.rejected_by_reason.update(columns[5])
         self._window.rejected += len(rows)

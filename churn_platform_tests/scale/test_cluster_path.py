@@ -325,9 +325,11 @@ def run_chain(lake: Lake, settings, topic: str) -> dict:
     }
 
 
-def test_the_whole_chain_on_a_file_uri_lake_equals_the_local_directory_run(
-    kafka_settings, topic, tmp_path
+def test_the_whole_chain_on_an_s3_lake_equals_the_local_directory_run(
+    kafka_settings, topic, tmp_path, s3_lake_root
 ):
+    """Extract, Beam features, labels, training set, registry and scores on S3 (moto's
+    server on loopback: fsspec's s3fs for files, delta-rs' object store for the tables)."""
     from churn_platform.events.simulator import SimulatorConfig, produce_simulation
     from churn_platform.features.materialize import feature_files
 
@@ -337,13 +339,13 @@ def test_the_whole_chain_on_a_file_uri_lake_equals_the_local_directory_run(
         SimulatorConfig(customers=400, days=130, seed=23, end=CHAIN_END),
         partitions=3,
     )
-    uri_lake = Lake(f"file://{tmp_path}/uri-lake")
+    uri_lake = Lake(s3_lake_root)
     local_lake = Lake(tmp_path / "lake")
     on_uri = run_chain(uri_lake, kafka_settings, topic)
     on_disk = run_chain(local_lake, kafka_settings, topic)
     latest = max(on_uri["features"])
     assert feature_files(uri_lake, latest) and uri_lake.exists("models/churn/champion.json")
-    assert uri_lake.root == str(tmp_path / "uri-lake")
+    assert not uri_lake.is_local and uri_lake.uri.startswith("s3://")
     assert on_uri["extracted_rows"] == on_disk["extracted_rows"] == produced.events_valid_produced
     for as_of, table in on_uri["features"].items():
         assert table.height > 100

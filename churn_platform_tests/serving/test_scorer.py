@@ -36,6 +36,7 @@ from churn_platform.ingestion.extract import ExtractConfig, extract_topic
 from churn_platform.kafka.admin import ensure_topic, partitions_of
 from churn_platform.kafka.producer import EventProducer
 from churn_platform.kafka.reader import OffsetRangeReader
+from churn_platform.lake import tables
 from churn_platform.lake.store import Lake
 from churn_platform.ml import registry
 from churn_platform.ml.frame import model_input
@@ -43,7 +44,6 @@ from churn_platform.ml.train import TrainConfig, train_models
 from churn_platform.ml.training_set import build_training_set
 from churn_platform.serving.metrics import serve_metrics
 from churn_platform.serving.scorer import (
-    SCORER_QUARANTINE_DIR,
     ChampionWatcher,
     ServeConfig,
     StreamingScorer,
@@ -320,8 +320,8 @@ def test_bad_messages_are_quarantined_and_the_batch_still_scored(kafka_settings,
             time.sleep(0.2)
         group = scorer.config.group_id
     assert len(scores) == len(good)
-    files = lake.list_files(f"{SCORER_QUARANTINE_DIR}/{group}", ".parquet")
-    quarantined = pl.concat([pl.read_parquet(lake.path(f)) for f in files])
+    quarantined = tables.read(lake, tables.SCORER_QUARANTINE, where={"group_id": group})
+    assert pl.read_delta(lake.url(tables.SCORER_QUARANTINE.name)).height == quarantined.height
     # the extract's rules and reason codes, message by message
     expected = sorted(validate(value).reason for value, _ in bad)
     assert sorted(quarantined["reason"].to_list()) == expected
