@@ -201,7 +201,14 @@ def storage_options(lake: Lake) -> dict[str, str] | None:
 
 
 def table_uri(lake: Lake, spec: TableSpec) -> str:
-    return lake.url(spec.name)
+    uri = lake.url(spec.name)
+    if uri.startswith("memory://"):
+        raise LakeError(
+            f"CHURN_LAKE={lake.uri} cannot hold the lake's Delta tables (delta-rs does not see "
+            "fsspec's in-process memory): set it to a directory or an object-store URI "
+            "(s3://bucket/lake)"
+        )
+    return uri
 
 
 def has_log(lake: Lake, spec: TableSpec) -> bool:
@@ -225,6 +232,7 @@ def open_table(lake: Lake, spec: TableSpec, version: int | None = None) -> Delta
     """
     from deltalake import DeltaTable
 
+    table_uri(lake, spec)  # refuses a store delta-rs cannot reach
     if not has_log(lake, spec):
         found = _data_files_on_disk(lake, spec)
         if found:

@@ -1,0 +1,34 @@
+"""lake.tables' refusals: stores delta-rs cannot reach, and tables whose log was lost."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from churn_platform.lake import raw, tables
+from churn_platform.lake.store import Lake, LakeError
+from churn_platform_tests.lake.test_migrate import DAY, TOPIC, _rows
+
+
+def test_a_memory_lake_is_refused_naming_the_setting():
+    lake = Lake("memory://refused-lake")
+    with pytest.raises(LakeError, match="CHURN_LAKE=memory://refused-lake cannot hold"):
+        raw.read_raw_events(lake)
+    with pytest.raises(LakeError, match="set it to a directory or an object-store URI"):
+        raw.append_rows(lake, TOPIC, _rows(0, 0, 3, DAY))
+
+
+def test_data_files_without_a_log_are_refused_for_reads_and_writes(tmp_path):
+    lake = Lake(tmp_path / "lake")
+    raw.append_rows(lake, TOPIC, _rows(0, 0, 5, DAY))
+    shutil.rmtree(lake.path(tables.RAW_EVENTS.log_dir))
+    for attempt in (
+        lambda: raw.read_raw_events(lake),
+        lambda: raw.extracted_offsets(lake, TOPIC),
+        lambda: raw.append_rows(lake, TOPIC, _rows(0, 5, 2, DAY)),
+    ):
+        with pytest.raises(LakeError, match="but no transaction log") as refused:
+            attempt()
+        assert "restore _delta_log from a backup" in str(refused.value)
+    assert len(lake.list_files(tables.RAW_EVENTS.name, ".parquet")) == 1  # nothing added
