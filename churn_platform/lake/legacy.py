@@ -10,18 +10,14 @@ be replaced by the next extract.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import date
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from churn_platform.events.contract import QUARANTINE_SCHEMA, RAW_EVENTS_SCHEMA
 from churn_platform.lake.ledger import Ledger, LedgerCorrupt, read_ledger
 from churn_platform.lake.paths import (
     LEDGER_DIR,
-    QUARANTINE_DIR,
-    RAW_EVENTS_DIR,
     RangeFile,
     ledger_path,
     parse_range_file,
@@ -46,16 +42,6 @@ def range_files(lake: Lake, directory: str) -> list[RangeFile]:
         if parsed is not None:
             files.append(parsed)
     return files
-
-
-def topic_files(lake: Lake, topic: str) -> list[RangeFile]:
-    """Every range file of `topic`, raw events and quarantine, committed or not."""
-    return [
-        f
-        for d in (RAW_EVENTS_DIR, QUARANTINE_DIR)
-        for f in range_files(lake, d)
-        if f.topic == topic
-    ]
 
 
 def check_ledger_against_files(lake: Lake, ledger: Ledger, files: Iterable[RangeFile]) -> None:
@@ -92,32 +78,6 @@ def committed(lake: Lake, directory: str, topics: Iterable[str] | None = None) -
     ]
 
 
-def event_date_of(path: str) -> date | None:
-    for part in path.split("/"):
-        if part.startswith("event_date="):
-            return date.fromisoformat(part.removeprefix("event_date="))
-    return None
-
-
-def committed_raw_files(
-    lake: Lake,
-    topics: Iterable[str] | None = None,
-    start: date | None = None,
-    end: date | None = None,
-) -> list[RangeFile]:
-    """Committed raw event files, optionally only event dates in [start, end]."""
-    files = committed(lake, RAW_EVENTS_DIR, topics)
-    if start is None and end is None:
-        return files
-    kept = []
-    for f in files:
-        day = event_date_of(f.path)
-        if day is None or (start and day < start) or (end and day > end):
-            continue
-        kept.append(f)
-    return kept
-
-
 def read_range_file(lake: Lake, f: RangeFile, schema: pa.Schema) -> pa.Table:
     """One range file of the old layout, checksums verified; a damaged file is named."""
     try:
@@ -143,18 +103,3 @@ def _read(lake: Lake, files: list[RangeFile], schema) -> pl.DataFrame:
         except Exception as exc:  # a damaged file must be named, never read as empty
             raise LakeError(f"could not read {lake.url(f.path)}: {exc}") from exc
     return pl.from_arrow(pa.concat_tables(tables))
-
-
-def read_raw_events(
-    lake: Lake,
-    topics: Iterable[str] | None = None,
-    start: date | None = None,
-    end: date | None = None,
-) -> pl.DataFrame:
-    """All committed raw events (optionally of event dates in [start, end])."""
-    return _read(lake, committed_raw_files(lake, topics, start, end), RAW_EVENTS_SCHEMA)
-
-
-def read_quarantine(lake: Lake, topics: Iterable[str] | None = None) -> pl.DataFrame:
-    """All committed quarantined messages with their reasons."""
-    return _read(lake, committed(lake, QUARANTINE_DIR, topics), QUARANTINE_SCHEMA)

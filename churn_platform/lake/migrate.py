@@ -151,7 +151,7 @@ def _migrate_topic(lake: Lake, old: Lake, topic: str) -> TopicMigration:
     expected_rows = 0
     by_day: dict[str, list] = defaultdict(list)
     for f in raw_files:
-        by_day[str(legacy.event_date_of(f.path))].append(f)
+        by_day[str(raw.event_date_of(f.path))].append(f)
     for day in sorted(by_day):
         batch: list[pa.Table] = []
         rows = 0
