@@ -72,6 +72,7 @@ bench: $(STAMP) postgresql
 	$(PY) benchmarks/freshness.py
 	$(PY) benchmarks/deployment.py
 	$(PY) benchmarks/own_data.py
+	$(PY) benchmarks/lake_week.py
 	$(PY) benchmarks/feature_evidence.py
 
 # the whole batch pipeline at 1M, 3M and 10M events (~10 min on 2 cores, 590 s measured)
