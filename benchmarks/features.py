@@ -263,6 +263,7 @@ def main() -> None:
     parser.add_argument("--lake-dir", default=None, help="keep (and reuse) the lakes here")
     parser.add_argument("--output", default=str(RESULTS / "features.json"))
     args = parser.parse_args()
+    load_before = os.getloadavg()
     from churn_platform.features.pipeline import DEFAULT_READ_TASKS, DEFAULT_SHARDS
 
     args.shards = args.shards or DEFAULT_SHARDS
@@ -289,6 +290,8 @@ def main() -> None:
         "benchmark": "features",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}  cores={os.cpu_count()}",
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "target": f"beam >= {TARGET_RATIO} x polars at the largest size",
         "target_met": sizes[-1]["ratio_beam_to_polars"] >= TARGET_RATIO if sizes else None,
         "sizes": sizes,

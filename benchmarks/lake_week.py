@@ -17,7 +17,8 @@ the day (all days, and that day's own partition), files on disk, log entries,
 commit latency (p50 / p95) and compaction time. Then today's features (the
 polars engine, `reference_features`, and the Beam pipeline) are timed on three
 lakes holding the same rows: the live week after its maintenance, the live
-week with no maintenance at all, and the week extracted at once (one commit).
+week's data files never compacted (written the same way, referenced by one
+commit), and the week extracted at once (one commit).
 Vacuum cannot age files within the run (retention counts real hours), so the
 on-disk count after a final vacuum with retention 0 is what a week's retention
 leaves behind. Writes benchmarks/results/lake_week.json.
@@ -141,6 +142,34 @@ def live_week(root: Path, rows: pa.Table, every_s: int, maintain: bool) -> dict:
     return {"days": summary, "lake": lake}
 
 
+def same_files_uncompacted(root: Path, rows: pa.Table, every_s: int) -> object:
+    """The live week's data files (one per partition, event date and extract window),
+    never compacted, referenced by one commit: the small-file cost without the long log."""
+    from churn_platform.lake import raw, tables
+    from churn_platform.lake.store import Lake
+
+    lake = Lake(root)
+    raw.ensure_tables(lake)
+    frame = pl.from_arrow(rows).with_columns((pl.col("ts").dt.epoch("s") // every_s).alias("_w"))
+    files = []
+    for (_, partition, day), part in frame.group_by(
+        ["_w", "_partition", "event_date"], maintain_order=True
+    ):
+        files.append(
+            tables.write_file(
+                lake,
+                tables.RAW_EVENTS,
+                part.drop("_w").to_arrow().cast(rows.schema),
+                {"event_date": day},
+                f"{TOPIC}-p{partition}",
+            )
+        )
+    ends = dict(frame.group_by("_partition").agg(pl.col("_offset").max() + 1).iter_rows())
+    raw.commit_extract(lake, TOPIC, {p: 0 for p in ends}, ends, files, [])
+    assert tables.read_arrow(lake, tables.RAW_EVENTS, ["_offset"]).num_rows == rows.num_rows
+    return lake
+
+
 def at_once(root: Path, rows: pa.Table) -> object:
     from churn_platform.lake import raw
     from churn_platform.lake.store import Lake
@@ -199,7 +228,7 @@ def main() -> None:
                 f"entries; commit p50 {d['commit_ms_p50']} ms p95 {d['commit_ms_p95']} ms; "
                 f"compaction {d['compaction_s']} s"
             )
-        plain = live_week(work / "plain", rows, args.extract_every_s, maintain=False)
+        plain = same_files_uncompacted(work / "plain", rows, args.extract_every_s)
         once = at_once(work / "once", rows)
         lake = live["lake"]
         spec = tables.RAW_EVENTS
@@ -210,7 +239,7 @@ def main() -> None:
         as_of = (END - timedelta(days=1)).date()
         features = {
             "live_maintained": time_features(lake, as_of),
-            "live_unmaintained": time_features(plain["lake"], as_of),
+            "same_files_uncompacted": time_features(plain, as_of),
             "extracted_at_once": time_features(once, as_of),
         }
         for name, f in features.items():
@@ -235,7 +264,7 @@ def main() -> None:
             },
             "events": rows.num_rows,
             "days": live["days"],
-            "unmaintained_days": plain["days"],
+            "files_uncompacted": len(tables.data_files(plain, spec)),
             "files_on_disk_end": kept_before,
             "files_on_disk_after_retention": after_retention,
             "features": features,
@@ -245,11 +274,11 @@ def main() -> None:
             "ratio_beam_live_vs_at_once": round(
                 features["live_maintained"]["beam_s"] / base["beam_s"], 3
             ),
-            "ratio_polars_unmaintained_vs_at_once": round(
-                features["live_unmaintained"]["polars_s"] / base["polars_s"], 3
+            "ratio_polars_uncompacted_vs_at_once": round(
+                features["same_files_uncompacted"]["polars_s"] / base["polars_s"], 3
             ),
-            "ratio_beam_unmaintained_vs_at_once": round(
-                features["live_unmaintained"]["beam_s"] / base["beam_s"], 3
+            "ratio_beam_uncompacted_vs_at_once": round(
+                features["same_files_uncompacted"]["beam_s"] / base["beam_s"], 3
             ),
             "target_ratio": 1.2,
             "seconds": round(time.perf_counter() - started, 1),
@@ -259,8 +288,8 @@ def main() -> None:
         print(
             f"today's features, live week after maintenance vs extracted at once: polars "
             f"{result['ratio_polars_live_vs_at_once']}x, beam {result['ratio_beam_live_vs_at_once']}x"
-            f" (no maintenance: {result['ratio_polars_unmaintained_vs_at_once']}x / "
-            f"{result['ratio_beam_unmaintained_vs_at_once']}x); target ≤ 1.2"
+            f" (the same files never compacted: {result['ratio_polars_uncompacted_vs_at_once']}x / "
+            f"{result['ratio_beam_uncompacted_vs_at_once']}x); target ≤ 1.2"
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)

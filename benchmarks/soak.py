@@ -59,6 +59,7 @@ def main() -> int:
     parser.add_argument("--chunk-size", type=int, default=200)
     parser.add_argument("--flush-rows", type=int, default=500)
     args = parser.parse_args()
+    load_before = os.getloadavg()
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
 
@@ -105,6 +106,8 @@ def main() -> int:
     result = {
         "benchmark": "soak: kill -9 of the extract at seeded random points, then a clean rerun",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "settings": {"seed": args.seed, "topic_partitions": 3, **sizes, **child_options},
         "rounds": args.rounds,
