@@ -210,17 +210,8 @@ def compact(
         partition = dict(key)
         size = sum(f.size for f in found)
         if dry_run or any(v is None for v in partition.values()):
-            done.append(
-                PartitionCompaction(
-                    partition,
-                    len(found),
-                    len(found),
-                    size,
-                    size,
-                    0.0,
-                    skipped="dry run" if dry_run else "a null partition value",
-                )
-            )
+            reason = "dry run" if dry_run else "a null partition value"
+            done.append(_untouched(partition, found, 0.0, reason))
             continue
         began = time.monotonic()
         try:
@@ -232,18 +223,11 @@ def compact(
                 commit_properties=_commit_properties(),
             )
         except CommitFailedError as exc:  # the partition was replaced meanwhile
-            done.append(
-                PartitionCompaction(
-                    partition,
-                    len(found),
-                    len(found),
-                    size,
-                    size,
-                    time.monotonic() - began,
-                    skipped=f"another writer changed the partition first ({_first_line(exc)}); "
-                    "compacted next time",
-                )
+            reason = (
+                f"another writer changed the partition first ({_first_line(exc)}); "
+                "compacted next time"
             )
+            done.append(_untouched(partition, found, time.monotonic() - began, reason))
             table = tables.open_table(lake, spec) or table
             continue
         except Exception as exc:  # deltalake raises several types; name the table and the fix
@@ -273,6 +257,16 @@ def compact(
         seconds=time.monotonic() - started,
         partitions=tuple(done),
         dry_run=dry_run,
+    )
+
+
+def _untouched(
+    partition: dict, found: Sequence[tables.DataFile], seconds: float, reason: str
+) -> PartitionCompaction:
+    """A partition planned for compaction and left as it was, with the reason."""
+    size = sum(f.size for f in found)
+    return PartitionCompaction(
+        partition, len(found), len(found), size, size, seconds, skipped=reason
     )
 
 

@@ -257,9 +257,8 @@ def append_rows(
     ensure_tables(lake)
     rows = rows.select(RAW_EVENTS_SCHEMA.names).cast(RAW_EVENTS_SCHEMA)
     partitions = sorted(set(pc.unique(rows["_partition"]).to_pylist()) | set(ends or {}))
-    starts = extracted_offsets(
-        lake, topic, sorted(set(partitions) | set(extracted_offsets(lake, topic)))
-    )
+    held = extracted_offsets(lake, topic)  # one read of the table's offsets
+    starts = {p: held.get(p, 0) for p in sorted(set(partitions) | set(held))}
     files = []
     if rows.num_rows:
         rows = rows.sort_by(
