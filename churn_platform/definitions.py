@@ -12,8 +12,8 @@ a bad value fails the load with a message naming the variable.
 Every job runs its steps in the run's own process (`in_process_executor`):
 Dagster's default starts a new Python process per step, and importing
 Dagster, Beam and scikit-learn again for each of the features, its four
-checks, the scores and the drift step made an automated run for today take
-36-66 s instead of 3-8 s (benchmarks/freshness.py). Each run is still its own
+checks, the scores and the drift step made an automated run for today several
+times slower (benchmarks/freshness.py, docs/benchmarks.md). Each run is still its own
 process (the run launcher), so a failing run cannot take another with it.
 """
 

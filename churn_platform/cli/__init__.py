@@ -25,8 +25,8 @@ SUBCOMMANDS = (
     "lake",
 )
 # The streaming scorer's features are a few small polars queries per micro-batch:
-# waking a pool of threads for them cost more than it saved (benchmarks/streaming.py
-# at 1,000 events/s: scorer p99 146 ms with one thread, 201 ms with two).
+# waking a pool of threads for them cost more than it saved (benchmarks/streaming.py;
+# the numbers are in docs/benchmarks.md, Streaming).
 SERVE_POLARS_THREADS = 1
 
 

@@ -66,7 +66,7 @@ from churn_platform.serving.metrics import DEFAULT_METRICS_HOST, DEFAULT_METRICS
 UP_DIR = Path("var/up")
 # enough history for the training set's twelve weekly as-of dates after its
 # 28-day warm-up and 30-day label horizon, and enough customers for a model that
-# passes the gate; about 55 s of bootstrap on two cores
+# passes the gate (how long the bootstrap takes: docs/benchmarks.md)
 UP_CUSTOMERS = 2000
 UP_HISTORY_DAYS = 150
 UP_RATE = 20.0

@@ -32,7 +32,7 @@ def follow_updates(*, while_upstream_runs: bool = False) -> dg.AutomationConditi
     `while_upstream_runs`: do not wait while an upstream run is queued or in progress.
     For `customer_features`: with live traffic the sensor keeps an extract queued or
     running most of the time, and `eager()` waited for a tick that fell between two
-    extracts (up to 140 s with the daemon). Features read only committed raw files (below
+    extracts (docs/benchmarks.md, Freshness). Features read only committed raw files (below
     the ledger), so a running extract cannot hand them half of anything, and its commit
     is one more update that requests them again.
     """

@@ -48,11 +48,11 @@ What drives churn (the ground truth)
     with h0 = 0.00012 (× `churn_scale`). Disengagement is visible only through
     activity relative to the customer's own past (counts over 7/28/90 days,
     recency, trend), so a model needs those features. For "cancels within 30
-    days" at weekly as-of dates, gradient boosting on such features reached a
-    ROC AUC of 0.82–0.86 (3k–10k customers, several seeds), the true hazard
-    0.91, and mrr alone about 0.5. About 9% of active customers cancel within
-    30 days; a fifth of the existing customers are already declining when the
-    window opens, so the churn rate is roughly steady from the first week.
+    days" at weekly as-of dates, gradient boosting on such features ranks well
+    but below the true hazard, and mrr alone about at random (measured values:
+    docs/architecture.md, The simulator). About 9% of active customers cancel
+    within 30 days; a fifth of the existing customers are already declining when
+    the window opens, so the churn rate is roughly steady from the first week.
 
 Determinism, order and size
     Everything is drawn from `numpy.random.default_rng` streams derived from

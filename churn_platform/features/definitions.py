@@ -20,9 +20,10 @@ it had qualifying activity in the N days up to d.
 Activity is read for the 365 days up to d (`LOOKBACK_DAYS`): per-type counts
 look at 7, 28 and 90 days, the long-window measures at all of it. The long
 window is there because of data no one here wrote: on the CDNOW purchases
-(a retailer, 1997-98) a year's purchase count lifted the holdout ROC AUC from
-0.65 to 0.73, level with a recency-frequency rule, where 90-day windows could
-not see a regular buyer from a one-off one (benchmarks/results/own_data.json).
+(a retailer, 1997-98) a year's purchase count lifted the holdout ROC AUC to
+the level of a recency-frequency rule, where 90-day windows could not see a
+regular buyer from a one-off one (docs/own-data.md, which features carry;
+benchmarks/results/feature_evidence.json).
 
 Features (names are stable; `<type>` is each activity type found in the data):
 

@@ -510,8 +510,8 @@ def active_customers(
     # Duplicates (a replay produced twice) are dropped by event_id where they could
     # change the answer: among lifecycle events, whose order decides the state. A
     # duplicated activity event cannot change the set of recently active customers,
-    # and de-duplicating millions of activity ids cost 1 s of the check's 3.4 s at 5M
-    # events (benchmarks/scale.py).
+    # and de-duplicating millions of activity ids cost a large share of the check's
+    # time (benchmarks/scale.py, docs/benchmarks.md).
     latest = (
         events.filter(is_lifecycle)
         .unique(subset="event_id", keep="first", maintain_order=True)

@@ -45,9 +45,9 @@ Exactness also assumes what the event contract says: an event_id names one
 event of one customer (a retry repeats that customer's event), so dropping
 repeats within a customer's shard is dropping them globally.
 
-Speed (2 cores, benchmarks/features.py): at 10M events about 0.8x the polars
-reference's events/s, at 2M about 0.55x (Beam's start-up, ~1.5 s, weighs more);
-peak memory is a third of the reference's, as shards are computed one by one.
+Speed against the polars reference is measured by benchmarks/features.py
+(docs/benchmarks.md, Features): Beam's start-up weighs more on small inputs,
+and peak memory stays below the reference's, as shards are computed one by one.
 Beam's data plane copies each encoded byte several times between stages, so
 the shuffle is bound by bytes: a `FrameBatch` ships compressed Arrow IPC.
 """
@@ -198,9 +198,8 @@ class FrameBatch:
     and the FnApiRunner decodes and re-encodes values when it groups them, so
     the shuffle is bound by bytes and by codec work. A batch is compressed
     once, when made, and decompressed at most once, however often Beam
-    re-encodes it. At 10M events, plainly pickled frames (~110 bytes an
-    event) ran at 0.4x the polars reference's speed, these (~13 bytes an
-    event) at 0.8x.
+    re-encodes it. Plainly pickled frames are several times larger and made
+    the pipeline much slower (docs/benchmarks.md, Features).
 
     Compressing when the batch is made, not while Beam writes it, matters in
     `multi_threading` mode: there (Beam 2.77) a timer flushes the worker's

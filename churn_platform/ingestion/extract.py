@@ -71,11 +71,11 @@ class ExtractConfig:
     max_messages_per_partition: int | None = None
     workers: int | None = None  # None: one, or one per core when the backlog is large
     # Small chunks keep the freshly allocated objects in cache and memory reused:
-    # 20k read+validated 20% faster than 100k, with a third of the system time.
+    # 20k read+validated faster than 100k, with less system time (docs/benchmarks.md).
     chunk_size: int = 20_000
     # Rows buffered before a flush. With at most one flush in flight a worker holds
     # about two flushes' worth, ~140 bytes a row: ~70 MiB at 250k. At 1M rows a 2M
-    # extract peaked at ~505 MiB a process and took as long (8-11 s either way).
+    # extract peaked higher and was no faster (docs/benchmarks.md, Scale).
     flush_rows: int = 250_000
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     dead_letter_topic: str | None = None

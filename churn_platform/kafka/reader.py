@@ -19,8 +19,9 @@ from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 from churn_platform.kafka.config import KafkaSettings
 
 # librdkafka's default fetch.queue.backoff.ms (1000) pauses a partition for a
-# second whenever its local queue is full; at 10 ms a consume loop reads about
-# twice as fast. Bigger fetches cut round trips on loopback and real clusters.
+# second whenever its local queue is full; at 10 ms a consume loop reads much
+# faster (docs/benchmarks.md, Extract). Bigger fetches cut round trips on loopback
+# and real clusters.
 FAST_CONSUMER_CONFIG = {
     "enable.partition.eof": True,
     "enable.auto.commit": False,

@@ -123,8 +123,8 @@ class Lake:
         """Atomically write `table` as zstd Parquet; returns the file size.
 
         Naming the columns worth dictionary-encoding and worth min/max
-        statistics (instead of all) made raw event files 30% cheaper to write
-        and 30% smaller.
+        statistics (instead of all) made raw event files cheaper to write and
+        smaller (docs/benchmarks.md, Extract).
         """
         sink = io.BytesIO()
         pq.write_table(

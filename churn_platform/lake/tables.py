@@ -438,8 +438,9 @@ def read_frame(
 ) -> pl.DataFrame:
     """One data file (lake-relative path) as polars, in the spec's column types.
 
-    polars' own Parquet reader: about 3x faster than pyarrow + from_arrow on raw
-    event files. Partition columns are not read (they are in the path).
+    polars' own Parquet reader: faster than pyarrow + from_arrow on raw event
+    files (docs/benchmarks.md, Extract). Partition columns are not read (they are
+    in the path).
     """
     import polars as pl
     from polars.exceptions import PanicException

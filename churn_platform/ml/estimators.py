@@ -114,10 +114,10 @@ def small_batch_predictor(
     """P(churned) of `model_input` rows, without scikit-learn's per-call overhead; or None.
 
     For the few rows of a streaming micro-batch, `predict_proba` of the
-    calibrated boosting pipeline costs 3.5 ms a call: ~2 ms validating and
-    converting the frame (calibrator, pipeline, column transformer), ~1.5 ms
-    calling each of the 250 trees from Python. This does the same arithmetic on
-    one numpy matrix in about 0.5 ms: the numeric columns as they are, the
+    calibrated boosting pipeline spends its time validating and converting the
+    frame (calibrator, pipeline, column transformer) and calling each of the
+    250 trees from Python (docs/benchmarks.md, Streaming). This does the same
+    arithmetic on one numpy matrix: the numeric columns as they are, the
     categorical ones one-hot encoded by the fitted categories (unknown → all
     zeros, as `handle_unknown="ignore"`), every tree walked at once
     (`_tree_walker`; scikit-learn's loop above `WALK_ROWS` rows), then the

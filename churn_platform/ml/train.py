@@ -74,8 +74,8 @@ class TrainConfig:
     importance_repeats: int = 3
     importance_rows: int = 3_000
     # OpenMP threads for the boosting. One by default: two cores shared with a
-    # broker and other runs made four threads spin (a fit took 5-10x longer),
-    # and permutation importance is many small predictions.
+    # broker and other runs made four threads spin (a fit took several times longer:
+    # docs/benchmarks.md, Model), and permutation importance is many small predictions.
     threads: int | None = 1
     calibration_folds: int = DEFAULT_CALIBRATION_FOLDS  # of the served model's calibration
 

@@ -93,8 +93,9 @@ class StreamScoreMessage(msgspec.Struct, frozen=True):
 def _freeze_heap() -> None:
     """Exempt what is alive now (modules, model, state) from the collector's full passes.
 
-    A full collection walks every tracked object: 150k after start-up, over
-    100 ms on a busy machine, and the scorer stalled for it every few seconds.
+    A full collection walks every tracked object, over a hundred thousand after
+    start-up, and the scorer stalled for it every few seconds (docs/benchmarks.md,
+    Streaming).
     Frozen objects are never walked again; what the scorer allocates per batch
     is still collected.
     """

@@ -12,8 +12,9 @@ RFC3339_MS = "%Y-%m-%dT%H:%M:%S%.3fZ"
 # Epoch-ms bounds polars can format (years 1..9999); outside them a value is unreadable.
 _MS_MIN = -62_135_596_800_000
 _MS_MAX = 253_402_300_799_999
-# chrono's `%+` (RFC 3339 / ISO 8601 with an offset) parses about 3x faster than the
-# spelled-out format and reads what it reads the same way; the others catch the rest.
+# chrono's `%+` (RFC 3339 / ISO 8601 with an offset) parses faster than the spelled-out
+# format (docs/benchmarks.md, Replay) and reads what it reads the same way; the others
+# catch the rest.
 _AWARE_FORMATS = ("%+", "%Y-%m-%dT%H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%.f%#z")
 _NUMBER = r"^[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$"
 _NAIVE_FORMATS = ("%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%d")

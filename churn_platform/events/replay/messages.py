@@ -9,7 +9,7 @@ break the contract (`Built.suspects`): the columns hold everything the
 contract's rules look at, so a row whose columns pass every rule is a valid
 event, and only the suspects are decoded and checked with the contract's own
 `validate` (which gives the reason). Decoding every message again cost more
-than building it (2.7 µs a message against 0.7 µs), and a replay is bound by
+than building it (docs/benchmarks.md, Replay), and a replay is bound by
 how fast one thread can hand messages to the producer. The test
 `test_the_column_check_flags_every_message_the_contract_rejects` holds the
 two to the same verdicts on hostile rows.

@@ -1,8 +1,9 @@
 """Handing a replay's messages to Kafka as fast as one Python thread can.
 
-A replay is bound by confluent-kafka's `produce()` (2–3 µs a call, with the
-GIL held), so everything else happens beside it: `prefetched` builds the next
-batches in a thread (polars releases the GIL while it works), and
+A replay is bound by confluent-kafka's `produce()` (a call per message, with
+the GIL held; docs/benchmarks.md, Replay), so everything else happens beside
+it: `prefetched` builds the next batches in a thread (polars releases the
+GIL while it works), and
 `BulkProducer.send` calls `produce` from C through `map()` instead of a
 Python loop, asking librdkafka for delivery reports of failures only
 (`delivery.report.only.error`): a report per message costs a Python call per
@@ -30,7 +31,7 @@ log = logging.getLogger("churn_platform.events.replay")
 T = TypeVar("T")
 # Messages per call into C. The GIL is held throughout (no bytecode runs), so
 # this bounds how long the thread building the next batches waits for it; each
-# hand-over costs too: 20k (≈25 ms) beat 2k and 500 (benchmarks/replay.py).
+# hand-over costs too: 20k beat 2k and 500 (benchmarks/replay.py, docs/benchmarks.md).
 _CHUNK = 20_000
 _DONE = object()
 
