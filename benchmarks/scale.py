@@ -32,7 +32,7 @@ Why `--days 150` and not 90: twelve weekly training as-of dates, each with
 135 days of events. The event counts are the ones asked for; the customers are
 fewer (events / ~135 per customer over 150 days).
 
-Writes benchmarks/results/scale.json and prints a table for the README.
+Writes benchmarks/results/scale.json and prints the table of docs/benchmarks.md.
 """
 
 from __future__ import annotations

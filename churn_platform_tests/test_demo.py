@@ -72,7 +72,7 @@ def test_more_malformed_input_than_the_limit_stops_with_one_line(tmp_path, monke
 def test_default_demo_runs_the_whole_pipeline(tmp_path, monkeypatch, capsys):
     """`make demo`'s defaults: extract → features → training set → model → champion → scores.
 
-    Also the quality promise of the README: on the simulator's default demo
+    Also the quality promise of docs/architecture.md (model lifecycle): on the simulator's default demo
     data the champion's holdout ROC AUC exceeds 0.80 and the logistic baseline.
     """
     monkeypatch.chdir(tmp_path)

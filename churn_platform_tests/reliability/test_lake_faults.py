@@ -297,7 +297,7 @@ def test_damaged_parquet_files_are_named_never_read_as_empty(extracted, topic):
         (raw, lambda: read_raw_events(lake, [topic]), True),
         (quarantine, lambda: read_quarantine(lake, [topic]), True),
         # polars reads the features' inputs and checks no page checksums: a garbled data
-        # page can pass there (see the README); truncation and broken structure cannot
+        # page can pass there (docs/operations.md, known limits); truncation and broken structure cannot
         (raw, lambda: read_inputs(lake, inputs), False),
     ):
         original = Path(lake.path(target)).read_bytes()
