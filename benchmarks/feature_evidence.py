@@ -128,8 +128,21 @@ def table(events: pl.DataFrame, churn) -> tuple[pl.DataFrame, list[date]]:
     return pl.concat(frames, how="diagonal_relaxed"), dates
 
 
+class _WithAccount:
+    """The spec a feature list implies, with the experiment's account attributes as categories."""
+
+    def __init__(self, names: list[str]) -> None:
+        from churn_platform.features.definitions import FeatureSpec
+
+        self.spec = FeatureSpec.from_columns(names)
+
+    def column(self, name: str):
+        from churn_platform.features.definitions import FeatureColumn, Kind
+
+        return FeatureColumn(name, Kind.CATEGORY) if name in ACCOUNT else self.spec.column(name)
+
+
 def ablation(name: str, events: pl.DataFrame, churn) -> dict:
-    import churn_platform.ml.frame as frame
     from churn_platform.ml.estimators import build_estimator, positive_probability
     from churn_platform.ml.frame import model_input
     from churn_platform.ml.train import TrainConfig, split_by_time, usable_features
@@ -152,20 +165,16 @@ def ablation(name: str, events: pl.DataFrame, churn) -> dict:
     }
     y = split.holdout["churned"].cast(pl.Int8).to_numpy()
     out = {}
-    saved = frame.CATEGORICAL_FEATURES
-    frame.CATEGORICAL_FEATURES = (*saved, *ACCOUNT)  # the experiment's extra categories
-    try:
-        for label, features in sets.items():
-            kept, _ = usable_features(train, features)
-            out[label] = {}
-            for kind in ("gradient_boosting", "logistic_regression"):
-                model = build_estimator(kind, kept, 42).fit(
-                    model_input(train, kept), train["churned"].cast(pl.Int8).to_numpy()
-                )
-                p = positive_probability(model, model_input(split.holdout, kept))
-                out[label][kind] = _scores(y, p)
-    finally:
-        frame.CATEGORICAL_FEATURES = saved
+    for label, features in sets.items():
+        spec = _WithAccount(features)
+        kept, _ = usable_features(train, features, spec)
+        out[label] = {}
+        for kind in ("gradient_boosting", "logistic_regression"):
+            model = build_estimator(kind, kept, 42, spec=spec).fit(
+                model_input(train, kept, spec), train["churned"].cast(pl.Int8).to_numpy()
+            )
+            p = positive_probability(model, model_input(split.holdout, kept, spec))
+            out[label][kind] = _scores(y, p)
     return {
         "data": name,
         "churn": churn.describe(),

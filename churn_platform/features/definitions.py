@@ -25,7 +25,9 @@ the level of a recency-frequency rule, where 90-day windows could not see a
 regular buyer from a one-off one (docs/own-data.md, which features carry;
 benchmarks/results/feature_evidence.json).
 
-Features (names are stable; `<type>` is each activity type found in the data):
+Features (names are stable; `<type>` is each activity type found in the data;
+the per-type windows are the spec's, `WINDOWS_DAYS` / `VALUE_WINDOW_DAYS` for a
+new table, recorded with it and with every model trained on it):
 
 | name | meaning | nulls |
 |---|---|---|
@@ -48,9 +50,11 @@ Features (names are stable; `<type>` is each activity type found in the data):
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from enum import StrEnum
 
 import polars as pl
 
@@ -80,76 +84,262 @@ EVENT_SCHEMA = {
 }
 EVENT_COLUMNS = tuple(EVENT_SCHEMA)
 
-OVERALL_FEATURES = (
-    "active_days_28d",
-    "events_28d",
-    "days_since_last_event",
-    "trend_28d",
-    "events_365d",
-    "active_days_365d",
-    "activity_rate_vs_365d",
-    "tenure_days",
-    "plan",
-    "mrr",
-    "plan_changes",
-    "days_since_subscription_change",
-)
-CATEGORICAL_FEATURES = ("plan",)
-NULLABLE_OVERALL = frozenset(
-    {"days_since_last_event", "activity_rate_vs_365d", "days_since_subscription_change"}
-)
 UNKNOWN_PLAN = "unknown"
+# the windows of tables written before the spec recorded its own
+_RECORDED_BEFORE_COUNT_WINDOWS = (7, 28, 90)
+_RECORDED_BEFORE_VALUE_WINDOW = 28
+
+
+class Kind(StrEnum):
+    """What a feature column measures; its type, nulls, checks and fill follow from it."""
+
+    COUNT = "count"  # events (or changes) in a window: whole, >= 0
+    ACTIVE_DAYS = "active_days"  # days with activity in a window: whole, 0..window
+    RECENCY = "recency"  # whole days since the last event of a kind (0 = on d)
+    TENURE = "tenure"  # whole days since the customer began
+    VALUE_SUM = "value_sum"  # sum of event values in a window
+    VALUE_MEAN = "value_mean"  # mean of event values in a window
+    RATIO = "ratio"  # a rate or trend, >= 0
+    AMOUNT = "amount"  # money, >= 0
+    CATEGORY = "category"  # a label (the model encodes it)
+    OTHER = "other"  # a column this project does not define (an experiment's candidate)
+
+
+_DTYPES: dict[Kind, pl.DataType] = {
+    Kind.COUNT: pl.Int64(),
+    Kind.ACTIVE_DAYS: pl.Int64(),
+    Kind.RECENCY: pl.Int64(),
+    Kind.TENURE: pl.Int64(),
+    Kind.VALUE_SUM: pl.Float64(),
+    Kind.VALUE_MEAN: pl.Float64(),
+    Kind.RATIO: pl.Float64(),
+    Kind.AMOUNT: pl.Float64(),
+    Kind.CATEGORY: pl.String(),
+    Kind.OTHER: pl.Float64(),
+}
+NON_NEGATIVE_KINDS = frozenset(
+    {Kind.COUNT, Kind.ACTIVE_DAYS, Kind.RECENCY, Kind.TENURE, Kind.RATIO, Kind.AMOUNT}
+)
+
+
+@dataclass(frozen=True)
+class FeatureColumn:
+    """One feature column: what it measures, over which days, of which events.
+
+    `window_days` is how many days up to d it reads (None: everything up to d);
+    `activity_type` the event type it reads (None: all activity). `nullable`:
+    the column is null for a customer without the events it reads, else it
+    holds a neutral value (0).
+    """
+
+    name: str
+    kind: Kind
+    window_days: int | None = None
+    activity_type: str | None = None
+    nullable: bool = False
+
+    @property
+    def dtype(self) -> pl.DataType:
+        return _DTYPES[self.kind]
+
+    @property
+    def categorical(self) -> bool:
+        return self.kind is Kind.CATEGORY
+
+    @property
+    def fill(self) -> str | float | None:
+        """The value of a customer without the events it reads: what a table that lacks the
+        column (an activity type absent at that date) stands for in the model's input."""
+        if self.categorical:
+            return UNKNOWN_PLAN
+        return None if self.nullable else 0.0
+
+
+OVERALL_COLUMNS = (
+    FeatureColumn("active_days_28d", Kind.ACTIVE_DAYS, TREND_WINDOW_DAYS),
+    FeatureColumn("events_28d", Kind.COUNT, TREND_WINDOW_DAYS),
+    FeatureColumn("days_since_last_event", Kind.RECENCY, LOOKBACK_DAYS, nullable=True),
+    FeatureColumn("trend_28d", Kind.RATIO, 2 * TREND_WINDOW_DAYS),
+    FeatureColumn("events_365d", Kind.COUNT, LONG_WINDOW_DAYS),
+    FeatureColumn("active_days_365d", Kind.ACTIVE_DAYS, LONG_WINDOW_DAYS),
+    FeatureColumn("activity_rate_vs_365d", Kind.RATIO, LONG_WINDOW_DAYS, nullable=True),
+    FeatureColumn("tenure_days", Kind.TENURE),
+    FeatureColumn("plan", Kind.CATEGORY),
+    FeatureColumn("mrr", Kind.AMOUNT),
+    FeatureColumn("plan_changes", Kind.COUNT, activity_type=SUBSCRIPTION_CHANGED),
+    FeatureColumn("days_since_subscription_change", Kind.RECENCY, nullable=True),
+)
+OVERALL_FEATURES = tuple(c.name for c in OVERALL_COLUMNS)
+_OVERALL = {c.name: c for c in OVERALL_COLUMNS}
+CATEGORICAL_FEATURES = tuple(c.name for c in OVERALL_COLUMNS if c.categorical)
+
+
+def _count_name(t: str, window: int) -> str:
+    return f"{t}_count_{window}d"
+
+
+def _recency_name(t: str) -> str:
+    return f"{t}_days_since_last"
+
+
+def _value_names(t: str, window: int) -> tuple[str, str]:
+    return f"{t}_value_sum_{window}d", f"{t}_value_mean_{window}d"
+
+
+# the inverse of the names above, for feature lists recorded without their spec
+_PER_TYPE = re.compile(
+    r"^(?P<type>.+?)_(?:count_(?P<count>\d+)d|(?P<recency>days_since_last)"
+    r"|value_(?P<value>sum|mean)_(?P<value_window>\d+)d)$"
+)
 
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """Which activity types are tracked, and which of them carry values."""
+    """Which activity types are tracked, which of them carry values, and the windows.
+
+    The one owner of what a feature column means: `describe()` says it for every
+    column, and the engines, checks, model input and scorer ask it. The windows
+    are recorded with every table and model, so a model is always served the
+    columns it was trained on, whatever the code's windows are today.
+    """
 
     activity_types: tuple[str, ...]
     valued_types: tuple[str, ...]
+    count_windows: tuple[int, ...] = _RECORDED_BEFORE_COUNT_WINDOWS
+    value_window: int = _RECORDED_BEFORE_VALUE_WINDOW
+
+    def describe(self) -> tuple[FeatureColumn, ...]:
+        """Every feature column in table order (after the key columns)."""
+        return _describe(self)
 
     def columns(self) -> list[str]:
         """Feature column names in table order (after the key columns)."""
-        names: list[str] = []
-        for t in self.activity_types:
-            names += [f"{t}_count_{w}d" for w in WINDOWS_DAYS]
-            names.append(f"{t}_days_since_last")
-            if t in self.valued_types:
-                names += [
-                    f"{t}_value_sum_{VALUE_WINDOW_DAYS}d",
-                    f"{t}_value_mean_{VALUE_WINDOW_DAYS}d",
-                ]
-        return names + list(OVERALL_FEATURES)
+        return [c.name for c in self.describe()]
+
+    def column(self, name: str) -> FeatureColumn:
+        """What column `name` is; a name outside the spec is read from its form (a
+        model's feature list may hold an activity type a table lacks)."""
+        found = _by_name(self).get(name)
+        return found if found is not None else _parse_column(name)
 
     def nullable(self) -> set[str]:
         """Columns that may hold nulls (see the table in the module docstring)."""
-        names = set(NULLABLE_OVERALL)
-        for t in self.activity_types:
-            names.add(f"{t}_days_since_last")
-            if t in self.valued_types:
-                names.add(f"{t}_value_mean_{VALUE_WINDOW_DAYS}d")
-        return names
+        return {c.name for c in self.describe() if c.nullable}
 
     def schema(self) -> dict[str, pl.DataType]:
         types: dict[str, pl.DataType] = {"customer_id": pl.String(), "as_of": pl.Date()}
-        for name in self.columns():
-            if name == "plan":
-                types[name] = pl.String()
-            elif name in ("mrr", "trend_28d", "activity_rate_vs_365d") or "_value_" in name:
-                types[name] = pl.Float64()
-            else:
-                types[name] = pl.Int64()
+        types.update((c.name, c.dtype) for c in self.describe())
         return types
+
+    def windows(self) -> tuple[tuple[int, ...], int]:
+        return self.count_windows, self.value_window
+
+    def windows_text(self) -> str:
+        return _windows_text(self.windows())
 
     def to_dict(self) -> dict:
         return {
             "activity_types": list(self.activity_types),
             "valued_types": list(self.valued_types),
+            "count_windows": list(self.count_windows),
+            "value_window": self.value_window,
         }
 
     @classmethod
     def from_dict(cls, body: dict) -> FeatureSpec:
-        return cls(tuple(body["activity_types"]), tuple(body["valued_types"]))
+        return cls(
+            tuple(body["activity_types"]),
+            tuple(body["valued_types"]),
+            tuple(body.get("count_windows", _RECORDED_BEFORE_COUNT_WINDOWS)),
+            int(body.get("value_window", _RECORDED_BEFORE_VALUE_WINDOW)),
+        )
+
+    @classmethod
+    def current(cls, activity_types: Iterable[str], valued_types: Iterable[str]) -> FeatureSpec:
+        """A spec of the code's windows today (`current_windows`)."""
+        counts, value = current_windows()
+        return cls(tuple(activity_types), tuple(valued_types), counts, value)
+
+    @classmethod
+    def from_columns(cls, names: Iterable[str]) -> FeatureSpec:
+        """The spec a feature list implies (for models recorded without their spec).
+
+        Windows are read from the names; a list without per-type counts or values
+        keeps the windows of the time before specs recorded them.
+        """
+        types: dict[str, None] = {}
+        valued: dict[str, None] = {}
+        counts: set[int] = set()
+        value_window: int | None = None
+        for name in names:
+            column = _parse_column(name)
+            if column.activity_type is None or name in _OVERALL:
+                continue
+            types.setdefault(column.activity_type)
+            if column.kind is Kind.COUNT:
+                counts.add(column.window_days)
+            elif column.kind in (Kind.VALUE_SUM, Kind.VALUE_MEAN):
+                valued.setdefault(column.activity_type)
+                value_window = column.window_days
+        return cls(
+            tuple(types),
+            tuple(valued),
+            tuple(sorted(counts)) or _RECORDED_BEFORE_COUNT_WINDOWS,
+            value_window or _RECORDED_BEFORE_VALUE_WINDOW,
+        )
+
+
+def current_windows() -> tuple[tuple[int, ...], int]:
+    """The code's windows today: what a new feature table is computed over."""
+    return tuple(WINDOWS_DAYS), VALUE_WINDOW_DAYS
+
+
+def _windows_text(windows: tuple[tuple[int, ...], int]) -> str:
+    counts, value = windows
+    return f"counts over {'/'.join(map(str, counts))} days, values over {value}"
+
+
+@functools.lru_cache(maxsize=256)
+def _describe(spec: FeatureSpec) -> tuple[FeatureColumn, ...]:
+    described: list[FeatureColumn] = []
+    for t in spec.activity_types:
+        described += [
+            FeatureColumn(_count_name(t, w), Kind.COUNT, w, t) for w in spec.count_windows
+        ]
+        described.append(
+            FeatureColumn(_recency_name(t), Kind.RECENCY, LOOKBACK_DAYS, t, nullable=True)
+        )
+        if t in spec.valued_types:
+            total, mean = _value_names(t, spec.value_window)
+            described += [
+                FeatureColumn(total, Kind.VALUE_SUM, spec.value_window, t),
+                FeatureColumn(mean, Kind.VALUE_MEAN, spec.value_window, t, nullable=True),
+            ]
+    return (*described, *OVERALL_COLUMNS)
+
+
+@functools.lru_cache(maxsize=256)
+def _by_name(spec: FeatureSpec) -> dict[str, FeatureColumn]:
+    return {c.name: c for c in _describe(spec)}
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_column(name: str) -> FeatureColumn:
+    """What a column is, from its name alone: an overall column, a per-type one, or OTHER."""
+    if name in _OVERALL:
+        return _OVERALL[name]
+    match = _PER_TYPE.match(name)
+    if match is None:
+        return FeatureColumn(name, Kind.OTHER, nullable=True)
+    t = match["type"]
+    if match["count"]:
+        return FeatureColumn(name, Kind.COUNT, int(match["count"]), t)
+    if match["recency"]:
+        return FeatureColumn(name, Kind.RECENCY, LOOKBACK_DAYS, t, nullable=True)
+    window = int(match["value_window"])
+    if match["value"] == "sum":
+        return FeatureColumn(name, Kind.VALUE_SUM, window, t)
+    return FeatureColumn(name, Kind.VALUE_MEAN, window, t, nullable=True)
 
 
 def as_of_end(as_of: date) -> datetime:
@@ -178,17 +368,36 @@ def discover_spec(events: pl.DataFrame | pl.LazyFrame, as_of: date) -> FeatureSp
     )
     types = tuple(frame["event_type"].to_list())
     valued = tuple(t for t, v in frame.iter_rows() if v)
-    return FeatureSpec(types, valued)
+    return FeatureSpec.current(types, valued)
 
 
 def merge_specs(specs: Iterable[FeatureSpec]) -> FeatureSpec:
-    """One spec covering all of `specs` (shards may each see only some types)."""
+    """One spec covering all of `specs` (shards may each see only some types).
+
+    Specs of other windows describe other columns: merging them is refused
+    (`WindowsDiffer`); with no specs at all, the code's windows of today.
+    """
     types: set[str] = set()
     valued: set[str] = set()
+    windows: set[tuple[tuple[int, ...], int]] = set()
     for spec in specs:
         types.update(spec.activity_types)
         valued.update(spec.valued_types)
-    return FeatureSpec(tuple(sorted(types)), tuple(sorted(valued)))
+        windows.add(spec.windows())
+    if len(windows) > 1:
+        raise WindowsDiffer(
+            "feature tables of different windows cannot be combined ("
+            + "; ".join(_windows_text(w) for w in sorted(windows))
+            + "): rematerialize customer_features for the older dates"
+        )
+    if not windows:
+        return FeatureSpec.current(sorted(types), sorted(valued))
+    ((count_windows, value_window),) = windows
+    return FeatureSpec(tuple(sorted(types)), tuple(sorted(valued)), count_windows, value_window)
+
+
+class WindowsDiffer(ValueError):
+    """Feature specs of different windows were to be combined."""
 
 
 def _days_between(as_of: date, earlier: pl.Expr) -> pl.Expr:
@@ -278,9 +487,7 @@ def _plan(as_of: date, spec: FeatureSpec, churn: ChurnDefinition = CANCELLATION)
     lifecycle_types = sorted(LIFECYCLE_EVENT_TYPES)
     is_lifecycle = pl.col("event_type").is_in(lifecycle_types)
     in_window = pl.col("ts") >= window_start(as_of)
-    zero_filled = [
-        c for c in spec.columns() if c not in spec.nullable() and c not in OVERALL_FEATURES
-    ]
+    zero_filled = [c.name for c in spec.describe() if not c.nullable and c.name not in _OVERALL]
     return _Plan(
         is_lifecycle=is_lifecycle,
         is_activity=in_window & ~is_lifecycle,
@@ -378,23 +585,27 @@ def _activity_features(
     ts = pl.col("ts")
     event_type = pl.col("event_type")
     tracked = event_type.is_in(list(spec.activity_types))
-    windows = (*WINDOWS_DAYS, 2 * TREND_WINDOW_DAYS, LONG_WINDOW_DAYS, RECENT_ACTIVITY_DAYS)
-    in_window = {w: ts >= end - timedelta(days=w) for w in {*windows, churn.horizon_days}}
+    per_type = [c for c in spec.describe() if c.name not in _OVERALL]
+    windows = {
+        *(c.window_days for c in per_type),
+        TREND_WINDOW_DAYS,
+        2 * TREND_WINDOW_DAYS,
+        LONG_WINDOW_DAYS,
+        RECENT_ACTIVITY_DAYS,
+        churn.horizon_days,
+    }
+    in_window = {w: ts >= end - timedelta(days=w) for w in windows}
     aggregations: list[pl.Expr] = []
-    for t in spec.activity_types:
-        is_type = event_type == t
-        for w in WINDOWS_DAYS:
-            aggregations.append((is_type & in_window[w]).sum().alias(f"{t}_count_{w}d"))
-        aggregations.append(
-            _days_between(last_day, ts.filter(is_type).max()).alias(f"{t}_days_since_last")
-        )
-        if t in spec.valued_types:
-            in_value_window = is_type & in_window[VALUE_WINDOW_DAYS]
-            values = pl.col("value").filter(in_value_window)
-            aggregations += [
-                values.sum().alias(f"{t}_value_sum_{VALUE_WINDOW_DAYS}d"),
-                values.mean().alias(f"{t}_value_mean_{VALUE_WINDOW_DAYS}d"),
-            ]
+    for column in per_type:
+        is_type = event_type == column.activity_type
+        if column.kind is Kind.COUNT:
+            aggregated = (is_type & in_window[column.window_days]).sum()
+        elif column.kind is Kind.RECENCY:
+            aggregated = _days_between(last_day, ts.filter(is_type).max())
+        else:
+            values = pl.col("value").filter(is_type & in_window[column.window_days])
+            aggregated = values.sum() if column.kind is Kind.VALUE_SUM else values.mean()
+        aggregations.append(aggregated.alias(column.name))
     recent = tracked & in_window[TREND_WINDOW_DAYS]
     prior = tracked & in_window[2 * TREND_WINDOW_DAYS] & ~in_window[TREND_WINDOW_DAYS]
     long = tracked & in_window[LONG_WINDOW_DAYS]

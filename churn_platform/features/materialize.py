@@ -20,7 +20,6 @@ code cannot vouch for itself.
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,9 +32,11 @@ import pyarrow as pa
 from churn_platform.events.contract import LIFECYCLE_EVENT_TYPES, SUBSCRIPTION_CANCELLED
 from churn_platform.features.churn import CANCELLATION, RECENT_ACTIVITY_DAYS, ChurnDefinition
 from churn_platform.features.definitions import (
-    LONG_WINDOW_DAYS,
     LOOKBACK_DAYS,
+    NON_NEGATIVE_KINDS,
+    FeatureColumn,
     FeatureSpec,
+    Kind,
     as_of_end,
     compute_features,
     discover_spec,
@@ -53,8 +54,6 @@ FEATURE_TABLE_KEY = "churn_platform.feature_table"
 ENGINES = ("beam", "polars")
 DEFAULT_ENGINE = "beam"
 NULL_RATE_TOP = 10
-_RECENCY = re.compile(r"_days_since_last$")
-_COUNT = re.compile(r"_count_(\d+)d$")
 _STATE_COLUMNS = ["event_id", "customer_id", "event_type", "ts"]
 
 
@@ -374,69 +373,45 @@ def check_nulls(table: pl.DataFrame, spec: FeatureSpec) -> CheckOutcome:
     )
 
 
-def _range_rules(table: pl.DataFrame, as_of: date) -> dict[str, pl.Expr]:
-    """Rule name → expression that is True on a violating row (nulls never violate)."""
-    columns = set(table.columns)
+def _range_rules(table: pl.DataFrame, as_of: date, spec: FeatureSpec) -> dict[str, pl.Expr]:
+    """Rule name → expression that is True on a violating row (nulls never violate).
+
+    Every rule follows from what the spec says a column is (`FeatureColumn`).
+    """
+    present = [c for c in spec.describe() if c.name in table.columns]
+    names = {c.name for c in present}
     rules: dict[str, pl.Expr] = {}
-    if "as_of" in columns:
+    if "as_of" in table.columns:
         rules["as_of is the partition date"] = pl.col("as_of") != pl.lit(as_of, dtype=pl.Date)
-    counts = [c for c in table.columns if _COUNT.search(c)]
-    non_negative = counts + [
-        c
-        for c in (
-            "events_28d",
-            "active_days_28d",
-            "events_365d",
-            "active_days_365d",
-            "plan_changes",
-            "tenure_days",
-            "days_since_last_event",
-            "days_since_subscription_change",
-            "mrr",
-        )
-        if c in columns
-    ]
-    recency = [c for c in table.columns if _RECENCY.search(c)]
-    if "days_since_last_event" in columns:
-        recency.append("days_since_last_event")
-    for c in non_negative + [c for c in recency if c not in non_negative]:
-        rules[f"{c} >= 0"] = pl.col(c) < 0
-    if "tenure_days" in columns:
-        for c in recency:
-            rules[f"{c} <= tenure_days"] = pl.col(c) > pl.col("tenure_days")
-    for c in recency:
-        rules[f"{c} < {LOOKBACK_DAYS}"] = pl.col(c) >= LOOKBACK_DAYS
-    if "active_days_28d" in columns:
-        rules["active_days_28d <= 28"] = pl.col("active_days_28d") > 28
-    if "active_days_365d" in columns:
-        rules[f"active_days_365d <= {LONG_WINDOW_DAYS}"] = (
-            pl.col("active_days_365d") > LONG_WINDOW_DAYS
-        )
-        if "active_days_28d" in columns:
-            rules["active_days_28d <= active_days_365d"] = pl.col("active_days_28d") > pl.col(
-                "active_days_365d"
-            )
-    if {"events_28d", "events_365d"} <= columns:
-        rules["events_28d <= events_365d"] = pl.col("events_28d") > pl.col("events_365d")
-    if "activity_rate_vs_365d" in columns:
-        rules["activity_rate_vs_365d >= 0"] = pl.col("activity_rate_vs_365d") < 0
-    if "trend_28d" in columns:
-        rules["trend_28d > 0"] = pl.col("trend_28d") <= 0
+    for c in present:
+        if c.kind in NON_NEGATIVE_KINDS:
+            rules[f"{c.name} >= 0"] = pl.col(c.name) < 0
+    for c in present:
+        if c.kind is Kind.RECENCY and c.window_days is not None:
+            if "tenure_days" in names:
+                rules[f"{c.name} <= tenure_days"] = pl.col(c.name) > pl.col("tenure_days")
+            rules[f"{c.name} < {c.window_days}"] = pl.col(c.name) >= c.window_days
+        elif c.kind is Kind.ACTIVE_DAYS and c.window_days is not None:
+            rules[f"{c.name} <= {c.window_days}"] = pl.col(c.name) > c.window_days
+    if "trend_28d" in names:
+        rules["trend_28d > 0"] = pl.col("trend_28d") <= 0  # (events + 1) / (events + 1)
     # shorter windows never count more than the longer ones that contain them
-    by_prefix: dict[str, list[tuple[int, str]]] = {}
-    for c in counts:
-        match = _COUNT.search(c)
-        by_prefix.setdefault(c[: match.start()], []).append((int(match.group(1)), c))
-    for windows in by_prefix.values():
-        ordered = [c for _, c in sorted(windows)]
+    nested: dict[tuple[Kind, str | None], list[FeatureColumn]] = {}
+    for c in present:
+        if c.kind in (Kind.COUNT, Kind.ACTIVE_DAYS) and c.window_days is not None:
+            nested.setdefault((c.kind, c.activity_type), []).append(c)
+    for group in nested.values():
+        ordered = sorted(group, key=lambda c: c.window_days)
         for short, long in zip(ordered, ordered[1:], strict=False):
-            rules[f"{short} <= {long}"] = pl.col(short) > pl.col(long)
+            rules[f"{short.name} <= {long.name}"] = pl.col(short.name) > pl.col(long.name)
     return rules
 
 
-def check_ranges(table: pl.DataFrame, as_of: date, examples: int = 5) -> CheckOutcome:
+def check_ranges(
+    table: pl.DataFrame, as_of: date, spec: FeatureSpec, examples: int = 5
+) -> CheckOutcome:
     """Counts >= 0, recency within tenure and the lookback, mrr >= 0, active days <= 28, …"""
-    rules = _range_rules(table, as_of)
+    rules = _range_rules(table, as_of, spec)
     if not rules or table.is_empty():
         return CheckOutcome(True, {"rules": len(rules), "violations": {}})
     flags = table.select(

@@ -265,7 +265,7 @@ def champion_reference(
         rows = rows.sample(n=max_rows, seed=seed)
         source += f", {max_rows} rows sampled (seed {seed})"
     return Reference(
-        table=model_input(rows, record.features),
+        table=model_input(rows, record.features, record.spec),
         features=list(record.features),
         champion_version=champion["version"],
         source=source,

@@ -2,8 +2,9 @@
 
 Training, batch scoring and the streaming scorer all build the matrix here, so
 a column the model knows but a table lacks (an activity type that did not occur
-in this window) is filled the same way everywhere: counts and sums 0, "days
-since" and means null (the models handle missing values), plan "unknown".
+in this window) is filled the same way everywhere: with what the feature spec
+says a customer without those events holds (`FeatureColumn.fill`: counts and
+sums 0, "days since" and means null, which the models handle, plan "unknown").
 """
 
 from __future__ import annotations
@@ -12,10 +13,17 @@ from collections.abc import Sequence
 
 import polars as pl
 
-from churn_platform.features.definitions import CATEGORICAL_FEATURES, UNKNOWN_PLAN
+from churn_platform.features.definitions import KEY_COLUMNS, FeatureColumn, FeatureSpec
 
-KEY_COLUMNS = ("customer_id", "as_of")
 LABEL_COLUMN = "churned"
+__all__ = [
+    "KEY_COLUMNS",
+    "LABEL_COLUMN",
+    "categorical_features",
+    "feature_columns",
+    "model_input",
+    "numeric_features",
+]
 
 
 def feature_columns(table: pl.DataFrame) -> list[str]:
@@ -24,34 +32,38 @@ def feature_columns(table: pl.DataFrame) -> list[str]:
     return [name for name in table.columns if name not in skip]
 
 
-def numeric_features(features: Sequence[str]) -> list[str]:
-    return [name for name in features if name not in CATEGORICAL_FEATURES]
+def _described(features: Sequence[str], spec: FeatureSpec | None) -> list[FeatureColumn]:
+    """What each feature is, asked of `spec` (default: the spec the names imply)."""
+    spec = spec or FeatureSpec.from_columns(features)
+    return [spec.column(name) for name in features]
 
 
-def categorical_features(features: Sequence[str]) -> list[str]:
-    return [name for name in features if name in CATEGORICAL_FEATURES]
+def numeric_features(features: Sequence[str], spec: FeatureSpec | None = None) -> list[str]:
+    return [c.name for c in _described(features, spec) if not c.categorical]
 
 
-def _fill_for(name: str) -> pl.Expr:
-    if name in CATEGORICAL_FEATURES:
-        return pl.lit(UNKNOWN_PLAN, pl.String)
-    if "days_since" in name or name.endswith("_mean_28d"):
-        return pl.lit(None, pl.Float64)
-    return pl.lit(0.0, pl.Float64)
+def categorical_features(features: Sequence[str], spec: FeatureSpec | None = None) -> list[str]:
+    return [c.name for c in _described(features, spec) if c.categorical]
 
 
-def model_input(table: pl.DataFrame, features: Sequence[str]) -> pl.DataFrame:
+def model_input(
+    table: pl.DataFrame, features: Sequence[str], spec: FeatureSpec | None = None
+) -> pl.DataFrame:
     """`table`'s `features` in that order: numbers as Float64, categories as String.
 
-    Columns missing from `table` are added with the neutral value described in
-    the module docstring; extra columns are dropped.
+    Columns missing from `table` get the spec's fill (see the module docstring);
+    extra columns are dropped. `spec` is the model's (default: the one its
+    feature names imply).
     """
     present = set(table.columns)
     exprs = []
-    for name in features:
-        if name in CATEGORICAL_FEATURES:
-            expr = pl.col(name).cast(pl.String).fill_null(UNKNOWN_PLAN) if name in present else None
+    for column in _described(features, spec):
+        dtype = pl.String if column.categorical else pl.Float64
+        if column.name not in present:
+            expr = pl.lit(column.fill, dtype)
+        elif column.categorical:
+            expr = pl.col(column.name).cast(pl.String).fill_null(column.fill)
         else:
-            expr = pl.col(name).cast(pl.Float64) if name in present else None
-        exprs.append((expr if expr is not None else _fill_for(name)).alias(name))
+            expr = pl.col(column.name).cast(pl.Float64)
+        exprs.append(expr.alias(column.name))
     return table.select(exprs) if exprs else pl.DataFrame()

@@ -190,7 +190,9 @@ class LoadedModel:
 
     def predict_proba(self, table: pl.DataFrame) -> np.ndarray:
         """P(churned) for each row of `table` (a feature table; extra columns are ignored)."""
-        return positive_probability(self.estimator, model_input(table, self.features))
+        return positive_probability(
+            self.estimator, model_input(table, self.features, self.record.spec)
+        )
 
 
 def save_model(

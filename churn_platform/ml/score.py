@@ -23,18 +23,22 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import msgspec
 import numpy as np
 import polars as pl
 
 from churn_platform.events.contract import SCORES_TOPIC
+from churn_platform.features.definitions import FeatureSpec
 from churn_platform.kafka.admin import ensure_topic
 from churn_platform.kafka.config import KafkaSettings
 from churn_platform.kafka.producer import EventProducer, ProduceError
 from churn_platform.lake import tables
 from churn_platform.lake.store import Lake, LakeError
+
+if TYPE_CHECKING:
+    from churn_platform.ml.registry import LoadedModel
 
 DEFAULT_CUTOFFS = (0.1, 0.3)
 DEFAULT_BAND_NAMES = ("low", "medium", "high")
@@ -199,6 +203,23 @@ def score_table(
         pl.lit(stamp, pl.Datetime("ms", "UTC")).alias("scored_at"),
     )
     return scores.sort(["churn_probability", "customer_id"], descending=[True, False])
+
+
+def check_served_windows(model: LoadedModel, table_spec: FeatureSpec, as_of: date) -> None:
+    """Refuse a feature table whose windows are not the ones the model was trained on.
+
+    Its columns would be other columns (`login_count_5d` is not `login_count_7d`):
+    the model would see only fill values. Models recorded before their spec are
+    not judged (their windows are read from their feature names).
+    """
+    served = model.record.spec
+    if served is not None and served.windows() != table_spec.windows():
+        raise ValueError(
+            f"customer_features as of {as_of} were computed with {table_spec.windows_text()}, "
+            f"but the champion {model.version} was trained with {served.windows_text()}: "
+            "retrain (training_job) after changing WINDOWS_DAYS / VALUE_WINDOW_DAYS, "
+            "or set them back"
+        )
 
 
 def _check_features(features: pl.DataFrame, as_of: date) -> None:

@@ -43,6 +43,7 @@ from sklearn.model_selection import GroupKFold
 from threadpoolctl import threadpool_limits
 
 from churn_platform.features.churn import CANCELLATION, ChurnDefinition
+from churn_platform.features.definitions import FeatureSpec
 from churn_platform.ml.estimators import (
     BASELINE_KIND,
     CANDIDATE_KIND,
@@ -51,7 +52,7 @@ from churn_platform.ml.estimators import (
     calibrate,
     positive_probability,
 )
-from churn_platform.ml.frame import CATEGORICAL_FEATURES, LABEL_COLUMN, model_input
+from churn_platform.ml.frame import LABEL_COLUMN, categorical_features, model_input
 from churn_platform.ml.gate import Verdict
 from churn_platform.ml.labels import DEFAULT_HORIZON_DAYS
 
@@ -238,15 +239,18 @@ def _xy(rows: pl.DataFrame, features: list[str]) -> tuple[pl.DataFrame, np.ndarr
     return model_input(rows, features), rows[LABEL_COLUMN].cast(pl.Int8).to_numpy()
 
 
-def usable_features(rows: pl.DataFrame, features: list[str]) -> tuple[list[str], dict[str, str]]:
+def usable_features(
+    rows: pl.DataFrame, features: list[str], spec: FeatureSpec | None = None
+) -> tuple[list[str], dict[str, str]]:
     """The features that vary in `rows`; the rest with the reason each was left out."""
-    x = model_input(rows, features)
+    x = model_input(rows, features, spec)
+    categorical = set(categorical_features(features, spec))
     kept, dropped = [], {}
     for name in features:
         column = x[name]
         if column.null_count() == column.len():
             dropped[name] = "null in every training row"
-        elif name not in CATEGORICAL_FEATURES and column.drop_nulls().n_unique() < 2:
+        elif name not in categorical and column.drop_nulls().n_unique() < 2:
             if column.null_count() == 0:
                 dropped[name] = f"the same value ({column.drop_nulls()[0]}) in every training row"
             else:

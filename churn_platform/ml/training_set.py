@@ -41,7 +41,12 @@ from datetime import date, timedelta
 import polars as pl
 
 from churn_platform.features.churn import CANCELLATION, ChurnDefinition
-from churn_platform.features.definitions import FeatureSpec, merge_specs
+from churn_platform.features.definitions import (
+    FeatureSpec,
+    WindowsDiffer,
+    current_windows,
+    merge_specs,
+)
 from churn_platform.features.materialize import (
     FeaturesMissing,
     first_event_date,
@@ -256,14 +261,17 @@ def ensure_inputs(
     """Materialize the feature tables and labels of `dates` that the lake lacks.
 
     Returns what was computed ("customer_features 2026-01-07", ...). Feature
-    tables made under another churn definition (they hold other customers) and
-    labels of another definition or horizon are computed again.
+    tables made under another churn definition (they hold other customers) or
+    over other windows than the code's (`WINDOWS_DAYS`, `VALUE_WINDOW_DAYS`),
+    and labels of another definition or horizon are computed again.
     """
     computed: list[str] = []
     for as_of in dates:
         try:
             if not read_feature_churn(lake, as_of).same_population(churn):
                 raise FeaturesMissing(f"features of {as_of} hold another definition's customers")
+            if read_feature_spec(lake, as_of).windows() != current_windows():
+                raise FeaturesMissing(f"features of {as_of} were computed over other windows")
             customers = read_features(lake, as_of, columns=["customer_id"])["customer_id"]
         except FeaturesMissing:
             materialize_features(lake, as_of, engine=engine, runner=runner, churn=churn)
@@ -352,7 +360,10 @@ def build_training_set(
             f"{recorded.key()}, not {churn.key()}: rematerialize customer_features for those "
             "dates (training_set does it with fill_missing)"
         )
-    spec = merge_specs(read_feature_spec(lake, d, features_version) for d in dates)
+    try:
+        spec = merge_specs(read_feature_spec(lake, d, features_version) for d in dates)
+    except WindowsDiffer as exc:
+        raise TrainingSetError(f"{exc} (training_set does it with fill_missing)") from exc
     frames = [join_date(lake, d, churn, features_version, labels_version) for d in dates]
     features: list[str] = []
     for frame in frames:

@@ -165,17 +165,6 @@ class _InFlight:
             self.errors.append(str(err))
 
 
-def spec_for(features: list[str]) -> FeatureSpec:
-    """The activity types (and valued ones) a model's feature list implies.
-
-    Only for models registered before the registry recorded their feature spec
-    (`ModelRecord.spec`); a newer model's own spec is used as it is.
-    """
-    types = tuple(f.removesuffix("_count_7d") for f in features if f.endswith("_count_7d"))
-    valued = tuple(t for t in types if f"{t}_value_sum_28d" in features)
-    return FeatureSpec(types, valued)
-
-
 class ChampionWatcher:
     """The champion model, reloaded when `champion.json` changes (polled)."""
 
@@ -206,7 +195,7 @@ class ChampionWatcher:
         if marker == self._marker:
             return False
         model = registry.load_champion(self.lake)  # corrupt or untrusted: fails loudly
-        self.spec = model.record.spec or spec_for(model.features)
+        self.spec = model.record.spec or FeatureSpec.from_columns(model.features)
         self.churn = model.record.churn
         self._fast = small_batch_predictor(model.estimator, model.features)
         self._fast_verified = False
@@ -236,7 +225,7 @@ class ChampionWatcher:
         fast = self._fast
         if fast is None:
             return model.predict_proba(features)
-        probabilities = fast(model_input(features, model.features))
+        probabilities = fast(model_input(features, model.features, self.spec))
         if not self._fast_verified:
             expected = model.predict_proba(features)
             if not np.array_equal(probabilities, expected):

@@ -50,7 +50,7 @@ def _judge_nulls(lake: Lake, as_of: date, table: pl.DataFrame, version: int | No
 
 
 def _judge_ranges(lake: Lake, as_of: date, table: pl.DataFrame, version: int | None):
-    return check_ranges(table, as_of)
+    return check_ranges(table, as_of, read_feature_spec(lake, as_of, version))
 
 
 def _judge_row_count(lake: Lake, as_of: date, table: pl.DataFrame, version: int | None):

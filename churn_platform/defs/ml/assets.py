@@ -528,7 +528,12 @@ def build_scores_asset(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefi
         kafka: KafkaResource,
     ) -> dg.MaterializeResult:
         """Every customer active at the as-of date, scored by the champion, to the lake and Kafka."""
-        from churn_platform.features.materialize import read_feature_churn, read_features
+        from churn_platform.features.materialize import (
+            read_feature_churn,
+            read_feature_spec,
+            read_features,
+        )
+        from churn_platform.ml.score import check_served_windows
 
         as_of = date.fromisoformat(context.partition_key)
         store = lake.lake()
@@ -543,6 +548,7 @@ def build_scores_asset(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefi
                 f"{model.record.churn.key()}: retrain (training_job) after changing "
                 "CHURN_DEFINITION / CHURN_HORIZON_DAYS, or set them back"
             )
+        check_served_windows(model, read_feature_spec(store, as_of, version), as_of)
         features = read_features(store, as_of, version=version)
         scores = score_table(model, features, as_of, bands, scored_at=datetime.now(UTC))
         scores_version = write_scores(store, scores, as_of)
