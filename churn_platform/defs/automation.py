@@ -13,8 +13,9 @@ requested by it.
 
 import dagster as dg
 
+from churn_platform.defs import tags
+
 AUTOMATION_SENSOR = "churn_automation_sensor"
-AUTOMATION_TAG = "churn-platform/trigger"
 FOLLOW_LABEL = "eager, handled only by a request"
 AFTER_CHECKS_LABEL = "eager after upstream blocking checks"
 WITH_ASSET_LABEL = "with its asset"
@@ -75,7 +76,7 @@ def automation_sensor(minimum_interval_seconds: int = 5) -> dg.AutomationConditi
         target=dg.AssetSelection.all(),
         default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=minimum_interval_seconds,
-        run_tags={AUTOMATION_TAG: AUTOMATION_SENSOR},
+        run_tags={tags.TRIGGER: AUTOMATION_SENSOR},
         description="Evaluates the assets' automation conditions: today's features, scores and "
         "drift follow each extract and each new champion.",
     )
