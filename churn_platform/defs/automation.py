@@ -11,6 +11,8 @@ Assets without a condition (`churn_labels`, the training assets) are never
 requested by it.
 """
 
+from collections.abc import Mapping
+
 import dagster as dg
 
 from churn_platform.defs import tags
@@ -82,5 +84,10 @@ def automation_sensor(minimum_interval_seconds: int = 5) -> dg.AutomationConditi
     )
 
 
-def automation_definitions() -> dg.Definitions:
+def automation_definitions(
+    *,
+    partitions: dg.PartitionsDefinition | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> dg.Definitions:
+    """The sensor targets every asset; the arguments are the ones every domain takes."""
     return dg.Definitions(sensors=[automation_sensor()])

@@ -168,8 +168,8 @@ class UserCodeAutomation:
         self.definitions = dg.Definitions.merge(
             ingestion_definitions(),
             features_definitions(partitions=partitions),
-            ml_definitions(partitions),
-            monitoring_definitions(partitions),
+            ml_definitions(partitions=partitions),
+            monitoring_definitions(partitions=partitions),
             dg.Definitions(sensors=[sensor], resources=resources),
         )
         self.sensor = self.definitions.resolve_sensor_def(sensor.name)

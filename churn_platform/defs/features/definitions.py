@@ -65,9 +65,11 @@ def _checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetChecksDefinitio
 
 
 def features_definitions(
-    environ: Mapping[str, str] | None = None,
+    *,
     partitions: dg.PartitionsDefinition | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> dg.Definitions:
+    """Features and labels over `partitions` (default: `features_partitions(environ)`)."""
     partitions = partitions or features_partitions(environ)
     customer_features, churn_labels = build_feature_assets(partitions)
     features_job = dg.define_asset_job(
