@@ -25,7 +25,7 @@ import io
 import json
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from typing import TYPE_CHECKING, Any
@@ -358,6 +358,33 @@ def data_files(
             )
         )
     files.sort(key=lambda f: (tuple(sorted((k, v or "") for k, v in f.partition.items())), f.path))
+    return files
+
+
+def partition_files(
+    lake: Lake,
+    spec: TableSpec,
+    partition: Mapping[str, Any],
+    missing: Callable[[str], Exception],
+    *,
+    what: str,
+    producer: str,
+    version: int | None = None,
+) -> list[DataFile]:
+    """The data files of one partition (at `version`, else the newest), or `missing` raised.
+
+    An empty partition is an error the reader names: `missing(message)` is raised
+    with "no `what` for <partition> in <table>: materialize `producer` for <partition>
+    first", so each stage keeps its own error type (`FeaturesMissing`, ...).
+    """
+    files = data_files(lake, spec, partition, version)
+    if not files:
+        which = ", ".join(_partition_text(v) for v in partition.values())
+        at = f" at version {version}" if version is not None else ""
+        raise missing(
+            f"no {what} for {which} in {table_uri(lake, spec)}{at}: "
+            f"materialize {producer} for {which} first"
+        )
     return files
 
 
@@ -975,6 +1002,7 @@ __all__ = [
     "discard_pending",
     "file_metadata",
     "open_table",
+    "partition_files",
     "read",
     "read_arrow",
     "read_file",
