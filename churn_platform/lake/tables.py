@@ -11,7 +11,9 @@ page, under a name no other write uses) and then reference it in one commit
 instant: the files a partition replaces, and the extract's per-partition
 offsets as Delta application transactions (`txn` actions). A writer killed
 before its commit leaves files no commit references: invisible to every
-reader, and removed by `vacuum` once older than the retention.
+reader, and removed by `vacuum` once older than the retention. Files that
+workers elsewhere wrote (Beam) reach the committing process through
+`lake.pending`.
 
 Errors follow one policy: a failed read or write raises `LakeError`, one line
 naming the path and the fix.
@@ -19,7 +21,6 @@ naming the path and the fix.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import io
 import json
@@ -595,51 +596,6 @@ def file_metadata(
     return {k.decode(): v.decode() for k, v in found.items() if not k.startswith(b"ARROW:")}
 
 
-# pending commits ------------------------------------------------------------------
-# Files written by workers elsewhere (Beam) reach the process that commits them
-# through a small JSON record under the table's `_pending/` directory: Delta
-# readers never look there, and the record names files no commit references yet.
-PENDING_DIR = "_pending"
-
-
-def _pending_path(spec: TableSpec, name: str) -> str:
-    return f"{spec.name}/{PENDING_DIR}/{name}.json"
-
-
-def write_pending(
-    lake: Lake,
-    spec: TableSpec,
-    name: str,
-    files: Sequence[DataFile],
-    info: Mapping[str, Any] | None = None,
-) -> None:
-    """Record `files` (written, not committed) and `info` for the committing process."""
-    body = {"files": [f.to_dict() for f in files], "info": dict(info or {})}
-    lake.write_bytes(_pending_path(spec, name), json.dumps(body).encode())
-
-
-def read_pending(lake: Lake, spec: TableSpec, name: str) -> tuple[list[DataFile], dict[str, Any]]:
-    """The files and info `write_pending` recorded under `name`."""
-    relative = _pending_path(spec, name)
-    try:
-        body = json.loads(lake.read_bytes(relative))
-    except FileNotFoundError as exc:
-        raise LakeError(
-            f"no pending commit at {lake.url(relative)}: the job that writes it did not "
-            "finish; run it again"
-        ) from exc
-    except json.JSONDecodeError as exc:
-        raise LakeError(
-            f"{lake.url(relative)} is not valid JSON: {exc}; run the job again"
-        ) from exc
-    return [DataFile.from_dict(f) for f in body["files"]], body.get("info", {})
-
-
-def discard_pending(lake: Lake, spec: TableSpec, name: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        lake.remove(_pending_path(spec, name))
-
-
 # writing ------------------------------------------------------------------------
 def _delta_schema(schema: pa.Schema) -> pa.Schema:
     """`schema` as Delta stores it: timestamps in microseconds (Delta's precision)."""
@@ -999,16 +955,13 @@ __all__ = [
     "committed_offsets",
     "create",
     "data_files",
-    "discard_pending",
     "file_metadata",
     "open_table",
     "partition_files",
     "read",
     "read_arrow",
     "read_file",
-    "read_pending",
     "version",
     "write",
     "write_file",
-    "write_pending",
 ]
