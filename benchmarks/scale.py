@@ -101,7 +101,7 @@ def _definitions(lake_root: str, bootstrap: str, first: date):
     return dg.Definitions.merge(
         ingestion_definitions(),
         features_definitions(partitions=partitions),
-        ml_definitions(partitions),
+        ml_definitions(partitions=partitions),
         dg.Definitions(
             jobs=[
                 dg.define_asset_job("scale_training_set", selection=[training_set]),

@@ -37,6 +37,17 @@ from churn_platform.defs.resources.gate import GateResource
 from churn_platform.defs.resources.kafka import KafkaResource
 from churn_platform.defs.resources.lake import LakeResource
 
+# Every domain's factory takes the same keyword arguments: the as-of partitions that
+# the partitioned assets share, and the environment the settings come from.
+DOMAINS = (
+    ingestion_definitions,
+    features_definitions,
+    ml_definitions,
+    monitoring_definitions,
+    automation_definitions,
+    lake_definitions,
+)
+
 
 def resources_from_env(
     environ: Mapping[str, str] | None = None,
@@ -55,13 +66,9 @@ def resources_from_env(
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    partitions = features_partitions()
+    environ = os.environ
+    partitions = features_partitions(environ)
     return dg.Definitions.merge(
-        ingestion_definitions(),
-        features_definitions(partitions=partitions),
-        ml_definitions(partitions),
-        monitoring_definitions(partitions),
-        automation_definitions(),
-        lake_definitions(),
-        dg.Definitions(resources=resources_from_env(), executor=dg.in_process_executor),
+        *(domain(partitions=partitions, environ=environ) for domain in DOMAINS),
+        dg.Definitions(resources=resources_from_env(environ), executor=dg.in_process_executor),
     )

@@ -30,14 +30,13 @@ from datetime import date
 
 import dagster as dg
 
+from churn_platform.defs.features.definitions import FEATURES_JOB
+from churn_platform.defs.ingestion.assets import EXTRACT_JOB
+from churn_platform.defs.ml.definitions import SCORING_JOB, TRAINING_JOB
 from churn_platform.defs.progress import PROGRESS_LOGGER
 from churn_platform.environ import temporary_environ
 from churn_platform.lake.store import Lake
 
-EXTRACT_JOB = "raw_customer_events_job"
-FEATURES_JOB = "features_job"
-TRAINING_JOB = "training_job"
-SCORING_JOB = "scoring_job"
 # Dagster's console logger prints each failed step's stack trace; the CLI prints one
 # line instead and the whole story stays in the run's event log (the UI)
 QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from churn_platform.defs import tags
 from churn_platform.instance import prepare_dagster_home
 
 
@@ -19,5 +20,5 @@ def test_dagster_yaml_loads_as_an_instance_with_run_and_pool_limits(tmp_path):
             limit["key"]: limit["limit"]
             for limit in settings.run_queue_config.tag_concurrency_limits
         }
-        assert limits["churn-platform/extract"] == 1
+        assert limits[tags.EXTRACT_CONCURRENCY] == 1
         assert instance.get_settings("telemetry")["enabled"] is False

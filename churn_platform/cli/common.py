@@ -1,9 +1,11 @@
-"""Helpers shared by the subcommands: Kafka settings from the environment."""
+"""Helpers shared by the subcommands: Kafka settings, the lake root, shared options."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
+from collections.abc import Callable
 
 from churn_platform.cli import UserError
 from churn_platform.kafka.broker import DEFAULT_HOST, DEFAULT_PORT
@@ -27,6 +29,37 @@ def kafka_settings(args: argparse.Namespace) -> KafkaSettings:
     if getattr(args, "bootstrap_servers", None):
         settings = dataclasses.replace(settings, bootstrap_servers=args.bootstrap_servers)
     return settings
+
+
+def add_lake_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--lake", default=None, help="lake root (default: $CHURN_LAKE, else var/lake)"
+    )
+
+
+def add_max_rejected_rate_argument(parser: argparse.ArgumentParser, more: str = "") -> None:
+    """--max-rejected-rate: the extract's limit on quarantined messages (`more` adds to the help)."""
+    parser.add_argument(
+        "--max-rejected-rate",
+        type=float,
+        default=None,
+        help=f"the extract's limit on quarantined messages (default 0.01{more})",
+    )
+
+
+def max_rejected_rate(args: argparse.Namespace) -> float | None:
+    """--max-rejected-rate, refused outside [0, 1]; None: the extract's default."""
+    rate = args.max_rejected_rate
+    if rate is not None and not 0 <= rate <= 1:
+        raise UserError(f"--max-rejected-rate must be in [0, 1] (got {rate})")
+    return rate
+
+
+def progress_printer(json_output: bool) -> Callable[[str], None]:
+    """Prints progress lines: to stderr when stdout is one JSON object (--json), else stdout."""
+    return lambda message: print(
+        message, file=sys.stderr if json_output else sys.stdout, flush=True
+    )
 
 
 def lake_root() -> str:

@@ -6,10 +6,14 @@ import argparse
 import json
 import os
 import shutil
-import sys
 from datetime import UTC, datetime
 
 from churn_platform.cli import UserError
+from churn_platform.cli.common import (
+    add_max_rejected_rate_argument,
+    max_rejected_rate,
+    progress_printer,
+)
 from churn_platform.cli.simulate import add_size_arguments, config_from_args
 from churn_platform.kafka.config import KafkaSettings
 
@@ -32,12 +36,8 @@ def add_parser(subparsers) -> None:
     # a few malformed messages by default, so the demo shows the quarantine at work
     add_size_arguments(parser, customers=DEMO_CUSTOMERS, days=DEMO_DAYS, bad_fraction=0.002)
     parser.add_argument("--partitions", type=int, default=6, help="topic partitions (default 6)")
-    parser.add_argument(
-        "--max-rejected-rate",
-        type=float,
-        default=None,
-        help="the extract's limit on quarantined messages (default 0.01; --bad-fraction above "
-        "it stops the demo after the extract, saying so)",
+    add_max_rejected_rate_argument(
+        parser, "; --bad-fraction above it stops the demo after the extract, saying so"
     )
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     parser.set_defaults(handler=run)
@@ -49,13 +49,8 @@ def run(args: argparse.Namespace) -> int:
     from churn_platform.runner import PathOptions, StepFailed
 
     config = config_from_args(args)
-    if args.max_rejected_rate is not None and not 0 <= args.max_rejected_rate <= 1:
-        raise UserError(f"--max-rejected-rate must be in [0, 1] (got {args.max_rejected_rate})")
-    log = (
-        (lambda msg: print(msg, file=sys.stderr, flush=True))
-        if args.json
-        else (lambda msg: print(msg, flush=True))
-    )
+    rejected_rate = max_rejected_rate(args)
+    log = progress_printer(args.json)
     settings, topic, lake_root = None, EVENTS_TOPIC, None
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         # your cluster: simulated events go only to a new topic of the demo's own, and
@@ -78,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
             partitions=args.partitions,
             progress=not args.json,
             log=log,
-            options=PathOptions(max_rejected_rate=args.max_rejected_rate),
+            options=PathOptions(max_rejected_rate=rejected_rate),
         )
     except (StepFailed, ValueError) as exc:
         raise UserError(str(exc)) from exc

@@ -11,6 +11,7 @@ from confluent_kafka import KafkaException
 from churn_platform.cli import UserError
 from churn_platform.cli.common import (
     add_kafka_arguments,
+    add_lake_argument,
     kafka_client_failure,
     kafka_settings,
     lake_root,
@@ -37,7 +38,7 @@ def add_parser(subparsers) -> None:
     )
     add_kafka_arguments(parser)
     parser.add_argument("--topic", default=EVENTS_TOPIC, help="topic (default %(default)s)")
-    parser.add_argument("--lake", default=None, help="lake root (default $CHURN_LAKE or var/lake)")
+    add_lake_argument(parser)
     parser.add_argument("--max-messages-per-partition", type=int, default=None, help="cap per run")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: auto)")
     parser.add_argument("--dead-letter-topic", default=None, help="also produce rejects here")

@@ -9,7 +9,7 @@ import os
 import sys
 
 from churn_platform.cli import UserError
-from churn_platform.cli.common import lake_root
+from churn_platform.cli.common import add_lake_argument, lake_root
 
 
 def add_parser(subparsers) -> None:
@@ -34,7 +34,7 @@ def add_migrate_parser(commands) -> None:
         "under _legacy/ (nothing is deleted); features, labels and scores are recomputed. "
         "Stop the platform first; an interrupted run goes on where it stopped when run again.",
     )
-    parser.add_argument("--lake", default=None, help="lake root (default $CHURN_LAKE or var/lake)")
+    add_lake_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     parser.set_defaults(handler=run_migrate)
 
@@ -61,7 +61,7 @@ def add_maintain_parser(commands) -> None:
         "(also files of writers killed before their commit). Safe while extracts run. The "
         "Dagster job lake_maintenance_job runs the same code (hourly; vacuum daily).",
     )
-    parser.add_argument("--lake", default=None, help="lake root (default $CHURN_LAKE or var/lake)")
+    add_lake_argument(parser)
     parser.add_argument(
         "--table",
         action="append",

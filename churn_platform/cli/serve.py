@@ -9,6 +9,7 @@ import signal
 from churn_platform.cli import UserError
 from churn_platform.cli.common import (
     add_kafka_arguments,
+    add_lake_argument,
     kafka_client_failure,
     kafka_settings,
     lake_root,
@@ -37,7 +38,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--group", default=DEFAULT_GROUP, help="consumer group (default %(default)s)"
     )
-    parser.add_argument("--lake", default=None, help="lake root (default $CHURN_LAKE or var/lake)")
+    add_lake_argument(parser)
     parser.add_argument(
         "--max-batch", type=int, default=defaults.max_batch, help="messages per micro-batch"
     )

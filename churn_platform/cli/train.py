@@ -14,10 +14,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
 from churn_platform.cli import UserError
-from churn_platform.cli.common import add_kafka_arguments, kafka_settings, lake_root
+from churn_platform.cli.common import (
+    add_kafka_arguments,
+    add_lake_argument,
+    add_max_rejected_rate_argument,
+    kafka_settings,
+    lake_root,
+    max_rejected_rate,
+    progress_printer,
+)
 
 NOT_SUPPORTED = 1
 
@@ -38,9 +45,7 @@ def add_parser(subparsers) -> None:
         default=None,
         help="events topic (default: $CHURN_EVENTS_TOPIC, else customer-events)",
     )
-    parser.add_argument(
-        "--lake", default=None, help="lake root (default: $CHURN_LAKE, else var/lake)"
-    )
+    add_lake_argument(parser)
     parser.add_argument(
         "--skip-extract", action="store_true", help="use what the lake holds; do not read Kafka"
     )
@@ -50,12 +55,7 @@ def add_parser(subparsers) -> None:
         default="beam",
         help="feature engine (default beam: the pipeline that scales out; polars: one process)",
     )
-    parser.add_argument(
-        "--max-rejected-rate",
-        type=float,
-        default=None,
-        help="the extract's limit on quarantined messages (default 0.01)",
-    )
+    add_max_rejected_rate_argument(parser)
     parser.add_argument(
         "--min-roc-auc",
         type=float,
@@ -76,8 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from churn_platform.kafka.config import KafkaConfigError
     from churn_platform.runner import PathOptions, StepFailed, run_platform, summary_lines
 
-    if args.max_rejected_rate is not None and not 0 <= args.max_rejected_rate <= 1:
-        raise UserError(f"--max-rejected-rate must be in [0, 1] (got {args.max_rejected_rate})")
+    rejected_rate = max_rejected_rate(args)
     if args.min_roc_auc is not None and not 0.5 <= args.min_roc_auc <= 1:
         raise UserError(f"--min-roc-auc must be in [0.5, 1] (got {args.min_roc_auc})")
     try:
@@ -92,16 +91,12 @@ def run(args: argparse.Namespace) -> int:
         or os.environ.get("CHURN_EVENTS_TOPIC")
         or "customer-events",
     }
-    log = (
-        (lambda msg: print(msg, file=sys.stderr, flush=True))
-        if args.json
-        else (lambda msg: print(msg, flush=True))
-    )
+    log = progress_printer(args.json)
     os.environ["DAGSTER_HOME"] = str(prepare_dagster_home())
     options = PathOptions(
         extract=not args.skip_extract,
         engine=args.engine,
-        max_rejected_rate=args.max_rejected_rate,
+        max_rejected_rate=rejected_rate,
         model_config={"min_roc_auc": args.min_roc_auc} if args.min_roc_auc is not None else {},
     )
     log(

@@ -15,7 +15,7 @@ import argparse
 import json
 
 from churn_platform.cli import UserError
-from churn_platform.cli.common import lake_root
+from churn_platform.cli.common import add_lake_argument, lake_root
 
 DIFFERS = 1
 
@@ -35,9 +35,7 @@ def add_parser(subparsers) -> None:
         "recorded at training time. Exit 0: equal; 1: differs; 2: bad input.",
     )
     rebuild.add_argument("--model", required=True, help="model version (models/churn/<version>)")
-    rebuild.add_argument(
-        "--lake", default=None, help="lake root (default: $CHURN_LAKE, else var/lake)"
-    )
+    add_lake_argument(rebuild)
     rebuild.add_argument("--json", action="store_true", help="print the result as one JSON object")
     rebuild.set_defaults(handler=run_rebuild)
 

@@ -5,17 +5,27 @@ starts running, so with the daemon up new events flow through without a human:
 `customer_events_sensor` requests an extract, and this sensor then requests
 today's `customer_features` (with its checks), `churn_scores` and
 `feature_drift` in one run. The conditions are Dagster's `eager()` with two
-changes (below); `eager()` counts an upstream requested on the same tick as
-updated (`will_be_requested`), which is what puts downstream in the same run.
+changes (below), built from the same public building blocks rather than by
+editing `eager()`'s sub-conditions by their internal labels;
+churn_platform_tests/defs/test_automation_conditions.py fails if a Dagster upgrade
+changes what `eager()` is made of. `eager()` counts an upstream requested on the
+same tick as updated (`will_be_requested`), which is what puts downstream in the
+same run.
 Assets without a condition (`churn_labels`, the training assets) are never
 requested by it.
 """
 
+import functools
+import operator
+from collections.abc import Mapping
+
 import dagster as dg
 
+from churn_platform.defs import tags
+
 AUTOMATION_SENSOR = "churn_automation_sensor"
-AUTOMATION_TAG = "churn-platform/trigger"
 FOLLOW_LABEL = "eager, handled only by a request"
+REQUESTED_LABEL = "requested"
 AFTER_CHECKS_LABEL = "eager after upstream blocking checks"
 WITH_ASSET_LABEL = "with its asset"
 
@@ -36,11 +46,17 @@ def follow_updates(*, while_upstream_runs: bool = False) -> dg.AutomationConditi
     the ledger), so a running extract cannot hand them half of anything, and its commit
     is one more update that requests them again.
     """
-    handled = dg.AutomationCondition.newly_requested() | dg.AutomationCondition.initial_evaluation()
-    condition = dg.AutomationCondition.eager().replace("handled", handled.with_label("requested"))
-    if while_upstream_runs:
-        condition = condition.without(~dg.AutomationCondition.any_deps_in_progress())
-    return condition.with_label(FOLLOW_LABEL)
+    when = dg.AutomationCondition
+    # eager()'s `since_last_handled()` also resets on `newly_updated()`: left out here
+    requested = (when.newly_requested() | when.initial_evaluation()).with_label(REQUESTED_LABEL)
+    parts = [
+        when.in_latest_time_window(),
+        (when.newly_missing() | when.any_deps_updated()).since(requested),
+        ~when.any_deps_missing(),
+        *([] if while_upstream_runs else [~when.any_deps_in_progress()]),
+        ~when.in_progress(),
+    ]
+    return functools.reduce(operator.and_, parts).with_label(FOLLOW_LABEL)
 
 
 def eager_after_checks() -> dg.AutomationCondition:
@@ -75,11 +91,16 @@ def automation_sensor(minimum_interval_seconds: int = 5) -> dg.AutomationConditi
         target=dg.AssetSelection.all(),
         default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=minimum_interval_seconds,
-        run_tags={AUTOMATION_TAG: AUTOMATION_SENSOR},
+        run_tags={tags.TRIGGER: AUTOMATION_SENSOR},
         description="Evaluates the assets' automation conditions: today's features, scores and "
         "drift follow each extract and each new champion.",
     )
 
 
-def automation_definitions() -> dg.Definitions:
+def automation_definitions(
+    *,
+    partitions: dg.PartitionsDefinition | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> dg.Definitions:
+    """The sensor targets every asset; the arguments are the ones every domain takes."""
     return dg.Definitions(sensors=[automation_sensor()])

@@ -1,8 +1,12 @@
 """Run-state questions that sensors and schedules ask before requesting a run."""
 
 import time
+from collections.abc import Mapping
+from typing import Any
 
 import dagster as dg
+
+from churn_platform.defs import tags
 
 ACTIVE_RUN_STATUSES = [
     dg.DagsterRunStatus.QUEUED,
@@ -18,6 +22,18 @@ def job_in_progress(instance: dg.DagsterInstance, job_name: str) -> bool:
         filters=dg.RunsFilter(job_name=job_name, statuses=ACTIVE_RUN_STATUSES), limit=1
     )
     return bool(runs)
+
+
+def request_unless_running(
+    instance: dg.DagsterInstance,
+    job_name: str,
+    trigger: str,
+    run_config: Mapping[str, Any] | None = None,
+) -> dg.RunRequest | dg.SkipReason:
+    """A run of `job_name` tagged as requested by `trigger`, or a skip while one is in progress."""
+    if job_in_progress(instance, job_name):
+        return dg.SkipReason(f"a {job_name} run is already queued or running")
+    return dg.RunRequest(run_config=dict(run_config or {}), tags={tags.TRIGGER: trigger})
 
 
 def longest_run(instance: dg.DagsterInstance, limit: int = 1000) -> tuple[float, str]:

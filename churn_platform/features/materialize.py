@@ -234,15 +234,15 @@ def write_features(
 
 
 def _partition(lake: Lake, as_of: date, version: int | None) -> list[tables.DataFile]:
-    files = tables.data_files(lake, tables.FEATURES, {"as_of": as_of}, version)
-    if not files:
-        at = f" at version {version}" if version is not None else ""
-        raise FeaturesMissing(
-            f"no feature table for {as_of.isoformat()} in "
-            f"{tables.table_uri(lake, tables.FEATURES)}{at}: "
-            f"materialize customer_features for {as_of.isoformat()} first"
-        )
-    return files
+    return tables.partition_files(
+        lake,
+        tables.FEATURES,
+        {"as_of": as_of},
+        FeaturesMissing,
+        what="feature table",
+        producer="customer_features",
+        version=version,
+    )
 
 
 def feature_files(lake: Lake, as_of: date, version: int | None = None) -> list[str]:

@@ -91,6 +91,7 @@ from churn_platform.features.materialize import (
 )
 from churn_platform.features.options import BeamRunnerSettings
 from churn_platform.lake import tables
+from churn_platform.lake.pending import discard_pending, read_pending, write_pending
 from churn_platform.lake.store import DEFAULT_LAKE_ROOT, Lake
 
 # Measured at 2M and 10M events on 2 cores: 8 to 16 shards and 8 to 16 read
@@ -496,7 +497,7 @@ class StageFeaturesFn(beam.DoFn):
             "events_read": events_read,
             "shards": self._shards,
         }
-        tables.write_pending(self._lake, tables.FEATURES, self._pending, files, info)
+        write_pending(self._lake, tables.FEATURES, self._pending, files, info)
         yield info
 
 
@@ -552,9 +553,9 @@ class WriteFeatureTable(beam.PTransform):
 
 def commit_pending_features(lake: Lake, as_of: date, pending: str) -> tuple[int, dict]:
     """Commit what a finished run staged under `pending`; returns (version, the run's info)."""
-    files, info = tables.read_pending(lake, tables.FEATURES, pending)
+    files, info = read_pending(lake, tables.FEATURES, pending)
     version = commit_features(lake, as_of, files, FeatureSpec.from_dict(info), info)
-    tables.discard_pending(lake, tables.FEATURES, pending)
+    discard_pending(lake, tables.FEATURES, pending)
     return version, {**info, "files": [tables.file_path(tables.FEATURES, f) for f in files]}
 
 

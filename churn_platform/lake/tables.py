@@ -11,7 +11,9 @@ page, under a name no other write uses) and then reference it in one commit
 instant: the files a partition replaces, and the extract's per-partition
 offsets as Delta application transactions (`txn` actions). A writer killed
 before its commit leaves files no commit references: invisible to every
-reader, and removed by `vacuum` once older than the retention.
+reader, and removed by `vacuum` once older than the retention. Files that
+workers elsewhere wrote (Beam) reach the committing process through
+`lake.pending`.
 
 Errors follow one policy: a failed read or write raises `LakeError`, one line
 naming the path and the fix.
@@ -19,13 +21,12 @@ naming the path and the fix.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import io
 import json
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from typing import TYPE_CHECKING, Any
@@ -361,6 +362,33 @@ def data_files(
     return files
 
 
+def partition_files(
+    lake: Lake,
+    spec: TableSpec,
+    partition: Mapping[str, Any],
+    missing: Callable[[str], Exception],
+    *,
+    what: str,
+    producer: str,
+    version: int | None = None,
+) -> list[DataFile]:
+    """The data files of one partition (at `version`, else the newest), or `missing` raised.
+
+    An empty partition is an error the reader names: `missing(message)` is raised
+    with "no `what` for <partition> in <table>: materialize `producer` for <partition>
+    first", so each stage keeps its own error type (`FeaturesMissing`, ...).
+    """
+    files = data_files(lake, spec, partition, version)
+    if not files:
+        which = ", ".join(_partition_text(v) for v in partition.values())
+        at = f" at version {version}" if version is not None else ""
+        raise missing(
+            f"no {what} for {which} in {table_uri(lake, spec)}{at}: "
+            f"materialize {producer} for {which} first"
+        )
+    return files
+
+
 def _partition_value(value: Any) -> str | None:
     return None if value is None else _partition_text(value)
 
@@ -567,51 +595,6 @@ def file_metadata(
             "a backup (or, to give up its rows, delete it and run `churn-platform lake repair`)"
         ) from exc
     return {k.decode(): v.decode() for k, v in found.items() if not k.startswith(b"ARROW:")}
-
-
-# pending commits ------------------------------------------------------------------
-# Files written by workers elsewhere (Beam) reach the process that commits them
-# through a small JSON record under the table's `_pending/` directory: Delta
-# readers never look there, and the record names files no commit references yet.
-PENDING_DIR = "_pending"
-
-
-def _pending_path(spec: TableSpec, name: str) -> str:
-    return f"{spec.name}/{PENDING_DIR}/{name}.json"
-
-
-def write_pending(
-    lake: Lake,
-    spec: TableSpec,
-    name: str,
-    files: Sequence[DataFile],
-    info: Mapping[str, Any] | None = None,
-) -> None:
-    """Record `files` (written, not committed) and `info` for the committing process."""
-    body = {"files": [f.to_dict() for f in files], "info": dict(info or {})}
-    lake.write_bytes(_pending_path(spec, name), json.dumps(body).encode())
-
-
-def read_pending(lake: Lake, spec: TableSpec, name: str) -> tuple[list[DataFile], dict[str, Any]]:
-    """The files and info `write_pending` recorded under `name`."""
-    relative = _pending_path(spec, name)
-    try:
-        body = json.loads(lake.read_bytes(relative))
-    except FileNotFoundError as exc:
-        raise LakeError(
-            f"no pending commit at {lake.url(relative)}: the job that writes it did not "
-            "finish; run it again"
-        ) from exc
-    except json.JSONDecodeError as exc:
-        raise LakeError(
-            f"{lake.url(relative)} is not valid JSON: {exc}; run the job again"
-        ) from exc
-    return [DataFile.from_dict(f) for f in body["files"]], body.get("info", {})
-
-
-def discard_pending(lake: Lake, spec: TableSpec, name: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        lake.remove(_pending_path(spec, name))
 
 
 # writing ------------------------------------------------------------------------
@@ -973,15 +956,13 @@ __all__ = [
     "committed_offsets",
     "create",
     "data_files",
-    "discard_pending",
     "file_metadata",
     "open_table",
+    "partition_files",
     "read",
     "read_arrow",
     "read_file",
-    "read_pending",
     "version",
     "write",
     "write_file",
-    "write_pending",
 ]

@@ -214,14 +214,15 @@ def write_labels(lake: Lake, labels: pl.DataFrame, as_of: date) -> int:
 
 def read_labels(lake: Lake, as_of: date, version: int | None = None) -> pl.DataFrame:
     """The materialized labels of `as_of` (at the labels table's `version`, else the newest)."""
-    files = tables.data_files(lake, tables.LABELS, {"as_of": as_of}, version)
-    if not files:
-        at = f" at version {version}" if version is not None else ""
-        raise LabelsMissing(
-            f"no churn labels for {as_of.isoformat()} in "
-            f"{tables.table_uri(lake, tables.LABELS)}{at}: materialize churn_labels for "
-            f"{as_of} first"
-        )
+    files = tables.partition_files(
+        lake,
+        tables.LABELS,
+        {"as_of": as_of},
+        LabelsMissing,
+        what="churn labels",
+        producer="churn_labels",
+        version=version,
+    )
     table = tables.read_arrow(lake, tables.LABELS, version=version, files=files)
     return pl.from_arrow(table).cast(LABEL_SCHEMA).sort("customer_id")
 

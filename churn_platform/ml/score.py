@@ -284,12 +284,15 @@ def write_scores(lake: Lake, scores: pl.DataFrame, as_of: date) -> int:
 
 def read_scores(lake: Lake, as_of: date, version: int | None = None) -> pl.DataFrame:
     """The scores of `as_of` as written (`SCORES_SCHEMA`, most at risk first)."""
-    files = tables.data_files(lake, tables.SCORES, {"as_of": as_of}, version)
-    if not files:
-        raise ScoresMissing(
-            f"no churn scores for {as_of.isoformat()} in {tables.table_uri(lake, tables.SCORES)}: "
-            f"materialize churn_scores for {as_of.isoformat()} first"
-        )
+    files = tables.partition_files(
+        lake,
+        tables.SCORES,
+        {"as_of": as_of},
+        ScoresMissing,
+        what="churn scores",
+        producer="churn_scores",
+        version=version,
+    )
     scores = pl.from_arrow(tables.read_arrow(lake, tables.SCORES, version=version, files=files))
     return scores.sort(["churn_probability", "customer_id"], descending=[True, False])
 

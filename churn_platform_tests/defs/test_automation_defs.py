@@ -15,10 +15,10 @@ from threadpoolctl import threadpool_limits
 
 import churn_platform.defs.features.assets as feature_assets
 from churn_platform.definitions import resources_from_env
+from churn_platform.defs import tags
 from churn_platform.defs.automation import (
     AFTER_CHECKS_LABEL,
     AUTOMATION_SENSOR,
-    AUTOMATION_TAG,
     FOLLOW_LABEL,
 )
 from churn_platform.defs.features.checks import (
@@ -140,7 +140,7 @@ def test_training_schedule_requests_training_unless_a_run_is_in_progress(monkeyp
         instance=instance, scheduled_execution_time=datetime(2026, 11, 27, 3, tzinfo=UTC)
     )
     request = schedule.evaluate_tick(context).run_requests[0]
-    assert request.tags["churn-platform/trigger"] == TRAINING_SCHEDULE
+    assert request.tags[tags.TRIGGER] == TRAINING_SCHEDULE
     assert schedule.job_name == TRAINING_JOB
 
     job = definitions.resolve_job_def(TRAINING_JOB)
@@ -168,8 +168,8 @@ class UserCodeAutomation:
         self.definitions = dg.Definitions.merge(
             ingestion_definitions(),
             features_definitions(partitions=partitions),
-            ml_definitions(partitions),
-            monitoring_definitions(partitions),
+            ml_definitions(partitions=partitions),
+            monitoring_definitions(partitions=partitions),
             dg.Definitions(sensors=[sensor], resources=resources),
         )
         self.sensor = self.definitions.resolve_sensor_def(sensor.name)
@@ -305,7 +305,7 @@ def run_requested(definitions, instance, requested: dict, run_config: dict):
         asset_selection=list(requested),
         partition_key=partitions.pop(),
         instance=instance,
-        tags={AUTOMATION_TAG: AUTOMATION_SENSOR},
+        tags={tags.TRIGGER: AUTOMATION_SENSOR},
         run_config=run_config,
         raise_on_error=False,
     )

@@ -68,7 +68,7 @@ def run_features(
     """Run the features job (features, its checks, labels) for one partition."""
     churn = churn or ChurnDefinition("cancellation", horizon)
     definitions = dg.Definitions.merge(
-        features_definitions({START_DATE_ENV: "2024-01-01"}),
+        features_definitions(environ={START_DATE_ENV: "2024-01-01"}),
         dg.Definitions(
             resources={
                 "lake": LakeResource(root=lake.uri),

@@ -9,14 +9,10 @@ import dagster as dg
 import pytest
 
 from churn_platform.defs.ingestion.assets import REJECTED_RATE_CHECK, raw_customer_events
-from churn_platform.defs.ingestion.sensors import (
-    LAG_TAG,
-    LAG_TOTAL_TAG,
-    TRIGGER_REASON_TAG,
-    customer_events_sensor,
-)
+from churn_platform.defs.ingestion.sensors import customer_events_sensor
 from churn_platform.defs.resources.kafka import KafkaResource
 from churn_platform.defs.resources.lake import LakeResource
+from churn_platform.defs.tags import LAG, LAG_TOTAL, TRIGGER_REASON
 from churn_platform.lake.raw import read_raw_events
 from churn_platform.lake.store import Lake
 from churn_platform_tests.ingestion.test_extract import produce_round
@@ -155,7 +151,7 @@ def test_sensor_first_tick_nothing_new_new_data_and_broker_down(
     produce_round(kafka_settings, topic, seed=310, bad_fraction=0.0)
     first, cursor = tick(instance, kafka_settings, topic, lake)
     assert isinstance(first, dg.RunRequest)
-    assert first.tags[TRIGGER_REASON_TAG] == "new-data"
+    assert first.tags[TRIGGER_REASON] == "new-data"
     assert cursor and all(v >= 0 for v in json.loads(cursor).values())
 
     extract(instance, kafka_settings, topic, lake, first.tags)
@@ -191,8 +187,8 @@ def test_sensor_says_how_far_the_extract_is_behind(kafka_settings, topic, tmp_pa
     assert isinstance(request, dg.RunRequest)
     marks = high_watermarks(kafka_settings, topic)
     # nothing extracted yet: everything the broker reports is behind
-    assert request.tags[LAG_TAG] == format_lag(marks)
-    assert int(request.tags[LAG_TOTAL_TAG]) == sum(marks.values()) > 0
+    assert request.tags[LAG] == format_lag(marks)
+    assert int(request.tags[LAG_TOTAL]) == sum(marks.values()) > 0
 
     # the extract's ledger holds all of it: caught up
     extract(instance, kafka_settings, topic, lake, request.tags)
@@ -232,8 +228,8 @@ def test_sensor_retries_a_backlog_a_failed_extract_left_without_new_data(
     monkeypatch.setattr(sensors, "wall_clock", lambda: ended + sensors.RETRY_AFTER_S)
     retry, _ = tick(instance, kafka_settings, topic, lake, cursor)
     assert isinstance(retry, dg.RunRequest)
-    assert retry.tags[TRIGGER_REASON_TAG] == "backlog"
-    assert int(retry.tags[LAG_TOTAL_TAG]) > 0
+    assert retry.tags[TRIGGER_REASON] == "backlog"
+    assert int(retry.tags[LAG_TOTAL]) > 0
 
     # an extract that read something and still left a backlog (its cap): the next at once
     # (the extract job itself, as the daemon runs it: its run ends after its materialization)
@@ -256,7 +252,7 @@ def test_sensor_retries_a_backlog_a_failed_extract_left_without_new_data(
     monkeypatch.setattr(sensors, "wall_clock", time.time)
     after_cap, _ = tick(instance, kafka_settings, topic, lake, cursor)
     assert isinstance(after_cap, dg.RunRequest), after_cap
-    assert after_cap.tags[TRIGGER_REASON_TAG] == "backlog"
+    assert after_cap.tags[TRIGGER_REASON] == "backlog"
 
     # caught up: nothing more, however long it waits
     extract(instance, kafka_settings, topic, lake, after_cap.tags)

@@ -8,6 +8,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
+from churn_platform.defs import tags
 from churn_platform.defs.ml.definitions import TRAINING_JOB
 from churn_platform.defs.monitoring.assets import DRIFT_CHECK, FEATURE_DRIFT
 from churn_platform.defs.monitoring.sensors import DriftCursor, drift_retraining_sensor
@@ -135,9 +136,9 @@ def test_drift_sensor_skips_requests_and_moves_its_cursor(lake, ml_lake, instanc
     request, cursor = tick(instance, lake, TINY)  # same materialization, judged afresh
     assert isinstance(request, dg.RunRequest)
     champion = registry.read_champion(lake)["version"]
-    assert request.tags["churn-platform/trigger"] == "drift_retraining_sensor"
-    assert request.tags["churn-platform/drifted_champion"] == champion
-    assert float(request.tags["churn-platform/max_psi"]) > 0
+    assert request.tags[tags.TRIGGER] == "drift_retraining_sensor"
+    assert request.tags[tags.DRIFTED_CHAMPION] == champion
+    assert float(request.tags[tags.MAX_PSI]) > 0
     assert drift_retraining_sensor.job_name == TRAINING_JOB
     assert json.loads(cursor) == json.loads(calm_cursor)
 

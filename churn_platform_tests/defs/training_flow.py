@@ -41,8 +41,8 @@ def definitions_for(
     )
     return dg.Definitions.merge(
         features_definitions(partitions=partitions),
-        ml_definitions(partitions),
-        monitoring_definitions(partitions),
+        ml_definitions(partitions=partitions),
+        monitoring_definitions(partitions=partitions),
         dg.Definitions(
             resources={
                 "lake": LakeResource(root=lake.uri),

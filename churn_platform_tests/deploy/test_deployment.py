@@ -27,6 +27,7 @@ from dagster_postgres.utils import DagsterPostgresException
 from threadpoolctl import threadpool_limits
 
 from churn_platform.cli import main
+from churn_platform.defs.ingestion.assets import EXTRACT_JOB
 from churn_platform.defs.ml.schedules import TRAINING_CRON_ENV
 from churn_platform.defs.resources.drift import THRESHOLD_ENV
 from churn_platform.events.simulator import SimulatorConfig, produce_simulation
@@ -37,7 +38,7 @@ from churn_platform.kafka.producer import EventProducer
 from churn_platform.lake.store import Lake
 from churn_platform.ml import registry
 from churn_platform.ml.score import read_scores
-from churn_platform.runner import EXTRACT_JOB, PathOptions, run_platform
+from churn_platform.runner import PathOptions, run_platform
 from churn_platform_tests.cli.test_up_cluster import topic_contents
 from churn_platform_tests.defs.lake_builder import event
 from churn_platform_tests.deploy.deployment import HOST, Deployment, offsets_in_lake

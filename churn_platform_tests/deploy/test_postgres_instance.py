@@ -21,6 +21,7 @@ import yaml
 
 from churn_platform.definitions import defs
 from churn_platform.defs.ingestion.assets import EXTRACT_POOL, raw_customer_events_job
+from churn_platform.defs.tags import EXTRACT_CONCURRENCY
 from churn_platform.deploy import POSTGRES_DAGSTER_YAML
 from churn_platform.instance import PROJECT_DAGSTER_YAML
 from churn_platform.lake.store import Lake
@@ -73,7 +74,7 @@ def test_the_postgres_yaml_is_the_projects_instance_on_postgresql(
         settings = instance.get_concurrency_config()
         assert settings.pool_config.default_pool_limit == 1
         limits = {x["key"]: x["limit"] for x in settings.run_queue_config.tag_concurrency_limits}
-        assert limits["churn-platform/extract"] == 1
+        assert limits[EXTRACT_CONCURRENCY] == 1
         assert instance.run_monitoring_enabled
         job = defs().resolve_job_def(raw_customer_events_job.name)
         run = instance.create_run_for_job(job, status=dg.DagsterRunStatus.NOT_STARTED)

@@ -32,6 +32,7 @@ from churn_platform.features.pipeline import (
 )
 from churn_platform.features.reference import reference_features
 from churn_platform.lake import tables
+from churn_platform.lake.pending import PENDING_DIR
 from churn_platform.lake.store import Lake
 from churn_platform_tests.features.lake_factory import (
     event,
@@ -224,7 +225,7 @@ def test_a_rerun_replaces_the_output_never_duplicates(catalogue_lake):
     # the earlier runs stay readable by version: time travel
     assert_frame_equal(read_features(lake, AS_OF, version=first.version), whole)
     # nothing is left pending once a run committed
-    assert not lake.list_files(f"{tables.FEATURES.name}/{tables.PENDING_DIR}")
+    assert not lake.list_files(f"{tables.FEATURES.name}/{PENDING_DIR}")
 
 
 def test_command_line_entry_point(sim_lake, capsys):

@@ -13,7 +13,6 @@ and training only uses labelable dates, so nothing learns from a partial day.
 """
 
 import os
-import warnings
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
 
@@ -21,6 +20,7 @@ import dagster as dg
 
 from churn_platform.defs.features.assets import build_feature_assets
 from churn_platform.defs.features.checks import build_feature_checks
+from churn_platform.defs.preview import partitioned_checks
 from churn_platform.features.materialize import first_event_date
 from churn_platform.lake.store import DEFAULT_LAKE_ROOT, Lake, LakeError
 
@@ -59,18 +59,17 @@ def features_partitions(environ: Mapping[str, str] | None = None) -> dg.DailyPar
     )
 
 
-def _partitioned_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetChecksDefinition]:
-    # Partitioned checks are a Dagster preview; they are what lets each as-of
-    # date carry its own check results, so the warning is expected, not news.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", dg.PreviewWarning)
+def _checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetChecksDefinition]:
+    with partitioned_checks():
         return build_feature_checks(partitions)
 
 
 def features_definitions(
-    environ: Mapping[str, str] | None = None,
+    *,
     partitions: dg.PartitionsDefinition | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> dg.Definitions:
+    """Features and labels over `partitions` (default: `features_partitions(environ)`)."""
     partitions = partitions or features_partitions(environ)
     customer_features, churn_labels = build_feature_assets(partitions)
     features_job = dg.define_asset_job(
@@ -81,6 +80,6 @@ def features_definitions(
     )
     return dg.Definitions(
         assets=[customer_features, churn_labels],
-        asset_checks=_partitioned_checks(partitions),
+        asset_checks=_checks(partitions),
         jobs=[features_job],
     )

@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from churn_platform.defs import tags
 from churn_platform.defs.progress import report
 from churn_platform.defs.resources.kafka import KafkaResource
 from churn_platform.defs.resources.lake import LakeResource
@@ -12,7 +13,7 @@ from churn_platform.ingestion.extract import (
     format_lag,
 )
 
-EXTRACT_CONCURRENCY_TAG = "churn-platform/extract"
+EXTRACT_JOB = "raw_customer_events_job"
 LAG_NOTE = (
     "lag: what the topic holds beyond the ledger after this run (high watermark − end). The "
     "embedded broker reports the last batch's base offset as the high watermark, so there it "
@@ -116,8 +117,8 @@ def raw_customer_events(
 
 
 raw_customer_events_job = dg.define_asset_job(
-    "raw_customer_events_job",
+    EXTRACT_JOB,
     selection=[raw_customer_events],
-    tags={EXTRACT_CONCURRENCY_TAG: "true"},
+    tags={tags.EXTRACT_CONCURRENCY: "true"},
     description="Extract new customer events from Kafka into the lake.",
 )

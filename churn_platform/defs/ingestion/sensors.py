@@ -16,6 +16,7 @@ import time
 
 import dagster as dg
 
+from churn_platform.defs import tags
 from churn_platform.defs.ingestion.assets import raw_customer_events, raw_customer_events_job
 from churn_platform.defs.resources.kafka import KafkaResource
 from churn_platform.defs.resources.lake import LakeResource
@@ -25,10 +26,6 @@ from churn_platform.kafka.admin import BrokerUnavailable, high_watermarks
 from churn_platform.lake.raw import extracted_offsets
 from churn_platform.lake.store import LakeError
 
-LAG_TAG = "churn-platform/lag"
-LAG_TOTAL_TAG = "churn-platform/lag-total"
-TRIGGER_TAG = "churn-platform/trigger"
-TRIGGER_REASON_TAG = "churn-platform/trigger-reason"
 # a backlog no new data explains is retried this long after the last extract ended
 RETRY_AFTER_S = 30.0
 # the clock backlog retries are timed by (a test moves it)
@@ -129,9 +126,9 @@ def customer_events_sensor(
     context.update_cursor(json.dumps({str(p): o for p, o in sorted(marks.items())}))
     return dg.RunRequest(
         tags={
-            TRIGGER_TAG: "customer_events_sensor",
-            TRIGGER_REASON_TAG: trigger,
-            LAG_TAG: format_lag(lag),
-            LAG_TOTAL_TAG: str(sum(lag.values())) if lag else "unknown",
+            tags.TRIGGER: "customer_events_sensor",
+            tags.TRIGGER_REASON: trigger,
+            tags.LAG: format_lag(lag),
+            tags.LAG_TOTAL: str(sum(lag.values())) if lag else "unknown",
         },
     )

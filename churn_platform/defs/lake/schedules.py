@@ -10,7 +10,7 @@ from __future__ import annotations
 import dagster as dg
 
 from churn_platform.defs.lake.jobs import MAINTENANCE_JOB
-from churn_platform.defs.runs import job_in_progress
+from churn_platform.defs.runs import request_unless_running
 
 MAINTENANCE_SCHEDULE = "lake_maintenance_schedule"
 MAINTENANCE_CRON = "17 * * * *"
@@ -27,10 +27,10 @@ VACUUM_HOUR_UTC = 4
     "Skips while a maintenance run is in progress.",
 )
 def lake_maintenance_schedule(context: dg.ScheduleEvaluationContext):
-    if job_in_progress(context.instance, MAINTENANCE_JOB):
-        return dg.SkipReason(f"a {MAINTENANCE_JOB} run is already queued or running")
     vacuum = context.scheduled_execution_time.hour == VACUUM_HOUR_UTC
-    return dg.RunRequest(
+    return request_unless_running(
+        context.instance,
+        MAINTENANCE_JOB,
+        MAINTENANCE_SCHEDULE,
         run_config={"ops": {"maintain_lake_tables": {"config": {"vacuum": vacuum}}}},
-        tags={"churn-platform/trigger": MAINTENANCE_SCHEDULE},
     )

@@ -4,6 +4,7 @@ from collections.abc import Mapping
 
 import dagster as dg
 
+from churn_platform.defs.features.definitions import features_partitions
 from churn_platform.defs.ml.assets import (
     build_scores_asset,
     churn_champion,
@@ -17,12 +18,15 @@ SCORING_JOB = "scoring_job"
 
 
 def ml_definitions(
-    partitions: dg.PartitionsDefinition, environ: Mapping[str, str] | None = None
+    *,
+    partitions: dg.PartitionsDefinition | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> dg.Definitions:
     """ML assets; `churn_scores` shares the feature tables' as-of partitions.
 
     `environ` (default: the process environment) may set `CHURN_TRAINING_CRON`.
     """
+    partitions = partitions or features_partitions(environ)
     churn_scores = build_scores_asset(partitions)
     training_job = dg.define_asset_job(
         TRAINING_JOB,

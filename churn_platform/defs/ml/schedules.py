@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 import dagster as dg
 
-from churn_platform.defs.runs import job_in_progress
+from churn_platform.defs.runs import request_unless_running
 
 TRAINING_CRON_ENV = "CHURN_TRAINING_CRON"
 DEFAULT_TRAINING_CRON = "0 3 * * *"
@@ -29,9 +29,7 @@ def build_training_schedule(
     cron = training_cron(environ)
 
     def training_schedule(context: dg.ScheduleEvaluationContext):
-        if job_in_progress(context.instance, job_name):
-            return dg.SkipReason(f"a {job_name} run is already queued or running")
-        return dg.RunRequest(tags={"churn-platform/trigger": TRAINING_SCHEDULE})
+        return request_unless_running(context.instance, job_name, TRAINING_SCHEDULE)
 
     try:
         return dg.schedule(

@@ -8,12 +8,12 @@ is the job of `drift_retraining_sensor`, which reads the materializations this
 asset writes.
 """
 
-import warnings
 from datetime import date
 
 import dagster as dg
 
 from churn_platform.defs.automation import eager_after_checks
+from churn_platform.defs.preview import partitioned_checks
 from churn_platform.defs.resources.drift import DriftResource
 from churn_platform.defs.resources.lake import LakeResource
 from churn_platform.ml import plots
@@ -32,10 +32,7 @@ WORST_FEATURE = "worst_feature"
 
 
 def _drift_check_spec(partitions_def: dg.PartitionsDefinition) -> dg.AssetCheckSpec:
-    # Partitioned checks are a Dagster preview; they give each as-of date its own
-    # result (as the feature checks do), so the warning is expected, not news.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", dg.PreviewWarning)
+    with partitioned_checks():
         return dg.AssetCheckSpec(
             DRIFT_CHECK,
             asset=FEATURE_DRIFT,

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
+from churn_platform.defs import tags
 from churn_platform.defs.ml.definitions import TRAINING_JOB
 from churn_platform.defs.monitoring.assets import (
     CHAMPION_VERSION,
@@ -29,7 +30,6 @@ from churn_platform.defs.runs import job_in_progress
 from churn_platform.lake.store import LakeError
 from churn_platform.ml import registry
 
-TRIGGER_TAG = "churn-platform/trigger"
 RECORDS_PER_TICK = 100
 
 
@@ -125,9 +125,9 @@ def drift_retraining_sensor(
         )
     return dg.RunRequest(
         tags={
-            TRIGGER_TAG: "drift_retraining_sensor",
-            "churn-platform/max_psi": f"{max_psi:.4f}",
-            "churn-platform/drift_as_of": str(as_of),
-            "churn-platform/drifted_champion": str(measured),
+            tags.TRIGGER: "drift_retraining_sensor",
+            tags.MAX_PSI: f"{max_psi:.4f}",
+            tags.DRIFT_AS_OF: str(as_of),
+            tags.DRIFTED_CHAMPION: str(measured),
         },
     )
