@@ -310,11 +310,12 @@ class Champion(msgspec.Struct, frozen=True, kw_only=True):
     """champion.json, and each line of promotions.jsonl: which version serves, since when, why.
 
     Stored as JSON objects by field name; files written before this type read the same.
+    Only `version` is required, as it was: a champion.json written by hand names just that.
     """
 
     version: str
-    promoted_at: str  # ISO 8601, UTC, seconds
-    reason: str
+    promoted_at: str = ""  # ISO 8601, UTC, seconds
+    reason: str = ""
     metrics: dict[str, Any] = msgspec.field(default_factory=dict)  # the version's metrics.json
     previous: str | None = None  # the version that served before it
 

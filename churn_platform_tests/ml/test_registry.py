@@ -458,6 +458,9 @@ def test_champion_files_written_before_the_champion_type_still_read(lake, candid
     assert registry.read_champion(lake) == expected
     assert registry.read_promotions(lake) == [expected]
     assert registry.load_champion(lake).version == version
+    # the old reader asked only for a version: a champion.json written by hand
+    lake.write_bytes(registry.CHAMPION_FILE, json.dumps({"version": version}).encode())
+    assert registry.read_champion(lake) == Champion(version=version)
     # and what is written now has the same form, byte for byte
     registry.promote(lake, version, reason="first model", now=T0)
     assert lake.read_bytes(registry.CHAMPION_FILE).decode() == old.replace(
