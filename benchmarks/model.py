@@ -130,7 +130,10 @@ def child_train(lake_root: str, save: bool) -> dict:
         "calibration_rows": trained.split.calibration.height,
         "holdout_rows": trained.split.holdout.height,
         "features": len(trained.features),
-        "holdout_roc_auc": {k: m["roc_auc"] for k, m in trained.metrics.items()},
+        "holdout_roc_auc": {
+            "candidate": trained.metrics.candidate.roc_auc,
+            "baseline": trained.metrics.baseline.roc_auc,
+        },
         "peak_rss_mib_after_reading_training_set": loaded_mib,
         "peak_rss_mib": _peak_mib(),
     }

@@ -165,11 +165,11 @@ def comparison(lake, version: str) -> dict:
         "holdout_rows": int(len(y)),
         "holdout_churn_rate": round(float(y.mean()), 4),
         "metrics": {
-            name: {**m, **({"brier": evaluate(y, s)["brier"]} if s.max() <= 1 else {})}
+            name: {**m, **({"brier": evaluate(y, s).brier} if s.max() <= 1 else {})}
             for (name, m), s in zip(metrics.items(), scores.values(), strict=True)
         },
         "champion_minus": differences,
-        "gate": record.gate["reasons"],
+        "gate": record.gate.reasons,
         "dropped_features": record.training.get("dropped_features", {}),
     }
 

@@ -264,13 +264,13 @@ def stage_model(args: dict) -> dict:
 
     out = _ml_job(args, "scale_model")
     lake = Lake(args["lake"])
-    champion = registry.read_champion(lake) or {}
-    record = registry.read_record(lake, champion["version"]) if champion else None
+    champion = registry.read_champion(lake)
+    record = registry.read_record(lake, champion.version) if champion else None
     if record is not None:
         out.update(
-            version=champion["version"],
-            holdout_roc_auc=round(record.metrics["candidate"]["roc_auc"], 4),
-            baseline_roc_auc=round(record.metrics["baseline"]["roc_auc"], 4),
+            version=champion.version,
+            holdout_roc_auc=round(record.evaluation.candidate.roc_auc, 4),
+            baseline_roc_auc=round(record.evaluation.baseline.roc_auc, 4),
             fitted_rows=record.training.get("train_rows"),
             served_rows=record.training.get("served_rows"),
         )

@@ -325,10 +325,11 @@ def _model_summary(lake: Lake, outcome: dg.ExecuteInProcessResult) -> dict:
         return {}
     version = materialized[0].metadata["version"].value
     record = registry.read_record(lake, version)
-    champion = registry.read_champion(lake) or {}
+    champion = registry.read_champion(lake)
     training = read_training_set(lake)
-    candidate, baseline = record.metrics["candidate"], record.metrics["baseline"]
-    passed = bool(record.gate["passed"])
+    evaluation = record.evaluation
+    candidate, baseline = evaluation.candidate, evaluation.baseline
+    passed = record.gate.passed
     return {
         "training_rows": training.rows,
         "training_as_of_dates": [d.isoformat() for d in training.dates],
@@ -337,19 +338,19 @@ def _model_summary(lake: Lake, outcome: dg.ExecuteInProcessResult) -> dict:
         "served_rows": record.training.get("served_rows", 0),
         "candidate_version": version,
         "gate_passed": passed,
-        "gate_reasons": list(record.gate["reasons"]),
-        "champion_version": champion.get("version") if passed else None,
-        "champion_holdout_roc_auc": candidate["roc_auc"],
-        "champion_holdout_pr_auc": candidate["pr_auc"],
-        "champion_holdout_brier": candidate["brier"],
-        "champion_top_decile_lift": candidate["top_decile_lift"],
-        "champion_top_decile_capture": candidate["top_decile_capture"],
-        "baseline_holdout_roc_auc": baseline["roc_auc"],
-        "baseline_holdout_pr_auc": baseline["pr_auc"],
-        "baseline_holdout_brier": baseline["brier"],
-        "baseline_top_decile_lift": baseline["top_decile_lift"],
-        "holdout_rows": candidate["rows"],
-        "holdout_churn_rate": candidate["base_rate"],
+        "gate_reasons": list(record.gate.reasons),
+        "champion_version": champion.version if champion and passed else None,
+        "champion_holdout_roc_auc": candidate.roc_auc,
+        "champion_holdout_pr_auc": candidate.pr_auc,
+        "champion_holdout_brier": candidate.brier,
+        "champion_top_decile_lift": candidate.top_decile_lift,
+        "champion_top_decile_capture": candidate.top_decile_capture,
+        "baseline_holdout_roc_auc": baseline.roc_auc,
+        "baseline_holdout_pr_auc": baseline.pr_auc,
+        "baseline_holdout_brier": baseline.brier,
+        "baseline_top_decile_lift": baseline.top_decile_lift,
+        "holdout_rows": candidate.rows,
+        "holdout_churn_rate": candidate.base_rate,
         "dropped_features": record.training.get("dropped_features", {}),
     }
 

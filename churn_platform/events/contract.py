@@ -7,6 +7,7 @@ it; the simulator, replay and the lake schema are built from the same constants.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -132,9 +133,26 @@ QUARANTINE_SCHEMA = pa.schema(
 )
 
 
-def quarantine_table(columns) -> pa.Table:
-    """Quarantine rows given column by column, in `QUARANTINE_SCHEMA` order."""
+@dataclass(frozen=True, slots=True)
+class QuarantineRow:
+    """One rejected message as the quarantine tables store it (`QUARANTINE_SCHEMA`).
+
+    `quarantined_at` is epoch milliseconds or an aware datetime (Arrow takes both).
+    """
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    reason: str
+    detail: str
+    quarantined_at: int | datetime
+
+
+def quarantine_table(rows: Sequence[QuarantineRow]) -> pa.Table:
+    """The rows as a table of `QUARANTINE_SCHEMA`, each column taken by its name."""
     return pa.table(
-        [pa.array(c, type=f.type) for c, f in zip(columns, QUARANTINE_SCHEMA, strict=True)],
+        [pa.array([getattr(r, f.name) for r in rows], type=f.type) for f in QUARANTINE_SCHEMA],
         schema=QUARANTINE_SCHEMA,
     )

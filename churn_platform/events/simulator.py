@@ -411,7 +411,35 @@ class _Day:
     tails: list[str] | None  # JSON after "ts" (value, attributes), for live formatting
     values: list[bytes] | None  # complete JSON, for batch
     type_counts: np.ndarray
-    bad: list[tuple[int, str, int, str]]  # (insert position, reason, variant, customer id)
+    bad: list[_BadInsertion]
+
+
+@dataclass(frozen=True)
+class _BadInsertion:
+    """A malformed message to insert among a day's valid ones."""
+
+    position: int  # how many of the day's valid messages go before it
+    reason: str  # the reason code validation must give it
+    variant: int  # which way of breaking that rule (`malformed_message`)
+    customer_id: str
+
+
+@dataclass(frozen=True)
+class _DayOutcome:
+    """What one day did to each active customer: element i is customer `idx[i]`'s."""
+
+    idx: np.ndarray  # positions in the state arrays of the customers active today
+    is_new: np.ndarray  # signed up today
+    start: np.ndarray  # fraction of the day their activity starts (signup time, else 0)
+    end: np.ndarray  # ... and ends (cancellation time, else 1)
+    log_e: np.ndarray
+    failed: np.ndarray  # a charge failed today
+    attempt: np.ndarray  # failed charges in a row, after today's
+    tickets: np.ndarray  # support tickets opened today
+    changed: np.ndarray  # changed plan today
+    plan: np.ndarray  # plan after today's change
+    cancel: np.ndarray  # cancelled today
+    involuntary: np.ndarray  # ... because payments kept failing
 
 
 @dataclass
@@ -506,7 +534,7 @@ class _Business:
             recent_tickets=np.zeros(k),
         )
 
-    def step(self, day: int) -> dict[str, np.ndarray]:
+    def step(self, day: int) -> _DayOutcome:
         """Advance the state by one day; returns what happened to each active customer."""
         p = self.pop
         if day >= self.config.days:
@@ -585,31 +613,31 @@ class _Business:
         end = np.where(cancel, start + (1.0 - start) * rng.uniform(0.05, 1.0, n), 1.0)
         p.status[idx[cancel]] = 2
         p.dunning[idx[cancel]] = 0
-        return {
-            "idx": idx,
-            "is_new": is_new,
-            "start": start,
-            "end": end,
-            "log_e": log_e,
-            "failed": failed,
-            "attempt": dunning,
-            "tickets": tickets,
-            "changed": upgrade | downgrade,
-            "plan": plan,
-            "cancel": cancel,
-            "involuntary": involuntary,
-        }
+        return _DayOutcome(
+            idx=idx,
+            is_new=is_new,
+            start=start,
+            end=end,
+            log_e=log_e,
+            failed=failed,
+            attempt=dunning,
+            tickets=tickets,
+            changed=upgrade | downgrade,
+            plan=plan,
+            cancel=cancel,
+            involuntary=involuntary,
+        )
 
-    def events(self, day: int, day_start_ms: int, s: dict[str, np.ndarray]) -> pl.DataFrame:
+    def events(self, day: int, day_start_ms: int, s: _DayOutcome) -> pl.DataFrame:
         """The day's events as columns (customer, ts_ms, type, value, attribute code), sorted."""
         p = self.pop
         rng = np.random.default_rng([self.config.seed, 2, day])
-        idx, start, end = s["idx"], s["start"], s["end"]
+        idx, start, end = s.idx, s.start, s.end
         span = end - start
         weekday = datetime.fromtimestamp(day_start_ms / 1000 + 43_200, UTC).weekday()
         level = (
             p.activity[idx]
-            * np.exp(s["log_e"])
+            * np.exp(s.log_e)
             * span
             * (WEEKEND_FACTOR if weekday >= 5 else 1.0)
             * self.config.activity_scale
@@ -617,7 +645,7 @@ class _Business:
         counts = rng.poisson(level[:, None] * ACTIVITY_RATES[None, :])
         # Purchases follow engagement, not the customer's activity level.
         counts[:, 3] = rng.poisson(
-            ACTIVITY_RATES[3] * np.exp(s["log_e"]) * span * self.config.activity_scale
+            ACTIVITY_RATES[3] * np.exp(s.log_e) * span * self.config.activity_scale
         )
 
         pos_parts: list[np.ndarray] = []  # position in `idx` of each event
@@ -626,10 +654,10 @@ class _Business:
             pos = np.repeat(np.arange(idx.size), counts[:, j])
             pos_parts.append(pos)
             type_parts.append(np.full(pos.size, code, dtype=np.int8))
-        pos = np.repeat(np.arange(idx.size), s["tickets"])
+        pos = np.repeat(np.arange(idx.size), s.tickets)
         pos_parts.append(pos)
         type_parts.append(np.full(pos.size, T_TICKET, dtype=np.int8))
-        for mask, code in ((s["failed"], T_PAYMENT), (s["changed"], T_CHANGED)):
+        for mask, code in ((s.failed, T_PAYMENT), (s.changed, T_CHANGED)):
             pos = np.flatnonzero(mask)
             pos_parts.append(pos)
             type_parts.append(np.full(pos.size, code, dtype=np.int8))
@@ -637,8 +665,8 @@ class _Business:
         activity_type = np.concatenate(type_parts)
         frac = start[activity_pos] + span[activity_pos] * rng.random(activity_pos.size)
 
-        started = np.flatnonzero(s["is_new"])
-        cancelled = np.flatnonzero(s["cancel"])
+        started = np.flatnonzero(s.is_new)
+        cancelled = np.flatnonzero(s.cancel)
         pos = np.concatenate([started, activity_pos, cancelled])
         etype = np.concatenate(
             [
@@ -659,7 +687,7 @@ class _Business:
         attr[sel] = _ATTR_OFFSET["device"] + rng.choice(len(DEVICES), sel.sum(), p=DEVICE_WEIGHTS)
         sel = etype == T_SESSION
         value[sel] = np.round(
-            rng.lognormal(np.log(420.0), 0.9, sel.sum()) * np.exp(0.4 * s["log_e"][pos[sel]])
+            rng.lognormal(np.log(420.0), 0.9, sel.sum()) * np.exp(0.4 * s.log_e[pos[sel]])
         )
         sel = etype == T_FEATURE
         attr[sel] = _ATTR_OFFSET["feature"] + rng.choice(
@@ -669,12 +697,12 @@ class _Business:
         value[sel] = np.round(rng.lognormal(np.log(25.0), 0.8, sel.sum()), 2)
         sel = etype == T_TICKET
         category = rng.choice(len(TICKET_CATEGORIES), sel.sum(), p=TICKET_WEIGHTS)
-        category = np.where(s["failed"][pos[sel]], 0, category)  # failed payments → billing
+        category = np.where(s.failed[pos[sel]], 0, category)  # failed payments → billing
         attr[sel] = _ATTR_OFFSET["ticket"] + category
         sel = etype == T_PAYMENT
         cust_sel = cust[sel]
         value[sel] = _MRR_TABLE[p.plan[cust_sel], p.discount[cust_sel]]
-        attr[sel] = _ATTR_OFFSET["attempt"] + s["attempt"][pos[sel]] - 1
+        attr[sel] = _ATTR_OFFSET["attempt"] + s.attempt[pos[sel]] - 1
         sel = etype == T_CHANGED
         cust_sel = cust[sel]
         attr[sel] = (
@@ -692,7 +720,7 @@ class _Business:
             + p.country[cust_sel]
         )
         sel = etype == T_CANCEL
-        attr[sel] = _ATTR_OFFSET["cancel"] + s["involuntary"][pos[sel]]
+        attr[sel] = _ATTR_OFFSET["cancel"] + s.involuntary[pos[sel]]
 
         frame = pl.DataFrame(
             {
@@ -743,7 +771,7 @@ class _BadInjector:
         self.valid = 0
         self.bad = 0
 
-    def plan(self, customer_ids: list[str]) -> list[tuple[int, str, int, str]]:
+    def plan(self, customer_ids: list[str]) -> list[_BadInsertion]:
         n = len(customer_ids)
         self.valid += n
         if self.fraction <= 0 or n == 0:
@@ -760,7 +788,11 @@ class _BadInjector:
             number = self.bad + j
             reasons = Reason.ALL
             reason = reasons[number % len(reasons)]
-            plan.append((int(positions[j]), reason, number // len(reasons), customer_ids[who[j]]))
+            plan.append(
+                _BadInsertion(
+                    int(positions[j]), reason, number // len(reasons), customer_ids[who[j]]
+                )
+            )
         self.bad = target
         return plan
 
@@ -815,8 +847,8 @@ def malformed_message(reason: str, variant: int, customer_id: str, ts: str, even
     raise ValueError(f"unknown reason code {reason!r}; expected one of {Reason.ALL}")
 
 
-def _bad_sim_message(tag: str, spec: tuple[int, str, int, str], ts: str) -> SimMessage:
-    _, reason, variant, customer_id = spec
+def _bad_sim_message(tag: str, bad: _BadInsertion, ts: str) -> SimMessage:
+    reason, variant, customer_id = bad.reason, bad.variant, bad.customer_id
     number = variant * len(Reason.ALL) + Reason.ALL.index(reason)
     value = malformed_message(reason, variant, customer_id, ts, f"{tag}-bad-{number}")
     return SimMessage(customer_id.encode(), value, None, None, reason)
@@ -906,12 +938,11 @@ def _day_messages(day: _Day, tag: str) -> Iterator[SimMessage]:
         return
     done = 0
     n = len(day.event_ids)
-    for spec in day.bad:
-        position = spec[0]
-        yield from itertools.islice(valid, position - done)
-        done = position
-        template = day.ts_ms[min(position, n - 1)] if n else 0
-        yield _bad_sim_message(tag, spec, format_ts(int(template)))
+    for bad in day.bad:
+        yield from itertools.islice(valid, bad.position - done)
+        done = bad.position
+        template = day.ts_ms[min(bad.position, n - 1)] if n else 0
+        yield _bad_sim_message(tag, bad, format_ts(int(template)))
     yield from valid
 
 
@@ -945,7 +976,7 @@ def _live_messages(config: SimulatorConfig, clock: Callable[[], int]) -> Iterato
         next_bad = next(bad, None)
         rows = zip(day.event_ids, day.customer_ids, day.event_types, day.tails, strict=True)
         for position, (event_id, customer_id, event_type, tail) in enumerate(rows):
-            while next_bad is not None and next_bad[0] == position:
+            while next_bad is not None and next_bad.position == position:
                 yield _bad_sim_message(tag, next_bad, format_ts(clock()))
                 next_bad = next(bad, None)
             ts_ms = clock()
@@ -994,8 +1025,8 @@ class _Tally:
         n = len(day.event_ids)
         s.messages_produced += n + len(day.bad)
         s.events_valid_produced += n
-        for spec in day.bad:
-            self.bad[spec[1]] += 1
+        for bad in day.bad:
+            self.bad[bad.reason] += 1
         for code, count in enumerate(day.type_counts.tolist()):
             if count:
                 self.types[EVENT_TYPES[code]] += count

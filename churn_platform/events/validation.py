@@ -182,16 +182,25 @@ def validate(
     )
 
 
+@dataclass(frozen=True, slots=True, order=True)
+class BatchReject:
+    """A message of a batch that broke the contract: its input position, and why."""
+
+    position: int
+    reason: str
+    detail: str
+
+
 def _decode_all(
     values: list[bytes | None], max_bytes: int
-) -> tuple[list[_WireEvent], list[int] | None, list[tuple[int, str, str]]]:
+) -> tuple[list[_WireEvent], list[int] | None, list[BatchReject]]:
     """Decode every value; returns (decoded, their input positions, rejects).
 
     `list.extend(map(decode, ...))` runs the loop in C and keeps what it decoded
     before an exception, so a bad message costs one Python-level step and the
     loop resumes right after it. Positions are None when nothing was rejected.
     """
-    rejects: list[tuple[int, str, str]] = []
+    rejects: list[BatchReject] = []
     skip: set[int] = set()
     if (
         None in values
@@ -201,7 +210,7 @@ def _decode_all(
         for i, raw in enumerate(values):
             rejection = _precheck(raw, max_bytes)
             if rejection is not None:
-                rejects.append((i, rejection.reason, rejection.detail))
+                rejects.append(BatchReject(i, rejection.reason, rejection.detail))
                 skip.add(i)
     candidates = [i for i in range(len(values)) if i not in skip] if skip else None
     todo = values if candidates is None else [values[i] for i in candidates]
@@ -222,12 +231,12 @@ def _decode_all(
     for bad in failed:
         i = bad if candidates is None else candidates[bad]
         rejection = _decode(todo[bad])
-        rejects.append((i, rejection.reason, rejection.detail))
+        rejects.append(BatchReject(i, rejection.reason, rejection.detail))
 
     if not rejects:
         return wires, None, rejects
     rejects.sort()
-    rejected = {i for i, _, _ in rejects}
+    rejected = {r.position for r in rejects}
     positions = [i for i in range(len(values)) if i not in rejected]
     return wires, positions, rejects
 
@@ -238,12 +247,13 @@ class ValidatedBatch:
 
     `events` has one row per valid message (columns event_id, customer_id,
     event_type, ts, value, attributes, event_date) and `indices` says which
-    input position each row came from; `rejects` lists (position, reason, detail).
+    input position each row came from; `rejects` says which positions broke the
+    contract and why, in position order.
     """
 
     events: pa.Table
     indices: pa.Array
-    rejects: list[tuple[int, str, str]]
+    rejects: list[BatchReject]
 
 
 def _timestamps_ms(values: list) -> pa.Array:
@@ -322,7 +332,8 @@ def validate_batch(
         for row in pc.indices_nonzero(bad).to_pylist():
             wire = wires[row]
             r = _post_checks(wire, _ts_ms(wire.ts), now)
-            rejects.append((row if positions is None else positions[row], r.reason, r.detail))
+            position = row if positions is None else positions[row]
+            rejects.append(BatchReject(position, r.reason, r.detail))
         rejects.sort()
         keep = pc.invert(bad)
 

@@ -40,6 +40,7 @@ import pyarrow as pa
 from churn_platform.events.contract import (
     DEFAULT_MAX_MESSAGE_BYTES,
     EVENTS_TOPIC,
+    QuarantineRow,
     quarantine_table,
 )
 from churn_platform.events.validation import now_ms, validate_batch
@@ -606,7 +607,7 @@ class _Sink:
         self.topic = topic
         self.outcomes = outcomes
         self.tables: list[pa.Table] = []
-        self.rejects: list[tuple] = []
+        self.rejects: list[QuarantineRow] = []
         self.buffered_rows = 0
         self.rows_added = 0  # valid rows and rejects seen so far (for progress)
         self.rejects_added = 0
@@ -633,19 +634,20 @@ class _Sink:
             self.tables.append(table)
             self.buffered_rows += n
             self.rows_added += n
-        for position, reason, detail in batch.rejects:
+        for reject in batch.rejects:
+            position = reject.position
             if chunk.offsets[position] < self.skip_rejects_below.get(chunk.partitions[position], 0):
                 continue  # committed to the quarantine by a run that crashed before its raw commit
             self.rejects.append(
-                (
-                    self.topic,
-                    chunk.partitions[position],
-                    chunk.offsets[position],
-                    chunk.messages[position].key(),
-                    chunk.values[position],
-                    reason,
-                    detail,
-                    now,
+                QuarantineRow(
+                    topic=self.topic,
+                    partition=chunk.partitions[position],
+                    offset=chunk.offsets[position],
+                    key=chunk.messages[position].key(),
+                    value=chunk.values[position],
+                    reason=reject.reason,
+                    detail=reject.detail,
+                    quarantined_at=now,
                 )
             )
         self.buffered_rows += len(batch.rejects)
@@ -692,33 +694,32 @@ class _Sink:
                 )
                 start += count
         if self.rejects:
-            by_partition: dict[int, list[tuple]] = {}
+            by_partition: dict[int, list[QuarantineRow]] = {}
             for row in self.rejects:
-                by_partition.setdefault(row[1], []).append(row)
+                by_partition.setdefault(row.partition, []).append(row)
             self.rejects = []
             for partition, rows in by_partition.items():
-                columns = list(zip(*rows, strict=True))
-                table = quarantine_table(columns)
-                first, last = min(columns[2]), max(columns[2])
+                offsets = [row.offset for row in rows]
+                first, last = min(offsets), max(offsets)
                 self._submit(
                     tables.QUARANTINE,
                     partition,
                     {},
                     f"{self.topic}-p{partition}-{first:020d}-{last:020d}",
-                    table,
+                    quarantine_table(rows),
                     0,
-                    Counter(columns[5]),
+                    Counter(row.reason for row in rows),
                 )
                 if self.dead_letters is not None:
-                    for topic, part, offset, key, value, reason, detail, _ in rows:
+                    for row in rows:
                         self.dead_letters.send(
                             self.dead_letter_topic,
-                            value,
-                            key,
+                            row.value,
+                            row.key,
                             headers=[
-                                ("reason", reason.encode()),
-                                ("detail", detail.encode()[:1000]),
-                                ("source", f"{topic}/{part}/{offset}".encode()),
+                                ("reason", row.reason.encode()),
+                                ("detail", row.detail.encode()[:1000]),
+                                ("source", f"{row.topic}/{row.partition}/{row.offset}".encode()),
                             ],
                         )
         self.buffered_rows = 0

@@ -245,7 +245,7 @@ def champion_reference(
             f"no champion yet: {lake.url(registry.CHAMPION_FILE)} does not exist; drift is "
             "measured against the champion's training rows, so train and promote one first"
         )
-    record = registry.read_record(lake, champion["version"])
+    record = registry.read_record(lake, champion.version)
     training = read_training_set(lake)
     rows = training.table
     span = parse_date_span(record.training.get("train_dates"))
@@ -267,7 +267,7 @@ def champion_reference(
     return Reference(
         table=model_input(rows, record.features, record.spec),
         features=list(record.features),
-        champion_version=champion["version"],
+        champion_version=champion.version,
         source=source,
         dates=dates,
     )

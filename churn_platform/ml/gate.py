@@ -29,7 +29,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
+import msgspec
 import numpy as np
 
 DEFAULT_CONFIDENCE = 0.95
@@ -90,6 +92,31 @@ class Verdict:
 
     def failed(self) -> list[Rule]:
         return [rule for rule in self.rules if not rule.passed]
+
+
+class GateDecision(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """gate.json of a model version: may it serve, and every rule's line.
+
+    Stored as a JSON object by field name; the fields with defaults came later
+    (a gate.json without them reads with them empty).
+    """
+
+    passed: bool
+    reasons: list[str]
+    failed_rules: list[str] = msgspec.field(default_factory=list)
+    quality: dict[str, Any] = msgspec.field(default_factory=dict)  # the quality check's details
+    regression: dict[str, Any] = msgspec.field(default_factory=dict)  # no_regression's details
+
+    @classmethod
+    def of(cls, quality: Verdict, regression: Verdict) -> GateDecision:
+        """The decision of churn_model's two checks: passed when every rule of both did."""
+        return cls(
+            passed=quality.passed and regression.passed,
+            reasons=quality.reasons() + regression.reasons(),
+            failed_rules=[rule.name for rule in quality.failed() + regression.failed()],
+            quality=dict(quality.details),
+            regression=dict(regression.details),
+        )
 
 
 # --- the noise ---------------------------------------------------------------------

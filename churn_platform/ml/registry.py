@@ -8,7 +8,7 @@ Layout::
     models/churn/<version>/baseline.skops   the logistic baseline it was compared with (optional)
     models/churn/<version>/metrics.json     evaluation metrics
     models/churn/<version>/features.json    the feature columns, in the model's order
-    models/churn/<version>/gate.json        {"passed": bool, "reasons": [...]}: may it serve?
+    models/churn/<version>/gate.json        {"passed": bool, "reasons": [...], ...}: may it serve?
     models/churn/<version>/training.json    how it was trained (data range, rows, seed, churn
                                             definition, feature spec, ...)
     models/churn/<version>/card.md          the model card, for people
@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, Literal
 
+import msgspec
 import numpy as np
 import polars as pl
 import skops.io
@@ -48,6 +49,8 @@ from churn_platform.features.definitions import FeatureSpec
 from churn_platform.lake.store import Lake, LakeError
 from churn_platform.ml.estimators import positive_probability
 from churn_platform.ml.frame import model_input
+from churn_platform.ml.gate import GateDecision
+from churn_platform.ml.metrics import EvaluationMetrics
 
 MODELS_DIR = "models/churn"
 CHAMPION_FILE = f"{MODELS_DIR}/champion.json"
@@ -160,11 +163,21 @@ class ModelRecord:
 
     version: str
     features: list[str]
-    metrics: dict
-    gate: dict  # {"passed": bool, "reasons": [str, ...]}
+    metrics: dict  # metrics.json as stored; `evaluation` reads it as the record churn_model writes
+    gate: GateDecision
     training: dict  # free-form: data range, rows, seed, ...
     created_at: str
     card: str  # markdown
+
+    @property
+    def evaluation(self) -> EvaluationMetrics:
+        """metrics.json as `EvaluationMetrics` (every version churn_model saved has that form)."""
+        try:
+            return EvaluationMetrics.from_dict(self.metrics)
+        except msgspec.ValidationError as exc:
+            raise ModelCorrupt(
+                f"metrics.json of model version {self.version} is not a model evaluation: {exc}"
+            ) from exc
 
     @property
     def churn(self) -> ChurnDefinition:
@@ -201,8 +214,8 @@ def save_model(
     estimator: object,
     *,
     features: list[str],
-    metrics: dict,
-    gate: dict,
+    metrics: EvaluationMetrics | dict,
+    gate: GateDecision | dict,
     training: dict,
     card: str,
     baseline: object | None = None,
@@ -295,19 +308,27 @@ def load_evaluated(lake: Lake, version: str) -> LoadedModel:
 # champion --------------------------------------------------------------------
 
 
-def read_champion(lake: Lake) -> dict | None:
-    """champion.json as a dict, or None before the first promotion."""
+class Champion(msgspec.Struct, frozen=True, kw_only=True):
+    """champion.json, and each line of promotions.jsonl: which version serves, since when, why.
+
+    Stored as JSON objects by field name; files written before this type read the same.
+    Only `version` is required, as it was: a champion.json written by hand names just that.
+    """
+
+    version: str
+    promoted_at: str = ""  # ISO 8601, UTC, seconds
+    reason: str = ""
+    metrics: dict[str, Any] = msgspec.field(default_factory=dict)  # the version's metrics.json
+    previous: str | None = None  # the version that served before it
+
+
+def read_champion(lake: Lake) -> Champion | None:
+    """champion.json, or None before the first promotion."""
     try:
         raw = lake.read_bytes(CHAMPION_FILE)
     except FileNotFoundError:
         return None
-    champion = _parse_json(lake, CHAMPION_FILE, raw)
-    if not isinstance(champion, dict) or not isinstance(champion.get("version"), str):
-        raise ModelCorrupt(
-            f"{lake.url(CHAMPION_FILE)} does not name a version: promote one again "
-            "(materialize churn_champion)"
-        )
-    return champion
+    return _champion(lake, CHAMPION_FILE, _parse_json(lake, CHAMPION_FILE, raw))
 
 
 def load_champion(lake: Lake) -> LoadedModel:
@@ -319,16 +340,16 @@ def load_champion(lake: Lake) -> LoadedModel:
             "materialize churn_model and churn_champion to train and promote one"
         )
     try:
-        return load_model(lake, champion["version"])
+        return load_model(lake, champion.version)
     except ModelMissing as exc:
         raise ModelMissing(
-            f"the champion in {lake.url(CHAMPION_FILE)} is version {champion['version']}, "
+            f"the champion in {lake.url(CHAMPION_FILE)} is version {champion.version}, "
             f"which cannot be found: {exc}"
         ) from exc
 
 
-def promote(lake: Lake, version: str, *, reason: str, now: datetime | None = None) -> dict:
-    """Make `version` the champion; returns the new champion.json content.
+def promote(lake: Lake, version: str, *, reason: str, now: datetime | None = None) -> Champion:
+    """Make `version` the champion; returns what champion.json now says.
 
     Only a version whose gate passed may serve, and only one that loads: it is
     loaded (checksums, trusted types) before anything is written, so the
@@ -338,32 +359,36 @@ def promote(lake: Lake, version: str, *, reason: str, now: datetime | None = Non
     Promotions are expected to run one at a time (a single Dagster asset).
     """
     record = read_record(lake, version)
-    if not record.gate.get("passed"):
-        reasons = "; ".join(record.gate.get("reasons") or []) or "no reasons recorded"
+    if not record.gate.passed:
+        reasons = "; ".join(record.gate.reasons) or "no reasons recorded"
         raise PromotionRefused(
             f"model version {version} did not pass its gate and cannot be promoted: {reasons}"
         )
     load_model(lake, version)
     current = read_champion(lake)
-    champion = {
-        "version": version,
-        "promoted_at": _utc(now).isoformat(timespec="seconds"),
-        "reason": reason,
-        "metrics": record.metrics,
-        "previous": current["version"] if current else None,
-    }
+    champion = Champion(
+        version=version,
+        promoted_at=_utc(now).isoformat(timespec="seconds"),
+        reason=reason,
+        metrics=record.metrics,
+        previous=current.version if current else None,
+    )
     _append_history(lake, champion)
     lake.write_bytes(CHAMPION_FILE, _json_bytes(champion))
     return champion
 
 
-def read_promotions(lake: Lake) -> list[dict]:
+def read_promotions(lake: Lake) -> list[Champion]:
     """The promotion history, oldest first (empty before the first promotion)."""
     try:
         raw = lake.read_bytes(PROMOTIONS_FILE)
     except FileNotFoundError:
         return []
-    return [_parse_json(lake, PROMOTIONS_FILE, line) for line in raw.splitlines() if line.strip()]
+    return [
+        _champion(lake, PROMOTIONS_FILE, _parse_json(lake, PROMOTIONS_FILE, line))
+        for line in raw.splitlines()
+        if line.strip()
+    ]
 
 
 # internals -------------------------------------------------------------------
@@ -386,15 +411,22 @@ def _checked_features(features: list[str]) -> list[str]:
     return features
 
 
-def _checked_gate(gate: dict) -> dict:
+def _checked_gate(gate: GateDecision | dict) -> GateDecision:
     """The gate decides promotion, so it must say plainly whether it passed."""
-    if not isinstance(gate.get("passed"), bool) or not isinstance(gate.get("reasons", []), list):
-        raise ValueError(f'gate must be {{"passed": bool, "reasons": [str, ...]}}, not {gate!r}')
-    return {**gate, "reasons": [str(reason) for reason in gate.get("reasons", [])]}
+    if isinstance(gate, GateDecision):
+        return gate
+    try:
+        return msgspec.convert(gate, GateDecision)
+    except msgspec.ValidationError as exc:
+        raise ValueError(
+            f'gate must be {{"passed": bool, "reasons": [str, ...]}}, not {gate!r} ({exc})'
+        ) from exc
 
 
 def _json_default(value: Any) -> Any:
-    """numpy scalars/arrays and dates, which metrics and training info often hold."""
+    """numpy scalars/arrays, dates and typed records, which metrics and training info hold."""
+    if isinstance(value, msgspec.Struct):
+        return msgspec.to_builtins(value, enc_hook=_json_default)
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
@@ -505,14 +537,32 @@ def _record(lake: Lake, version: str, manifest: dict) -> ModelRecord:
         version=version,
         features=read_json("features.json"),
         metrics=read_json("metrics.json"),
-        gate=read_json("gate.json"),
+        gate=_gate(lake, f"{base}/gate.json", read_json("gate.json")),
         training=read_json("training.json"),
         created_at=str(manifest.get("created_at", "")),
         card=card,
     )
 
 
-def _append_history(lake: Lake, champion: dict) -> None:
+def _gate(lake: Lake, relative: str, parsed: Any) -> GateDecision:
+    try:
+        return msgspec.convert(parsed, GateDecision)
+    except msgspec.ValidationError as exc:
+        raise ModelCorrupt(f"{lake.url(relative)} is not a gate decision: {exc}") from exc
+
+
+def _champion(lake: Lake, relative: str, parsed: Any) -> Champion:
+    """A parsed champion.json (or promotions line) as a Champion, or ModelCorrupt."""
+    try:
+        return msgspec.convert(parsed, Champion)
+    except msgspec.ValidationError as exc:
+        raise ModelCorrupt(
+            f"{lake.url(relative)} is not a champion record ({exc}): promote one again "
+            "(materialize churn_champion)"
+        ) from exc
+
+
+def _append_history(lake: Lake, champion: Champion) -> None:
     """Add one line to promotions.jsonl (read, append, atomic rewrite)."""
     try:
         history = lake.read_bytes(PROMOTIONS_FILE)

@@ -55,6 +55,7 @@ from churn_platform.ml.estimators import (
 from churn_platform.ml.frame import LABEL_COLUMN, categorical_features, model_input
 from churn_platform.ml.gate import Verdict
 from churn_platform.ml.labels import DEFAULT_HORIZON_DAYS
+from churn_platform.ml.metrics import EvaluationMetrics, HoldoutMetrics
 
 DEFAULT_SEED = 42
 DEFAULT_CALIBRATION_FOLDS = 3
@@ -173,22 +174,22 @@ def top_decile(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
     return float((caught / n) / (positives / len(y))), float(caught / positives)
 
 
-def evaluate(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+def evaluate(y: np.ndarray, p: np.ndarray) -> HoldoutMetrics:
     """Holdout metrics: ROC AUC, PR AUC, Brier score, top-decile lift and churn capture."""
     y = np.asarray(y, dtype=int)
     if len(np.unique(y)) < 2:
         raise TrainingError("the holdout holds only one class: ROC AUC is undefined")
     lift, capture = top_decile(y, p)
-    return {
-        "roc_auc": round(float(roc_auc_score(y, p)), 4),
-        "pr_auc": round(float(average_precision_score(y, p)), 4),
-        "brier": round(float(brier_score_loss(y, p)), 5),
-        "top_decile_lift": round(lift, 3),
-        "top_decile_capture": round(capture, 4),
-        "base_rate": round(float(y.mean()), 4),
-        "rows": int(len(y)),
-        "positives": int(y.sum()),
-    }
+    return HoldoutMetrics(
+        roc_auc=round(float(roc_auc_score(y, p)), 4),
+        pr_auc=round(float(average_precision_score(y, p)), 4),
+        brier=round(float(brier_score_loss(y, p)), 5),
+        top_decile_lift=round(lift, 3),
+        top_decile_capture=round(capture, 4),
+        base_rate=round(float(y.mean()), 4),
+        rows=int(len(y)),
+        positives=int(y.sum()),
+    )
 
 
 # --- training -------------------------------------------------------------------
@@ -200,7 +201,7 @@ class TrainedModels:
     baseline: object
     features: list[str]
     split: Split
-    metrics: dict[str, dict[str, float]]  # {"candidate": {...}, "baseline": {...}}
+    metrics: EvaluationMetrics  # of both, on the holdout
     holdout_scores: dict[str, np.ndarray]
     holdout_labels: np.ndarray
     importance: pl.DataFrame = field(default_factory=pl.DataFrame)
@@ -304,7 +305,9 @@ def _train_models(table: pl.DataFrame, features: list[str], config: TrainConfig)
         "candidate": positive_probability(candidate, xh),
         "baseline": positive_probability(baseline, xh),
     }
-    metrics = {name: evaluate(yh, p) for name, p in scores.items()}
+    metrics = EvaluationMetrics(
+        candidate=evaluate(yh, scores["candidate"]), baseline=evaluate(yh, scores["baseline"])
+    )
     started = time.perf_counter()
     importance = feature_importance(candidate, xh, yh, config)
     seconds["importance"] = time.perf_counter() - started
@@ -405,7 +408,7 @@ def model_card(
     `lineage` (`TrainingSet.lineage()`): the lake table versions the training
     set was built from, so it can be rebuilt exactly.
     """
-    c, b = trained.metrics["candidate"], trained.metrics["baseline"]
+    c, b = trained.metrics.candidate, trained.metrics.baseline
     split = trained.split.describe()
     if served is not None:
         serves = (
@@ -452,7 +455,7 @@ def model_card(
         "|---|---:|---:|",
     ]
     for key in ("roc_auc", "pr_auc", "brier", "top_decile_lift", "top_decile_capture"):
-        lines.append(f"| {key} | {c[key]} | {b[key]} |")
+        lines.append(f"| {key} | {getattr(c, key)} | {getattr(b, key)} |")
     lines += ["", f"Gate: {'passed' if passed else 'failed'}", ""]
     lines += [f"- {reason}" for reason in gate_reasons]
     return "\n".join(lines) + "\n"

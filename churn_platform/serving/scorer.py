@@ -49,8 +49,13 @@ import polars as pl
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from threadpoolctl import threadpool_limits
 
-from churn_platform.events.contract import EVENTS_TOPIC, SCORES_TOPIC, quarantine_table
-from churn_platform.events.validation import now_ms, validate_batch
+from churn_platform.events.contract import (
+    EVENTS_TOPIC,
+    SCORES_TOPIC,
+    QuarantineRow,
+    quarantine_table,
+)
+from churn_platform.events.validation import BatchReject, now_ms, validate_batch
 from churn_platform.features.churn import CANCELLATION, ChurnDefinition
 from churn_platform.features.definitions import FeatureSpec, compute_features
 from churn_platform.kafka.admin import ensure_topic, is_unreachable
@@ -685,24 +690,24 @@ class StreamingScorer:
         self._committed.update(moved)
         self._commit_due = time.monotonic() + self.config.commit_interval_ms / 1000
 
-    def _quarantine(self, rejects: list[tuple[int, str, str]], metas: list) -> None:
+    def _quarantine(self, rejects: list[BatchReject], metas: list) -> None:
         now = datetime.now(UTC)
         rows = [
-            (
-                metas[i].topic(),
-                metas[i].partition(),
-                metas[i].offset(),
-                metas[i].key(),
-                metas[i].value(),
-                reason,
-                detail,
-                now,
+            QuarantineRow(
+                topic=metas[r.position].topic(),
+                partition=metas[r.position].partition(),
+                offset=metas[r.position].offset(),
+                key=metas[r.position].key(),
+                value=metas[r.position].value(),
+                reason=r.reason,
+                detail=r.detail,
+                quarantined_at=now,
             )
-            for i, reason, detail in rejects
+            for r in rejects
         ]
-        columns = list(zip(*rows, strict=True))
-        table = quarantine_table(columns)
-        first, last = min(columns[2]), max(columns[2])
+        table = quarantine_table(rows)
+        offsets = [row.offset for row in rows]
+        first, last = min(offsets), max(offsets)
         spec = tables.SCORER_QUARANTINE
         tables.create(self.lake, spec, spec.schema)  # before its first data file
         written = tables.write_file(
@@ -710,11 +715,11 @@ class StreamingScorer:
             spec,
             table,
             {"group_id": self.config.group_id},
-            f"{self.config.topic}-p{columns[1][0]}-{first}-{last}",
+            f"{self.config.topic}-p{rows[0].partition}-{first}-{last}",
         )
         tables.commit(self.lake, spec, [written], schema=spec.schema)
         self.stats.rejected += len(rows)
-        self.rejected_by_reason.update(columns[5])
+        self.rejected_by_reason.update(row.reason for row in rows)
         self._window.rejected += len(rows)
 
     # --- reporting -------------------------------------------------------------------

@@ -381,7 +381,7 @@ def test_new_events_reach_todays_scores_without_a_human(
             raise_on_error=False,
         )
     assert trained.success, failure_text(trained)
-    champion = registry.read_champion(lake)["version"]
+    champion = registry.read_champion(lake).version
 
     # the next tick: the extract and the new champion bring today's partitions
     requested, cursor = automation_tick(definitions, instance, cursor)

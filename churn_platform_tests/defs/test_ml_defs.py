@@ -94,7 +94,7 @@ def test_training_job_materializes_the_model_its_checks_and_the_champion(trained
     files = lake.list_files(registry.version_dir(version))
     assert {path.rsplit("/", 1)[1] for path in files} == VERSION_FILES
     record = registry.read_record(lake, version)
-    assert record.gate["passed"] is True
+    assert record.gate.passed is True
     assert record.metrics["candidate"]["roc_auc"] == auc
     # the served model was fitted on every labelled date; the evaluated one on the train dates
     training_rows = read_training_set(lake).rows
@@ -153,7 +153,7 @@ def test_an_opt_in_floor_blocks_the_champion_naming_the_rule_and_setting(
     # the failed candidate is registered (for inspection), with its gate recorded
     (new,) = sorted(set(registry.list_versions(lake)) - set(versions_before))
     record = registry.read_record(lake, new)
-    assert record.gate["passed"] is False and record.gate["failed_rules"] == ["floor"]
+    assert record.gate.passed is False and record.gate.failed_rules == ["floor"]
     assert record.training["served_fit"] == "evaluation split"  # nothing refitted
 
 
@@ -239,7 +239,7 @@ def test_a_champion_of_another_churn_definition_is_replaced_not_compared(
     check = evaluations(result)[NO_REGRESSION_CHECK]
     assert check.passed
     assert "not comparable, the new definition replaces it" in check.metadata["rules"].value
-    assert registry.read_champion(lake)["version"] != other
+    assert registry.read_champion(lake).version != other
 
 
 def read_topic(settings: KafkaSettings, topic: str) -> list:
@@ -254,7 +254,7 @@ def test_scoring_job_scores_every_customer_to_the_lake_and_kafka(
     """The champion scores each active customer once; lake and Kafka hold the same scores."""
     lake = copy_lake(trained[0], tmp_path / "lake")
     as_of = ml_lake.dates.dates[-1]
-    champion = registry.read_champion(lake)["version"]
+    champion = registry.read_champion(lake).version
     definitions = definitions_for(lake, ml_lake.dates.dates[0], kafka_settings)
     result = run_job(
         definitions,
@@ -318,7 +318,7 @@ def test_scoring_without_a_usable_champion_fails_loudly(
     assert not tables.data_files(untrained, tables.SCORES, {"as_of": as_of})
 
     lake = copy_lake(trained[0], tmp_path / "corrupt")
-    version = registry.read_champion(lake)["version"]
+    version = registry.read_champion(lake).version
     model_path = f"{registry.version_dir(version)}/model.skops"
     damaged = bytearray(lake.read_bytes(model_path))
     damaged[len(damaged) // 2] ^= 0xFF

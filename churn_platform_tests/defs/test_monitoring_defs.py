@@ -73,7 +73,7 @@ def test_feature_drift_measures_every_champion_feature_with_a_warning_check(
 ):
     """PSI against the champion's train dates, as metadata; the check warns, never blocks."""
     as_of = ml_lake.dates.dates[-1]
-    champion = registry.read_champion(lake)["version"]
+    champion = registry.read_champion(lake).version
     record = registry.read_record(lake, champion)
 
     calm = measure(lake, ml_lake, instance, threshold=HUGE)
@@ -135,7 +135,7 @@ def test_drift_sensor_skips_requests_and_moves_its_cursor(lake, ml_lake, instanc
 
     request, cursor = tick(instance, lake, TINY)  # same materialization, judged afresh
     assert isinstance(request, dg.RunRequest)
-    champion = registry.read_champion(lake)["version"]
+    champion = registry.read_champion(lake).version
     assert request.tags[tags.TRIGGER] == "drift_retraining_sensor"
     assert request.tags[tags.DRIFTED_CHAMPION] == champion
     assert float(request.tags[tags.MAX_PSI]) > 0
@@ -171,7 +171,7 @@ def test_drift_sensor_waits_for_training_runs_cooldowns_and_the_current_champion
 
     assert measure(lake, ml_lake, instance, threshold=TINY).success
     # a newer champion than the one the drift was measured against: stale, no request
-    current = registry.read_champion(lake)["version"]
+    current = registry.read_champion(lake).version
     model = registry.load_champion(lake)
     newer = registry.new_version(token="newer")
     registry.save_model(

@@ -317,7 +317,7 @@ def test_a_killed_daemon_loses_no_run_no_cursor_and_no_event(
                 instance, options=PathOptions(engine="polars", score=False), log=lambda _: None
             )
         assert trained.get("champion_version"), trained.get("stopped")
-        champion = registry.read_champion(lake)["version"]
+        champion = registry.read_champion(lake).version
 
         try:
             deployment.start_all()

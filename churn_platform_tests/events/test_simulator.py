@@ -87,7 +87,7 @@ def test_every_valid_message_validates_and_every_bad_one_is_rejected_with_its_re
     # the batch validator the extract uses agrees message by message
     batch = validate_batch([m.value for m in messages], now=END_MS)
     expected = [(i, m.expected_reason) for i, m in enumerate(messages) if m.expected_reason]
-    assert [(i, reason) for i, reason, _ in batch.rejects] == expected
+    assert [(r.position, r.reason) for r in batch.rejects] == expected
     assert batch.events.num_rows == len(messages) - len(expected)
 
 

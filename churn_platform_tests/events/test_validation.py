@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from churn_platform.events.contract import TS_MIN_MS, Event, Reason, Rejection
-from churn_platform.events.validation import validate, validate_batch
+from churn_platform.events.validation import BatchReject, validate, validate_batch
 
 NOW = 1_790_000_000_000  # 2026-09-21T...Z, a fixed clock for the future-ts rule
 
@@ -110,8 +110,8 @@ def test_batch_keeps_valid_rows_beside_every_kind_of_bad_one():
         mixed += [good[i % 5], bad]
     batch = validate_batch(mixed, now=NOW)
     assert batch.indices.to_pylist() == list(range(0, len(mixed), 2))
-    assert [r for _, r, _ in batch.rejects] == list(BAD)
-    assert [i for i, _, _ in batch.rejects] == list(range(1, len(mixed), 2))
+    assert [r.reason for r in batch.rejects] == list(BAD)
+    assert [r.position for r in batch.rejects] == list(range(1, len(mixed), 2))
     assert batch.events.column("event_id").to_pylist() == [
         json.loads(mixed[i])["event_id"] for i in range(0, len(mixed), 2)
     ]
@@ -121,7 +121,7 @@ def test_batch_keeps_valid_rows_beside_every_kind_of_bad_one():
 
 def test_none_value_is_empty_not_a_crash():
     batch = validate_batch([None, raw()], now=NOW)
-    assert batch.rejects[0][:2] == (0, Reason.EMPTY)
+    assert (batch.rejects[0].position, batch.rejects[0].reason) == (0, Reason.EMPTY)
     assert batch.events.num_rows == 1
 
 
@@ -149,7 +149,7 @@ def test_single_and_batch_paths_agree(field, replacement):
     batch = validate_batch([raw(), message], now=NOW)
     if isinstance(single, Rejection):
         assert batch.indices.to_pylist() == [0]
-        assert batch.rejects == [(1, single.reason, single.detail)]
+        assert batch.rejects == [BatchReject(1, single.reason, single.detail)]
     else:
         assert batch.indices.to_pylist() == [0, 1]
         row = batch.events.slice(1).to_pylist()[0]

@@ -16,9 +16,11 @@ from threadpoolctl import threadpool_limits
 
 from churn_platform.lake.store import Lake
 from churn_platform.ml import estimators, registry
+from churn_platform.ml.gate import GateDecision
 from churn_platform.ml.registry import (
     MODELS_DIR,
     TRUSTED_TYPES,
+    Champion,
     ModelCorrupt,
     ModelMissing,
     PromotionRefused,
@@ -194,7 +196,7 @@ def test_save_and_load_round_trip(lake, candidate, baseline):
     record = registry.read_record(lake, version)
     assert record == saved == loaded.record
     assert record.metrics == {"auc": 0.8, "rows": 400}
-    assert record.gate == PASSED
+    assert record.gate == GateDecision(passed=True, reasons=[])
     assert record.training["seed"] == 7
     assert record.created_at == "2026-11-27T04:03:12+00:00"
     assert record.card.startswith(f"# churn model {version}") and "—" in record.card
@@ -389,24 +391,29 @@ def test_promote_twice_keeps_history(lake, candidate, baseline):
     _save(lake, second, baseline, auc=0.82)
 
     champion = registry.promote(lake, first, reason="first model", now=T0)
-    assert champion == {
-        "version": first,
-        "promoted_at": "2026-11-27T04:03:12+00:00",
-        "reason": "first model",
-        "metrics": {"auc": 0.8, "rows": 400},
-        "previous": None,
-    }
+    assert champion == Champion(
+        version=first,
+        promoted_at="2026-11-27T04:03:12+00:00",
+        reason="first model",
+        metrics={"auc": 0.8, "rows": 400},
+        previous=None,
+    )
     later = T0 + timedelta(days=7)
     registry.promote(lake, second, reason="beats champion by 0.02 auc", now=later)
 
     stored = json.loads(lake.read_bytes(registry.CHAMPION_FILE))
-    assert stored == registry.read_champion(lake)
-    assert stored["version"] == second and stored["previous"] == first
-    assert stored["reason"] == "beats champion by 0.02 auc"
+    assert stored == {
+        "version": second,
+        "promoted_at": "2026-12-04T04:03:12+00:00",
+        "reason": "beats champion by 0.02 auc",
+        "metrics": {"auc": 0.82, "rows": 400},
+        "previous": first,
+    }
+    assert registry.read_champion(lake) == Champion(**stored)
     lines = lake.read_bytes(registry.PROMOTIONS_FILE).decode().splitlines()
     assert len(lines) == 2
     assert [json.loads(line)["version"] for line in lines] == [first, second]
-    assert registry.read_promotions(lake)[1] == stored
+    assert registry.read_promotions(lake) == [champion, Champion(**stored)]
 
     loaded = registry.load_champion(lake)
     table, _ = _table(20, seed=5)
@@ -425,7 +432,46 @@ def test_promote_refuses_a_version_that_does_not_load(lake, candidate):
     assert registry.read_promotions(lake) == []
 
 
-@pytest.mark.parametrize("content", [b"{not json", b"[1, 2]", b'{"promoted_at": "x"}', b"\xff\xfe"])
+def test_champion_files_written_before_the_champion_type_still_read(lake, candidate):
+    """champion.json and promotions.jsonl exactly as the dict-based registry wrote them."""
+    version = registry.new_version(T0)
+    _save(lake, version, candidate)
+    old = (
+        "{\n"
+        '  "metrics": {\n    "auc": 0.8,\n    "rows": 400\n  },\n'
+        '  "previous": null,\n'
+        '  "promoted_at": "2026-11-27T04:03:12+00:00",\n'
+        '  "reason": "first model",\n'
+        f'  "version": "{version}"\n'
+        "}"
+    )
+    lake.write_bytes(registry.CHAMPION_FILE, old.encode())
+    line = json.dumps(json.loads(old), sort_keys=True) + "\n"
+    lake.write_bytes(registry.PROMOTIONS_FILE, line.encode())
+    expected = Champion(
+        version=version,
+        promoted_at="2026-11-27T04:03:12+00:00",
+        reason="first model",
+        metrics={"auc": 0.8, "rows": 400},
+        previous=None,
+    )
+    assert registry.read_champion(lake) == expected
+    assert registry.read_promotions(lake) == [expected]
+    assert registry.load_champion(lake).version == version
+    # the old reader asked only for a version: a champion.json written by hand
+    lake.write_bytes(registry.CHAMPION_FILE, json.dumps({"version": version}).encode())
+    assert registry.read_champion(lake) == Champion(version=version)
+    # and what is written now has the same form, byte for byte
+    registry.promote(lake, version, reason="first model", now=T0)
+    assert lake.read_bytes(registry.CHAMPION_FILE).decode() == old.replace(
+        '"previous": null', f'"previous": "{version}"'
+    )
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"{not json", b"[1, 2]", b'{"promoted_at": "x"}', b'{"version": 7}', b"\xff\xfe"],
+)
 def test_garbled_champion_is_corrupt(lake, candidate, content):
     version = registry.new_version(T0)
     _save(lake, version, candidate)
@@ -462,7 +508,7 @@ def test_memory_lake(memory_lake, candidate, baseline):
     registry.promote(lake, second, reason="second", now=T0)
     loaded = registry.load_champion(lake)
     assert loaded.version == second
-    assert registry.read_champion(lake)["previous"] == first
+    assert registry.read_champion(lake).previous == first
     table, _ = _table(20, seed=6)
     expected = estimators.positive_probability(candidate, table.select(FEATURES))
     np.testing.assert_array_equal(loaded.predict_proba(table), expected)
@@ -474,3 +520,70 @@ def test_memory_lake(memory_lake, candidate, baseline):
     with pytest.raises(ModelCorrupt) as caught:
         registry.load_champion(lake)
     assert caught.value.args[0].count("memory://") >= 1
+
+
+# typed metrics -----------------------------------------------------------------
+
+
+def test_evaluation_metrics_are_stored_in_the_form_dicts_were(lake, candidate):
+    """metrics.json written from the typed record has the same bytes as the dict it replaced,
+    and a version saved with that dict reads back as the record."""
+    from churn_platform.ml.metrics import EvaluationMetrics
+    from churn_platform_tests.ml.test_metrics import OLD_FORM
+
+    typed, old = registry.new_version(T0), registry.new_version(T0 + timedelta(seconds=1))
+    for version, metrics in ((typed, EvaluationMetrics.from_dict(OLD_FORM)), (old, OLD_FORM)):
+        registry.save_model(
+            lake,
+            version,
+            candidate,
+            features=FEATURES,
+            metrics=metrics,
+            gate=PASSED,
+            training={},
+            card="# test\n",
+            now=T0,
+        )
+    stored = [lake.read_bytes(f"{MODELS_DIR}/{v}/metrics.json") for v in (typed, old)]
+    assert stored[0] == stored[1]
+    assert registry.read_record(lake, old).evaluation == EvaluationMetrics.from_dict(OLD_FORM)
+    assert registry.read_record(lake, typed).evaluation.candidate.roc_auc == 0.8773
+
+
+def test_metrics_that_are_not_an_evaluation_are_corrupt_when_read_as_one(lake, candidate):
+    version = registry.new_version(T0)
+    _save(lake, version, candidate)
+    record = registry.read_record(lake, version)
+    assert record.metrics == {"auc": 0.8, "rows": 400}  # still readable as stored
+    with pytest.raises(ModelCorrupt, match=f"{version}.*candidate"):
+        _ = record.evaluation
+
+
+def test_gate_files_of_both_forms_read_as_a_decision(lake, candidate):
+    """gate.json as first written ({"passed", "reasons"}) and with the rules' details."""
+    short, full = registry.new_version(T0), registry.new_version(T0 + timedelta(seconds=1))
+    details = {
+        "passed": False,
+        "reasons": ["floor FAILED: holdout ROC AUC 0.6100 < floor 0.7500"],
+        "failed_rules": ["floor"],
+        "quality": {"holdout_rows": 900, "candidate_roc_auc": 0.61},
+        "regression": {},
+    }
+    _save(lake, short, candidate, gate=PASSED)
+    _save(lake, full, candidate, gate=details)
+    assert json.loads(lake.read_bytes(f"{MODELS_DIR}/{short}/gate.json")) == PASSED
+    assert json.loads(lake.read_bytes(f"{MODELS_DIR}/{full}/gate.json")) == {
+        k: v for k, v in details.items() if v != {}
+    }
+    assert registry.read_record(lake, short).gate == GateDecision(passed=True, reasons=[])
+    gate = registry.read_record(lake, full).gate
+    assert (gate.passed, gate.failed_rules) == (False, ["floor"])
+    assert gate.quality["candidate_roc_auc"] == 0.61 and gate.regression == {}
+    with pytest.raises(PromotionRefused, match="floor 0.7500"):
+        registry.promote(lake, full, reason="should not serve")
+
+
+@pytest.mark.parametrize("gate", [{"reasons": []}, {"passed": "yes", "reasons": []}])
+def test_a_gate_that_does_not_say_whether_it_passed_is_refused(lake, candidate, gate):
+    with pytest.raises(ValueError, match="passed"):
+        _save(lake, registry.new_version(T0), candidate, gate=gate)

@@ -177,16 +177,16 @@ def test_top_decile_of_a_perfect_ranking():
 def test_evaluate_on_known_answers():
     y = np.array([0, 0, 1, 1])
     metrics = evaluate(y, np.array([0.1, 0.4, 0.35, 0.8]))
-    assert metrics["roc_auc"] == 0.75  # 3 of the 4 (positive, negative) pairs are in order
-    assert metrics["pr_auc"] == pytest.approx(0.8333, abs=1e-4)
-    assert metrics["brier"] == pytest.approx((0.01 + 0.16 + 0.4225 + 0.04) / 4, abs=1e-5)
-    assert (metrics["base_rate"], metrics["rows"], metrics["positives"]) == (0.5, 4, 2)
+    assert metrics.roc_auc == 0.75  # 3 of the 4 (positive, negative) pairs are in order
+    assert metrics.pr_auc == pytest.approx(0.8333, abs=1e-4)
+    assert metrics.brier == pytest.approx((0.01 + 0.16 + 0.4225 + 0.04) / 4, abs=1e-5)
+    assert (metrics.base_rate, metrics.rows, metrics.positives) == (0.5, 4, 2)
 
     perfect = np.array([1] * 5 + [0] * 95)
     best = evaluate(perfect, perfect * 0.9 + 0.05)
-    assert (best["roc_auc"], best["pr_auc"], best["top_decile_lift"]) == (1.0, 1.0, 10.0)
-    assert best["top_decile_capture"] == 1.0
-    assert best["brier"] == pytest.approx(0.0025)
+    assert (best.roc_auc, best.pr_auc, best.top_decile_lift) == (1.0, 1.0, 10.0)
+    assert best.top_decile_capture == 1.0
+    assert best.brier == pytest.approx(0.0025)
 
 
 def test_a_one_class_holdout_is_a_training_error():
@@ -209,13 +209,13 @@ def trained(_one_thread, training) -> TrainedModels:
 
 def test_candidate_beats_the_floor_and_the_baseline(trained, training):
     """Observed on this fixture: candidate 0.8773, baseline 0.8516 holdout ROC AUC."""
-    candidate, baseline = trained.metrics["candidate"], trained.metrics["baseline"]
-    assert candidate["roc_auc"] > 0.75 and baseline["roc_auc"] > 0.75
-    assert candidate["roc_auc"] > baseline["roc_auc"]
-    assert candidate["top_decile_lift"] > 2.0
+    candidate, baseline = trained.metrics.candidate, trained.metrics.baseline
+    assert candidate.roc_auc > 0.75 and baseline.roc_auc > 0.75
+    assert candidate.roc_auc > baseline.roc_auc
+    assert candidate.top_decile_lift > 2.0
     assert trained.split.holdout_dates == training.dates[-2:]
-    assert candidate["rows"] == baseline["rows"] == trained.split.holdout.height
-    assert 0 < candidate["positives"] < candidate["rows"]
+    assert candidate.rows == baseline.rows == trained.split.holdout.height
+    assert 0 < candidate.positives < candidate.rows
 
 
 def test_scores_are_probabilities_of_the_holdout_rows(trained):
@@ -350,13 +350,13 @@ def test_model_card_has_the_version_both_models_the_gate_and_the_definition(trai
     card = model_card(
         "20260630-abc", trained, 15_093, "2026-03-14..2026-05-30", reasons, gate_ok, churn, served
     )
-    c, b = trained.metrics["candidate"], trained.metrics["baseline"]
+    c, b = trained.metrics.candidate, trained.metrics.baseline
     assert card.startswith("# Churn model 20260630-abc\n")
     assert "as-of dates 2026-03-14..2026-05-30, 15093 rows" in card
     assert "- Churn: inactivity: no login within 60 days after the as-of date" in card
     assert f"every labelled date, {served.dates[0]}..{served.dates[-1]} ({served.rows} rows" in card
     for key in ("roc_auc", "pr_auc", "brier", "top_decile_lift", "top_decile_capture"):
-        assert f"| {key} | {c[key]} | {b[key]} |" in card
+        assert f"| {key} | {getattr(c, key)} | {getattr(b, key)} |" in card
     assert f"Gate: {'passed' if gate_ok else 'failed'}" in card
     for reason in reasons:
         assert f"- {reason}\n" in card
@@ -461,8 +461,8 @@ def test_the_pipeline_trains_on_a_replayed_catalogue(tmp_path):
     trained = train_models(training.table, training.features, config)
     assert trained.split.holdout_dates == dates[-2:]
     assert trained.split.purged_dates == [dates[-3]]  # 7 days before, 14-day horizon
-    for name in ("candidate", "baseline"):
-        assert 0.7 < trained.metrics[name]["roc_auc"] <= 1.0  # churners go quiet: learnable
+    for metrics in (trained.metrics.candidate, trained.metrics.baseline):
+        assert 0.7 < metrics.roc_auc <= 1.0  # churners go quiet: learnable
     assert set(trained.importance["feature"]) == set(trained.features)
     # a business with subscriptions but no plan changes: nothing to learn from those
     assert "plan_changes" in trained.dropped and "plan_changes" not in trained.features

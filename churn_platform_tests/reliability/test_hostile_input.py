@@ -42,7 +42,7 @@ from churn_platform.events.contract import (
     Reason,
     Rejection,
 )
-from churn_platform.events.validation import now_ms, validate, validate_batch
+from churn_platform.events.validation import BatchReject, now_ms, validate, validate_batch
 from churn_platform.ingestion.extract import ExtractConfig, extract_topic
 from churn_platform.lake.raw import extracted_offsets, read_quarantine, read_raw_events
 from churn_platform.lake.store import Lake
@@ -750,9 +750,9 @@ def batch_outcomes(values: list[bytes | None], now: int) -> list[Event | Rejecti
             value=values_col[row],
             attributes=None if attributes[row] is None else msgspec.json.decode(attributes[row]),
         )
-    for position, reason, detail in batch.rejects:
-        assert outcomes[position] is None, f"position {position} twice"
-        outcomes[position] = Rejection(reason, detail)
+    for reject in batch.rejects:
+        assert outcomes[reject.position] is None, f"position {reject.position} twice"
+        outcomes[reject.position] = Rejection(reject.reason, reject.detail)
     assert None not in outcomes, "a message was neither an event nor a reject"
     return outcomes
 
@@ -807,7 +807,7 @@ def test_an_event_type_with_a_trailing_newline_is_rejected_by_both_paths():
     raw = _event(event_type="login\n")
     assert validate(raw, now=NOW).reason == Reason.BAD_EVENT_TYPE
     batch = validate_batch([_event(), raw], now=NOW)
-    assert [(i, r) for i, r, _ in batch.rejects] == [(1, Reason.BAD_EVENT_TYPE)]
+    assert [(r.position, r.reason) for r in batch.rejects] == [(1, Reason.BAD_EVENT_TYPE)]
     assert batch.indices.to_pylist() == [0]
 
 
@@ -831,7 +831,7 @@ def test_nesting_beyond_the_recursion_limit_is_quarantined_not_raised():
     assert rejection.reason == Reason.INVALID_JSON and "nested too deeply" in rejection.detail
     batch = validate_batch([_event(), deep, _event(event_id="e2")], now=NOW)
     assert batch.indices.to_pylist() == [0, 2]
-    assert batch.rejects == [(1, rejection.reason, rejection.detail)]
+    assert batch.rejects == [BatchReject(1, rejection.reason, rejection.detail)]
 
 
 # through the real extract ----------------------------------------------------------

@@ -33,10 +33,12 @@ from churn_platform.ml import plots, registry
 from churn_platform.ml.gate import (
     DEFAULT_MAX_REGRESSION,
     GateConfig,
+    GateDecision,
     Verdict,
     judge_candidate,
     judge_regression,
 )
+from churn_platform.ml.metrics import EvaluationMetrics
 from churn_platform.ml.readiness import problems, profile
 from churn_platform.ml.score import (
     SCORES_TOPIC,
@@ -52,7 +54,6 @@ from churn_platform.ml.train import (
     ServedModel,
     TrainConfig,
     fit_served,
-    gate_summary,
     model_card,
     train_models,
 )
@@ -293,9 +294,9 @@ def churn_model(
         trained = train_models(training.table, training.features, train_config)
         done(
             ", ".join(f"{name} {seconds:.1f} s" for name, seconds in trained.seconds.items())
-            + f"; holdout ROC AUC {trained.metrics['candidate']['roc_auc']:.3f}"
+            + f"; holdout ROC AUC {trained.metrics.candidate.roc_auc:.3f}"
         )
-    cand = trained.metrics["candidate"]
+    cand = trained.metrics.candidate
     y, customers = trained.holdout_labels, trained.holdout_customers
     with _step(context, "gate: bootstrap of the holdout against baseline and no-skill") as done:
         quality = judge_candidate(
@@ -309,7 +310,8 @@ def churn_model(
     with _step(context, "gate: against the champion") as done:
         regression = _against_champion(store, trained, training.churn, gate_config, context)
         done("passed" if regression.passed else "failed")
-    passed, reasons = gate_summary(quality, regression)
+    decision = GateDecision.of(quality, regression)
+    passed, reasons = decision.passed, decision.reasons
     served: ServedModel | None = None
     if passed and config.refit_on_all_dates:
         with _step(context, "served refit on every labelled date") as done:
@@ -340,17 +342,8 @@ def churn_model(
         baseline=trained.baseline,
         evaluated=trained.candidate,
         features=trained.features,
-        metrics={
-            **trained.metrics,
-            "champion_on_holdout": regression.details.get("champion_roc_auc"),
-        },
-        gate={
-            "passed": passed,
-            "reasons": reasons,
-            "failed_rules": [r.name for r in quality.failed() + regression.failed()],
-            "quality": quality.details,
-            "regression": regression.details,
-        },
+        metrics=trained.metrics.with_champion(regression.details.get("champion_roc_auc")),
+        gate=decision,
         training={
             "data_range": data_range,
             "training_set_rows": training.rows,
@@ -371,17 +364,17 @@ def churn_model(
         "logistic baseline": trained.holdout_scores["baseline"],
     }
     top = trained.importance.head(15)
-    base = trained.metrics["baseline"]
+    base = trained.metrics.baseline
     return dg.MaterializeResult(
         metadata={
             "version": version,
             "churn_definition": training.churn.describe(),
-            "holdout_roc_auc": dg.MetadataValue.float(cand["roc_auc"]),
-            "holdout_pr_auc": dg.MetadataValue.float(cand["pr_auc"]),
-            "holdout_brier": dg.MetadataValue.float(cand["brier"]),
-            "top_decile_lift": dg.MetadataValue.float(cand["top_decile_lift"]),
-            "top_decile_capture": dg.MetadataValue.float(cand["top_decile_capture"]),
-            "baseline_roc_auc": dg.MetadataValue.float(base["roc_auc"]),
+            "holdout_roc_auc": dg.MetadataValue.float(cand.roc_auc),
+            "holdout_pr_auc": dg.MetadataValue.float(cand.pr_auc),
+            "holdout_brier": dg.MetadataValue.float(cand.brier),
+            "top_decile_lift": dg.MetadataValue.float(cand.top_decile_lift),
+            "top_decile_capture": dg.MetadataValue.float(cand.top_decile_capture),
+            "baseline_roc_auc": dg.MetadataValue.float(base.roc_auc),
             "gate": "passed" if passed else "failed",
             "gate_rules": dg.MetadataValue.md(_bullets(reasons)),
             "served_model": (
@@ -450,7 +443,7 @@ def _against_champion(store, trained, churn, gate_config, context) -> Verdict:
             trained.holdout_customers,
             gate_config,
         )
-    version = current["version"]
+    version = current.version
     record = registry.read_record(store, version)  # corrupt or missing files fail loudly here
     if record.churn != churn:
         from churn_platform.ml.gate import Rule
@@ -492,7 +485,7 @@ def churn_champion(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.
         )
     latest = versions[-1]
     current = registry.read_champion(store)
-    if current and current.get("version") == latest:
+    if current and current.version == latest:
         champion = current
         context.log.info(f"{latest} is already the champion")
     else:
@@ -500,15 +493,15 @@ def churn_champion(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.
             store, latest, reason=f"passed {QUALITY_CHECK} and {NO_REGRESSION_CHECK}"
         )
     record = registry.read_record(store, latest)
-    metrics = record.metrics["candidate"]
+    metrics = record.evaluation.candidate
     return dg.MaterializeResult(
         metadata={
-            "version": champion["version"],
-            "previous": str(champion.get("previous") or "(none)"),
-            "promoted_at": champion["promoted_at"],
-            "holdout_roc_auc": dg.MetadataValue.float(metrics["roc_auc"]),
-            "gate": dg.MetadataValue.md(_bullets(record.gate["reasons"])),
-            "lake": dg.MetadataValue.path(store.url(f"{registry.MODELS_DIR}/champion.json")),
+            "version": champion.version,
+            "previous": champion.previous or "(none)",
+            "promoted_at": champion.promoted_at,
+            "holdout_roc_auc": dg.MetadataValue.float(metrics.roc_auc),
+            "gate": dg.MetadataValue.md(_bullets(record.gate.reasons)),
+            "lake": dg.MetadataValue.path(store.url(registry.CHAMPION_FILE)),
         }
     )
 
@@ -586,10 +579,11 @@ def _bullets(lines: list[str]) -> str:
     return "\n".join(f"- {line}" for line in lines)
 
 
-def _metrics_markdown(metrics: dict[str, dict[str, float]]) -> str:
+def _metrics_markdown(metrics: EvaluationMetrics) -> str:
     rows = ["| metric | gradient boosting | logistic baseline |", "|---|---:|---:|"]
+    c, b = metrics.candidate, metrics.baseline
     for key in ("roc_auc", "pr_auc", "brier", "top_decile_lift", "top_decile_capture", "base_rate"):
-        rows.append(f"| {key} | {metrics['candidate'][key]} | {metrics['baseline'][key]} |")
+        rows.append(f"| {key} | {getattr(c, key)} | {getattr(b, key)} |")
     return "\n".join(rows)
 
 

@@ -110,7 +110,7 @@ def drift_retraining_sensor(
         champion = registry.read_champion(lake.lake())
     except (LakeError, OSError) as exc:
         return dg.SkipReason(f"could not read the champion to compare ({exc}); will retry")
-    serving = champion["version"] if champion else None
+    serving = champion.version if champion else None
     context.update_cursor(DriftCursor(last_id, as_of).dumps())
     if serving != measured:
         return dg.SkipReason(
