@@ -36,7 +36,7 @@ from churn_platform.events.validation import validate
 from churn_platform.kafka.admin import partitions_of
 from churn_platform.kafka.broker import EmbeddedBroker
 from churn_platform.kafka.config import KafkaSettings
-from churn_platform_tests.public_data import cdnow_mapping, cdnow_master_path
+from churn_platform.testing.public_data import cdnow_mapping, cdnow_master_path
 
 NOW = 1_790_000_000_000  # 2026-09-21, a fixed clock for the future-ts rule
 

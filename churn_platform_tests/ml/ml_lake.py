@@ -9,7 +9,7 @@ import pytest
 
 from churn_platform.lake.store import Lake
 from churn_platform.ml.training_set import TrainingDates, ensure_inputs, training_dates
-from churn_platform_tests.features.lake_factory import LakeSummary, simulated_lake
+from churn_platform.testing.lakes import LakeSummary, simulated_lake
 
 ML_END = datetime(2026, 6, 30, 12, tzinfo=UTC)
 ML_CUSTOMERS = 2000
