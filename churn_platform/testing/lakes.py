@@ -42,6 +42,7 @@ from churn_platform.features.definitions import EVENT_SCHEMA
 from churn_platform.lake import tables
 from churn_platform.lake.raw import append_rows, extracted_offsets
 from churn_platform.lake.store import Lake
+from churn_platform.lake.tables import DataFile
 
 DEFAULT_PARTITIONS = 6
 
@@ -398,6 +399,26 @@ class ExtractLike:
             files,
             schema=RAW_EVENTS_SCHEMA,
             transactions={tables.offsets_app_id(EVENTS_TOPIC, p): n for p, n in self.next.items()},
+        )
+
+    def write_running(self, count: int, partition: int = 0, day: date = FIRST_DAY) -> DataFile:
+        """The next `count` events of `partition` in a file not committed yet (a running extract's)."""
+        return tables.write_file(
+            self.lake,
+            tables.RAW_EVENTS,
+            raw_rows(partition, self.next[partition], count, day),
+            {"event_date": day},
+        )
+
+    def commit_running(self, data_file: DataFile, count: int, partition: int = 0) -> int:
+        """Commit a file of `write_running`: its `count` events and `partition`'s offset after them."""
+        self.next[partition] += count
+        return tables.commit(
+            self.lake,
+            tables.RAW_EVENTS,
+            [data_file],
+            schema=RAW_EVENTS_SCHEMA,
+            transactions={tables.offsets_app_id(EVENTS_TOPIC, partition): self.next[partition]},
         )
 
     def expected_ids(self) -> list[str]:

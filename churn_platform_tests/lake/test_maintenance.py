@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from churn_platform.events.contract import EVENTS_TOPIC, RAW_EVENTS_SCHEMA
+from churn_platform.events.contract import EVENTS_TOPIC
 from churn_platform.lake import maintenance, tables
 from churn_platform.lake.store import Lake
-from churn_platform.testing.lakes import FIRST_DAY, ExtractLike, age, event_ids, orphan, raw_rows
+from churn_platform.testing.lakes import ExtractLike, age, event_ids, orphan
 
 RAW = tables.RAW_EVENTS
 
@@ -71,9 +71,7 @@ def test_vacuum_removes_a_killed_writers_files_once_older_than_the_retention(tmp
         extract.round()
     old_orphan = orphan(lake, age_hours=2)
     # written by an extract that is still running: young, not committed yet
-    in_flight = tables.write_file(
-        lake, RAW, raw_rows(0, extract.next[0], 7, FIRST_DAY), {"event_date": FIRST_DAY}
-    )
+    in_flight = extract.write_running(7)
     before_compaction = tables.version(lake, RAW)
     maintenance.compact(lake, RAW)
     replaced = [
@@ -89,14 +87,7 @@ def test_vacuum_removes_a_killed_writers_files_once_older_than_the_retention(tmp
     assert all(lake.exists(p) for p in replaced)
     assert event_ids(lake, before_compaction) == extract.expected_ids()
     # the running extract commits its file after the vacuum: visible, once
-    extract.next[0] += 7
-    tables.commit(
-        lake,
-        RAW,
-        [in_flight],
-        schema=RAW_EVENTS_SCHEMA,
-        transactions={tables.offsets_app_id(EVENTS_TOPIC, 0): extract.next[0]},
-    )
+    extract.commit_running(in_flight, 7)
     assert event_ids(lake) == extract.expected_ids()
     assert offsets(lake) == extract.next
 

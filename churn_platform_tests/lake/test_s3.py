@@ -16,7 +16,7 @@ from datetime import date
 import pyarrow as pa
 import pytest
 
-from churn_platform.events.contract import EVENTS_TOPIC, RAW_EVENTS_SCHEMA
+from churn_platform.events.contract import EVENTS_TOPIC
 from churn_platform.lake import maintenance, tables
 from churn_platform.lake.store import Lake
 from churn_platform.testing.lakes import ExtractLike, event_ids, raw_rows
@@ -72,12 +72,7 @@ def test_compaction_and_vacuum_on_the_object_store(s3_lake_root):
     extract = ExtractLike(lake)
     for _ in range(10):
         extract.round()
-    in_flight = tables.write_file(
-        lake,
-        RAW,
-        raw_rows(0, extract.next[0], 4, date(2026, 1, 1)),
-        {"event_date": date(2026, 1, 1)},
-    )
+    in_flight = extract.write_running(4)
     before = tables.version(lake, RAW)
 
     [done] = maintenance.maintain(lake, [RAW], retention_hours=1)
@@ -89,14 +84,7 @@ def test_compaction_and_vacuum_on_the_object_store(s3_lake_root):
     # the young uncommitted file (a running extract's) survived; it commits now
     assert done.vacuum.removed_files == 0
     assert lake.exists(tables.file_path(RAW, in_flight))
-    extract.next[0] += 4
-    tables.commit(
-        lake,
-        RAW,
-        [in_flight],
-        schema=RAW_EVENTS_SCHEMA,
-        transactions={tables.offsets_app_id(EVENTS_TOPIC, 0): extract.next[0]},
-    )
+    extract.commit_running(in_flight, 4)
     assert event_ids(lake) == extract.expected_ids()
     # full vacuum finds files no commit references on this store (what removes a killed
     # writer's files once they are older than the retention; the store's clock cannot
