@@ -42,8 +42,9 @@ def topic(kafka_settings: KafkaSettings) -> str:
     return name
 
 
-# the simulated lake with features and labels that the ML tests share (built once)
-from churn_platform_tests.ml.ml_lake import ml_lake  # noqa: E402,F401
+# the simulated lake with features and labels that the ML tests share (built once), and a
+# model trained on it (once per test module that asks)
+from churn_platform_tests.ml.ml_lake import ml_lake, trained_model  # noqa: E402,F401
 
 
 @pytest.fixture(scope="session")
