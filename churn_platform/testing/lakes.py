@@ -6,16 +6,18 @@ Events, one way each:
   `message(row)` is the same event as the JSON value a producer sends;
   `events_frame(rows)` is rows in the lake's column types.
 - `write_events` lays a table of events out as the extract would (offsets
-  after the topic's ledger, files per event date and partition), so the rows
-  count as committed. `append_messages` validates message values first, as
-  the extract does, then writes them the same way.
+  after those the raw table holds, a file per event date and partition, one
+  commit), so the rows count as extracted. `append_messages` validates
+  message values first, as the extract does, then writes them the same way.
 - `simulated_lake` streams the simulator into a lake in chunks, so a
   10M-event lake holds one chunk in memory at a time; `hand_built_lake` is six
   customers around `HAND_BUILT_AS_OF` whose labels are known by hand;
   `replayed_catalogue` is a catalogue of event types no one here chose.
 - `ExtractLike` commits small raw-event files as the extract does (a file per
   Kafka partition and day, offsets in the commit), for tests of the lake's
-  tables and maintenance; `orphan` leaves a file no commit references.
+  tables and maintenance, and holds back a running extract's file
+  (`write_running`, `commit_running`); `orphan` leaves a file no commit
+  references.
 
 `partition_by="event_id"` scatters each customer's events over every
 partition (as a replay keyed by something other than the customer would),
@@ -49,7 +51,7 @@ DEFAULT_PARTITIONS = 6
 
 @dataclass(frozen=True)
 class LakeSummary:
-    """What a factory call wrote."""
+    """What a builder wrote."""
 
     events: int
     customers: int
@@ -138,8 +140,9 @@ def write_events(
     """Append `events` (event_id, customer_id, event_type, ts, value, attributes) to the lake.
 
     Rows get a partition from a hash of `partition_by` and offsets after the
-    topic's ledger; files are split by event date and partition; the ledger
-    moves last, as in the real extract. `event_date` files every row under
+    topic's committed ones; files are split by event date and partition and
+    committed with the new offsets in one commit, as in the real extract
+    (`lake.raw.append_rows`). `event_date` files every row under
     that date instead of its own (a misdated file, for guards against it).
     """
     frame = events if isinstance(events, pl.DataFrame) else pl.from_arrow(events)
@@ -402,7 +405,7 @@ class ExtractLike:
         )
 
     def write_running(self, count: int, partition: int = 0, day: date = FIRST_DAY) -> DataFile:
-        """The next `count` events of `partition` in a file not committed yet (a running extract's)."""
+        """The next `count` events of `partition` in a file, not committed: a running extract's."""
         return tables.write_file(
             self.lake,
             tables.RAW_EVENTS,
@@ -411,7 +414,7 @@ class ExtractLike:
         )
 
     def commit_running(self, data_file: DataFile, count: int, partition: int = 0) -> int:
-        """Commit a file of `write_running`: its `count` events and `partition`'s offset after them."""
+        """Commit a `write_running` file of `count` events; `partition`'s offset moves past them."""
         self.next[partition] += count
         return tables.commit(
             self.lake,
