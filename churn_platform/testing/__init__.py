@@ -14,6 +14,8 @@ work: each one only defines things.
   daemon) started as docs/deployment.md says.
 - `faults`: producing with recorded offsets, the extract in a killable child
   process, and the exactly-once checks of the fault tests and the soak.
+- `serving`: a champion registered ungated, and the `churn-platform serve` command line.
+- `topics`: what a Kafka topic holds, read from the start to the end.
 
 pytest fixtures stay in the tests' conftest.py files.
 """

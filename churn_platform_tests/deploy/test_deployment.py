@@ -40,7 +40,7 @@ from churn_platform.ml.score import read_scores
 from churn_platform.runner import EXTRACT_JOB, PathOptions, run_platform
 from churn_platform.testing.deployment import HOST, Deployment, offsets_in_lake
 from churn_platform.testing.lakes import event, message
-from churn_platform_tests.cli.test_up_cluster import topic_contents
+from churn_platform.testing.topics import topic_contents
 
 SENSOR = "customer_events_sensor"
 BY_SENSOR = {"dagster/sensor_name": SENSOR}
