@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import shutil
-import sys
 import tempfile
 import time
 from contextlib import ExitStack
@@ -39,7 +38,6 @@ from freshness import (
 )  # benchmarks/ is this script's directory
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # for churn_platform_tests: the deployment and PostgreSQL harness
 RESULTS = ROOT / "benchmarks" / "results" / "deployment.json"
 TOPIC = "customer-events"
 
@@ -56,7 +54,7 @@ def measure(storage: str, root: Path, args, postgres=None) -> dict:
     from churn_platform.kafka.broker import EmbeddedBroker
     from churn_platform.lake.store import Lake
     from churn_platform.runner import PathOptions, run_platform
-    from churn_platform_tests.deploy.deployment import Deployment
+    from churn_platform.testing.deployment import Deployment
 
     lake = Lake(str(root / "lake"))
     with ExitStack() as stack:
@@ -126,7 +124,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
 
-    from churn_platform_tests.postgres import postgres_bin_dir, throwaway_cluster
+    from churn_platform.testing.postgres import postgres_bin_dir, throwaway_cluster
 
     if postgres_bin_dir() is None:
         raise SystemExit("deployment benchmark: PostgreSQL is not installed: make postgresql")

@@ -28,14 +28,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for churn_platform_tests
 
 RESULTS = Path(__file__).parent / "results"
 LONG_WINDOW = ["events_365d", "active_days_365d", "activity_rate_vs_365d"]
@@ -43,7 +40,7 @@ ACCOUNT = ["channel", "country"]
 
 
 def cdnow_events() -> pl.DataFrame:
-    from churn_platform_tests.public_data import cdnow_master_path
+    from churn_platform.testing.public_data import cdnow_master_path
 
     lines = pl.read_csv(
         cdnow_master_path(), separator="\t", has_header=False, new_columns=["line"]

@@ -116,9 +116,8 @@ def child_check(lake_root: str, as_of: date) -> dict:
 
 
 def child_build(lake_root: str, events: int) -> dict:
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for churn_platform_tests
     from churn_platform.lake.store import Lake
-    from churn_platform_tests.features.lake_factory import simulated_lake
+    from churn_platform.testing.lakes import simulated_lake
 
     started = time.perf_counter()
     summary = simulated_lake(

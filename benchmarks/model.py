@@ -70,7 +70,6 @@ def _peak_mib() -> int:
 
 
 def child_build(lake_root: str, customers: int, train_rows: int) -> dict:
-    sys.path.insert(0, str(REPO))  # for churn_platform_tests
     from churn_platform.lake.store import Lake
     from churn_platform.ml.train import TrainConfig, split_by_time
     from churn_platform.ml.training_set import (
@@ -79,7 +78,7 @@ def child_build(lake_root: str, customers: int, train_rows: int) -> dict:
         training_dates,
         write_training_set,
     )
-    from churn_platform_tests.features.lake_factory import simulated_lake
+    from churn_platform.testing.lakes import simulated_lake
 
     lake = Lake(lake_root)
     started = time.perf_counter()

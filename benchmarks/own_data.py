@@ -4,7 +4,7 @@
 
 CDNOW_master.txt (the `lifetimes` package's copy: 69,659 purchases of 23,570
 customers of a CD retailer, 1997-01-01..1998-06-30; see
-churn_platform_tests/public_data.py for how it is found) is replayed with
+churn_platform/testing/public_data.py for how it is found) is replayed with
 column mapping only into a fresh embedded broker, then the default path runs
 as `churn-platform train` runs it (`runner.run_platform`: extract, features
 and labels for the training dates with Beam, training set, gated model,
@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from datetime import UTC, date, datetime
@@ -38,8 +37,6 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for churn_platform_tests
 
 RESULTS = Path(__file__).parent / "results"
 TOPIC = "customer-events"
@@ -52,7 +49,7 @@ def load() -> list[float]:
 
 def replay_cdnow(settings, path: Path) -> dict:
     from churn_platform.events.replay import replay_file
-    from churn_platform_tests.public_data import CDNOW_FILE_FORMAT, cdnow_mapping
+    from churn_platform.testing.public_data import CDNOW_FILE_FORMAT, cdnow_mapping
 
     summary = replay_file(settings, TOPIC, path, cdnow_mapping(), **CDNOW_FILE_FORMAT, partitions=2)
     return summary.as_dict()
@@ -204,7 +201,7 @@ def one_round(engine: str) -> dict:
     from churn_platform.kafka.broker import EmbeddedBroker
     from churn_platform.lake.store import Lake
     from churn_platform.runner import PathOptions, run_platform
-    from churn_platform_tests.public_data import cdnow_master_path
+    from churn_platform.testing.public_data import cdnow_master_path
 
     path = cdnow_master_path()
     result: dict = {"load_before": load()}

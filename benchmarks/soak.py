@@ -31,12 +31,10 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' fault helpers
-
-from churn_platform.kafka.admin import ensure_topic  # noqa: E402
-from churn_platform.kafka.broker import EmbeddedBroker  # noqa: E402
-from churn_platform.lake.store import Lake  # noqa: E402
-from churn_platform_tests.reliability.faults import (  # noqa: E402
+from churn_platform.kafka.admin import ensure_topic
+from churn_platform.kafka.broker import EmbeddedBroker
+from churn_platform.lake.store import Lake
+from churn_platform.testing.faults import (
     Produced,
     assert_exactly_once,
     check_exactly_once,

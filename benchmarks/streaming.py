@@ -184,9 +184,9 @@ def build_world(settings, topic: str, lake, customers: int, days: int) -> dict:
     from churn_platform.events.simulator import SimulatorConfig, produce_simulation
     from churn_platform.ingestion.extract import ExtractConfig, extract_topic
     from churn_platform.lake.raw import read_raw_events
-    from churn_platform.ml import registry
     from churn_platform.ml.train import TrainConfig, train_models
     from churn_platform.ml.training_set import build_training_set, ensure_inputs, training_dates
+    from churn_platform.testing.serving import register_champion
 
     out: dict = {}
     started = time.perf_counter()
@@ -205,18 +205,7 @@ def build_world(settings, topic: str, lake, customers: int, days: int) -> dict:
     trained = train_models(
         training.table, training.features, TrainConfig(importance_repeats=1, importance_rows=500)
     )
-    version = registry.new_version()
-    registry.save_model(
-        lake,
-        version,
-        trained.candidate,
-        features=trained.features,
-        metrics=trained.metrics,
-        gate={"passed": True, "reasons": ["benchmark: not gated"]},
-        training={},
-        card="streaming benchmark model",
-    )
-    registry.promote(lake, version, reason="benchmark")
+    version = register_champion(lake, trained, reason="benchmark", card="streaming benchmark model")
     out["train_s"] = round(time.perf_counter() - started, 1)
     out["model_version"] = version
     out["model_features"] = len(trained.features)
@@ -268,23 +257,16 @@ class Scorer:
         self.scores_topic = f"bench-scores-{name}-{uuid.uuid4().hex[:6]}"
         ensure_topic(settings, self.scores_topic, partitions=PARTITIONS)
         self.log = work / f"serve-{name}.log"
-        command = [
-            sys.executable,
-            "-m",
-            "churn_platform.cli",
-            "serve",
-            "--topic",
+        from churn_platform.testing.serving import serve_command
+
+        command = serve_command(
             topic,
-            "--scores-topic",
             self.scores_topic,
-            "--group",
             f"bench-{name}-{uuid.uuid4().hex[:6]}",
-            "--lake",
-            lake.uri,
-            "--log-interval",
-            "5",
-            *extra,
-        ]
+            lake=lake,
+            log_interval=5,
+            extra=extra,
+        )
         env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers}
         env.update(item.split("=", 1) for item in env_items)
         self._out = self.log.open("wb")

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 
 import pytest
 
 from churn_platform.kafka.admin import ensure_topic
 from churn_platform.kafka.broker import EmbeddedBroker
 from churn_platform.kafka.config import KafkaSettings
+from churn_platform.testing.postgres import (
+    INSTALL_HINT,
+    PostgresCluster,
+    postgres_bin_dir,
+    throwaway_cluster,
+)
 
 # an S3-compatible server on loopback (moto), for tests of the lake on an object store
 pytest_plugins = ["churn_platform_tests.lake.s3"]
@@ -35,6 +42,21 @@ def topic(kafka_settings: KafkaSettings) -> str:
     return name
 
 
-# the simulated lake with features and labels that the ML tests share (built once)
-from churn_platform_tests.ml.ml_lake import ml_lake  # noqa: E402,F401
-from churn_platform_tests.postgres import postgres, postgres_database  # noqa: E402,F401
+# the simulated lake with features and labels that the ML tests share (built once), and a
+# model trained on it (once per test module that asks)
+from churn_platform_tests.ml.ml_lake import ml_lake, trained_model  # noqa: E402,F401
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """One throw-away PostgreSQL cluster for the test session (skipped when not installed)."""
+    if postgres_bin_dir() is None:
+        pytest.skip(f"PostgreSQL is not installed: {INSTALL_HINT}")
+    with throwaway_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def postgres_database(postgres: PostgresCluster) -> str:
+    """A new, empty database in the session's cluster, for one test."""
+    return postgres.create_database()

@@ -36,7 +36,7 @@ from churn_platform.lake.store import Lake
 from churn_platform.ml import registry
 from churn_platform.ml.score import read_scores
 from churn_platform.serving.scorer import ServeConfig, StreamingScorer, decode_stream_score
-from churn_platform_tests.public_data import CDNOW_REPLAY_OPTIONS, cdnow_master_path
+from churn_platform.testing.public_data import CDNOW_REPLAY_OPTIONS, cdnow_master_path
 
 LAST_COMPLETE = date(1998, 6, 29)  # the data end on 1998-06-30
 

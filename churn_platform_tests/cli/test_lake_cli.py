@@ -9,8 +9,8 @@ import pytest
 from churn_platform.cli import main
 from churn_platform.lake import tables
 from churn_platform.lake.store import Lake
+from churn_platform.testing.lakes import ExtractLike, event_ids, orphan
 from churn_platform_tests.defs.runs import record_run
-from churn_platform_tests.lake.events import Extract, event_ids, orphan
 
 
 @pytest.fixture(autouse=True)
@@ -21,7 +21,7 @@ def no_dagster_instance(monkeypatch):
 
 def test_maintain_compacts_and_vacuums_and_prints_one_json_object(tmp_path, capsys):
     lake = Lake(tmp_path / "lake")
-    extract = Extract(lake)
+    extract = ExtractLike(lake)
     for _ in range(10):
         extract.round()
     left = orphan(lake, age_hours=5)

@@ -19,7 +19,7 @@ from churn_platform.ml.training_set import (
     read_training_set,
     write_training_set,
 )
-from churn_platform_tests.features.lake_factory import event, events_frame, write_events
+from churn_platform.testing.lakes import event, events_frame, write_events
 from churn_platform_tests.ml.ml_lake import copy_lake
 
 FAST = TrainConfig(importance_rows=600, importance_repeats=1)

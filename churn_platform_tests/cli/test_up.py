@@ -112,6 +112,24 @@ def ours(dagster_home: Path) -> list[psutil.Process]:
     return found
 
 
+def reap(process: subprocess.Popen, output: Output, dagster_home: Path) -> list[psutil.Process]:
+    """Kill `up` if it still runs, and whatever of its processes is left; returns those left.
+
+    For a `finally:` after a test stopped `up`, so that a failing run leaks nothing into the
+    next tests; the caller fails on what is returned.
+    """
+    if process.poll() is None:
+        process.kill()
+        process.wait(10)
+    output.drain()
+    time.sleep(1)
+    left = ours(dagster_home)
+    for leftover in left:
+        with contextlib.suppress(psutil.Error):
+            leftover.kill()
+    return left
+
+
 # the user's own cluster, lake, topic and start date: `up` must use its embedded ones here
 USER_SETTINGS = (
     "KAFKA_BOOTSTRAP_SERVERS",

@@ -23,16 +23,17 @@ from pathlib import Path
 
 import psutil
 import pytest
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from churn_platform.cli.up import SIMULATION_TOPIC
 from churn_platform.events.contract import EVENTS_TOPIC
-from churn_platform.kafka.admin import ensure_topic, high_watermarks, list_topics, partitions_of
+from churn_platform.kafka.admin import ensure_topic, high_watermarks, list_topics
 from churn_platform.kafka.broker import EmbeddedBroker, free_port
 from churn_platform.kafka.config import KafkaSettings
 from churn_platform.lake.raw import read_raw_events
 from churn_platform.lake.store import Lake
-from churn_platform_tests.cli.test_up import PROJECT, UP_READY, Output, ours, start_up
+from churn_platform.testing.topics import topic_contents
+from churn_platform_tests.cli.test_up import PROJECT, UP_READY, Output, ours, reap, start_up
 
 STARTED = "started dg dev"
 
@@ -70,35 +71,6 @@ def produce_own_events(settings: KafkaSettings, topic: str, customers: int, seed
     return ids
 
 
-def topic_contents(settings: KafkaSettings, topic: str) -> dict[int, list[tuple]]:
-    """partition → [(offset, key, value)], read with assign() from 0 to EOF."""
-    partitions = partitions_of(settings, topic)
-    consumer = Consumer(
-        settings.client_config(
-            **{
-                "group.id": f"up-test-{uuid.uuid4().hex[:8]}",
-                "enable.partition.eof": True,
-                "enable.auto.commit": False,
-            }
-        )
-    )
-    consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
-    contents: dict[int, list[tuple]] = {p: [] for p in partitions}
-    at_eof: set[int] = set()
-    try:
-        while len(at_eof) < len(partitions):
-            msg = consumer.poll(5.0)
-            assert msg is not None, f"no EOF from partitions {set(partitions) - at_eof}"
-            if msg.error():
-                assert msg.error().code() == KafkaError._PARTITION_EOF, msg.error()
-                at_eof.add(msg.partition())
-                continue
-            contents[msg.partition()].append((msg.offset(), msg.key(), msg.value()))
-    finally:
-        consumer.close()
-    return contents
-
-
 def count(contents: dict[int, list[tuple]]) -> int:
     return sum(map(len, contents.values()))
 
@@ -110,15 +82,7 @@ def stop_up(process: subprocess.Popen, output: Output, dagster_home: Path) -> li
     try:
         process.wait(60)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
-        output.drain()
-        time.sleep(1)
-        left = ours(dagster_home)
-        for leftover in left:
-            with contextlib.suppress(psutil.Error):
-                leftover.kill()
+        left = reap(process, output, dagster_home)
     return left
 
 

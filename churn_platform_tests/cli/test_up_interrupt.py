@@ -9,13 +9,11 @@ note of SIGINT as Dagster's does.
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import subprocess
 import sys
 import time
 
-import psutil
 import pytest
 
 from churn_platform.kafka.broker import free_port
@@ -23,7 +21,7 @@ from churn_platform_tests.cli.test_up import (
     PROJECT,
     UP_READY,
     local_environment,
-    ours,
+    reap,
     start_up,
 )
 
@@ -51,15 +49,7 @@ def test_ctrl_c_during_the_bootstrap_stops_up_before_anything_else_starts(tmp_pa
         process.wait(60)
         took = time.monotonic() - interrupted
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
-        output.drain()
-        time.sleep(1)
-        left = ours(dagster_home)
-        for leftover in left:
-            with contextlib.suppress(psutil.Error):
-                leftover.kill()
+        left = reap(process, output, dagster_home)
     assert process.returncode == 0, output.text
     assert took < 60, output.text
     assert "stopped: broker" in output.text, output.text

@@ -57,7 +57,7 @@ from churn_platform.kafka.producer import EventProducer
 from churn_platform.lake.store import Lake
 from churn_platform.ml import registry
 from churn_platform.ml.score import read_scores
-from churn_platform_tests.defs.lake_builder import event, hand_built_lake
+from churn_platform.testing.lakes import event, hand_built_lake, message
 from churn_platform_tests.defs.training_flow import QUIET, failure_text, materialized
 
 FEATURES = dg.AssetKey("customer_features")
@@ -238,7 +238,7 @@ def test_scores_and_drift_wait_for_the_blocking_checks_of_features_from_an_earli
 ):
     """Today's features ran alone (no champion yet); the champion arrives later. Scores and
     drift follow only if that run's blocking feature checks passed."""
-    lake = hand_built_lake(tmp_path / "lake")
+    lake = hand_built_lake(Lake(tmp_path / "lake"))
     if damaged:  # the real engine, then a null where none is allowed
         real = feature_assets.materialize_features
 
@@ -268,7 +268,7 @@ def test_features_that_land_while_an_older_run_still_scores_are_scored_too(insta
     """A second extract's features land while the previous run is still scoring; that run's
     scores finish later. Dagster's eager() counts them as handling the newer features,
     which were then never scored (seen with the daemon); follow_updates() scores them."""
-    lake = hand_built_lake(tmp_path / "lake")
+    lake = hand_built_lake(Lake(tmp_path / "lake"))
     automation = UserCodeAutomation(instance, lake.uri)
     today = datetime.now(UTC).date().isoformat()
     assert not automation.tick()
@@ -398,7 +398,7 @@ def test_new_events_reach_todays_scores_without_a_human(
     with EventProducer(kafka_settings) as producer:
         for customer in chosen:
             for i in range(NEW_LOGINS):
-                value = event(customer, "login", started, event_id=f"{customer}-live-{i}")
+                value = message(event(f"{customer}-live-{i}", customer, "login", started))
                 producer.send(topic, value, customer)
     extract_tick(definitions, instance, kafka, events_cursor)
 

@@ -39,16 +39,25 @@ from churn_platform.features.materialize import (
 from churn_platform.lake import tables
 from churn_platform.lake.store import Lake
 from churn_platform.ml.labels import read_labels
-from churn_platform_tests.defs.lake_builder import (
-    AS_OF,
+from churn_platform.testing.lakes import (
+    HAND_BUILT_AS_OF,
     append_messages,
     hand_built_lake,
+    message,
     simulated_lake,
     started,
 )
 
 CHECKS = {SCHEMA_CHECK, NULLS_CHECK, RANGES_CHECK, ROW_COUNT_CHECK}
 SIM_AS_OF = "2024-03-10"
+SIM_END = datetime(2024, 5, 1, tzinfo=UTC)
+
+
+def simulated(root, days: int = 100) -> Lake:
+    """A lake of 60 simulated customers over `days` days before SIM_END."""
+    lake = Lake(root)
+    simulated_lake(lake, customers=60, days=days, seed=11, end=SIM_END)
+    return lake
 
 
 @pytest.fixture
@@ -129,7 +138,7 @@ def test_definitions_load_with_feature_assets_checks_job_and_partitions(monkeypa
 
 
 def test_start_date_comes_from_the_lake_else_a_year_back(tmp_path):
-    lake = simulated_lake(tmp_path / "lake", days=30)
+    lake = simulated(tmp_path / "lake", days=30)
     today = date(2026, 1, 10)
     assert features_start_date({"CHURN_LAKE": lake.uri}, today) == date(2024, 4, 1)
     assert features_start_date(
@@ -152,7 +161,7 @@ ENGINES = [
 def test_features_and_labels_materialize_with_metadata_and_passing_checks(
     tmp_path, instance, engine
 ):
-    lake = simulated_lake(tmp_path / "lake")
+    lake = simulated(tmp_path / "lake")
     result = run_features(lake, instance, SIM_AS_OF, engine=engine)
     assert result.success
     assert checks(result) == dict.fromkeys(CHECKS, True)
@@ -193,7 +202,7 @@ def corrupting(engine_result_table):
 def test_a_broken_feature_table_fails_blocking_checks_and_stops_labels(
     tmp_path, instance, monkeypatch
 ):
-    lake = simulated_lake(tmp_path / "lake")
+    lake = simulated(tmp_path / "lake")
 
     def damage(table: pl.DataFrame) -> pl.DataFrame:
         first = pl.int_range(pl.len()) == 0
@@ -220,10 +229,10 @@ def test_a_broken_feature_table_fails_blocking_checks_and_stops_labels(
 
 
 def test_row_count_and_schema_checks_catch_a_dropped_customer_and_column(tmp_path):
-    lake = hand_built_lake(tmp_path)
-    materialize_features(lake, AS_OF, engine="polars")
-    table, spec = read_features(lake, AS_OF), read_feature_spec(lake, AS_OF)
-    active = active_customers(lake, AS_OF)
+    lake = hand_built_lake(Lake(tmp_path))
+    materialize_features(lake, HAND_BUILT_AS_OF, engine="polars")
+    table, spec = read_features(lake, HAND_BUILT_AS_OF), read_feature_spec(lake, HAND_BUILT_AS_OF)
+    active = active_customers(lake, HAND_BUILT_AS_OF)
     assert active.to_list() == ["c_activity", "c_churn", "c_late", "c_quiet", "c_stay"]
     assert check_row_count(table, active).passed
 
@@ -240,10 +249,10 @@ def test_row_count_and_schema_checks_catch_a_dropped_customer_and_column(tmp_pat
 
 
 def test_labels_on_the_hand_built_case_and_a_horizon_not_yet_passed(tmp_path, instance):
-    lake = hand_built_lake(tmp_path)
-    result = run_features(lake, instance, AS_OF.isoformat())
+    lake = hand_built_lake(Lake(tmp_path))
+    result = run_features(lake, instance, HAND_BUILT_AS_OF.isoformat())
     assert result.success and checks(result) == dict.fromkeys(CHECKS, True)
-    labels = read_labels(lake, AS_OF)
+    labels = read_labels(lake, HAND_BUILT_AS_OF)
     assert dict(zip(labels["customer_id"], labels["churned"], strict=True)) == {
         "c_activity": False,
         "c_churn": True,  # cancelled at d+1
@@ -268,14 +277,14 @@ def test_labels_on_the_hand_built_case_and_a_horizon_not_yet_passed(tmp_path, in
     )
 
     day = datetime(2024, 4, 15, 8, tzinfo=UTC)
-    append_messages(lake, [started("c_new", day)], now=day)
+    append_messages(lake, [message(started("c_new", day))], now=day)
     assert "churn_labels" in materialized(run_features(lake, instance, late))
 
 
 def test_the_beam_engine_writes_the_same_table_as_polars(tmp_path, instance):
     from churn_platform.features import pipeline
 
-    lake = simulated_lake(tmp_path / "lake")
+    lake = simulated(tmp_path / "lake")
     result = run_features(lake, instance, SIM_AS_OF, engine="beam")
     assert result.success and checks(result) == dict.fromkeys(CHECKS, True)
     as_of = date.fromisoformat(SIM_AS_OF)

@@ -11,10 +11,11 @@ import pytest
 from churn_platform.defs.lake.jobs import MAINTENANCE_POOL, lake_maintenance_job
 from churn_platform.defs.lake.schedules import lake_maintenance_schedule
 from churn_platform.defs.resources.lake import LakeResource
+from churn_platform.events.contract import EVENTS_TOPIC
 from churn_platform.lake import tables
 from churn_platform.lake.store import Lake
+from churn_platform.testing.lakes import ExtractLike, event_ids, orphan
 from churn_platform_tests.defs.runs import record_run
-from churn_platform_tests.lake.events import TOPIC, Extract, event_ids, orphan
 
 
 @pytest.fixture
@@ -25,7 +26,7 @@ def instance():
 
 def test_the_job_compacts_and_vacuums_every_table_on_a_real_instance(tmp_path, instance):
     lake = Lake(tmp_path / "lake")
-    extract = Extract(lake)
+    extract = ExtractLike(lake)
     for _ in range(15):
         extract.round(days=2)
     tables.write(lake, tables.TRAINING_SET, pa.table({"x": [1, 2]}))
@@ -42,7 +43,7 @@ def test_the_job_compacts_and_vacuums_every_table_on_a_real_instance(tmp_path, i
     assert files_before == 60  # 15 extracts × 2 Kafka partitions × 2 event dates
     assert len(tables.data_files(lake, tables.RAW_EVENTS)) == 2  # one per event date
     assert event_ids(lake) == extract.expected_ids()
-    assert tables.committed_offsets(lake, tables.RAW_EVENTS, TOPIC) == extract.next
+    assert tables.committed_offsets(lake, tables.RAW_EVENTS, EVENTS_TOPIC) == extract.next
     assert not lake.exists(left)
     [output] = [e for e in result.all_node_events if e.event_type_value == "STEP_OUTPUT"]
     metadata = output.event_specific_data.metadata

@@ -39,9 +39,9 @@ from churn_platform.lake.store import Lake
 from churn_platform.ml import registry
 from churn_platform.ml.score import read_scores
 from churn_platform.runner import PathOptions, run_platform
-from churn_platform_tests.cli.test_up_cluster import topic_contents
-from churn_platform_tests.defs.lake_builder import event
-from churn_platform_tests.deploy.deployment import HOST, Deployment, offsets_in_lake
+from churn_platform.testing.deployment import HOST, Deployment, offsets_in_lake
+from churn_platform.testing.lakes import event, message
+from churn_platform.testing.topics import topic_contents
 
 SENSOR = "customer_events_sensor"
 BY_SENSOR = {"dagster/sensor_name": SENSOR}
@@ -287,7 +287,7 @@ def produce_live_logins(broker: EmbeddedBroker, topic: str, customers: list[str]
     sent = datetime.now(UTC)
     with EventProducer(broker.settings) as producer:
         for customer in customers:
-            value = event(customer, "login", sent, event_id=f"{customer}-live-{uuid.uuid4().hex}")
+            value = message(event(f"{customer}-live-{uuid.uuid4().hex}", customer, "login", sent))
             producer.send(topic, value, customer)
     return sent
 

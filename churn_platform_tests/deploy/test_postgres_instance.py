@@ -25,13 +25,13 @@ from churn_platform.defs.tags import EXTRACT_CONCURRENCY
 from churn_platform.deploy import POSTGRES_DAGSTER_YAML
 from churn_platform.instance import PROJECT_DAGSTER_YAML
 from churn_platform.lake.store import Lake
-from churn_platform_tests.defs.test_ingestion_defs import tick
-from churn_platform_tests.deploy.deployment import (
+from churn_platform.testing.deployment import (
     hold_extract_pool,
     offsets_in_lake,
     release_extract_pool,
     waiting_for_extract_pool,
 )
+from churn_platform_tests.defs.test_ingestion_defs import tick
 from churn_platform_tests.ingestion.test_extract import produce_round
 
 PROJECT = Path(__file__).resolve().parents[2]

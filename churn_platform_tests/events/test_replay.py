@@ -10,7 +10,6 @@ from zoneinfo import ZoneInfo
 import msgspec
 import polars as pl
 import pytest
-from confluent_kafka import Consumer, KafkaError, TopicPartition
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -33,10 +32,10 @@ from churn_platform.events.replay import run as replay_run
 from churn_platform.events.replay.messages import MessageBuilder, bind
 from churn_platform.events.replay.producing import prefetched
 from churn_platform.events.validation import validate
-from churn_platform.kafka.admin import partitions_of
 from churn_platform.kafka.broker import EmbeddedBroker
 from churn_platform.kafka.config import KafkaSettings
-from churn_platform_tests.public_data import cdnow_mapping, cdnow_master_path
+from churn_platform.testing.public_data import cdnow_mapping, cdnow_master_path
+from churn_platform.testing.topics import topic_messages
 
 NOW = 1_790_000_000_000  # 2026-09-21, a fixed clock for the future-ts rule
 
@@ -433,31 +432,6 @@ def test_broken_json_lines_become_invalid_json_messages(tmp_path):
 # --- real broker -----------------------------------------------------------------
 
 
-def read_topic(settings: KafkaSettings, topic: str) -> list[tuple[bytes, bytes]]:
-    """Every message of `topic`: assign() all partitions from 0 and read to EOF on each."""
-    partitions = partitions_of(settings, topic)
-    consumer = Consumer(
-        settings.client_config(
-            **{"group.id": "replay-test", "enable.partition.eof": True, "enable.auto.commit": False}
-        )
-    )
-    consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
-    at_eof: set[int] = set()
-    messages = []
-    try:
-        while len(at_eof) < len(partitions):
-            msg = consumer.poll(5.0)
-            assert msg is not None, f"no EOF from partitions {set(partitions) - at_eof}"
-            if msg.error():
-                assert msg.error().code() == KafkaError._PARTITION_EOF, msg.error()
-                at_eof.add(msg.partition())
-                continue
-            messages.append((msg.key(), msg.value()))
-    finally:
-        consumer.close()
-    return messages
-
-
 def test_replay_csv_into_the_topic_and_read_it_back(kafka_settings, topic, tmp_path):
     path = tmp_path / "accounts.csv"
     write_accounts_csv(path, rows=30)
@@ -473,7 +447,7 @@ def test_replay_csv_into_the_topic_and_read_it_back(kafka_settings, topic, tmp_p
     }
     assert sum(summary.event_types.values()) == 30
     expected = {json.loads(v)["event_id"]: k for k, v in all_messages(path, ACCOUNT_MAPPING)}
-    got = read_topic(kafka_settings, topic)
+    got = topic_messages(kafka_settings, topic)
     assert len(got) == 30
     assert {json.loads(v)["event_id"]: k for k, v in got} == expected
     assert {k for k, _ in got} == {b"acct-0", b"acct-1", b"acct-2"}
@@ -493,7 +467,7 @@ def test_invalid_rows_are_counted_produced_by_default_and_skipped_into_rejects(
     produced = replay_file(kafka_settings, topic, path, ReplayMapping())
     assert produced.invalid_by_reason == {Reason.MISSING_FIELD: 1, Reason.TS_OUT_OF_RANGE: 1}
     assert produced.events_produced == 4
-    assert len(read_topic(kafka_settings, topic)) == 4
+    assert len(topic_messages(kafka_settings, topic)) == 4
 
     rejects = tmp_path / "out" / "rejects.jsonl"
     skipped = replay_file(
@@ -516,7 +490,7 @@ def test_invalid_rows_are_counted_produced_by_default_and_skipped_into_rejects(
     ]
     assert json.loads(records[0]["value"])["ts"] == "1979-05-01T00:00:00.000Z"
     assert sorted(
-        json.loads(v)["customer_id"] for _, v in read_topic(kafka_settings, topic + "-skip")
+        json.loads(v)["customer_id"] for _, v in topic_messages(kafka_settings, topic + "-skip")
     ) == [
         "c1",
         "c3",
@@ -540,7 +514,7 @@ def test_json_lines_that_are_not_objects_are_skipped_into_rejects_with_their_row
         (1, Reason.INVALID_JSON, "{not json"),
         (3, Reason.NOT_AN_OBJECT, "[1, 2]"),
     ]
-    assert len(read_topic(kafka_settings, topic)) == 2
+    assert len(topic_messages(kafka_settings, topic)) == 2
 
 
 def test_cli_replays_with_column_options_and_prints_a_json_summary(
@@ -577,7 +551,7 @@ def test_cli_replays_with_column_options_and_prints_a_json_summary(
     summary = json.loads(out.out)
     assert summary["rows_read"] == 10 and summary["events_produced"] == 10
     assert summary["topic"] == topic
-    assert len(read_topic(kafka_settings, topic)) == 10
+    assert len(topic_messages(kafka_settings, topic)) == 10
 
 
 def test_cli_turns_bad_input_into_a_message_not_a_traceback(tmp_path, capsys):
@@ -1001,7 +975,7 @@ def test_cdnow_master_replays_with_column_mapping_only(kafka_settings, topic, ca
     [note] = summary["notes"]  # purchases only: churn must be inactivity
     assert "CHURN_DEFINITION=inactivity" in note
 
-    events = [(key, json.loads(value)) for key, value in read_topic(kafka_settings, topic)]
+    events = [(key, json.loads(value)) for key, value in topic_messages(kafka_settings, topic)]
     assert len(events) == 69_659
     assert len({e["event_id"] for _, e in events}) == 69_659  # every row once
     assert {key for key, _ in events} == {e["customer_id"].encode() for _, e in events}
@@ -1041,7 +1015,7 @@ def test_events_and_subscriptions_replay_in_one_command(kafka_settings, topic, t
         "subscription_cancelled": 2,
         "purchase": 1,
     }
-    got = [json.loads(v) for _, v in read_topic(kafka_settings, topic)]
+    got = [json.loads(v) for _, v in topic_messages(kafka_settings, topic)]
     lifecycle = sorted(
         (e["customer_id"], e["event_type"], e["ts"], e["attributes"]["plan"])
         for e in got
@@ -1061,7 +1035,7 @@ def test_events_and_subscriptions_replay_in_one_command(kafka_settings, topic, t
     # again: the same event ids, so the features drop the repeats
     assert replay_cli(kafka_settings, topic, *args) == 0
     capsys.readouterr()
-    again = [json.loads(v) for _, v in read_topic(kafka_settings, topic)]
+    again = [json.loads(v) for _, v in topic_messages(kafka_settings, topic)]
     assert len(again) == 2 * len(got)
     assert {e["event_id"] for e in again} == {e["event_id"] for e in got}
 
@@ -1097,7 +1071,7 @@ def test_unmatched_customers_kept_or_dropped_when_asked(kafka_settings, topic, t
     )
     assert dropped.dropped_rows == 2  # a3's login and a9's subscription
     assert dropped.events_produced == 3 + 2 + 1
-    customers = {k for k, _ in read_topic(kafka_settings, topic + "-drop")}
+    customers = {k for k, _ in topic_messages(kafka_settings, topic + "-drop")}
     assert customers == {b"a1", b"a2"}
     assert any("were left out" in n and "(2 rows left out)" in n for n in dropped.notes)
 
@@ -1144,7 +1118,7 @@ def test_cli_refuses_bad_pairs_in_one_line_and_produces_nothing(
         err = capsys.readouterr().err
         assert err.startswith("churn-platform replay: ") and expected in err, err
         assert err.count("\n") == 1 and "Traceback" not in err
-    assert read_topic(kafka_settings, topic) == []  # nothing was produced
+    assert topic_messages(kafka_settings, topic) == []  # nothing was produced
     assert main(["replay", str(events), "--unmatched-customers", "keep"]) == 2
     assert "need --subscriptions-file" in capsys.readouterr().err
     assert main(["replay", str(events), "--end-column", "finish"]) == 2

@@ -32,7 +32,7 @@ from churn_platform.lake.raw import read_raw_events
 from churn_platform.lake.store import Lake
 from churn_platform.ml.labels import compute_labels, materialize_labels, read_labels
 from churn_platform.ml.training_set import build_training_set, ensure_inputs
-from churn_platform_tests.features.lake_factory import event, events_frame, write_events
+from churn_platform.testing.lakes import event, events_frame, write_events
 
 D = date(2025, 6, 30)
 END = as_of_end(D)
@@ -203,7 +203,7 @@ def test_inactivity_labels_look_at_exactly_the_horizon_and_the_qualifying_types(
 @pytest.fixture(scope="module")
 def inactivity_lake(tmp_path_factory):
     """A simulated business labelled by inactivity: 60 days without a purchase."""
-    from churn_platform_tests.features.lake_factory import simulated_lake
+    from churn_platform.testing.lakes import simulated_lake
 
     lake = Lake(str(tmp_path_factory.mktemp("inactivity") / "lake"))
     end = datetime(2026, 3, 1, tzinfo=UTC)

@@ -17,7 +17,7 @@ from churn_platform.features.materialize import (
     read_features,
 )
 from churn_platform.lake.store import Lake
-from churn_platform_tests.features.lake_factory import event, events_frame, write_events
+from churn_platform.testing.lakes import event, events_frame, write_events
 
 DAY = date(2026, 5, 10)
 

@@ -34,7 +34,7 @@ from churn_platform.features.reference import reference_features
 from churn_platform.lake import tables
 from churn_platform.lake.pending import PENDING_DIR
 from churn_platform.lake.store import Lake
-from churn_platform_tests.features.lake_factory import (
+from churn_platform.testing.lakes import (
     event,
     events_frame,
     replayed_catalogue,

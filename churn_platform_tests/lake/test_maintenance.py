@@ -8,31 +8,23 @@ from pathlib import Path
 
 import pytest
 
-from churn_platform.events.contract import RAW_EVENTS_SCHEMA
+from churn_platform.events.contract import EVENTS_TOPIC
 from churn_platform.lake import maintenance, tables
 from churn_platform.lake.store import Lake
-from churn_platform_tests.lake.events import (
-    FIRST_DAY,
-    TOPIC,
-    Extract,
-    age,
-    event_ids,
-    orphan,
-    rows,
-)
+from churn_platform.testing.lakes import ExtractLike, age, event_ids, orphan
 
 RAW = tables.RAW_EVENTS
 
 
 def offsets(lake: Lake) -> dict[int, int]:
-    return tables.committed_offsets(lake, RAW, TOPIC)
+    return tables.committed_offsets(lake, RAW, EVENTS_TOPIC)
 
 
 def test_compaction_merges_the_partitions_of_many_small_files_and_keeps_rows_and_offsets(
     tmp_path,
 ):
     lake = Lake(tmp_path)
-    extract = Extract(lake)
+    extract = ExtractLike(lake)
     for _ in range(12):
         extract.round(days=2)  # 24 files in each of two days
     extract.round(days=3)  # the third day: 2 files, too few to compact
@@ -60,7 +52,7 @@ def test_compaction_merges_the_partitions_of_many_small_files_and_keeps_rows_and
 
 def test_a_dry_run_changes_nothing(tmp_path):
     lake = Lake(tmp_path)
-    extract = Extract(lake)
+    extract = ExtractLike(lake)
     for _ in range(10):
         extract.round()
     left = orphan(lake, age_hours=3)
@@ -74,14 +66,12 @@ def test_a_dry_run_changes_nothing(tmp_path):
 
 def test_vacuum_removes_a_killed_writers_files_once_older_than_the_retention(tmp_path):
     lake = Lake(tmp_path)
-    extract = Extract(lake)
+    extract = ExtractLike(lake)
     for _ in range(10):
         extract.round()
     old_orphan = orphan(lake, age_hours=2)
     # written by an extract that is still running: young, not committed yet
-    in_flight = tables.write_file(
-        lake, RAW, rows(0, extract.next[0], 7, FIRST_DAY), {"event_date": FIRST_DAY}
-    )
+    in_flight = extract.write_running(7)
     before_compaction = tables.version(lake, RAW)
     maintenance.compact(lake, RAW)
     replaced = [
@@ -97,21 +87,14 @@ def test_vacuum_removes_a_killed_writers_files_once_older_than_the_retention(tmp
     assert all(lake.exists(p) for p in replaced)
     assert event_ids(lake, before_compaction) == extract.expected_ids()
     # the running extract commits its file after the vacuum: visible, once
-    extract.next[0] += 7
-    tables.commit(
-        lake,
-        RAW,
-        [in_flight],
-        schema=RAW_EVENTS_SCHEMA,
-        transactions={tables.offsets_app_id(TOPIC, 0): extract.next[0]},
-    )
+    extract.commit_running(in_flight, 7)
     assert event_ids(lake) == extract.expected_ids()
     assert offsets(lake) == extract.next
 
 
 def test_log_cleanup_keeps_the_delta_log_bounded_and_the_offsets(tmp_path):
     lake = Lake(tmp_path)
-    extract = Extract(lake)
+    extract = ExtractLike(lake)
     for _ in range(30):
         extract.round(days=1)
     maintenance.vacuum(lake, RAW, retention_hours=1)  # the table now keeps logs 1 h
@@ -153,7 +136,7 @@ def test_a_retention_shorter_than_the_longest_run_is_refused():
 def test_appends_and_maintenance_commit_concurrently_without_losing_a_row(tmp_path):
     """An extract-like writer commits (with txn offsets) while compaction and vacuum loop."""
     lake = Lake(tmp_path)
-    extract = Extract(lake, partitions=3)
+    extract = ExtractLike(lake, partitions=3)
     extract.round()
     orphans = [orphan(lake, age_hours=2) for _ in range(3)]
     stop = threading.Event()

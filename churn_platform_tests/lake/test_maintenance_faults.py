@@ -17,9 +17,10 @@ import sys
 import time
 from pathlib import Path
 
+from churn_platform.events.contract import EVENTS_TOPIC
 from churn_platform.lake import tables
 from churn_platform.lake.store import Lake
-from churn_platform_tests.lake.events import TOPIC, Extract, event_ids, orphan
+from churn_platform.testing.lakes import ExtractLike, event_ids, orphan
 
 # imports first, then "ready", then the work: the kill lands in the work, not in imports
 CHILD = """
@@ -64,7 +65,7 @@ def child_environment() -> dict[str, str]:
 
 def test_killing_maintenance_at_random_points_loses_and_doubles_nothing(tmp_path):
     lake = Lake(tmp_path / "lake")
-    extract = Extract(lake, partitions=3)
+    extract = ExtractLike(lake, partitions=3)
     chance = random.Random(SEED)
     outcomes = []
     orphans: list[str] = []
@@ -92,7 +93,7 @@ def test_killing_maintenance_at_random_points_loses_and_doubles_nothing(tmp_path
 
         # every committed file readable (page checksums verified), every row once
         assert event_ids(lake) == extract.expected_ids()
-        assert tables.committed_offsets(lake, tables.RAW_EVENTS, TOPIC) == extract.next
+        assert tables.committed_offsets(lake, tables.RAW_EVENTS, EVENTS_TOPIC) == extract.next
     # most kills land inside the work (the seed's points; a slower machine only adds kills)
     assert sum(o.endswith("killed") for o in outcomes) >= 3, outcomes
 
@@ -112,4 +113,4 @@ def test_killing_maintenance_at_random_points_loses_and_doubles_nothing(tmp_path
     assert raw["compaction"]["files_after"] == 8  # one file per event date
     assert not any(lake.exists(p) for p in orphans)  # the aged orphans: gone, whichever run did it
     assert event_ids(lake) == extract.expected_ids()
-    assert tables.committed_offsets(lake, tables.RAW_EVENTS, TOPIC) == extract.next
+    assert tables.committed_offsets(lake, tables.RAW_EVENTS, EVENTS_TOPIC) == extract.next

@@ -16,10 +16,10 @@ from datetime import date
 import pyarrow as pa
 import pytest
 
-from churn_platform.events.contract import RAW_EVENTS_SCHEMA
+from churn_platform.events.contract import EVENTS_TOPIC
 from churn_platform.lake import maintenance, tables
 from churn_platform.lake.store import Lake
-from churn_platform_tests.lake.events import TOPIC, Extract, event_ids, rows
+from churn_platform.testing.lakes import ExtractLike, event_ids, raw_rows
 from churn_platform_tests.lake.s3 import environ_with
 
 RAW = tables.RAW_EVENTS
@@ -46,33 +46,33 @@ def test_the_server_refuses_a_second_conditional_put_of_the_same_key(s3_lake_roo
 
 def test_commits_with_offsets_reads_replace_and_time_travel(s3_lake_root):
     lake = Lake(s3_lake_root)
-    extract = Extract(lake)
+    extract = ExtractLike(lake)
     for _ in range(3):
         extract.round()
     assert event_ids(lake) == extract.expected_ids()
-    assert tables.committed_offsets(lake, RAW, TOPIC) == extract.next
+    assert tables.committed_offsets(lake, RAW, EVENTS_TOPIC) == extract.next
     # a killed writer's file: on the store, referenced by no commit, read by no one
-    tables.write_file(lake, RAW, rows(7, 0, 5, date(2026, 1, 1)), {"event_date": date(2026, 1, 1)})
+    tables.write_file(
+        lake, RAW, raw_rows(7, 0, 5, date(2026, 1, 1)), {"event_date": date(2026, 1, 1)}
+    )
     assert event_ids(lake) == extract.expected_ids()
 
     before = tables.version(lake, RAW)
-    replacement = rows(0, 1000, 3, date(2026, 1, 2))
+    replacement = raw_rows(0, 1000, 3, date(2026, 1, 2))
     after = tables.write(lake, RAW, replacement, replace={"event_date": date(2026, 1, 2)})
     assert after == before + 1
     day_two = tables.read_arrow(lake, RAW, ["event_id"], where={"event_date": date(2026, 1, 2)})
     assert sorted(day_two.column("event_id").to_pylist()) == ["0-1000", "0-1001", "0-1002"]
     assert event_ids(lake, version=before) == extract.expected_ids()  # time travel
-    assert tables.committed_offsets(lake, RAW, TOPIC) == extract.next  # kept by the replace
+    assert tables.committed_offsets(lake, RAW, EVENTS_TOPIC) == extract.next  # kept by the replace
 
 
 def test_compaction_and_vacuum_on_the_object_store(s3_lake_root):
     lake = Lake(s3_lake_root)
-    extract = Extract(lake)
+    extract = ExtractLike(lake)
     for _ in range(10):
         extract.round()
-    in_flight = tables.write_file(
-        lake, RAW, rows(0, extract.next[0], 4, date(2026, 1, 1)), {"event_date": date(2026, 1, 1)}
-    )
+    in_flight = extract.write_running(4)
     before = tables.version(lake, RAW)
 
     [done] = maintenance.maintain(lake, [RAW], retention_hours=1)
@@ -80,24 +80,17 @@ def test_compaction_and_vacuum_on_the_object_store(s3_lake_root):
     assert (done.compaction.files_before, done.compaction.files_after) == (40, 2)
     assert event_ids(lake) == extract.expected_ids()
     assert event_ids(lake, version=before) == extract.expected_ids()
-    assert tables.committed_offsets(lake, RAW, TOPIC) == extract.next
+    assert tables.committed_offsets(lake, RAW, EVENTS_TOPIC) == extract.next
     # the young uncommitted file (a running extract's) survived; it commits now
     assert done.vacuum.removed_files == 0
     assert lake.exists(tables.file_path(RAW, in_flight))
-    extract.next[0] += 4
-    tables.commit(
-        lake,
-        RAW,
-        [in_flight],
-        schema=RAW_EVENTS_SCHEMA,
-        transactions={tables.offsets_app_id(TOPIC, 0): extract.next[0]},
-    )
+    extract.commit_running(in_flight, 4)
     assert event_ids(lake) == extract.expected_ids()
     # full vacuum finds files no commit references on this store (what removes a killed
     # writer's files once they are older than the retention; the store's clock cannot
     # be turned back here, so this one uses retention 0 directly)
     orphan = tables.write_file(
-        lake, RAW, rows(9, 0, 2, date(2026, 1, 1)), {"event_date": "2026-01-01"}
+        lake, RAW, raw_rows(9, 0, 2, date(2026, 1, 1)), {"event_date": "2026-01-01"}
     )
     table = tables.open_table(lake, RAW)
     lite = table.vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=True)

@@ -6,9 +6,10 @@ import shutil
 
 import pytest
 
+from churn_platform.events.contract import EVENTS_TOPIC
 from churn_platform.lake import raw, tables
 from churn_platform.lake.store import Lake, LakeError
-from churn_platform_tests.lake.test_migrate import DAY, TOPIC, _rows
+from churn_platform.testing.lakes import FIRST_DAY, raw_rows
 
 
 def test_a_memory_lake_is_refused_naming_the_setting():
@@ -16,17 +17,17 @@ def test_a_memory_lake_is_refused_naming_the_setting():
     with pytest.raises(LakeError, match="CHURN_LAKE=memory://refused-lake cannot hold"):
         raw.read_raw_events(lake)
     with pytest.raises(LakeError, match="set it to a directory or an object-store URI"):
-        raw.append_rows(lake, TOPIC, _rows(0, 0, 3, DAY))
+        raw.append_rows(lake, EVENTS_TOPIC, raw_rows(0, 0, 3, FIRST_DAY))
 
 
 def test_data_files_without_a_log_are_refused_for_reads_and_writes(tmp_path):
     lake = Lake(tmp_path / "lake")
-    raw.append_rows(lake, TOPIC, _rows(0, 0, 5, DAY))
+    raw.append_rows(lake, EVENTS_TOPIC, raw_rows(0, 0, 5, FIRST_DAY))
     shutil.rmtree(lake.path(tables.RAW_EVENTS.log_dir))
     for attempt in (
         lambda: raw.read_raw_events(lake),
-        lambda: raw.extracted_offsets(lake, TOPIC),
-        lambda: raw.append_rows(lake, TOPIC, _rows(0, 5, 2, DAY)),
+        lambda: raw.extracted_offsets(lake, EVENTS_TOPIC),
+        lambda: raw.append_rows(lake, EVENTS_TOPIC, raw_rows(0, 5, 2, FIRST_DAY)),
     ):
         with pytest.raises(LakeError, match="but no transaction log") as refused:
             attempt()

@@ -1,4 +1,5 @@
-"""A simulated lake with feature tables and labels at the default training dates, once per session."""
+"""A simulated lake with feature tables and labels at the default training dates, once per session;
+a model trained on it, once per module."""
 
 from __future__ import annotations
 
@@ -8,8 +9,14 @@ from datetime import UTC, datetime
 import pytest
 
 from churn_platform.lake.store import Lake
-from churn_platform.ml.training_set import TrainingDates, ensure_inputs, training_dates
-from churn_platform_tests.features.lake_factory import LakeSummary, simulated_lake
+from churn_platform.ml.train import TrainConfig, train_models
+from churn_platform.ml.training_set import (
+    TrainingDates,
+    build_training_set,
+    ensure_inputs,
+    training_dates,
+)
+from churn_platform.testing.lakes import LakeSummary, simulated_lake
 
 ML_END = datetime(2026, 6, 30, 12, tzinfo=UTC)
 ML_CUSTOMERS = 2000
@@ -36,6 +43,17 @@ def ml_lake(tmp_path_factory) -> MlLake:
     dates = training_dates(lake)
     ensure_inputs(lake, dates.dates, engine="polars")
     return MlLake(lake, summary, dates)
+
+
+@pytest.fixture(scope="module")
+def trained_model(ml_lake):
+    """A candidate trained on the shared ML lake (the simulator's event types)."""
+    training = build_training_set(ml_lake.lake, ml_lake.dates.dates)
+    return train_models(
+        training.table,
+        training.features,
+        TrainConfig(importance_repeats=1, importance_rows=200),
+    )
 
 
 def copy_lake(source: Lake, target_dir) -> Lake:

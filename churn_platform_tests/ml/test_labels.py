@@ -10,6 +10,7 @@ import pytest
 from churn_platform.events.contract import SUBSCRIPTION_CANCELLED
 from churn_platform.features.definitions import as_of_end
 from churn_platform.features.materialize import materialize_features, read_features
+from churn_platform.lake.store import Lake
 from churn_platform.ml.labels import (
     LABEL_SCHEMA,
     NotYetLabelable,
@@ -20,11 +21,12 @@ from churn_platform.ml.labels import (
     read_cancellations,
     read_labels,
 )
-from churn_platform_tests.defs.lake_builder import (
-    AS_OF,
+from churn_platform.testing.lakes import (
+    HAND_BUILT_AS_OF,
     append_messages,
     cancelled,
     hand_built_lake,
+    message,
     started,
 )
 
@@ -96,28 +98,28 @@ def test_a_date_is_labelable_only_when_the_lake_covers_its_horizon():
 
 
 def test_the_lake_is_complete_through_the_day_before_its_latest_event_date(tmp_path):
-    lake = hand_built_lake(tmp_path)
+    lake = hand_built_lake(Lake(tmp_path))
     assert complete_through(lake) == date(2024, 4, 9)
 
 
 def test_only_cancellations_inside_the_horizon_are_read(tmp_path):
-    lake = hand_built_lake(tmp_path)
-    found = read_cancellations(lake, AS_OF, 30)
+    lake = hand_built_lake(Lake(tmp_path))
+    found = read_cancellations(lake, HAND_BUILT_AS_OF, 30)
     assert found["customer_id"].to_list() == ["c_churn"]
-    assert read_cancellations(lake, AS_OF, 31)["customer_id"].sort().to_list() == [
+    assert read_cancellations(lake, HAND_BUILT_AS_OF, 31)["customer_id"].sort().to_list() == [
         "c_churn",
         "c_late",
     ]
 
 
 def test_hand_built_case_end_to_end(tmp_path):
-    lake = hand_built_lake(tmp_path)
-    materialize_features(lake, AS_OF, engine="polars")
-    customers = read_features(lake, AS_OF, columns=["customer_id"])["customer_id"]
+    lake = hand_built_lake(Lake(tmp_path))
+    materialize_features(lake, HAND_BUILT_AS_OF, engine="polars")
+    customers = read_features(lake, HAND_BUILT_AS_OF, columns=["customer_id"])["customer_id"]
     assert "c_gone" not in customers.to_list()  # cancelled on d: not active at d
 
-    result = materialize_labels(lake, customers, AS_OF, 30)
-    labels = read_labels(lake, AS_OF)
+    result = materialize_labels(lake, customers, HAND_BUILT_AS_OF, 30)
+    labels = read_labels(lake, HAND_BUILT_AS_OF)
     assert dict(zip(labels["customer_id"], labels["churned"], strict=True)) == {
         "c_activity": False,
         "c_churn": True,
@@ -128,20 +130,22 @@ def test_hand_built_case_end_to_end(tmp_path):
     assert (result.rows, result.churned, result.complete_through) == (5, 1, date(2024, 4, 9))
 
     # a second run replaces the file: same rows, not twice as many
-    materialize_labels(lake, customers, AS_OF, 31)
-    again = read_labels(lake, AS_OF)
+    materialize_labels(lake, customers, HAND_BUILT_AS_OF, 31)
+    again = read_labels(lake, HAND_BUILT_AS_OF)
     assert again.height == 5 and set(again["horizon_days"]) == {31}
     assert again.filter(pl.col("churned"))["customer_id"].to_list() == ["c_churn", "c_late"]
 
 
 def test_a_date_becomes_labelable_when_later_events_arrive(tmp_path):
-    lake = hand_built_lake(tmp_path)
-    late = AS_OF + timedelta(days=14)
+    lake = hand_built_lake(Lake(tmp_path))
+    late = HAND_BUILT_AS_OF + timedelta(days=14)
     with pytest.raises(NotYetLabelable) as refused:
         materialize_labels(lake, ["c_stay"], late, 30)
     assert refused.value.labelable_from == date(2024, 4, 15)
 
     day = as_of_end(date(2024, 4, 14))
-    append_messages(lake, [started("c_new", day), cancelled("c_stay", day - MS)], now=day)
+    append_messages(
+        lake, [message(started("c_new", day)), message(cancelled("c_stay", day - MS))], now=day
+    )
     result = materialize_labels(lake, ["c_stay"], late, 30)
     assert result.churned == 1

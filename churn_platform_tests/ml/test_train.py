@@ -35,7 +35,7 @@ from churn_platform.ml.training_set import (
     ensure_inputs,
     training_dates,
 )
-from churn_platform_tests.defs.lake_builder import append_messages
+from churn_platform.testing.lakes import append_messages
 
 # small permutation importance: the full default costs more than both fits together
 FAST = TrainConfig(importance_rows=600, importance_repeats=1)

@@ -31,7 +31,7 @@ from churn_platform.ml.training_set import (
     training_dates,
     write_training_set,
 )
-from churn_platform_tests.features.lake_factory import event, events_frame, write_events
+from churn_platform.testing.lakes import event, events_frame, write_events
 from churn_platform_tests.ml.ml_lake import copy_lake
 
 D = date(2024, 3, 1)

@@ -47,8 +47,8 @@ from churn_platform.kafka.reader import OffsetRangeReader
 from churn_platform.lake.raw import extracted_offsets, read_raw_events
 from churn_platform.lake.store import Lake
 from churn_platform.serving.scorer import ServeConfig, StreamingScorer, decode_stream_score
+from churn_platform.testing.serving import register_champion
 from churn_platform_tests.ingestion.test_extract import produce_round
-from churn_platform_tests.serving.test_scorer import register, trained_model  # noqa: F401
 
 HOST = "127.0.0.1"
 
@@ -350,7 +350,7 @@ def test_extract_and_sensor_during_an_outage_then_exactly_once_after(outage, tmp
 
 def test_streaming_scorer_backs_off_and_scores_every_event_after_the_broker_returns(
     outage,
-    trained_model,  # noqa: F811
+    trained_model,
     tmp_path,
     caplog,
 ):
@@ -363,7 +363,7 @@ def test_streaming_scorer_backs_off_and_scores_every_event_after_the_broker_retu
     produce_simulation(settings, topic, history, partitions=3)
     lake = Lake(str(tmp_path / "lake"))
     extract_topic(settings, lake, ExtractConfig(topic=topic))
-    register(lake, trained_model, uuid.uuid4().hex)
+    register_champion(lake, trained_model)
     config = ServeConfig(
         topic=topic,
         scores_topic=scores_topic,

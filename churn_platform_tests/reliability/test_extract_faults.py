@@ -20,7 +20,7 @@ import pytest
 
 from churn_platform.events.contract import Reason
 from churn_platform.lake.store import Lake
-from churn_platform_tests.reliability.faults import (
+from churn_platform.testing.faults import (
     Produced,
     assert_exactly_once,
     check_exactly_once,

@@ -33,7 +33,7 @@ from churn_platform.ingestion.extract import ExtractConfig, extract_topic
 from churn_platform.lake import tables
 from churn_platform.lake.raw import extracted_offsets, read_quarantine, read_raw_events
 from churn_platform.lake.store import Lake, LakeError
-from churn_platform_tests.reliability.faults import (
+from churn_platform.testing.faults import (
     END,
     REPO,
     Produced,

@@ -15,7 +15,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -35,7 +34,7 @@ from churn_platform.kafka.reader import OffsetRangeReader
 from churn_platform.lake.raw import extracted_offsets
 from churn_platform.lake.store import Lake
 from churn_platform.serving.scorer import decode_stream_score
-from churn_platform_tests.serving.test_scorer import register, trained_model  # noqa: F401
+from churn_platform.testing.serving import register_champion, serve_command
 
 SEED = 97
 EVENTS = 3000
@@ -74,24 +73,9 @@ class Scorer:
         env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers}
         with log.open("wb") as out:
             self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "churn_platform.cli",
-                    "serve",
-                    "--topic",
-                    topic,
-                    "--scores-topic",
-                    scores_topic,
-                    "--group",
-                    group,
-                    "--lake",
-                    lake.uri,
-                    "--max-batch",
-                    str(MAX_BATCH),
-                    "--log-interval",
-                    "1",
-                ],
+                serve_command(
+                    topic, scores_topic, group, lake=lake, extra=("--max-batch", str(MAX_BATCH))
+                ),
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -124,7 +108,7 @@ class Scorer:
 def test_scorer_killed_under_load_scores_every_event_with_bounded_duplicates(
     kafka_settings,
     topic,
-    trained_model,  # noqa: F811
+    trained_model,
     tmp_path,
 ):
     rng = random.Random(SEED)
@@ -133,7 +117,7 @@ def test_scorer_killed_under_load_scores_every_event_with_bounded_duplicates(
     produce_simulation(settings, topic, history, partitions=3)
     lake = Lake(str(tmp_path / "lake"))
     extract_topic(settings, lake, ExtractConfig(topic=topic))
-    register(lake, trained_model, uuid.uuid4().hex)
+    register_champion(lake, trained_model)
     held = extracted_offsets(lake, topic)
     scores_topic = f"kill-scores-{uuid.uuid4().hex[:8]}"
     ensure_topic(settings, scores_topic, partitions=3)

@@ -38,10 +38,7 @@ from churn_platform.kafka.producer import EventProducer
 from churn_platform.kafka.reader import OffsetRangeReader
 from churn_platform.lake import tables
 from churn_platform.lake.store import Lake
-from churn_platform.ml import registry
 from churn_platform.ml.frame import model_input
-from churn_platform.ml.train import TrainConfig, train_models
-from churn_platform.ml.training_set import build_training_set
 from churn_platform.serving.metrics import serve_metrics
 from churn_platform.serving.scorer import (
     ChampionWatcher,
@@ -49,36 +46,10 @@ from churn_platform.serving.scorer import (
     StreamingScorer,
     decode_stream_score,
 )
+from churn_platform.testing.serving import register_champion, serve_command
 
 HISTORY_CUSTOMERS = 300
 HISTORY_DAYS = 100
-
-
-@pytest.fixture(scope="module")
-def trained_model(ml_lake):
-    """A candidate trained on the shared ML lake (the simulator's event types)."""
-    training = build_training_set(ml_lake.lake, ml_lake.dates.dates)
-    return train_models(
-        training.table,
-        training.features,
-        TrainConfig(importance_repeats=1, importance_rows=200),
-    )
-
-
-def register(lake: Lake, trained, token: str) -> str:
-    version = registry.new_version(token=token)
-    registry.save_model(
-        lake,
-        version,
-        trained.candidate,
-        features=trained.features,
-        metrics=trained.metrics,
-        gate={"passed": True, "reasons": ["test"]},
-        training={},
-        card="test model",
-    )
-    registry.promote(lake, version, reason="test")
-    return version
 
 
 @pytest.fixture
@@ -93,7 +64,7 @@ def world(kafka_settings, topic, trained_model, tmp_path):
     )
     lake = Lake(str(tmp_path / "lake"))
     extract_topic(kafka_settings, lake, ExtractConfig(topic=topic))
-    version = register(lake, trained_model, uuid.uuid4().hex)
+    version = register_champion(lake, trained_model)
     scores_topic = f"scores-{uuid.uuid4().hex[:8]}"
     ensure_topic(kafka_settings, scores_topic, partitions=3)
     return lake, version, scores_topic
@@ -232,7 +203,7 @@ def test_a_small_batch_predictor_that_disagrees_is_dropped_for_predict_proba(
 ):
     """The fast path is checked against the model's predict_proba on its first batch."""
     lake = Lake(str(tmp_path / "lake"))
-    register(lake, trained_model, uuid.uuid4().hex)
+    register_champion(lake, trained_model)
     watcher = ChampionWatcher(lake, interval_s=60)
     assert watcher.poll(force=True) and watcher.uses_small_batch_predictor
     rows = trained_model.split.holdout.head(25)
@@ -240,7 +211,7 @@ def test_a_small_batch_predictor_that_disagrees_is_dropped_for_predict_proba(
     np.testing.assert_array_equal(watcher.predict_proba(rows), expected)  # checked: kept
     assert watcher.uses_small_batch_predictor
     watcher.poll(force=True)  # same champion: nothing reloaded
-    register(lake, trained_model, uuid.uuid4().hex)
+    register_champion(lake, trained_model)
     assert watcher.poll(force=True) and watcher.uses_small_batch_predictor
     watcher._fast = lambda x: np.zeros(x.height)  # a wrong fast path for the new model
     with caplog.at_level(logging.WARNING, logger="churn_platform.serve"):
@@ -280,7 +251,7 @@ def test_a_new_champion_is_served_without_a_restart(kafka_settings, topic, world
     with Running(kafka_settings, lake, config_for(topic, scores_topic)) as scorer:
         produce(kafka_settings, topic, [live_event(i, c) for i, c in enumerate(customers)])
         wait_for_scores(kafka_settings, scores_topic, 5)
-        newer = register(lake, trained_model, uuid.uuid4().hex)
+        newer = register_champion(lake, trained_model)
         deadline = time.monotonic() + 20
         while scorer.champion.model.version != newer and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -339,21 +310,12 @@ def test_serve_command_stops_cleanly_on_sigterm(kafka_settings, topic, world, tm
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "churn_platform.cli",
-                "serve",
-                "--topic",
+            serve_command(
                 topic,
-                "--scores-topic",
                 scores_topic,
-                "--group",
                 f"cli-{uuid.uuid4().hex[:6]}",
-                "--log-interval",
-                "1",
-                *("--metrics-port", "0"),  # any free port; the log says which
-            ],
+                extra=("--metrics-port", "0"),  # any free port; the log says which
+            ),
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

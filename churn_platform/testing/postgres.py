@@ -1,4 +1,4 @@
-"""A throw-away PostgreSQL cluster for the tests: Debian's binaries, a temporary directory, a loopback port.
+"""A throw-away PostgreSQL cluster for tests and benchmarks: Debian's binaries, a temporary directory, a loopback port.
 
 No system service and no packaged cluster: `initdb` into a new temporary
 directory, `pg_ctl start` on a free port of 127.0.0.1, password (SCRAM)
@@ -7,8 +7,9 @@ removed. PostgreSQL refuses to run as root; as root (CI) the server runs as
 the `postgres` user that Debian's package creates, or, when there is none, as
 a system user created for it. A session killed before its teardown leaves its
 cluster running; the next session stops and removes it. `make postgresql` installs the package when it
-is missing (as `make chromium` does for the UI test); without it these tests
-are skipped with that command in the reason.
+is missing (as `make chromium` does for the UI test); without it the tests
+that need it (the `postgres` fixture of churn_platform_tests/conftest.py) are
+skipped with that command in the reason.
 
 The cluster's superuser has a password with characters a URL must escape, so
 every test that builds a connection URL from it proves the quoting too.
@@ -34,7 +35,6 @@ from pathlib import Path
 from urllib.parse import quote
 
 import psutil
-import pytest
 
 from churn_platform.kafka.broker import free_port
 
@@ -272,18 +272,3 @@ def throwaway_cluster() -> Iterator[PostgresCluster]:
         with contextlib.suppress(Exception):
             cluster.stop("immediate")
         shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresCluster]:
-    """One throw-away PostgreSQL cluster for the test session (skipped when not installed)."""
-    if postgres_bin_dir() is None:
-        pytest.skip(f"PostgreSQL is not installed: {INSTALL_HINT}")
-    with throwaway_cluster() as cluster:
-        yield cluster
-
-
-@pytest.fixture
-def postgres_database(postgres: PostgresCluster) -> str:
-    """A new, empty database in the session's cluster, for one test."""
-    return postgres.create_database()

@@ -5,7 +5,7 @@
   lake can be checked against what Kafka really holds, not against what the extract
   says it read.
 - `start_extract_child` runs the extract in a child process (`python -m
-  churn_platform_tests.reliability.faults ...`) that says "ready" once its imports
+  churn_platform.testing.faults ...`) that says "ready" once its imports
   are done, so a seeded kill delay measures the extract, not Python's start-up.
 - `lake_state` looks at the lake as a crash left it: committed offsets and files,
   data files no commit references, temporary files.
@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 END = datetime(2026, 11, 1, tzinfo=UTC)
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[2]  # the checkout: the child starts there
 READY = "ready"
 
 
@@ -110,7 +110,7 @@ def extract_child_command(
     command = [
         sys.executable,
         "-m",
-        "churn_platform_tests.reliability.faults",
+        "churn_platform.testing.faults",
         "--bootstrap-servers",
         bootstrap,
         "--lake",

@@ -15,7 +15,7 @@ new scipy), so the file is taken, without importing `lifetimes`:
 How CDNOW maps onto the event contract is written once, here, as the options
 a user types (`CDNOW_REPLAY_OPTIONS`) and as the same thing in code
 (`cdnow_mapping()` with `CDNOW_FILE_FORMAT`). Benchmarks import these as
-`from churn_platform_tests.public_data import ...`.
+`from churn_platform.testing.public_data import ...`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+# the project's checkout (an editable install, as `make` makes it)
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CACHE_DIR = REPO_ROOT / "var" / "public-data"
 
 LIFETIMES = "lifetimes"
