@@ -101,7 +101,7 @@ def test_default_demo_runs_the_whole_pipeline(tmp_path, monkeypatch, capsys):
 
 
 def test_extract_command_and_reset(kafka_settings, topic, tmp_path, capsys):
-    from churn_platform_tests.ingestion.test_extract import produce_round
+    from churn_platform.testing.topics import produce_round
 
     valid, _ = produce_round(kafka_settings, topic, seed=500, bad_fraction=0.0)
     argv = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from churn_platform.cli import main
-from churn_platform_tests.ingestion.test_extract import produce_round
+from churn_platform.testing.topics import produce_round
 
 
 def test_extract_prints_the_lag_after_the_run_and_keeps_json_on_stdout(

@@ -15,7 +15,7 @@ from churn_platform.defs.resources.lake import LakeResource
 from churn_platform.defs.tags import LAG, LAG_TOTAL, TRIGGER_REASON
 from churn_platform.lake.raw import read_raw_events
 from churn_platform.lake.store import Lake
-from churn_platform_tests.ingestion.test_extract import produce_round
+from churn_platform.testing.topics import produce_round
 
 
 @pytest.fixture

@@ -31,8 +31,8 @@ from churn_platform.testing.deployment import (
     release_extract_pool,
     waiting_for_extract_pool,
 )
+from churn_platform.testing.topics import produce_round
 from churn_platform_tests.defs.test_ingestion_defs import tick
-from churn_platform_tests.ingestion.test_extract import produce_round
 
 PROJECT = Path(__file__).resolve().parents[2]
 EXTRACT = dg.AssetKey("raw_customer_events")

@@ -3,41 +3,20 @@
 from __future__ import annotations
 
 from collections import Counter
-from datetime import UTC, datetime
 
 import pytest
 
 from churn_platform.events.contract import Reason
-from churn_platform.events.simulator import SimulatorConfig, simulate
 from churn_platform.ingestion.extract import (
     ExtractConfig,
     ExtractError,
     ExtractProgress,
     extract_topic,
 )
-from churn_platform.kafka.producer import EventProducer
 from churn_platform.lake import tables
 from churn_platform.lake.raw import extracted_offsets, read_quarantine, read_raw_events
 from churn_platform.lake.store import Lake, LakeError
-
-END = datetime(2026, 11, 1, tzinfo=UTC)
-
-
-def produce_round(settings, topic, seed, customers=40, days=20, bad_fraction=0.05):
-    """Produce one simulated batch; returns (valid event ids, Counter of bad reasons)."""
-    messages = list(
-        simulate(
-            SimulatorConfig(
-                customers=customers, days=days, seed=seed, end=END, bad_fraction=bad_fraction
-            )
-        )
-    )
-    with EventProducer(settings) as producer:
-        for m in messages:
-            producer.send(topic, m.value, m.key)
-    valid = [m.event_id for m in messages if m.expected_reason is None]
-    bad = Counter(m.expected_reason for m in messages if m.expected_reason is not None)
-    return valid, bad
+from churn_platform.testing.topics import produce_round
 
 
 @pytest.fixture

@@ -48,7 +48,7 @@ from churn_platform.lake.raw import extracted_offsets, read_raw_events
 from churn_platform.lake.store import Lake
 from churn_platform.serving.scorer import ServeConfig, StreamingScorer, decode_stream_score
 from churn_platform.testing.serving import register_champion
-from churn_platform_tests.ingestion.test_extract import produce_round
+from churn_platform.testing.topics import produce_round
 
 HOST = "127.0.0.1"
 

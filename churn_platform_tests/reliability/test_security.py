@@ -201,7 +201,7 @@ def test_the_secret_appears_in_no_log_event_metadata_or_file(
     from churn_platform.definitions import defs
     from churn_platform.defs.ingestion.assets import raw_customer_events
     from churn_platform.defs.ingestion.sensors import customer_events_sensor
-    from churn_platform_tests.ingestion.test_extract import produce_round
+    from churn_platform.testing.topics import produce_round
 
     caplog.set_level(logging.DEBUG)
     secret_env.setenv("KAFKA_BOOTSTRAP_SERVERS", kafka_settings.bootstrap_servers)

@@ -16,7 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 import uuid
@@ -33,9 +32,7 @@ from churn_platform.events.validation import validate
 from churn_platform.features.definitions import compute_features
 from churn_platform.features.materialize import materialize_features, read_features
 from churn_platform.ingestion.extract import ExtractConfig, extract_topic
-from churn_platform.kafka.admin import ensure_topic, partitions_of
-from churn_platform.kafka.producer import EventProducer
-from churn_platform.kafka.reader import OffsetRangeReader
+from churn_platform.kafka.admin import ensure_topic
 from churn_platform.lake import tables
 from churn_platform.lake.store import Lake
 from churn_platform.ml.frame import model_input
@@ -43,10 +40,16 @@ from churn_platform.serving.metrics import serve_metrics
 from churn_platform.serving.scorer import (
     ChampionWatcher,
     ServeConfig,
-    StreamingScorer,
-    decode_stream_score,
 )
-from churn_platform.testing.serving import register_champion, serve_command
+from churn_platform.testing.serving import (
+    Running,
+    live_event,
+    produce,
+    register_champion,
+    scores_in_topic,
+    serve_command,
+    wait_for_scores,
+)
 
 HISTORY_CUSTOMERS = 300
 HISTORY_DAYS = 100
@@ -76,23 +79,6 @@ def customers_of(lake: Lake) -> list[str]:
     return sorted(read_raw_events(lake)["customer_id"].unique().to_list())
 
 
-def live_event(i: int, customer: str, event_type: str = "login", ts: datetime | None = None):
-    ts = ts or datetime.now(UTC)
-    body = {
-        "event_id": f"live-{uuid.uuid4().hex[:6]}-{i}",
-        "customer_id": customer,
-        "event_type": event_type,
-        "ts": ts.isoformat(),
-    }
-    return json.dumps(body).encode(), customer.encode()
-
-
-def produce(settings, topic, messages) -> None:
-    with EventProducer(settings) as producer:
-        for value, key in messages:
-            producer.send(topic, value, key)
-
-
 def scrape(url: str) -> dict[tuple[str, tuple], float]:
     """(sample name, sorted labels) → value, as Prometheus would read the endpoint."""
     with urllib.request.urlopen(url, timeout=5) as response:
@@ -111,41 +97,6 @@ def lag_of(metrics: dict) -> dict[int, float]:
         for (name, labels), value in metrics.items()
         if name == "churn_scorer_consumer_lag_messages"
     }
-
-
-def read_scores(settings, topic) -> list:
-    reader = OffsetRangeReader(settings, topic, dict.fromkeys(partitions_of(settings, topic), 0))
-    return [decode_stream_score(m.value()) for c in reader.chunks() for m in c.messages]
-
-
-def wait_for_scores(settings, topic, count: int, timeout: float = 60.0) -> list:
-    deadline = time.monotonic() + timeout
-    while True:
-        scores = read_scores(settings, topic)
-        if len(scores) >= count or time.monotonic() > deadline:
-            return scores
-        time.sleep(0.5)
-
-
-class Running:
-    """A scorer in a thread, stopped on exit."""
-
-    def __init__(self, settings, lake, config: ServeConfig) -> None:
-        self.scorer = StreamingScorer(settings, lake, config)
-        self.ready = threading.Event()
-        self.thread = threading.Thread(
-            target=self.scorer.run, kwargs={"max_seconds": 120, "ready": self.ready}, daemon=True
-        )
-
-    def __enter__(self) -> StreamingScorer:
-        self.thread.start()
-        assert self.ready.wait(60), "the scorer never got its partitions"
-        return self.scorer
-
-    def __exit__(self, *exc) -> None:
-        self.scorer.request_stop()
-        self.thread.join(30)
-        assert not self.thread.is_alive()
 
 
 def config_for(topic, scores_topic, group=None, **overrides) -> ServeConfig:
@@ -236,7 +187,7 @@ def test_restart_resumes_warm_and_scores_each_event_once(kafka_settings, topic, 
     with Running(kafka_settings, lake, config_for(topic, scores_topic, group)) as second:
         scores = wait_for_scores(kafka_settings, scores_topic, 60)
         time.sleep(2)  # anything extra would arrive now
-        scores = read_scores(kafka_settings, scores_topic)
+        scores = scores_in_topic(kafka_settings, scores_topic)
         assert second.stats.scored == 30
         # the first run's live events are not in the lake yet: they were read again
         # into the state (so the features count them) but not scored again
@@ -461,7 +412,7 @@ def test_two_scorers_split_the_partitions_and_score_every_event_once(
         produce(kafka_settings, topic, [live_event(i, c) for i, c in enumerate(customers)])
         scores = wait_for_scores(kafka_settings, scores_topic, len(customers))
         time.sleep(1.5)  # a duplicate would show up now
-        scores = read_scores(kafka_settings, scores_topic)
+        scores = scores_in_topic(kafka_settings, scores_topic)
         assert a.stats.scored > 0 and b.stats.scored > 0
         assert a.stats.scored + b.stats.scored == len(customers)
     keys = [(s.partition, s.offset) for s in scores]

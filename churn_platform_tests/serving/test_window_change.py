@@ -8,7 +8,6 @@ tables of older windows instead of mixing them.
 
 from __future__ import annotations
 
-import threading
 import uuid
 from datetime import UTC, datetime
 
@@ -33,8 +32,8 @@ from churn_platform.ml.training_set import (
     ensure_inputs,
     training_dates,
 )
-from churn_platform.serving.scorer import ServeConfig, StreamingScorer
-from churn_platform_tests.serving.test_scorer import live_event, produce, wait_for_scores
+from churn_platform.serving.scorer import ServeConfig
+from churn_platform.testing.serving import Running, live_event, produce, wait_for_scores
 
 COUNTS, VALUES = (5, 21, 60), 14
 
@@ -92,33 +91,19 @@ def test_changed_windows_reach_training_batch_and_streaming_alike(
     ensure_topic(kafka_settings, scores_topic, partitions=3)
     customers = sorted(read_features(lake, dates[-1], ["customer_id"])["customer_id"])[:25]
     messages = [live_event(i, c, "purchase") for i, c in enumerate(customers)]
-    scorer = StreamingScorer(
-        kafka_settings,
-        lake,
-        ServeConfig(
-            topic=topic,
-            scores_topic=scores_topic,
-            group_id=f"scorer-{uuid.uuid4().hex[:8]}",
-            reload_interval_s=0.5,
-            log_interval_s=5,
-        ),
+    serve = ServeConfig(
+        topic=topic,
+        scores_topic=scores_topic,
+        group_id=f"scorer-{uuid.uuid4().hex[:8]}",
+        reload_interval_s=0.5,
+        log_interval_s=5,
     )
-    ready = threading.Event()
-    thread = threading.Thread(
-        target=scorer.run, kwargs={"max_seconds": 120, "ready": ready}, daemon=True
-    )
-    thread.start()
-    try:
-        assert ready.wait(60), "the scorer never got its partitions"
+    with Running(kafka_settings, lake, serve) as scorer:
         produce(kafka_settings, topic, messages)
         scores = wait_for_scores(kafka_settings, scores_topic, len(messages))
         assert len(scores) == len(messages)
         assert scorer.champion.spec.windows() == (COUNTS, VALUES)
         streaming = compute_features(scorer.state.frame(customers), today, scorer.champion.spec)
-    finally:
-        scorer.request_stop()
-        thread.join(30)
-    assert not thread.is_alive()
 
     # batch: the same events extracted, today's table, scored by the champion
     extract_topic(kafka_settings, lake, ExtractConfig(topic=topic))
