@@ -27,9 +27,19 @@ from churn_platform.serving.scorer import ServeConfig, StreamingScorer, decode_s
 
 
 def register_champion(
-    lake: Lake, trained, *, token: str | None = None, reason: str = "test", card: str = "test model"
+    lake: Lake,
+    trained,
+    *,
+    token: str | None = None,
+    reason: str = "test",
+    card: str = "test model",
+    training: dict | None = None,
 ) -> str:
-    """Save `trained.candidate` (a `train_models` result) ungated and promote it; its version."""
+    """Save `trained.candidate` (a `train_models` result) ungated and promote it; its version.
+
+    `training` is its training record (a `TrainingSet.manifest()`: the feature spec
+    and churn definition it was trained with); none by default.
+    """
     version = registry.new_version(token=token)
     registry.save_model(
         lake,
@@ -38,7 +48,7 @@ def register_champion(
         features=trained.features,
         metrics=trained.metrics,
         gate={"passed": True, "reasons": [f"{reason}: not gated"]},
-        training={},
+        training=training or {},
         card=card,
     )
     registry.promote(lake, version, reason=reason)

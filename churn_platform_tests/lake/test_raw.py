@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pyarrow as pa
 import pytest
 
-from churn_platform.events.contract import EVENTS_TOPIC, quarantine_table
+from churn_platform.events.contract import EVENTS_TOPIC, QuarantineRow, quarantine_table
 from churn_platform.lake import raw, tables
 from churn_platform.lake.store import Lake
 from churn_platform.testing.lakes import FIRST_DAY, ExtractLike, event_ids, raw_rows
@@ -22,17 +22,19 @@ def of_topic(rows: pa.Table, topic: str) -> pa.Table:
 
 def rejects(topic: str, partition: int, offsets: range) -> pa.Table:
     at = datetime(2026, 1, 1, tzinfo=UTC)
-    n = len(offsets)
     return quarantine_table(
         [
-            [topic] * n,
-            [partition] * n,
-            list(offsets),
-            [None] * n,
-            [b"{"] * n,
-            ["invalid_json"] * n,
-            ["test"] * n,
-            [at] * n,
+            QuarantineRow(
+                topic=topic,
+                partition=partition,
+                offset=offset,
+                key=None,
+                value=b"{",
+                reason="invalid_json",
+                detail="test",
+                quarantined_at=at,
+            )
+            for offset in offsets
         ]
     )
 

@@ -33,7 +33,13 @@ from churn_platform.ml.training_set import (
     training_dates,
 )
 from churn_platform.serving.scorer import ServeConfig
-from churn_platform.testing.serving import Running, live_event, produce, wait_for_scores
+from churn_platform.testing.serving import (
+    Running,
+    live_event,
+    produce,
+    register_champion,
+    wait_for_scores,
+)
 
 COUNTS, VALUES = (5, 21, 60), 14
 
@@ -53,7 +59,7 @@ def test_changed_windows_reach_training_batch_and_streaming_alike(
     today = now.date()
     lake = Lake(str(tmp_path / "lake"))
     # the history through the topic, so the scorer's state and the lake agree on it
-    config = SimulatorConfig(customers=500, days=150, seed=23, end=now)
+    config = SimulatorConfig(customers=300, days=150, seed=23, end=now)
     produce_simulation(kafka_settings, topic, config, partitions=3)
     extract_topic(kafka_settings, lake, ExtractConfig(topic=topic))
     dates = training_dates(lake).dates
@@ -66,23 +72,15 @@ def test_changed_windows_reach_training_batch_and_streaming_alike(
     assert valued, "the simulator's purchases carry values"
     for t in valued:
         assert f"{t}_value_sum_{VALUES}d" in training.features
-    assert not [f for f in training.features if f.endswith(("_count_7d", "_28d_sum"))]
+    old = ("_count_7d", "_count_28d", "_count_90d", "_value_sum_28d", "_value_mean_28d")
+    assert not [f for f in training.features if f.endswith(old)]
     trained = train_models(
         training.table, training.features, TrainConfig(importance_repeats=1, importance_rows=200)
     )
     assert any(f.endswith(f"_value_sum_{VALUES}d") for f in trained.features)
-    version = registry.new_version(token=uuid.uuid4().hex)
-    registry.save_model(
-        lake,
-        version,
-        trained.candidate,
-        features=trained.features,
-        metrics=trained.metrics,
-        gate={"passed": True, "reasons": ["test"]},
-        training=training.manifest(),
-        card="a model of other windows",
+    version = register_champion(
+        lake, trained, training=training.manifest(), card="a model of other windows"
     )
-    registry.promote(lake, version, reason="test")
     champion = registry.load_champion(lake)
     assert champion.record.spec.windows() == (COUNTS, VALUES)
 
