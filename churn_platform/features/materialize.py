@@ -301,16 +301,25 @@ def read_features(
     return frame.sort("customer_id") if "customer_id" in frame.columns else frame
 
 
+def read_feature_recorded(
+    lake: Lake, as_of: date, version: int | None = None
+) -> tuple[FeatureSpec, ChurnDefinition]:
+    """The spec the feature table of `as_of` was computed with, and the churn definition it
+    chose its customers by, from one read of its footers."""
+    manifest = read_feature_manifest(lake, as_of, version)
+    return FeatureSpec.from_dict(manifest), ChurnDefinition.from_dict(
+        manifest.get("churn_definition")
+    )
+
+
 def read_feature_spec(lake: Lake, as_of: date, version: int | None = None) -> FeatureSpec:
     """The spec the feature table of `as_of` was computed with."""
-    return FeatureSpec.from_dict(read_feature_manifest(lake, as_of, version))
+    return read_feature_recorded(lake, as_of, version)[0]
 
 
 def read_feature_churn(lake: Lake, as_of: date, version: int | None = None) -> ChurnDefinition:
     """The churn definition the feature table of `as_of` chose its customers by."""
-    return ChurnDefinition.from_dict(
-        read_feature_manifest(lake, as_of, version).get("churn_definition")
-    )
+    return read_feature_recorded(lake, as_of, version)[1]
 
 
 # --- checks ----------------------------------------------------------------------

@@ -52,6 +52,7 @@ from churn_platform.features.materialize import (
     first_event_date,
     materialize_features,
     read_feature_churn,
+    read_feature_recorded,
     read_feature_spec,
     read_features,
 )
@@ -268,9 +269,10 @@ def ensure_inputs(
     computed: list[str] = []
     for as_of in dates:
         try:
-            if not read_feature_churn(lake, as_of).same_population(churn):
+            spec, recorded = read_feature_recorded(lake, as_of)
+            if not recorded.same_population(churn):
                 raise FeaturesMissing(f"features of {as_of} hold another definition's customers")
-            if read_feature_spec(lake, as_of).windows() != current_windows():
+            if spec.windows() != current_windows():
                 raise FeaturesMissing(f"features of {as_of} were computed over other windows")
             customers = read_features(lake, as_of, columns=["customer_id"])["customer_id"]
         except FeaturesMissing:

@@ -521,11 +521,7 @@ def build_scores_asset(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefi
         kafka: KafkaResource,
     ) -> dg.MaterializeResult:
         """Every customer active at the as-of date, scored by the champion, to the lake and Kafka."""
-        from churn_platform.features.materialize import (
-            read_feature_churn,
-            read_feature_spec,
-            read_features,
-        )
+        from churn_platform.features.materialize import read_feature_recorded, read_features
         from churn_platform.ml.score import check_served_windows
 
         as_of = date.fromisoformat(context.partition_key)
@@ -533,7 +529,7 @@ def build_scores_asset(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefi
         bands = RiskBands(cutoffs=tuple(config.risk_band_cutoffs))
         model = registry.load_champion(store)
         version = tables.version(store, tables.FEATURES)  # the rows and their spec: one version
-        churn = read_feature_churn(store, as_of, version)
+        spec, churn = read_feature_recorded(store, as_of, version)
         if not churn.same_population(model.record.churn):
             raise ValueError(
                 f"customer_features as of {as_of} hold the customers active under the churn "
@@ -541,7 +537,7 @@ def build_scores_asset(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefi
                 f"{model.record.churn.key()}: retrain (training_job) after changing "
                 "CHURN_DEFINITION / CHURN_HORIZON_DAYS, or set them back"
             )
-        check_served_windows(model, read_feature_spec(store, as_of, version), as_of)
+        check_served_windows(model, spec, as_of)
         features = read_features(store, as_of, version=version)
         scores = score_table(model, features, as_of, bands, scored_at=datetime.now(UTC))
         scores_version = write_scores(store, scores, as_of)
