@@ -241,6 +241,43 @@ def _decode_all(
     return wires, positions, rejects
 
 
+def validate_rows(
+    values: list[bytes | None],
+    *,
+    now: int | None = None,
+    max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+) -> tuple[list[tuple], list[int], list[BatchReject]]:
+    """`validate_batch` for a handful of messages, as plain rows: no Arrow arrays to build.
+
+    Returns (rows, their input positions, rejects). A row is (event_id,
+    customer_id, event_type, ts_ms, value, attributes as compact JSON text),
+    the values `validate_batch` puts in its table; the rules are `validate`'s.
+    """
+    now = now_ms() if now is None else now
+    encode = _ENCODE
+    rows: list[tuple] = []
+    positions: list[int] = []
+    rejects: list[BatchReject] = []
+    for position, raw in enumerate(values):
+        checked = validate(raw, now=now, max_bytes=max_bytes)
+        if isinstance(checked, Rejection):
+            rejects.append(BatchReject(position, checked.reason, checked.detail))
+            continue
+        attributes = checked.attributes
+        rows.append(
+            (
+                checked.event_id,
+                checked.customer_id,
+                checked.event_type,
+                checked.ts_ms,
+                checked.value,
+                None if attributes is None else encode(attributes).decode(),
+            )
+        )
+        positions.append(position)
+    return rows, positions, rejects
+
+
 @dataclass(frozen=True)
 class ValidatedBatch:
     """The outcome of validating a chunk of messages.

@@ -8,12 +8,14 @@ means about one customer in five churns.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import polars as pl
-from sklearn.calibration import CalibratedClassifierCV
+from scipy.special import expit
+from sklearn.calibration import CalibratedClassifierCV, _SigmoidCalibration
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.frozen import FrozenEstimator
@@ -110,9 +112,7 @@ def positive_probability(estimator, x: pl.DataFrame) -> np.ndarray:
 WALK_ROWS = 1024  # rows up to which small_batch_predictor walks all trees at once
 
 
-def small_batch_predictor(
-    estimator, features: Sequence[str]
-) -> Callable[[pl.DataFrame], np.ndarray] | None:
+def small_batch_predictor(estimator, features: Sequence[str]) -> SmallBatchPredictor | None:
     """P(churned) of `model_input` rows, without scikit-learn's per-call overhead; or None.
 
     For the few rows of a streaming micro-batch, `predict_proba` of the
@@ -170,22 +170,61 @@ def small_batch_predictor(
     if trees is None:
         return None
     categories = [np.asarray(c, dtype=object)[None, :] for c in encoder.categories_]
-    calibrator = calibrated.calibrators[0]
+    return SmallBatchPredictor(
+        numeric, categorical, categories, trees, classifier, calibrated.calibrators[0]
+    )
 
-    def predict(x: pl.DataFrame) -> np.ndarray:
-        parts = [x.select(numeric).to_numpy().astype(np.float64, copy=False)]
-        for name, fitted_categories in zip(categorical, categories, strict=True):
+
+@dataclass(frozen=True, eq=False)
+class SmallBatchPredictor:
+    """`small_batch_predictor`'s arithmetic: called with `model_input` rows as a frame, or
+    with `rows()` as dicts (`ml.frame.input_rows`), which skips the frame altogether."""
+
+    numeric: list[str]
+    categorical: list[str]
+    categories: list[np.ndarray]
+    trees: Callable[[np.ndarray], np.ndarray]
+    classifier: HistGradientBoostingClassifier
+    calibrator: object
+
+    def __call__(self, x: pl.DataFrame) -> np.ndarray:
+        parts = [x.select(self.numeric).to_numpy().astype(np.float64, copy=False)]
+        for name, fitted in zip(self.categorical, self.categories, strict=True):
             values = x[name].to_numpy().astype(object)[:, None]
-            parts.append((values == fitted_categories).astype(np.float64))
-        matrix = np.hstack(parts)
+            parts.append((values == fitted).astype(np.float64))
+        return self._probability(np.hstack(parts))
+
+    def rows(self, rows: Sequence[Mapping]) -> np.ndarray:
+        """P(churned) of rows given as dicts of `input_rows` (None: missing)."""
+        nan = float("nan")
+        parts = [
+            np.array(
+                [[nan if (v := r[name]) is None else v for name in self.numeric] for r in rows],
+                dtype=np.float64,
+            ).reshape(len(rows), len(self.numeric))
+        ]
+        for name, fitted in zip(self.categorical, self.categories, strict=True):
+            values = np.empty((len(rows), 1), dtype=object)
+            values[:, 0] = [r[name] for r in rows]
+            parts.append((values == fitted).astype(np.float64))
+        return self._probability(np.hstack(parts))
+
+    def _probability(self, matrix: np.ndarray) -> np.ndarray:
         # the walk holds (rows × trees) indices: scikit-learn's own loop for big batches
-        raw = trees(matrix) if len(matrix) <= WALK_ROWS else classifier.decision_function(matrix)
-        probability = calibrator.predict(raw)
+        raw = (
+            self.trees(matrix)
+            if len(matrix) <= WALK_ROWS
+            else self.classifier.decision_function(matrix)
+        )
+        calibrator = self.calibrator
+        if type(calibrator) is _SigmoidCalibration:
+            # its predict(), without the input checks that cost more than the arithmetic
+            probability = expit(-(calibrator.a_ * raw + calibrator.b_))
+        else:
+            probability = calibrator.predict(raw)
         # as CalibratedClassifierCV: a hair above 1 is 1
         probability[(probability > 1.0) & (probability <= 1.0 + 1e-5)] = 1.0
         return probability
-
-    return predict
 
 
 def _tree_walker(

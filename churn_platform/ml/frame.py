@@ -9,7 +9,8 @@ sums 0, "days since" and means null, which the models handle, plan "unknown").
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Mapping, Sequence
 
 import polars as pl
 
@@ -20,6 +21,7 @@ __all__ = [
     "KEY_COLUMNS",
     "LABEL_COLUMN",
     "categorical_features",
+    "input_rows",
     "feature_columns",
     "model_input",
     "numeric_features",
@@ -36,6 +38,11 @@ def _described(features: Sequence[str], spec: FeatureSpec | None) -> list[Featur
     """What each feature is, asked of `spec` (default: the spec the names imply)."""
     spec = spec or FeatureSpec.from_columns(features)
     return [spec.column(name) for name in features]
+
+
+@functools.lru_cache(maxsize=16)
+def _described_once(features: tuple[str, ...], spec: FeatureSpec | None) -> list[FeatureColumn]:
+    return _described(features, spec)
 
 
 def numeric_features(features: Sequence[str], spec: FeatureSpec | None = None) -> list[str]:
@@ -67,3 +74,28 @@ def model_input(
             expr = pl.col(column.name).cast(pl.Float64)
         exprs.append(expr.alias(column.name))
     return table.select(exprs) if exprs else pl.DataFrame()
+
+
+def input_rows(
+    rows: Sequence[Mapping], features: Sequence[str], spec: FeatureSpec | None = None
+) -> list[dict]:
+    """`model_input` of feature rows given as dicts (one customer each), without a frame:
+    the same columns, fills and types (numbers as floats, None for null)."""
+    described = _described_once(tuple(features), spec)
+    out = []
+    for row in rows:
+        values = {}
+        for column in described:
+            value = row.get(column.name, _MISSING)
+            if value is _MISSING:
+                value = column.fill
+            elif column.categorical:
+                value = column.fill if value is None else str(value)
+            elif value is not None:
+                value = float(value)
+            values[column.name] = value
+        out.append(values)
+    return out
+
+
+_MISSING = object()

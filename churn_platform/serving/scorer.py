@@ -36,12 +36,13 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import msgspec
 import numpy as np
@@ -55,8 +56,9 @@ from churn_platform.events.contract import (
     QuarantineRow,
     quarantine_table,
 )
-from churn_platform.events.validation import BatchReject, now_ms, validate_batch
+from churn_platform.events.validation import BatchReject, now_ms, validate_batch, validate_rows
 from churn_platform.features.churn import CANCELLATION, ChurnDefinition
+from churn_platform.features.customer import DAY_MS, customer_features
 from churn_platform.features.definitions import FeatureSpec, compute_features
 from churn_platform.kafka.admin import ensure_topic, is_unreachable
 from churn_platform.kafka.config import KafkaSettings
@@ -64,7 +66,7 @@ from churn_platform.lake import tables
 from churn_platform.lake.store import Lake
 from churn_platform.ml import registry
 from churn_platform.ml.estimators import small_batch_predictor
-from churn_platform.ml.frame import model_input
+from churn_platform.ml.frame import input_rows, model_input
 from churn_platform.ml.score import RiskBands
 from churn_platform.serving.metrics import LatencyHistogram, consumer_lag
 from churn_platform.serving.state import CustomerState, bootstrap_state
@@ -73,6 +75,7 @@ log = logging.getLogger("churn_platform.serve")
 
 
 DEFAULT_GROUP = "churn-platform-scorer"
+_EPOCH = date(1970, 1, 1)
 INACTIVE_BAND = "inactive"
 
 
@@ -127,6 +130,9 @@ class ServeConfig:
     # arrived while the previous one was scored (or within `max_wait_ms`).
     max_batch: int = 50_000
     max_wait_ms: int = 5
+    # micro-batches of at most this many messages take the per-customer path (plain rows,
+    # `features.customer`); bigger ones the frame path (Arrow, `compute_features`)
+    small_batch: int = 64
     commit_interval_ms: int = 100  # delivered offsets are committed at most this often
     reload_interval_s: float = 2.0
     log_interval_s: float = 10.0
@@ -147,6 +153,7 @@ class ScorerStats:
     rejected: int = 0
     inactive: int = 0
     replayed: int = 0  # events added to state without a score (already scored before)
+    per_customer: int = 0  # customers scored from `features.customer` (not a frame)
     batches: int = 0
     busy_s: float = 0.0  # time spent on batches (not waiting for messages)
     # the latest latencies (bounded: a long-running scorer must not grow)
@@ -183,6 +190,10 @@ class ChampionWatcher:
         # has the candidate's shape; checked against predict_proba on its first batch
         self._fast: Callable[[pl.DataFrame], np.ndarray] | None = None
         self._fast_verified = False
+        # features of a few customers from `features.customer`, checked against
+        # `compute_features` on the first batch after each load
+        self.per_customer_features = True
+        self.features_verified = False
         self._marker: bytes | None = None
         self._checked = 0.0
         self.loads = 0  # models loaded (the first one included)
@@ -204,6 +215,8 @@ class ChampionWatcher:
         self.churn = model.record.churn
         self._fast = small_batch_predictor(model.estimator, model.features)
         self._fast_verified = False
+        self.per_customer_features = True
+        self.features_verified = False
         self._marker = marker
         self.loads += 1
         # last: a reader in another thread (the metrics endpoint) that sees the new model
@@ -244,6 +257,58 @@ class ChampionWatcher:
                 return expected
             self._fast_verified = True
         return probabilities
+
+    def predict_rows(self, rows: list[dict]) -> np.ndarray:
+        """The champion's P(churned) for feature rows given as dicts (`customer_features`)."""
+        model, spec = self.model, self.spec
+        assert model is not None and spec is not None
+        fast = self._fast
+        if fast is None or not self._fast_verified:
+            # the first batch goes through the frame path, which checks the predictor
+            return self.predict_proba(pl.DataFrame(rows, schema=spec.schema(), orient="row"))
+        return fast.rows(input_rows(rows, model.features, spec))
+
+    def verify_features(self, rows: list[dict], expected: list[pl.DataFrame]) -> bool:
+        """Whether `customer_features` gave `compute_features`'s rows; if not, it is not
+        used again for this champion."""
+        want = {r["customer_id"]: r for frame in expected for r in frame.to_dicts()}
+        got = {r["customer_id"]: r for r in rows}
+        if not want and not got:
+            return True  # nobody active: nothing checked yet
+        problem = None
+        if set(want) != set(got):
+            problem = f"active customers differ: {sorted(set(want) ^ set(got))[:3]}"
+        else:
+            for customer, row in want.items():
+                bad = [k for k, v in row.items() if not _same_value(v, got[customer][k])]
+                if bad:
+                    problem = f"customer {customer}: {bad[:3]}"
+                    break
+        if problem is not None:
+            log.warning(
+                "champion %s: per-customer features differ from compute_features (%s); "
+                "using compute_features",
+                self.model.version if self.model else "?",
+                problem,
+            )
+            self.per_customer_features = False
+            return False
+        self.features_verified = True
+        return True
+
+
+def _same_value(a, b) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or math.isclose(a, b, rel_tol=1e-12, abs_tol=0.0)
+    return a == b
+
+
+def _by_date(latest: dict[str, date]) -> dict[date, list[str]]:
+    """customer → as-of date, turned into as-of date → customers."""
+    by_date: dict[date, list[str]] = {}
+    for customer, as_of in latest.items():
+        by_date.setdefault(as_of, []).append(customer)
+    return by_date
 
 
 class StreamingScorer:
@@ -465,14 +530,17 @@ class StreamingScorer:
             started = time.perf_counter()
             boot = bootstrap_state(self.lake, self.config.topic, numbers)
             self.state.merge(boot.state)
+            held = self.state.warm_histories()
             lake_start = boot.start_offsets
             log.info(
-                "partitions %s: %d events of %d customers from %d lake files in %.1f s",
+                "partitions %s: %d events of %d customers from %d lake files in %.1f s "
+                "(%d customers' events held as arrays)",
                 numbers,
                 boot.events,
                 len(boot.state),
                 boot.files,
                 time.perf_counter() - started,
+                held,
             )
         for tp in partitions:
             owed = committed.get(tp.partition, -1)
@@ -523,27 +591,74 @@ class StreamingScorer:
         if not metas:
             return
         received_ms = now_ms()
-        batch = validate_batch(values, now=received_ms)
+        # a handful of messages (a live stream): plain rows and per-customer features;
+        # more (a backlog): Arrow, polars and one `compute_features` per as-of date
+        small = len(metas) <= self.config.small_batch
+        if small:
+            rows, kept, rejects = validate_rows(values, now=received_ms)
+        else:
+            batch = validate_batch(values, now=received_ms)
+            rejects = batch.rejects
         self.stats.consumed += len(metas)
         self._window.consumed += len(metas)
-        if batch.rejects:
-            self._quarantine(batch.rejects, metas)
+        if rejects:
+            self._quarantine(rejects, metas)
 
         partitions = np.fromiter((m.partition() for m in metas), np.int64, len(metas))
         offsets = np.fromiter((m.offset() for m in metas), np.int64, len(metas))
         inflight = _InFlight(_next_offsets(partitions, offsets))
         self._positions.update(inflight.offsets)
-        events = batch.events
-        if events.num_rows:
-            frame = pl.from_arrow(events)
-            self.state.add_events(frame)
-            positions = batch.indices.to_numpy()
+        if small and rows:
+            self.state.append_rows(rows)
+            positions = np.array(kept, dtype=np.int64)
             owed = self._owed(partitions[positions], offsets[positions])
             if owed is None:  # every event (the usual case)
                 owed = np.arange(len(positions))
             self.stats.replayed += len(positions) - len(owed)
             if len(owed):
-                self._score_and_produce(frame, metas, positions, owed, inflight)
+                owed_rows = [rows[i] for i in owed.tolist()]
+                customers = [r[1] for r in owed_rows]
+                event_days = [r[3] // DAY_MS for r in owed_rows]
+                latest: dict[str, int] = {}
+                for customer, day in zip(customers, event_days, strict=True):
+                    if latest.get(customer, -1) < day:
+                        latest[customer] = day
+                scores = self._scores_of({c: _EPOCH + timedelta(days=d) for c, d in latest.items()})
+                self._produce_scores(
+                    customers,
+                    [r[0] for r in owed_rows],
+                    lambda: [_EPOCH + timedelta(days=d) for d in event_days],
+                    positions[owed],
+                    metas,
+                    scores,
+                    inflight,
+                )
+        elif not small and batch.events.num_rows:
+            frame = pl.from_arrow(batch.events)
+            self.state.add_events(frame)
+            positions = batch.indices.to_numpy()
+            owed = self._owed(partitions[positions], offsets[positions])
+            if owed is None:
+                owed = np.arange(len(positions))
+            self.stats.replayed += len(positions) - len(owed)
+            if len(owed):
+                rows_frame = frame[owed] if len(owed) < frame.height else frame
+                # each customer as of the date of its latest owed event, one call per date
+                latest_frame = rows_frame.group_by("customer_id").agg(
+                    pl.col("ts").max().dt.date().alias("as_of")
+                )
+                by_date: dict[date, list[str]] = {}
+                for (as_of,), group in latest_frame.group_by("as_of"):
+                    by_date[as_of] = group["customer_id"].to_list()
+                self._produce_scores(
+                    rows_frame["customer_id"].to_list(),
+                    rows_frame["event_id"].to_list(),
+                    lambda: rows_frame["ts"].dt.date().to_list(),
+                    positions[owed],
+                    metas,
+                    self._scores_by_frame(by_date),
+                    inflight,
+                )
         # only now: a batch that failed half-way must never count as delivered
         self._inflight.append(inflight)
         self.stats.batches += 1
@@ -560,32 +675,73 @@ class StreamingScorer:
         floor = np.array([score_from.get(int(p), 0) for p in partitions], dtype=np.int64)
         return np.flatnonzero(offsets >= floor)
 
-    def _score_and_produce(
-        self,
-        frame: pl.DataFrame,
-        metas: list,
-        positions: np.ndarray,
-        owed: np.ndarray,
-        inflight: _InFlight,
-    ) -> None:
-        model, spec = self.champion.model, self.champion.spec
-        assert model is not None and spec is not None
-        rows = frame[owed] if len(owed) < frame.height else frame
-        # each customer as of the date of its latest owed event, all of a date in one call
-        latest = rows.group_by("customer_id").agg(pl.col("ts").max().dt.date().alias("as_of"))
+    def _scores_of(self, latest: dict[str, date]) -> dict[str, tuple[date, float, str]]:
+        """Scores of a few customers, each as of its date: per-customer features
+        (`features.customer`, checked against `compute_features` on the first batch
+        of each champion), one predict call for all of them."""
+        champion, state = self.champion, self.state
+        spec, churn = champion.spec, champion.churn
+        assert spec is not None
+        if not champion.per_customer_features:
+            return self._scores_by_frame(_by_date(latest))
+        rows: list[dict] = []
+        slow: dict[str, date] = {}
+        for customer, as_of in latest.items():
+            history = state.history(customer)
+            if history.repeats:  # a repeated event id: compute_features counts it once
+                slow[customer] = as_of
+                continue
+            row = customer_features(history, customer, as_of, spec, churn)
+            if row is not None:
+                rows.append(row)
+        if not champion.features_verified:
+            checked = {c: a for c, a in latest.items() if c not in slow}
+            expected = self._features_by_frame(_by_date(checked))
+            if not champion.verify_features(rows, expected):
+                return self._scores_by_frame(_by_date(latest))
+        scores = self._scores_by_frame(_by_date(slow)) if slow else {}
+        if rows:
+            self.stats.per_customer += len(rows)
+            bands = self.config.bands
+            probabilities = champion.predict_rows(rows).tolist()
+            for row, p in zip(rows, probabilities, strict=True):
+                scores[row["customer_id"]] = (row["as_of"], p, bands.band(p))
+        return scores
+
+    def _features_by_frame(self, by_date: dict[date, list[str]]) -> list[pl.DataFrame]:
+        champion = self.champion
+        return [
+            compute_features(self.state.frame(customers), as_of, champion.spec, champion.churn)
+            for as_of, customers in by_date.items()
+        ]
+
+    def _scores_by_frame(
+        self, by_date: dict[date, list[str]]
+    ) -> dict[str, tuple[date, float, str]]:
+        """Scores of customers grouped by as-of date: `compute_features` once per date."""
         scores: dict[str, tuple[date, float, str]] = {}
         bands = self.config.bands
-        for (as_of,), customers in latest.group_by("as_of"):
-            features = compute_features(
-                self.state.frame(customers["customer_id"].to_list()),
-                as_of,
-                spec,
-                self.champion.churn,
-            )
+        for features in self._features_by_frame(by_date):
             if features.height:
+                as_of = features["as_of"][0]
                 probabilities = self.champion.predict_proba(features).tolist()
                 for customer, p in zip(features["customer_id"], probabilities, strict=True):
                     scores[customer] = (as_of, p, bands.band(p))
+        return scores
+
+    def _produce_scores(
+        self,
+        customers: list[str],
+        event_ids: list[str],
+        event_dates: Callable[[], list[date]],
+        positions: np.ndarray,
+        metas: list,
+        scores: dict[str, tuple[date, float | None, str]],
+        inflight: _InFlight,
+    ) -> None:
+        """One message per owed event: its customer's score (or "inactive")."""
+        model = self.champion.model
+        assert model is not None
         scored_at = datetime.now(UTC)
         scored_ms = int(scored_at.timestamp() * 1000)
         encode = msgspec.json.encode
@@ -593,20 +749,15 @@ class StreamingScorer:
         produce, delivered = self._producer.produce, inflight.delivered
         latencies: list[float] = []
         inactive = 0
-        event_dates = None
+        dates = None
         for i, (customer, event_id, position) in enumerate(
-            zip(
-                rows["customer_id"].to_list(),
-                rows["event_id"].to_list(),
-                positions[owed].tolist(),
-                strict=True,
-            )
+            zip(customers, event_ids, positions.tolist(), strict=True)
         ):
             hit = scores.get(customer)
             if hit is None:  # inactive after its events (e.g. cancelled): nobody to score
-                if event_dates is None:
-                    event_dates = rows["ts"].dt.date().to_list()
-                hit = (event_dates[i], None, INACTIVE_BAND)
+                if dates is None:
+                    dates = event_dates()
+                hit = (dates[i], None, INACTIVE_BAND)
                 inactive += 1
             message = metas[position]
             created = message.timestamp()[1]

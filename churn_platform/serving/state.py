@@ -16,6 +16,7 @@ nothing twice.
 from __future__ import annotations
 
 from array import array
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -24,6 +25,7 @@ import numpy as np
 import polars as pl
 
 from churn_platform.events.contract import LIFECYCLE_EVENT_TYPES
+from churn_platform.features.customer import CustomerEvents, lifecycle_prices
 from churn_platform.features.definitions import EVENT_COLUMNS, EVENT_SCHEMA, LOOKBACK_DAYS
 from churn_platform.lake.raw import event_date_of, raw_path, read_raw_file, snapshot
 from churn_platform.lake.store import Lake
@@ -33,7 +35,8 @@ Row = tuple[str, str, str, int, float | None, str | None]
 _LIFECYCLE = frozenset(LIFECYCLE_EVENT_TYPES)
 _ROW_SCHEMA = {**EVENT_SCHEMA, "ts": pl.Int64}  # `Row`s and as_datetime=False frames
 _TS = pl.Datetime("ms", "UTC")
-_TAIL_CHUNKS = 64  # batches (and merged chunks) in the tail before a merge
+_TAIL_CHUNKS = 64
+_NO_PRICE = (None, None)  # batches (and merged chunks) in the tail before a merge
 
 
 class CustomerState:
@@ -58,19 +61,25 @@ class CustomerState:
     as it does in batch.
     """
 
-    def __init__(self, compact_rows: int = 200_000) -> None:
+    def __init__(self, compact_rows: int = 200_000, history_customers: int = 50_000) -> None:
         self.compact_rows = compact_rows
+        self.history_customers = history_customers
         self._base = pl.DataFrame(schema=EVENT_SCHEMA)  # stored as compute_features reads it
         self._tail = pl.DataFrame(schema=EVENT_SCHEMA)
         self._tail_merged = 0  # rows at the start of the tail already in merged chunks
-        self._index: dict[str, array] = {}  # customer → row numbers (base, then tail)
+        self._index: dict[str, array] = {}  # customer → row numbers (base, tail, pending)
+        # rows added one by one (`append_rows`), not yet in the tail: they join it in
+        # one frame when a frame is next needed
+        self._pending: list[Row] = []
+        # the latest customers' events as arrays (`history`), most recently used last
+        self._histories: OrderedDict[str, CustomerEvents] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._index)
 
     @property
     def events(self) -> int:
-        return self._base.height + self._tail.height
+        return self._base.height + self._tail.height + len(self._pending)
 
     def customers(self) -> list[str]:
         return sorted(self._index)
@@ -82,12 +91,84 @@ class CustomerState:
             return 0
         return self.add_events(pl.DataFrame(rows, schema=_ROW_SCHEMA, orient="row"))
 
+    def append_rows(self, rows: Sequence[Row]) -> int:
+        """Add a few event rows (ts in epoch ms) without building a frame; returns how many.
+
+        The rows join the tail when a frame is next needed; the customers whose
+        `history` is held get them at once.
+        """
+        if not rows:
+            return 0
+        index, histories = self._index, self._histories
+        first_row = self.events
+        # plan and MRR of lifecycle events, for the histories held (one polars call)
+        priced = [i for i, r in enumerate(rows) if r[2] in _LIFECYCLE and r[1] in histories]
+        prices = (
+            dict(zip(priced, lifecycle_prices([rows[i][5] for i in priced]), strict=True))
+            if priced
+            else {}
+        )
+        for position, row in enumerate(rows):
+            customer = row[1]
+            held = index.get(customer)
+            if held is None:
+                held = index[customer] = array("q")
+            held.append(first_row + position)
+            history = histories.get(customer)
+            if history is not None:
+                history.append(row[0], row[2], row[3], row[4], prices.get(position, _NO_PRICE))
+        self._pending.extend(rows)
+        return len(rows)
+
+    def history(self, customer: str) -> CustomerEvents:
+        """The customer's held events as `CustomerEvents` (kept for the latest
+        `history_customers` customers asked for)."""
+        histories = self._histories
+        found = histories.get(customer)
+        if found is not None:
+            histories.move_to_end(customer)
+            return found
+        found = histories[customer] = CustomerEvents.from_frame(self.frame([customer]))
+        if len(histories) > self.history_customers:
+            histories.popitem(last=False)
+        return found
+
+    def warm_histories(self) -> int:
+        """Hold the `history` of the customers with the latest events (at most
+        `history_customers`), built in one pass; returns how many are held."""
+        self._flush()
+        everything = pl.concat([self._base, self._tail], how="vertical", rechunk=False)
+        if everything.height == 0:
+            return 0
+        if len(self._index) > self.history_customers:
+            latest = (
+                everything.group_by("customer_id")
+                .agg(pl.col("ts").max())
+                .top_k(self.history_customers, by="ts")
+            )
+            everything = everything.filter(pl.col("customer_id").is_in(latest["customer_id"]))
+        self._histories = OrderedDict(CustomerEvents.many(everything))
+        return len(self._histories)
+
+    def _flush(self) -> None:
+        """Move the rows added one by one into the tail (their row numbers are kept)."""
+        if self._pending:
+            rows, self._pending = self._pending, []
+            self._append_tail(_rows(pl.DataFrame(rows, schema=_ROW_SCHEMA, orient="row")))
+
     def add_events(self, events: pl.DataFrame) -> int:
         """Add a micro-batch of events (EVENT_COLUMNS, ts a datetime or epoch ms)."""
         if events.height == 0:
             return 0
+        self._flush()
         frame = _rows(events)
+        self._extend_histories(frame)
         self._index_rows(frame, self.events)
+        self._append_tail(frame)
+        return frame.height
+
+    def _append_tail(self, frame: pl.DataFrame) -> None:
+        """Add rows (already indexed) at the end of the tail, merging its chunks now and then."""
         tail = pl.concat([self._tail, frame], how="vertical", rechunk=False)
         if tail.n_chunks() > 2 * _TAIL_CHUNKS:
             # merge the batches added since the last merge into one chunk (a copy of
@@ -103,7 +184,6 @@ class CustomerState:
         self._tail = tail
         if tail.height >= self.compact_rows:
             self.compact()
-        return frame.height
 
     def add_frame(self, events: pl.DataFrame) -> int:
         """Add an event frame (EVENT_COLUMNS, ts as a datetime or epoch ms) to the base tier."""
@@ -111,12 +191,14 @@ class CustomerState:
             return 0
         frame = _rows(events)
         self.compact()  # keeps row numbers: the base is then everything held
+        self._forget_histories(frame)
         self._index_rows(frame, self.events)
         self._base = pl.concat([self._base, frame], how="vertical").rechunk()
         return frame.height
 
     def merge(self, other: CustomerState) -> int:
         """Add every row `other` holds (what a bootstrap loaded); returns how many."""
+        other._flush()
         return self.add_frame(pl.concat([other._base, other._tail], how="vertical"))
 
     def rows_of(self, customer_id: str) -> list[Row]:
@@ -124,6 +206,7 @@ class CustomerState:
 
     def frame(self, customers: Iterable[str], as_datetime: bool = True) -> pl.DataFrame:
         """The held events of `customers` as an event frame for `compute_features`."""
+        self._flush()
         wanted = [c for c in dict.fromkeys(customers) if c in self._index]
         if len(wanted) * 2 >= len(self._index) and len(wanted) > 100:
             # most of the customers: one pass over everything beats gathering
@@ -148,6 +231,7 @@ class CustomerState:
 
     def compact(self, today: date | None = None) -> None:
         """Fold the tail into the base; with `today`, also drop activity past the lookback."""
+        self._flush()
         if today is None:
             if self._tail.height:
                 self._base = pl.concat([self._base, self._tail], how="vertical").rechunk()
@@ -161,6 +245,7 @@ class CustomerState:
         )
         self._base, self._tail, self._index = table.rechunk(), table.clear(), {}
         self._tail_merged = 0
+        self._histories.clear()
         self._index_rows(table, 0)
 
     def prune(self, today: date) -> int:
@@ -168,6 +253,21 @@ class CustomerState:
         before = self.events
         self.compact(today)
         return before - self.events
+
+    def _extend_histories(self, frame: pl.DataFrame) -> None:
+        """Add `frame`'s events to the held `history` of its customers."""
+        histories = self._histories
+        if histories:
+            held = frame.filter(pl.col("customer_id").is_in(list(histories)))
+            for customer, more in CustomerEvents.many(held).items():
+                histories[customer].extend(more)
+
+    def _forget_histories(self, frame: pl.DataFrame) -> None:
+        """Drop the held `history` of the customers in `frame` (it is added another way)."""
+        histories = self._histories
+        if histories:
+            for customer in frame["customer_id"].unique().to_list():
+                histories.pop(customer, None)
 
     def _index_rows(self, frame: pl.DataFrame, first_row: int) -> None:
         """Record that `frame`'s rows are rows first_row, first_row + 1, ... of the store."""

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from churn_platform.events.contract import TS_MIN_MS, Event, Reason, Rejection
-from churn_platform.events.validation import BatchReject, validate, validate_batch
+from churn_platform.events.validation import BatchReject, validate, validate_batch, validate_rows
 
 NOW = 1_790_000_000_000  # 2026-09-21T...Z, a fixed clock for the future-ts rule
 
@@ -119,6 +119,35 @@ def test_batch_keeps_valid_rows_beside_every_kind_of_bad_one():
     assert json.loads(attributes[0]) == {"plan": "pro", "mrr": 49}
 
 
+def _table_rows(batch) -> list[tuple]:
+    """A validated batch's events as `validate_rows` gives them (ts in epoch ms)."""
+    return [
+        (
+            r["event_id"],
+            r["customer_id"],
+            r["event_type"],
+            int(r["ts"].timestamp() * 1000),
+            r["value"],
+            r["attributes"],
+        )
+        for r in batch.events.to_pylist()
+    ]
+
+
+def test_rows_path_gives_the_batch_table_rows_and_rejects():
+    """The scorer's path for a handful of messages: the same rows, positions and rejects."""
+    good = [raw(event_id=f"g{i}", ts=1_788_256_800_000 + i) for i in range(5)]
+    good.append(raw(event_id="v", value=12.5, attributes=None))
+    mixed = [None]
+    for i, bad in enumerate(BAD.values()):
+        mixed += [good[i % len(good)], bad]
+    batch = validate_batch(mixed, now=NOW)
+    rows, positions, rejects = validate_rows(mixed, now=NOW)
+    assert rows == _table_rows(batch)
+    assert positions == batch.indices.to_pylist()
+    assert rejects == batch.rejects
+
+
 def test_none_value_is_empty_not_a_crash():
     batch = validate_batch([None, raw()], now=NOW)
     assert (batch.rejects[0].position, batch.rejects[0].reason) == (0, Reason.EMPTY)
@@ -147,6 +176,9 @@ def test_single_and_batch_paths_agree(field, replacement):
     message = raw(**{field: replacement})
     single = validate(message, now=NOW)
     batch = validate_batch([raw(), message], now=NOW)
+    rows, positions, rejects = validate_rows([raw(), message], now=NOW)
+    assert (positions, rejects) == (batch.indices.to_pylist(), batch.rejects)
+    assert [r[:3] + r[4:] for r in rows] == [r[:3] + r[4:] for r in _table_rows(batch)]
     if isinstance(single, Rejection):
         assert batch.indices.to_pylist() == [0]
         assert batch.rejects == [BatchReject(1, single.reason, single.detail)]

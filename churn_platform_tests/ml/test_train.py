@@ -13,7 +13,7 @@ from churn_platform.events.replay import ReplayMapping, SubscriptionMapping, row
 from churn_platform.features.churn import ChurnDefinition
 from churn_platform.lake.store import Lake
 from churn_platform.ml.estimators import WALK_ROWS, positive_probability, small_batch_predictor
-from churn_platform.ml.frame import LABEL_COLUMN, model_input
+from churn_platform.ml.frame import LABEL_COLUMN, input_rows, model_input
 from churn_platform.ml.gate import GateConfig, judge_candidate
 from churn_platform.ml.train import (
     TrainConfig,
@@ -258,6 +258,19 @@ def test_small_batch_predictor_equals_predict_proba_bit_for_bit(trained, trainin
     )
     assert odd.null_count().sum_horizontal().item() > 0
     np.testing.assert_array_equal(predict(odd), positive_probability(trained.candidate, odd))
+    # rows as dicts (the scorer's per-customer path): the same numbers, a column the
+    # table lacks filled as model_input fills it
+    table = training.table.head(200).with_columns(
+        pl.when(pl.int_range(pl.len()) % 3 == 0).then(None).otherwise(pl.col("plan")).alias("plan")
+    )
+    dropped = next(c for c in features if c.endswith("_count_7d"))
+    table = table.drop(dropped)
+    rows = input_rows(table.to_dicts(), features)
+    assert [list(r) for r in rows[:1]] == [list(features)]
+    framed = model_input(table, features)
+    assert rows == framed.to_dicts()
+    np.testing.assert_array_equal(predict.rows(rows), predict(framed))
+    np.testing.assert_array_equal(predict.rows(rows[:1]), predict(framed.head(1)))
     # anything but the calibrated boosting pipeline keeps scikit-learn's own path
     assert small_batch_predictor(trained.baseline, features) is None
     uncalibrated = trained.candidate.calibrated_classifiers_[0].estimator.estimator

@@ -110,20 +110,32 @@ def config_for(topic, scores_topic, group=None, **overrides) -> ServeConfig:
     )
 
 
-def test_streaming_features_and_scores_equal_the_batch_pipeline(kafka_settings, topic, world):
-    """No training/serving skew: the same events give the same features and probabilities."""
+@pytest.mark.parametrize("small_batch", [64, 0], ids=["per-customer", "frame"])
+def test_streaming_features_and_scores_equal_the_batch_pipeline(
+    kafka_settings, topic, world, small_batch
+):
+    """No training/serving skew: the same events give the same features and probabilities,
+    whichever path a micro-batch takes (a few messages: `features.customer`; many: frames)."""
     lake, version, scores_topic = world
     customers = customers_of(lake)[:40]
     messages = [live_event(i, c) for i, c in enumerate(customers)]
     messages += [live_event(100 + i, c, "feature_use") for i, c in enumerate(customers[:10])]
-    config = config_for(topic, scores_topic)
+    config = config_for(topic, scores_topic, small_batch=small_batch)
     with Running(kafka_settings, lake, config) as scorer:
-        produce(kafka_settings, topic, messages)
+        if small_batch:  # a few at a time, as a live stream comes
+            for start in range(0, len(messages), 7):
+                produce(kafka_settings, topic, messages[start : start + 7])
+        else:
+            produce(kafka_settings, topic, messages)
         scores = wait_for_scores(kafka_settings, scores_topic, len(messages))
         assert len(scores) == len(messages)
         today = datetime.now(UTC).date()
         model = scorer.champion.model
         assert scorer.champion.uses_small_batch_predictor  # the fast path scored them
+        if small_batch:
+            assert scorer.stats.per_customer > 0 and scorer.champion.features_verified
+        else:
+            assert scorer.stats.per_customer == 0
         streaming = compute_features(scorer.state.frame(customers), today, scorer.champion.spec)
 
     # the batch pipeline on the same events: extract them, features as of today
