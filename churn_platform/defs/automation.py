@@ -22,6 +22,7 @@ from collections.abc import Mapping
 import dagster as dg
 
 from churn_platform.defs import tags
+from churn_platform.defs.runs import EVERY_DAEMON_LOOP_S
 
 AUTOMATION_SENSOR = "churn_automation_sensor"
 FOLLOW_LABEL = "eager, handled only by a request"
@@ -85,7 +86,9 @@ def with_its_asset() -> dg.AutomationCondition:
     ).with_label(WITH_ASSET_LABEL)
 
 
-def automation_sensor(minimum_interval_seconds: int = 5) -> dg.AutomationConditionSensorDefinition:
+def automation_sensor(
+    minimum_interval_seconds: int = EVERY_DAEMON_LOOP_S,
+) -> dg.AutomationConditionSensorDefinition:
     return dg.AutomationConditionSensorDefinition(
         AUTOMATION_SENSOR,
         target=dg.AssetSelection.all(),

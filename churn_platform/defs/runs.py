@@ -8,6 +8,12 @@ import dagster as dg
 
 from churn_platform.defs import tags
 
+# The minimum interval of the sensors that new events wait for (customer_events_sensor, the
+# automation sensor). Dagster's daemon looks at its sensors once per loop of at least 5 s,
+# and a sensor whose interval is 5 s was skipped every other loop (the loop lands just under
+# 5 s after the end of its last tick), so it ticked every 10 s; with 1 s it ticks every loop.
+EVERY_DAEMON_LOOP_S = 1
+
 ACTIVE_RUN_STATUSES = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,

@@ -51,8 +51,8 @@ import argparse
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from apache_beam.options.pipeline_options import PipelineOptions
 from fsspec.utils import get_protocol
 
 DIRECT_RUNNER = "DirectRunner"
@@ -76,6 +76,9 @@ LOCAL_LAKE_PROTOCOLS = ("file", "local", "memory")
 # The feature pipeline's lake option (features.pipeline).
 LAKE_FLAG = "--lake"
 PACKAGE_SUFFIXES = (".whl", ".tar.gz", ".zip")
+
+if TYPE_CHECKING:
+    from apache_beam.options.pipeline_options import PipelineOptions
 
 
 class BeamRunnerSettingsError(ValueError):
@@ -239,6 +242,8 @@ class BeamRunnerSettings:
         lake = _flag_value(args, LAKE_FLAG)
         if lake is not None:
             self.check_lake(lake)
+        from apache_beam.options.pipeline_options import PipelineOptions  # Beam only to run
+
         return PipelineOptions(args)
 
     @classmethod

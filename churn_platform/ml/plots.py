@@ -19,18 +19,13 @@ import base64
 import io
 import math
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from PIL import Image
-from sklearn.calibration import calibration_curve
-from sklearn.metrics import (
-    average_precision_score,
-    precision_recall_curve,
-    roc_auc_score,
-    roc_curve,
-)
+
+if TYPE_CHECKING:  # matplotlib and scikit-learn load when a plot is drawn
+    from matplotlib.figure import Figure
 
 FIGSIZE = (5.0, 3.5)
 DPI = 90
@@ -44,6 +39,9 @@ _GRID_ALPHA = 0.3
 
 def new_figure(figsize: tuple[float, float] = FIGSIZE) -> Figure:
     """A figure on its own Agg canvas (no pyplot, no global figure registry)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=figsize, dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -132,6 +130,8 @@ def roc_curves_markdown(
     title: str = "ROC curves",
 ) -> str:
     """One ROC curve per model, labelled with its AUC, and the chance diagonal."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
     y = _labels(y_true)
     checked = _scores(scores, y.size, probabilities=False)
     fig = new_figure()
@@ -156,6 +156,8 @@ def pr_curves_markdown(
     The base rate is the precision of guessing: with rare churn the ROC curve
     flatters a model, this chart does not.
     """
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
     y = _labels(y_true)
     checked = _scores(scores, y.size, probabilities=False)
     fig = new_figure()
@@ -187,6 +189,8 @@ def calibration_markdown(
     """
     if bins < 2:
         raise ValueError(f"bins must be >= 2, got {bins}")
+    from sklearn.calibration import calibration_curve
+
     y = _labels(y_true)
     checked = _scores(scores, y.size, probabilities=True)
     fig = new_figure()

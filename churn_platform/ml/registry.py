@@ -42,12 +42,10 @@ from typing import Any, Literal
 import msgspec
 import numpy as np
 import polars as pl
-import skops.io
 
 from churn_platform.features.churn import ChurnDefinition
 from churn_platform.features.definitions import FeatureSpec
 from churn_platform.lake.store import Lake, LakeError
-from churn_platform.ml.estimators import positive_probability
 from churn_platform.ml.frame import model_input
 from churn_platform.ml.gate import GateDecision
 from churn_platform.ml.metrics import EvaluationMetrics
@@ -203,6 +201,8 @@ class LoadedModel:
 
     def predict_proba(self, table: pl.DataFrame) -> np.ndarray:
         """P(churned) for each row of `table` (a feature table; extra columns are ignored)."""
+        from churn_platform.ml.estimators import positive_probability
+
         return positive_probability(
             self.estimator, model_input(table, self.features, self.record.spec)
         )
@@ -448,6 +448,8 @@ def _parse_json(lake: Lake, relative: str, raw: bytes) -> Any:
 
 
 def _dump(lake: Lake, relative: str, estimator: object) -> bytes:
+    import skops.io  # scikit-learn and skops load with a model, not with this module
+
     data = skops.io.dumps(estimator)
     extra = sorted(set(skops.io.get_untrusted_types(data=data)) - set(TRUSTED_TYPES))
     if extra:
@@ -501,6 +503,8 @@ def _verified_bytes(lake: Lake, relative: str, entry: dict) -> bytes:
 
 
 def _load_trusted(lake: Lake, relative: str, data: bytes) -> object:
+    import skops.io  # scikit-learn and skops load with a model, not with this module
+
     try:
         found = skops.io.get_untrusted_types(data=data)
     except Exception as exc:  # zip, JSON and schema errors alike: skops has no common base

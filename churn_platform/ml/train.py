@@ -34,28 +34,20 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from datetime import date, timedelta
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
-from sklearn.calibration import CalibratedClassifierCV
-from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
-from sklearn.model_selection import GroupKFold
-from threadpoolctl import threadpool_limits
 
 from churn_platform.features.churn import CANCELLATION, ChurnDefinition
 from churn_platform.features.definitions import FeatureSpec
-from churn_platform.ml.estimators import (
-    BASELINE_KIND,
-    CANDIDATE_KIND,
-    CalibrationMethod,
-    build_estimator,
-    calibrate,
-    positive_probability,
-)
 from churn_platform.ml.frame import LABEL_COLUMN, categorical_features, model_input
 from churn_platform.ml.gate import Verdict
 from churn_platform.ml.labels import DEFAULT_HORIZON_DAYS
 from churn_platform.ml.metrics import EvaluationMetrics, HoldoutMetrics
+
+if TYPE_CHECKING:  # scikit-learn loads when a model is fitted or measured, not with this module
+    from churn_platform.ml.estimators import CalibrationMethod, ModelKind
 
 DEFAULT_SEED = 42
 DEFAULT_CALIBRATION_FOLDS = 3
@@ -179,6 +171,8 @@ def evaluate(y: np.ndarray, p: np.ndarray) -> HoldoutMetrics:
     y = np.asarray(y, dtype=int)
     if len(np.unique(y)) < 2:
         raise TrainingError("the holdout holds only one class: ROC AUC is undefined")
+    from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
+
     lift, capture = top_decile(y, p)
     return HoldoutMetrics(
         roc_auc=round(float(roc_auc_score(y, p)), 4),
@@ -267,6 +261,8 @@ def usable_features(
 
 
 def fit_calibrated(kind, split: Split, features: list[str], config: TrainConfig):
+    from churn_platform.ml.estimators import build_estimator, calibrate
+
     x, y = _xy(split.train, features)
     if len(np.unique(y)) < 2:
         raise TrainingError(
@@ -286,11 +282,15 @@ def fit_calibrated(kind, split: Split, features: list[str], config: TrainConfig)
 
 def train_models(table: pl.DataFrame, features: list[str], config: TrainConfig) -> TrainedModels:
     """Split by time, fit and calibrate both models, evaluate them on the holdout."""
+    from threadpoolctl import threadpool_limits
+
     with threadpool_limits(limits=config.threads):
         return _train_models(table, features, config)
 
 
 def _train_models(table: pl.DataFrame, features: list[str], config: TrainConfig) -> TrainedModels:
+    from churn_platform.ml.estimators import BASELINE_KIND, CANDIDATE_KIND, positive_probability
+
     split = split_by_time(table, config)
     features, dropped = usable_features(split.train, list(features))
     seconds: dict[str, float] = {}
@@ -326,7 +326,7 @@ def _train_models(table: pl.DataFrame, features: list[str], config: TrainConfig)
 
 
 def fit_served(
-    table: pl.DataFrame, features: list[str], config: TrainConfig, kind=CANDIDATE_KIND
+    table: pl.DataFrame, features: list[str], config: TrainConfig, kind: ModelKind | None = None
 ) -> ServedModel:
     """The candidate's recipe fitted on every row of `table`, calibrated out of fold.
 
@@ -334,8 +334,14 @@ def fit_served(
     `max_train_rows` when that is set); its probabilities are calibrated on
     predictions each row got from a pipeline fitted without its customer
     (`calibration_folds` folds of whole customers), so the calibration never
-    sees a prediction for a row its model was fitted on.
+    sees a prediction for a row its model was fitted on. `kind` defaults to the candidate's.
     """
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.model_selection import GroupKFold
+    from threadpoolctl import threadpool_limits
+
+    from churn_platform.ml.estimators import CANDIDATE_KIND, build_estimator
+
     with threadpool_limits(limits=config.threads):
         started = time.perf_counter()
         table, _ = _sample_customers(table, config)
@@ -346,7 +352,7 @@ def fit_served(
         folds = min(config.calibration_folds, len(np.unique(customers)))
         splits = list(GroupKFold(n_splits=folds).split(np.zeros(len(y)), y, customers))
         calibrated = CalibratedClassifierCV(
-            build_estimator(kind, features, config.seed),
+            build_estimator(kind or CANDIDATE_KIND, features, config.seed),
             method=config.calibration,
             cv=splits,
             ensemble=False,
@@ -373,6 +379,10 @@ def feature_importance(
     Done here rather than with `sklearn.inspection.permutation_importance`,
     which turns the frame into an array the column-named pipeline cannot read.
     """
+    from sklearn.metrics import roc_auc_score
+
+    from churn_platform.ml.estimators import positive_probability
+
     rng = np.random.default_rng(config.seed)
     if x.height > config.importance_rows:
         rows = np.sort(rng.choice(x.height, config.importance_rows, replace=False))

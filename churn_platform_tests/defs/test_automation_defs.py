@@ -46,6 +46,7 @@ from churn_platform.defs.monitoring.definitions import monitoring_definitions
 from churn_platform.defs.resources.drift import COOLDOWN_ENV, THRESHOLD_ENV
 from churn_platform.defs.resources.kafka import KafkaResource
 from churn_platform.defs.resources.lake import LakeResource
+from churn_platform.defs.runs import EVERY_DAEMON_LOOP_S
 from churn_platform.events.simulator import SimulatorConfig, produce_simulation
 from churn_platform.features.materialize import (
     read_feature_spec,
@@ -88,7 +89,7 @@ def test_the_code_location_runs_automation_drift_and_training_on_its_own(monkeyp
     )
     automation = definitions.resolve_sensor_def(AUTOMATION_SENSOR)
     assert isinstance(automation, dg.AutomationConditionSensorDefinition)
-    assert automation.minimum_interval_seconds == 5
+    assert automation.minimum_interval_seconds == EVERY_DAEMON_LOOP_S  # every daemon loop
     for name in (AUTOMATION_SENSOR, "drift_retraining_sensor", "customer_events_sensor"):
         status = definitions.resolve_sensor_def(name).default_status
         assert status == dg.DefaultSensorStatus.RUNNING, name

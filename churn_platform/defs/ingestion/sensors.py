@@ -20,7 +20,7 @@ from churn_platform.defs import tags
 from churn_platform.defs.ingestion.assets import raw_customer_events, raw_customer_events_job
 from churn_platform.defs.resources.kafka import KafkaResource
 from churn_platform.defs.resources.lake import LakeResource
-from churn_platform.defs.runs import job_in_progress
+from churn_platform.defs.runs import EVERY_DAEMON_LOOP_S, job_in_progress
 from churn_platform.ingestion.extract import format_lag, lag_behind
 from churn_platform.kafka.admin import BrokerUnavailable, high_watermarks
 from churn_platform.lake.raw import extracted_offsets
@@ -76,7 +76,7 @@ def backlog_wait(instance: dg.DagsterInstance, now: float) -> str | None:
 
 @dg.sensor(
     job=raw_customer_events_job,
-    minimum_interval_seconds=5,
+    minimum_interval_seconds=EVERY_DAEMON_LOOP_S,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Requests an extract when customer-events holds messages the lake's ledger "
     "does not: at once when the topic's watermarks moved, and also when an extract was "
