@@ -220,3 +220,53 @@ def test_vectorised_timestamps_equal_the_exact_scalar_conversion(instants):
     from churn_platform.events.validation import _timestamps_ms, _ts_ms
 
     assert _timestamps_ms(instants).to_pylist() == [_ts_ms(v) for v in instants]
+
+
+def test_repeated_attributes_are_checked_per_message_with_the_single_path_reasons():
+    """The batch checks each distinct attributes value once; every message still gets its own
+    verdict, and a bad one its `validate` reason and detail, wherever it sits in the batch."""
+    bad_attributes = raw(event_id="b", attributes={"nested": {"no": 1}})
+    too_long_key = raw(event_id="k", attributes={"k" * 500: 1})
+    messages = [
+        raw(event_id="g1"),
+        bad_attributes,
+        raw(event_id="g2", attributes=None),
+        b"not json",
+        bad_attributes,
+        raw(event_id="g3", attributes=...),
+        too_long_key,
+        # same attributes, other spacing and key order: each is decoded and encoded once
+        b'{"event_id":"g4","customer_id":"c","event_type":"login","ts":1788256800000,'
+        b'"attributes": {"mrr" : 49, "plan":"pro"}}',
+    ]
+    batch = validate_batch(messages, now=NOW)
+    expected = [
+        BatchReject(i, single.reason, single.detail)
+        for i, m in enumerate(messages)
+        if isinstance(single := validate(m, now=NOW), Rejection)
+    ]
+    assert [r.position for r in expected] == [1, 3, 4, 6]
+    assert batch.rejects == expected
+    assert batch.indices.to_pylist() == [0, 2, 5, 7]
+    stored = batch.events.column("attributes").to_pylist()
+    assert stored[1:3] == [None, None]
+    assert [json.loads(stored[0]), json.loads(stored[3])] == [
+        {"plan": "pro", "mrr": 49},
+        {"mrr": 49, "plan": "pro"},
+    ]
+    assert stored[3] == '{"mrr":49,"plan":"pro"}'  # encoded back, as `validate` stores it
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        raw(event_id="a\u0001b"),  # an escape: the only way to a control character in JSON
+        raw(customer_id="c\u007f"),  # DEL may also appear raw
+        b'{"event_id":"e\x7f","customer_id":"c","event_type":"login","ts":1788256800000}',
+    ],
+)
+def test_control_characters_in_ids_are_found_in_a_batch(message):
+    batch = validate_batch([raw(), message], now=NOW)
+    single = validate(message, now=NOW)
+    assert isinstance(single, Rejection)
+    assert batch.rejects == [BatchReject(1, single.reason, single.detail)]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import random
 from collections import Counter
+from datetime import date, timedelta
 
+import pyarrow as pa
 import pytest
 
 from churn_platform.events.contract import Reason
@@ -11,6 +14,7 @@ from churn_platform.ingestion.extract import (
     ExtractConfig,
     ExtractError,
     ExtractProgress,
+    _by_partition_and_day,
     extract_topic,
 )
 from churn_platform.lake import tables
@@ -295,3 +299,38 @@ def test_offsets_beyond_the_topic_are_an_error_not_a_silent_skip(kafka_settings,
     )
     with pytest.raises(ExtractError, match="reset-offsets"):
         extract_topic(kafka_settings, lake, ExtractConfig(topic=topic, stall_timeout=10))
+
+
+@pytest.mark.parametrize("arrival", ["in offset order", "shuffled"])
+def test_rows_are_grouped_into_files_by_partition_and_day_in_offset_order(arrival):
+    """The flush's one-key stable sort gives what sorting on the three columns gives, and
+    falls back to that sort when rows of a partition did not arrive in offset order."""
+    rng = random.Random(16)
+    rows = [
+        (p, date(2026, 9, 1) + timedelta(days=rng.randrange(5)), offset)
+        for offset in range(300)
+        for p in (2, 0, 5)  # partitions interleave, as chunks of several partitions do
+    ]
+    if arrival == "shuffled":
+        rng.shuffle(rows)
+    table = pa.table(
+        {
+            "_partition": pa.array([r[0] for r in rows], pa.int32()),
+            "event_date": pa.array([r[1] for r in rows], pa.date32()),
+            "_offset": pa.array([r[2] for r in rows], pa.int64()),
+            "row": pa.array(range(len(rows)), pa.int64()),
+        }
+    )
+    ordered, groups = _by_partition_and_day(table)
+    keys = ["_partition", "event_date", "_offset"]
+    assert ordered.equals(table.sort_by([(k, "ascending") for k in keys]))
+    expected = Counter((p, day) for p, day, _ in rows)
+    assert [(p, day, count) for p, day, _, _, _, count in groups] == sorted(
+        (p, day, n) for (p, day), n in expected.items()
+    )
+    for p, day, first, last, start, count in groups:
+        piece = ordered.slice(start, count)
+        assert set(piece.column("_partition").to_pylist()) == {p}
+        assert set(piece.column("event_date").to_pylist()) == {day}
+        offsets = piece.column("_offset").to_pylist()
+        assert (offsets[0], offsets[-1]) == (first, last)
