@@ -177,7 +177,7 @@ class CustomerEvents:
             self._value = np.resize(self._value, grown)
             self._id = np.resize(self._id, grown)
         ids = other._id[:m]
-        if other.repeats or np.isin(ids, self._id[:n]).any():
+        if other.repeats or _any_of(ids, self._id[:n]):
             self.repeats = True
         self._ts[n : n + m] = other._ts[:m]
         self._code[n : n + m] = other._code[:m]
@@ -215,16 +215,6 @@ class CustomerEvents:
         self.size = n + 1
 
 
-def _kahan(values: np.ndarray) -> float:
-    total = compensation = 0.0
-    for x in values.tolist():
-        y = x - compensation
-        t = total + y
-        compensation = (t - total) - y
-        total = t
-    return total
-
-
 def customer_features(
     events: CustomerEvents,
     customer_id: str,
@@ -235,133 +225,198 @@ def customer_features(
     """The customer's row of `compute_features(its events, as_of, spec, churn)`, or None
     when it is not active at the end of `as_of` (no row). Not for events with a
     repeated id (`events.repeats`): `compute_features` handles those."""
-    if events.repeats:
+    return customers_features([(customer_id, events, as_of)], spec, churn)[0]
+
+
+def customers_features(
+    customers: Sequence[tuple[str, CustomerEvents, date]],
+    spec: FeatureSpec,
+    churn: ChurnDefinition = CANCELLATION,
+) -> list[dict | None]:
+    """`customer_features` of several (customer, events, as-of date) at once: the
+    counting runs over all their events together, so a micro-batch of a few customers
+    costs about what one does."""
+    if any(events.repeats for _, events, _ in customers):
         raise ValueError("events with a repeated event id: use compute_features")
-    day = (as_of - _EPOCH).days
-    end = (day + 1) * DAY_MS
-    n = events.size
-    ts = events._ts[:n]
-    code = events._code[:n]
-    value = events._value[:n]
-    keep = ts < end
-
-    # _subscription_state and the prices, over the lifecycle events in (ts, event_id) order
-    ordered = sorted((e for e in events.lifecycle if keep[e[0]]), key=lambda e: (e[1], e[2]))
-    has_lifecycle = bool(ordered)
-    active_state = plan_changes = started = changed = plan = mrr = None
-    if has_lifecycle:
-        active_state = ordered[-1][3] != SUBSCRIPTION_CANCELLED
-        plan_changes = sum(1 for e in ordered if e[3] == SUBSCRIPTION_CHANGED)
-        starts = [e[1] for e in ordered if e[3] == SUBSCRIPTION_STARTED]
-        started = min(starts) if starts else None
-        priced = [e for e in ordered if e[3] != SUBSCRIPTION_CANCELLED]
-        changed = max(e[1] for e in priced) if priced else None
-        plans = [e[4] for e in priced if e[4] is not None]
-        mrrs = [e[5] for e in priced if e[5] is not None]
-        plan = plans[-1] if plans else None
-        mrr = mrrs[-1] if mrrs else None
-
-    window_start = end - LOOKBACK_DAYS * DAY_MS
-    kept_ts = ts[keep]
-    first_ts = int(kept_ts.min()) if kept_ts.size else None
-    in_lookback = kept_ts[kept_ts >= window_start]
-    first_window_ts = int(in_lookback.min()) if in_lookback.size else None
-
-    activity = keep & (ts >= window_start) & (code >= 0)
-    a_code = code[activity]
-    # every window ends with the as-of date: an event is in the w days up to it when its
-    # age (whole days before the as-of date, 0..LOOKBACK_DAYS - 1) is below w
-    age = day - ts[activity] // DAY_MS
-    kinds = len(_CODES)
-    per_day = np.bincount(a_code * LOOKBACK_DAYS + age, minlength=kinds * LOOKBACK_DAYS)
-    per_day = per_day.reshape(kinds, LOOKBACK_DAYS)  # events by type and age
-    within = per_day.cumsum(axis=1)  # events by type in the (age + 1) days up to d
-    row: dict = {"customer_id": customer_id, "as_of": as_of}
+    k = len(customers)
+    if k == 0:
+        return []
     layout = _layout(spec, churn)
-
-    def days_since(instant: int | None) -> int | None:
-        return None if instant is None else day - instant // DAY_MS
-
-    # per type: events in each window the spec names (by index: days - 1), whether it
-    # had any, and the age of its latest event; as Python numbers, read once
-    counts = dict(zip(layout.count_at, within[:, layout.count_at].T.tolist(), strict=True))
-    latest_age = np.argmax(per_day > 0, axis=1).tolist()
-    has_any = (within[:, -1] > 0).tolist()
-    a_value = None
-    tracked_codes = []
-    for activity_type, columns in layout.per_type:
-        c = _CODES.get(activity_type)
-        if c is not None:
-            tracked_codes.append(c)
-        selected = None
-        for name, kind, window in columns:
-            if kind is Kind.COUNT:
-                row[name] = 0 if c is None else counts[min(window, LOOKBACK_DAYS) - 1][c]
-            elif kind is Kind.RECENCY:
-                row[name] = latest_age[c] if c is not None and has_any[c] else None
-            else:
-                if selected is None:  # the type's values in the value window, in order
-                    if c is None or not has_any[c]:
-                        selected = value[:0]
-                    else:
-                        if a_value is None:
-                            a_value = value[activity]
-                        selected = a_value[(a_code == c) & (age < window)]
-                        selected = selected[~np.isnan(selected)]
-                if kind is Kind.VALUE_SUM:
-                    row[name] = _kahan(selected)
-                else:
-                    row[name] = _kahan(selected) / selected.size if selected.size else None
-
-    tracked = per_day[tracked_codes].sum(axis=0)  # tracked activity by age
-    tracked_within = tracked.cumsum()
-    events_28d = int(tracked_within[TREND_WINDOW_DAYS - 1])
-    prior_28d = int(tracked_within[2 * TREND_WINDOW_DAYS - 1]) - events_28d
-    tracked_days = np.flatnonzero(tracked)  # ages with tracked activity
-    long_days = tracked_days[tracked_days < LONG_WINDOW_DAYS]
-    events_365d = int(tracked_within[min(LONG_WINDOW_DAYS, LOOKBACK_DAYS) - 1])
-    observed = int(long_days[-1]) + 1 if long_days.size else None
-    events_recent = int(within[:, RECENT_ACTIVITY_DAYS - 1].sum())
-
-    # _active
+    days = [(as_of - _EPOCH).days for _, _, as_of in customers]
+    sizes = [events.size for _, events, _ in customers]
+    starts = np.cumsum([0, *sizes[:-1]]).tolist()
+    ts = np.concatenate([events._ts[: events.size] for _, events, _ in customers])
+    code = np.concatenate([events._code[: events.size] for _, events, _ in customers])
+    value = np.concatenate([events._value[: events.size] for _, events, _ in customers])
+    owner = np.repeat(np.arange(k), sizes)
+    # each event's age: whole days before its customer's as-of date (negative: after it)
+    age = np.repeat(np.array(days, np.int64), sizes) - ts // DAY_MS
+    kept = age >= 0  # before the end of the as-of date
+    activity = kept & (age < LOOKBACK_DAYS) & (code >= 0)
+    a_owner, a_code, a_age = owner[activity], code[activity], age[activity]
+    kinds = len(_CODES)
+    # events by customer, type and age; every window ends with the as-of date, so an
+    # event is in the w days up to it when its age is below w
+    per_day = np.bincount(
+        (a_owner * kinds + a_code) * LOOKBACK_DAYS + a_age, minlength=k * kinds * LOOKBACK_DAYS
+    ).reshape(k, kinds, LOOKBACK_DAYS)
+    within = per_day.cumsum(axis=2)
+    counts = within[:, :, layout.count_at].tolist()  # [customer][type][window]
+    has_any = (within[:, :, -1] > 0).tolist()
+    latest_age = np.argmax(per_day > 0, axis=2).tolist()
+    codes = {t: _CODES.get(t) for t in spec.activity_types}
+    tracked_codes = [c for c in codes.values() if c is not None]
+    tracked = per_day[:, tracked_codes, :].sum(axis=1)  # tracked activity by customer, age
+    tracked_within = tracked.cumsum(axis=1)
+    seen = tracked > 0
+    long_seen = seen[:, : min(LONG_WINDOW_DAYS, LOOKBACK_DAYS)]
+    events_28d = tracked_within[:, TREND_WINDOW_DAYS - 1].tolist()
+    events_56d = tracked_within[:, 2 * TREND_WINDOW_DAYS - 1].tolist()
+    events_365d = tracked_within[:, min(LONG_WINDOW_DAYS, LOOKBACK_DAYS) - 1].tolist()
+    active_days_28d = seen[:, :TREND_WINDOW_DAYS].sum(axis=1).tolist()
+    active_days_365d = long_seen.sum(axis=1).tolist()
+    any_tracked = seen.any(axis=1).tolist()
+    latest_tracked = np.argmax(seen, axis=1).tolist()
+    oldest_long = (long_seen.shape[1] - 1 - np.argmax(long_seen[:, ::-1], axis=1)).tolist()
+    events_recent = within[:, :, RECENT_ACTIVITY_DAYS - 1].sum(axis=1).tolist()
     if churn.is_inactivity:
         qualifying = (
             [q for t in churn.qualifying_types if (q := _CODES.get(t)) is not None]
             if churn.qualifying_types
-            else slice(None)
+            else list(range(kinds))
         )
-        horizon = within[qualifying, min(churn.horizon_days, LOOKBACK_DAYS) - 1]
-        active = bool(horizon.sum() > 0)
-    elif has_lifecycle:
-        active = bool(active_state)
-    else:
-        active = events_recent > 0
-    if not active:
-        return None
+        horizon = min(churn.horizon_days, LOOKBACK_DAYS) - 1
+        qualifying_recent = within[:, qualifying, horizon].sum(axis=1).tolist()
+    values = _values_by_type(layout, value[activity], a_owner, a_code, a_age)
 
-    rate = None
-    if events_365d > 0:
-        rate = (events_28d / min(observed, TREND_WINDOW_DAYS)) / (
-            events_365d / min(observed, LONG_WINDOW_DAYS)
+    out: list[dict | None] = []
+    for i, (customer_id, events, as_of) in enumerate(customers):
+        day = days[i]
+
+        def days_since(instant: int | None, day: int = day) -> int | None:
+            return None if instant is None else day - instant // DAY_MS
+
+        # _subscription_state and the prices: lifecycle events in (ts, event_id) order
+        end = (day + 1) * DAY_MS
+        ordered = sorted((e for e in events.lifecycle if e[1] < end), key=lambda e: (e[1], e[2]))
+        active_state = plan_changes = started = changed = plan = mrr = None
+        if ordered:
+            active_state = ordered[-1][3] != SUBSCRIPTION_CANCELLED
+            plan_changes = sum(1 for e in ordered if e[3] == SUBSCRIPTION_CHANGED)
+            starts_at = [e[1] for e in ordered if e[3] == SUBSCRIPTION_STARTED]
+            started = min(starts_at) if starts_at else None
+            priced = [e for e in ordered if e[3] != SUBSCRIPTION_CANCELLED]
+            changed = max(e[1] for e in priced) if priced else None
+            plans = [e[4] for e in priced if e[4] is not None]
+            mrrs = [e[5] for e in priced if e[5] is not None]
+            plan = plans[-1] if plans else None
+            mrr = mrrs[-1] if mrrs else None
+
+        if churn.is_inactivity:
+            active = qualifying_recent[i] > 0
+        elif ordered:
+            active = bool(active_state)
+        else:
+            active = events_recent[i] > 0
+        if not active:
+            out.append(None)
+            continue
+
+        tenure_from = started
+        if tenure_from is None:  # the first event in the lookback, else the first at all
+            own = ts[starts[i] : starts[i] + sizes[i]]
+            own_age = age[starts[i] : starts[i] + sizes[i]]
+            held = own[own_age >= 0]
+            in_lookback = held[own_age[own_age >= 0] < LOOKBACK_DAYS]
+            if in_lookback.size:
+                tenure_from = int(in_lookback.min())
+            elif held.size:
+                tenure_from = int(held.min())
+
+        row: dict = {"customer_id": customer_id, "as_of": as_of}
+        type_counts, type_any, type_latest = counts[i], has_any[i], latest_age[i]
+        for activity_type, columns in layout.per_type:
+            c = codes[activity_type]
+            for name, kind, window in columns:
+                if kind is Kind.COUNT:
+                    row[name] = 0 if c is None else type_counts[c][layout.count_index[window]]
+                elif kind is Kind.RECENCY:
+                    row[name] = type_latest[c] if c is not None and type_any[c] else None
+                else:
+                    total, n = values.get((i, c), (0.0, 0))
+                    if kind is Kind.VALUE_SUM:
+                        row[name] = total
+                    else:
+                        row[name] = total / n if n else None
+        observed = oldest_long[i] + 1 if events_365d[i] else None
+        rate = None
+        if events_365d[i] > 0:
+            rate = (events_28d[i] / min(observed, TREND_WINDOW_DAYS)) / (
+                events_365d[i] / min(observed, LONG_WINDOW_DAYS)
+            )
+        row.update(
+            {
+                "active_days_28d": active_days_28d[i],
+                "events_28d": events_28d[i],
+                "days_since_last_event": latest_tracked[i] if any_tracked[i] else None,
+                "trend_28d": (events_28d[i] + 1) / (events_56d[i] - events_28d[i] + 1),
+                "events_365d": events_365d[i],
+                "active_days_365d": active_days_365d[i],
+                "activity_rate_vs_365d": rate,
+                "tenure_days": days_since(tenure_from),
+                "plan": UNKNOWN_PLAN if plan is None else plan,
+                "mrr": 0.0 if mrr is None else mrr,
+                "plan_changes": plan_changes or 0,
+                "days_since_subscription_change": days_since(changed),
+            }
         )
-    tenure_from = next((t for t in (started, first_window_ts, first_ts) if t is not None), None)
-    row.update(
-        {
-            "active_days_28d": int(np.count_nonzero(tracked[:TREND_WINDOW_DAYS])),
-            "events_28d": events_28d,
-            "days_since_last_event": int(tracked_days[0]) if tracked_days.size else None,
-            "trend_28d": (events_28d + 1) / (prior_28d + 1),
-            "events_365d": events_365d,
-            "active_days_365d": int(long_days.size),
-            "activity_rate_vs_365d": rate,
-            "tenure_days": days_since(tenure_from),
-            "plan": UNKNOWN_PLAN if plan is None else plan,
-            "mrr": 0.0 if mrr is None else mrr,
-            "plan_changes": plan_changes or 0,
-            "days_since_subscription_change": days_since(changed),
-        }
-    )
-    return {name: row[name] for name in layout.names}
+        out.append({name: row[name] for name in layout.names})
+    return out
+
+
+def _values_by_type(
+    layout: _Layout, value: np.ndarray, owner: np.ndarray, code: np.ndarray, age: np.ndarray
+) -> dict[tuple[int, int], tuple[float, int]]:
+    """(customer, type code) → (Kahan sum, count) of the values in the value window, each
+    customer's in arrival order."""
+    out: dict[tuple[int, int], tuple[float, int]] = {}
+    if layout.value_window is None:
+        return out
+    valued = [c for t in layout.valued_types if (c := _CODES.get(t)) is not None]
+    if not valued:
+        return out
+    is_valued = np.zeros(len(_CODES), bool)
+    is_valued[valued] = True
+    picked = (age < layout.value_window) & ~np.isnan(value) & is_valued[code]
+    if not picked.any():
+        return out
+    key = owner[picked] * len(_CODES) + code[picked]
+    order = np.argsort(key, kind="stable")  # groups, each in arrival order
+    key, chosen = key[order].tolist(), value[picked][order].tolist()
+    start = 0
+    for stop in range(1, len(key) + 1):
+        if stop == len(key) or key[stop] != key[start]:
+            group = chosen[start:stop]
+            out[divmod(key[start], len(_CODES))] = (_kahan_list(group), len(group))
+            start = stop
+    return out
+
+
+def _any_of(ids: np.ndarray, held: np.ndarray) -> bool:
+    """Whether any of `ids` is in `held` (a few new ids: compared one by one)."""
+    if len(ids) <= 16:
+        return any(bool((held == x).any()) for x in ids.tolist())
+    return bool(np.isin(ids, held).any())
+
+
+def _kahan_list(values: list[float]) -> float:
+    total = compensation = 0.0
+    for x in values:
+        y = x - compensation
+        t = total + y
+        compensation = (t - total) - y
+        total = t
+    return total
 
 
 @dataclass(frozen=True)
@@ -370,6 +425,9 @@ class _Layout:
 
     per_type: tuple[tuple[str, tuple[tuple[str, Kind, int | None], ...]], ...]
     count_at: list[int]  # the days - 1 of every count window
+    count_index: dict[int, int]  # count window → its place in count_at
+    valued_types: tuple[str, ...]
+    value_window: int | None
     names: tuple[str, ...]
 
 
@@ -385,9 +443,22 @@ def _layout(spec: FeatureSpec, churn: ChurnDefinition) -> _Layout:
         for _, kind, window in columns
         if kind is Kind.COUNT
     }
+    count_at = sorted(counts)
+    windows = [w for cols in per_type.values() for _, kind, w in cols if kind is Kind.COUNT]
+    value_windows = {
+        w for cols in per_type.values() for _, kind, w in cols if kind is Kind.VALUE_SUM
+    }
+    value_windows |= {
+        w for cols in per_type.values() for _, kind, w in cols if kind is Kind.VALUE_MEAN
+    }
+    if len(value_windows) > 1:
+        raise ValueError(f"one value window expected, got {sorted(value_windows)}")
     return _Layout(
         tuple((t, tuple(columns)) for t, columns in per_type.items()),
-        sorted(counts),
+        count_at,
+        {w: count_at.index(min(w, LOOKBACK_DAYS) - 1) for w in windows},
+        tuple(spec.valued_types),
+        min(value_windows.pop(), LOOKBACK_DAYS) if value_windows else None,
         tuple(spec.schema()),
     )
 

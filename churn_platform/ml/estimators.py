@@ -269,12 +269,15 @@ def _tree_walker(
         if x.ndim != 2 or x.shape[1] != n_features:
             raise ValueError(f"expected {n_features} columns, got shape {x.shape}")
         x = np.ascontiguousarray(x, dtype=np.float64)
+        # every node's decision for every row at once (a few thousand nodes), then
+        # `depth` steps that only look decisions up
+        values = x[:, feature]
+        go_left = np.where(np.isnan(values), missing_left, values <= threshold)
+        flat = go_left.ravel()
         at = np.broadcast_to(roots, (x.shape[0], len(roots))).copy()
-        rows = np.arange(x.shape[0])[:, None]
+        row_start = (np.arange(x.shape[0]) * len(feature))[:, None]
         for _ in range(depth):
-            values = x[rows, feature[at]]
-            go_left = np.where(np.isnan(values), missing_left[at], values <= threshold[at])
-            at = np.where(go_left, left[at], right[at])
+            at = np.where(flat[row_start + at], left[at], right[at])
         leaves = value[at]
         raw = np.empty((x.shape[0], leaves.shape[1] + 1))
         raw[:, 0] = 0.0 + baseline

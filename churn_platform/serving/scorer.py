@@ -58,7 +58,7 @@ from churn_platform.events.contract import (
 )
 from churn_platform.events.validation import BatchReject, now_ms, validate_batch, validate_rows
 from churn_platform.features.churn import CANCELLATION, ChurnDefinition
-from churn_platform.features.customer import DAY_MS, customer_features
+from churn_platform.features.customer import DAY_MS, customers_features
 from churn_platform.features.definitions import FeatureSpec, compute_features
 from churn_platform.kafka.admin import ensure_topic, is_unreachable
 from churn_platform.kafka.config import KafkaSettings
@@ -131,8 +131,9 @@ class ServeConfig:
     max_batch: int = 50_000
     max_wait_ms: int = 5
     # micro-batches of at most this many messages take the per-customer path (plain rows,
-    # `features.customer`); bigger ones the frame path (Arrow, `compute_features`)
-    small_batch: int = 64
+    # `features.customer`); bigger ones (a backlog) the frame path (Arrow,
+    # `compute_features` once per as-of date), which costs less per event from about here
+    small_batch: int = 1_000
     commit_interval_ms: int = 100  # delivered offsets are committed at most this often
     reload_interval_s: float = 2.0
     log_interval_s: float = 10.0
@@ -684,16 +685,15 @@ class StreamingScorer:
         assert spec is not None
         if not champion.per_customer_features:
             return self._scores_by_frame(_by_date(latest))
-        rows: list[dict] = []
+        items = []
         slow: dict[str, date] = {}
         for customer, as_of in latest.items():
             history = state.history(customer)
             if history.repeats:  # a repeated event id: compute_features counts it once
                 slow[customer] = as_of
-                continue
-            row = customer_features(history, customer, as_of, spec, churn)
-            if row is not None:
-                rows.append(row)
+            else:
+                items.append((customer, history, as_of))
+        rows = [row for row in customers_features(items, spec, churn) if row is not None]
         if not champion.features_verified:
             checked = {c: a for c, a in latest.items() if c not in slow}
             expected = self._features_by_frame(_by_date(checked))

@@ -101,6 +101,8 @@ class CustomerState:
             return 0
         index, histories = self._index, self._histories
         first_row = self.events
+        for customer in {r[1] for r in rows if r[1] not in index}:
+            histories[customer] = CustomerEvents()  # a new customer: nothing to read
         # plan and MRR of lifecycle events, for the histories held (one polars call)
         priced = [i for i, r in enumerate(rows) if r[2] in _LIFECYCLE and r[1] in histories]
         prices = (
@@ -118,6 +120,7 @@ class CustomerState:
             if history is not None:
                 history.append(row[0], row[2], row[3], row[4], prices.get(position, _NO_PRICE))
         self._pending.extend(rows)
+        self._trim_histories()
         return len(rows)
 
     def history(self, customer: str) -> CustomerEvents:
@@ -128,10 +131,27 @@ class CustomerState:
         if found is not None:
             histories.move_to_end(customer)
             return found
-        found = histories[customer] = CustomerEvents.from_frame(self.frame([customer]))
-        if len(histories) > self.history_customers:
-            histories.popitem(last=False)
+        # the stored rows from the frames, the rows not yet in a frame one by one (no flush)
+        rows = np.frombuffer(self._index.get(customer, array("q")), dtype=np.int64)
+        stored = self._base.height + self._tail.height
+        found = CustomerEvents.from_frame(self._gather(rows[rows < stored]))
+        pending = [self._pending[i] for i in (rows[rows >= stored] - stored).tolist()]
+        lifecycle = [i for i, r in enumerate(pending) if r[2] in _LIFECYCLE]
+        prices = (
+            dict(zip(lifecycle, lifecycle_prices([pending[i][5] for i in lifecycle]), strict=True))
+            if lifecycle
+            else {}
+        )
+        for i, row in enumerate(pending):
+            found.append(row[0], row[2], row[3], row[4], prices.get(i, _NO_PRICE))
+        histories[customer] = found
+        self._trim_histories()
         return found
+
+    def _trim_histories(self) -> None:
+        histories = self._histories
+        while len(histories) > self.history_customers:
+            histories.popitem(last=False)
 
     def warm_histories(self) -> int:
         """Hold the `history` of the customers with the latest events (at most
@@ -216,18 +236,22 @@ class CustomerState:
             frame = self._base.clear()
         else:
             index = self._index
-            rows = np.concatenate([np.frombuffer(index[c], dtype=np.int64) for c in wanted])
-            in_base = self._base.height
-            if rows.max() < in_base:
-                frame = self._base[rows]
-            else:
-                head = rows < in_base
-                frame = pl.concat(
-                    [self._base[rows[head]], self._tail[rows[~head] - in_base]],
-                    how="vertical",
-                    rechunk=False,
-                )
+            frame = self._gather(
+                np.concatenate([np.frombuffer(index[c], dtype=np.int64) for c in wanted])
+            )
         return frame if as_datetime else frame.with_columns(pl.col("ts").dt.epoch("ms"))
+
+    def _gather(self, rows: np.ndarray) -> pl.DataFrame:
+        """Rows of the base and the tail by row number (none of them pending)."""
+        in_base = self._base.height
+        if not rows.size or rows.max() < in_base:
+            return self._base[rows]
+        head = rows < in_base
+        return pl.concat(
+            [self._base[rows[head]], self._tail[rows[~head] - in_base]],
+            how="vertical",
+            rechunk=False,
+        )
 
     def compact(self, today: date | None = None) -> None:
         """Fold the tail into the base; with `today`, also drop activity past the lookback."""

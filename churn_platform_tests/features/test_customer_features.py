@@ -17,7 +17,7 @@ import polars as pl
 import pytest
 
 from churn_platform.features.churn import ChurnDefinition
-from churn_platform.features.customer import CustomerEvents, customer_features
+from churn_platform.features.customer import CustomerEvents, customer_features, customers_features
 from churn_platform.features.definitions import (
     EVENT_COLUMNS,
     FeatureSpec,
@@ -161,3 +161,23 @@ def test_a_repeated_event_id_is_left_to_compute_features():
     with pytest.raises(ValueError, match="repeated event id"):
         customer_features(held, "c1", ts.date(), FeatureSpec(("login",), ()))
     assert CustomerEvents.many(pl.concat([frame, frame]))["c1"].repeats
+
+
+@pytest.mark.parametrize("churn", DEFINITIONS[:2], ids=lambda c: c.key())
+def test_many_customers_at_once_equal_one_at_a_time(simulated, churn):
+    """A micro-batch: several customers, each as of its own date, in one call."""
+    latest = simulated["ts"].max().date()
+    spec = discover_spec(simulated, latest)
+    customers = simulated["customer_id"].unique().sort().to_list()[:50]
+    by_customer = simulated.partition_by("customer_id", as_dict=True)
+    items = [
+        (c, CustomerEvents.from_frame(by_customer[(c,)]), latest - timedelta(days=i % 9))
+        for i, c in enumerate(customers)
+    ]
+    together = customers_features(items, spec, churn)
+    for (customer, _, as_of), got in zip(items, together, strict=True):
+        table = compute_features(by_customer[(customer,)], as_of, spec, churn)
+        expected = table.to_dicts()[0] if table.height else None
+        assert not _rows_equal(expected, got), (customer, _rows_equal(expected, got))
+    assert sum(r is not None for r in together) > 20
+    assert customers_features([], spec, churn) == []
