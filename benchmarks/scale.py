@@ -13,8 +13,9 @@ the project's assets, resources and jobs:
 * extract: `raw_customer_events` (Kafka → Parquet lake, exactly once);
 * features_latest: `features_job` for the latest as-of date (Beam DirectRunner);
 * polars_reference (reference): `reference_features` for the same date;
-* features_range: `features_job` for the 12 weekly as-of dates of the training
-  range (12 Beam runs + labels);
+* features_range: the 12 weekly as-of dates of the training range as `train`
+  makes them (training_set's `ensure_inputs`: one Beam pipeline for every date,
+  then each date's feature checks and labels);
 * training_set, model (`churn_model` + its gate + `churn_champion`), scores
   (`churn_scores` of the latest date: lake + topic churn-scores);
 * incremental: ~100k new events for the next day are produced, then
@@ -232,13 +233,34 @@ def stage_check_features(args: dict) -> dict:
 
 
 def stage_features_range(args: dict) -> dict:
+    """The training dates' features, checks and labels as `train` makes them: what
+    training_set runs first (`ensure_inputs`: one Beam pass over the events for every
+    date, then each date's checks and labels)."""
+    from churn_platform.defs.resources.beam import BeamRunnerResource
     from churn_platform.lake.store import Lake
-    from churn_platform.ml.training_set import training_dates
+    from churn_platform.ml.training_set import ensure_inputs, training_dates
 
-    dates = training_dates(Lake(args["lake"])).dates
-    out = _features_job(args, list(dates))
-    out["as_of_dates"] = [d.isoformat() for d in dates]
-    return out
+    lake = Lake(args["lake"])
+    dates = training_dates(lake).dates
+    checks: list[str] = []
+    started = time.perf_counter()
+    computed = ensure_inputs(
+        lake,
+        dates,
+        engine="beam",
+        runner=BeamRunnerResource().settings(),
+        on_checked=lambda d, outcomes: checks.extend(
+            n for n, o in outcomes.items() if not o.passed
+        ),
+    )
+    seconds = time.perf_counter() - started
+    if checks:
+        raise RuntimeError(f"features_range: checks failed: {checks}")
+    return {
+        "seconds": seconds,
+        "as_of_dates": [d.isoformat() for d in dates],
+        "computed": len(computed),
+    }
 
 
 def _ml_job(args: dict, name: str, partition: str | None = None) -> dict:

@@ -5,9 +5,11 @@
 Dagster instance (so each step is a run in the UI):
 
 1. `raw_customer_events_job`: the exactly-once extract of what the topic holds;
-2. `features_job` for every training as-of date and the latest complete date
-   (`customer_features` with its blocking checks, then `churn_labels`);
-3. `training_job`: training set → candidate and its gate → champion;
+2. `features_job` for the latest complete date (`customer_features` with its
+   blocking checks, then `churn_labels`);
+3. `training_job`: training set → candidate and its gate → champion; the
+   training set computes the features, checks and labels of the training
+   as-of dates the lake lacks in one pass over the events (`ensure_inputs`);
 4. `scoring_job` for the latest complete date: the lake and `churn-scores`.
 
 The jobs come from `churn_platform.definitions.defs()`, built after the
@@ -202,30 +204,32 @@ def _run(instance: dg.DagsterInstance, options: PathOptions, log) -> dict:
             summary["stopped"] = f"no model: {exc}"
             log(summary["stopped"])
 
-    as_of_dates = sorted({*dates, through})
     started = time.perf_counter()
     log(
-        f"customer_features ({options.engine}) and churn_labels for {len(as_of_dates)} as-of "
-        f"date(s), {as_of_dates[0]} .. {as_of_dates[-1]} (features_job) ..."
+        f"customer_features ({options.engine}) and churn_labels for {through} (features_job); "
+        f"the {len(dates)} training as-of dates follow in training_set, in one pass ..."
     )
     features_ops = {"customer_features": {"config": {"engine": options.engine}}}
-    for i, as_of in enumerate(as_of_dates, 1):
-        result = run(definitions, FEATURES_JOB, as_of.isoformat(), features_ops)
-        if not result.success:
-            raise StepFailed(
-                f"features_job for {as_of} failed: {_run_failure(result)}", summary, result.run_id
-            )
-        elapsed = time.perf_counter() - started
-        left = elapsed / i * (len(as_of_dates) - i)
-        log(f"  {i}/{len(as_of_dates)} {as_of}: {elapsed:.0f} s so far, about {left:.0f} s left")
+    result = run(definitions, FEATURES_JOB, through.isoformat(), features_ops)
+    if not result.success:
+        raise StepFailed(
+            f"features_job for {through} failed: {_run_failure(result)}", summary, result.run_id
+        )
     summary["features_seconds"] = round(time.perf_counter() - started, 1)
     summary.update(_feature_summary(lake, through))
     if not dates:
         return summary
 
-    log("training_job: training_set → churn_model (gated) → churn_champion ...")
-    ops = {"churn_model": {"config": options.model_config}} if options.model_config else {}
+    log(
+        "training_job: training_set (the training dates' features, checks and labels, in one "
+        "pass over the events) → churn_model (gated) → churn_champion ..."
+    )
+    ops: dict = {"training_set": {"config": {"engine": options.engine}}}
+    if options.model_config:
+        ops["churn_model"] = {"config": options.model_config}
+    started = time.perf_counter()
     result = run(definitions, TRAINING_JOB, ops=ops)
+    summary["training_seconds"] = round(time.perf_counter() - started, 1)
     model = _model_summary(lake, result)
     summary.update(model)
     if "candidate_version" not in model:
@@ -397,7 +401,7 @@ def summary_lines(summary: dict) -> list[str]:
         lines.append(
             f"  features             {summary['customers_with_features']:,} active customers × "
             f"{summary['feature_count']} features as of {summary['features_as_of']} "
-            f"({summary['features_seconds']} s for all as-of dates)"
+            f"({summary['features_seconds']} s)"
         )
     if "training_rows" in summary:
         dates = summary["training_as_of_dates"]

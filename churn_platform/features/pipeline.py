@@ -34,6 +34,15 @@ be a local path or a URI (s3://, gs://, memory://). Steps:
    replaces, never duplicates. A run that dies before the commit leaves files
    no commit references (vacuum removes them).
 
+Many as-of dates in one run (`run_feature_pipeline_range`, what training uses
+for its weekly dates): the union of the dates' files is read once (a file is
+cut to lifecycle rows only when it is history for every date), each row
+tagged with its file, and shuffled once; a shard then rebuilds each date's
+rows exactly as a one-date run holds them (`inputs.events_as_of`: that date's
+history lifecycle rows, then its window rows, in lake order) and computes
+every date. Each date's files, footers, counts and commit are those of a
+one-date run; the dates are committed one by one after the pipeline.
+
 Two specs, for exactness: task specs are found before repeated event_ids are
 dropped, so a type seen only in a repeat could be in them but not in
 `compute_features` over everything. Shards compute with the merged task
@@ -83,7 +92,16 @@ from churn_platform.features.definitions import (
     discover_spec,
     merge_specs,
 )
-from churn_platform.features.inputs import FeatureInputs, feature_inputs, read_file
+from churn_platform.features.inputs import (
+    FILE_COLUMN,
+    FeatureInputs,
+    RangeInputs,
+    events_as_of,
+    events_read_as_of,
+    feature_inputs,
+    range_inputs,
+    read_file,
+)
 from churn_platform.features.materialize import (
     commit_features,
     create_feature_table,
@@ -612,6 +630,344 @@ class CustomerFeatures(beam.PTransform):
             inputs,
             self._churn,
         )
+
+
+# --- many as-of dates in one pass ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RangeReadTask:
+    """Files of a `RangeInputs` read together: (index in `files`, path, lifecycle rows only)."""
+
+    index: int
+    files: tuple[tuple[int, str, bool], ...]
+
+
+def plan_range_tasks(inputs: RangeInputs, tasks: int) -> list[RangeReadTask]:
+    """The union of the dates' files cut into at most `tasks` contiguous runs, in file order."""
+    files = [
+        (i, path, lifecycle)
+        for i, (path, lifecycle) in enumerate(zip(inputs.files, inputs.lifecycle_only, strict=True))
+    ]
+    if not files:
+        return []
+    count = max(1, min(tasks, len(files)))
+    size, extra = divmod(len(files), count)
+    planned, start = [], 0
+    for index in range(count):
+        stop = start + size + (1 if index < extra else 0)
+        planned.append(RangeReadTask(index, tuple(files[start:stop])))
+        start = stop
+    return planned
+
+
+class ReadRangeShardsFn(beam.DoFn):
+    """A range read task → (shard, FrameBatch) pairs, rows tagged with their file; tagged
+    outputs: each date's spec of the task's rows, and each file's row count."""
+
+    SPECS = "specs"
+    HEIGHTS = "heights"
+
+    def __init__(self, lake_uri: str, inputs: RangeInputs, shards: int) -> None:
+        self._lake_uri = lake_uri
+        self._inputs = inputs
+        self._shards = shards
+        self._lake: Lake | None = None
+        self.events_read = Metrics.counter(METRICS_NAMESPACE, "events_read")
+        self.files_read = Metrics.counter(METRICS_NAMESPACE, "files_read")
+
+    def setup(self) -> None:
+        self._lake = Lake(self._lake_uri)
+
+    def process(self, task: RangeReadTask) -> Iterator:
+        frames, heights = [], {}
+        for index, path, lifecycle_only in task.files:
+            frame = read_events(self._lake, path)
+            heights[index] = frame.height
+            if lifecycle_only:
+                frame = frame.filter(pl.col("event_type").is_in(_LIFECYCLE))
+            frames.append(frame.with_columns(pl.lit(index, dtype=pl.Int32).alias(FILE_COLUMN)))
+        self.files_read.inc(len(task.files))
+        self.events_read.inc(sum(heights.values()))
+        yield TaggedOutput(self.HEIGHTS, heights)
+        if not frames:
+            return
+        events = pl.concat(frames, how="vertical_relaxed").filter(
+            pl.col("ts") < as_of_end(self._inputs.dates[-1])
+        )
+        yield TaggedOutput(
+            self.SPECS,
+            {
+                d: discover_spec(
+                    events_as_of(events, self._inputs, d).filter(pl.col("ts") < as_of_end(d)), d
+                )
+                for d in self._inputs.dates
+            },
+        )
+        by_shard = events.with_columns(shard_of(pl.col("customer_id"), self._shards).alias("_s"))
+        for (shard,), batch in by_shard.partition_by("_s", as_dict=True, include_key=False).items():
+            yield int(shard), FrameBatch(task.index, batch)
+
+
+def _merge_date_specs(found: Iterable[dict]) -> dict:
+    """Specs by date from many tasks or shards → one merged spec per date."""
+    merged: dict = {}
+    for by_date in found:
+        for as_of, spec in by_date.items():
+            merged.setdefault(as_of, []).append(spec)
+    return {as_of: merge_specs(specs) for as_of, specs in merged.items()}
+
+
+def _spec_of(specs: dict, as_of: date) -> FeatureSpec:
+    """A date's merged spec; a date without events has none (as a one-date run's empty merge)."""
+    return specs[as_of] if as_of in specs else merge_specs([])
+
+
+def _merge_date_counts(found: Iterable[dict]) -> dict:
+    total: dict = {}
+    for by_key in found:
+        for key, value in by_key.items():
+            total[key] = total.get(key, 0) + value
+    return total
+
+
+def _range_marker(shard: int) -> tuple[int, FrameBatch]:
+    frame = empty_events().with_columns(pl.lit(0, dtype=pl.Int32).alias(FILE_COLUMN))
+    return shard, FrameBatch(-1, frame)
+
+
+class ComputeRangeFeaturesFn(beam.DoFn):
+    """(shard, batches) → ((as_of, shard), table) for every date; tagged: each date's exact
+    spec and customers of the shard."""
+
+    SPECS = "specs"
+    CUSTOMERS = "customers"
+
+    def __init__(self, inputs: RangeInputs, churn: ChurnDefinition = CANCELLATION) -> None:
+        self._inputs = inputs
+        self._churn = churn
+        self.duplicates = Metrics.counter(METRICS_NAMESPACE, "duplicate_events_dropped")
+        self.rows = Metrics.counter(METRICS_NAMESPACE, "feature_rows")
+
+    def process(self, element: tuple[int, Iterable], specs: dict) -> Iterator:
+        shard, batches = element
+        everything = assemble_shard(batches)
+        # distinct hashes over the shard's rows prove that no date of it has repeats
+        distinct = everything["event_id"].hash().n_unique() == everything.height
+        exact, customers = {}, {}
+        for as_of in self._inputs.dates:
+            # exactly what a one-date run's shard holds: that date's rows, in its order
+            events = events_as_of(everything, self._inputs, as_of)
+            events = events.filter(pl.col("ts") < as_of_end(as_of)).drop(FILE_COLUMN)
+            first = events
+            if not distinct and events["event_id"].hash().n_unique() < events.height:
+                first = events.unique(subset="event_id", keep="first", maintain_order=True)
+                self.duplicates.inc(events.height - first.height)
+            exact[as_of] = discover_spec(first, as_of)
+            customers[as_of] = events["customer_id"].n_unique()
+            features = compute_features(
+                events, as_of, _spec_of(specs, as_of), self._churn, distinct=distinct
+            )
+            self.rows.inc(features.height)
+            yield (as_of, shard), FrameBatch(shard, features)
+        yield TaggedOutput(self.SPECS, exact)
+        yield TaggedOutput(self.CUSTOMERS, customers)
+
+
+class WriteRangeShardFn(beam.DoFn):
+    """((as_of, shard), table) → a data file of that date's partition (not yet committed)."""
+
+    def __init__(
+        self, lake_uri: str, inputs: RangeInputs, shards: int, churn: ChurnDefinition
+    ) -> None:
+        self._lake_uri = lake_uri
+        self._inputs = inputs
+        self._shards = shards
+        self._churn = churn
+        self._lake: Lake | None = None
+        self.columns_dropped = Metrics.counter(METRICS_NAMESPACE, "columns_only_in_duplicates")
+
+    def setup(self) -> None:
+        self._lake = Lake(self._lake_uri)
+
+    def process(self, element: tuple, specs: dict) -> Iterator:
+        (as_of, shard), features = element[0], element[1].frame
+        spec = _spec_of(specs, as_of)
+        columns = [*KEY_COLUMNS, *spec.columns()]
+        if len(columns) != features.width:
+            self.columns_dropped.inc(features.width - len(columns))
+            features = features.select(columns)
+        # keyed by text: Beam groups only by keys it encodes deterministically
+        yield (
+            as_of.isoformat(),
+            tables.write_file(
+                self._lake,
+                tables.FEATURES,
+                features.to_arrow(),
+                {"as_of": as_of},
+                name_hint=f"part-{shard:05d}-of-{self._shards:05d}",
+                metadata=feature_file_metadata(
+                    as_of, spec, self._churn, self._inputs.inputs(as_of)
+                ),
+            ),
+        )
+
+
+class StageRangeFn(beam.DoFn):
+    """(as_of, files written) → that date's pending commit (its files and counts)."""
+
+    def __init__(self, lake_uri: str, inputs: RangeInputs, shards: int, pending: dict) -> None:
+        self._lake_uri = lake_uri
+        self._inputs = inputs
+        self._shards = shards
+        self._pending = pending
+        self._lake: Lake | None = None
+
+    def setup(self) -> None:
+        self._lake = Lake(self._lake_uri)
+
+    def process(self, element: tuple, specs: dict, heights: dict, customers: dict) -> Iterator:
+        as_of, written = date.fromisoformat(element[0]), element[1]
+        files = sorted(written, key=lambda f: f.path)
+        ordered = [heights.get(i, 0) for i in range(len(self._inputs.files))]
+        info = {
+            **_spec_of(specs, as_of).to_dict(),
+            "as_of": as_of.isoformat(),
+            "rows": sum(f.rows or 0 for f in files),
+            "customers": customers.get(as_of, 0),
+            "events_read": events_read_as_of(self._inputs, ordered, as_of),
+            "shards": self._shards,
+        }
+        write_pending(self._lake, tables.FEATURES, self._pending[as_of], files, info)
+        yield info
+
+
+class CustomerFeaturesRange(beam.PTransform):
+    """Lake → `features/customer_features/as_of=D/` for every D of `inputs`, reading each raw
+    file once: each date's files, rows and footers are those of a one-date run.
+
+    Outputs one element per date: the info of its pending commit (`pending[D]`).
+    """
+
+    def __init__(
+        self,
+        lake_uri: str,
+        inputs: RangeInputs,
+        pending: dict,
+        shards: int = DEFAULT_SHARDS,
+        read_tasks: int = DEFAULT_READ_TASKS,
+        churn: ChurnDefinition = CANCELLATION,
+    ) -> None:
+        super().__init__()
+        for name, value in (("shards", shards), ("read_tasks", read_tasks)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise FeaturePipelineError(f"{name} must be an integer >= 1, got {value!r}")
+        self._lake_uri = lake_uri
+        self._inputs = inputs
+        self._pending = pending
+        self._shards = shards
+        self._tasks = read_tasks
+        self._churn = churn
+
+    def expand(self, pbegin):
+        read = (
+            pbegin
+            | "PlanRangeTasks" >> beam.Create(plan_range_tasks(self._inputs, self._tasks))
+            | "ReadRangeShardsFn"
+            >> beam.ParDo(
+                ReadRangeShardsFn(self._lake_uri, self._inputs, self._shards)
+            ).with_outputs(ReadRangeShardsFn.SPECS, ReadRangeShardsFn.HEIGHTS, main="events")
+        )
+        task_specs = read.specs | "DiscoverActivityTypes" >> beam.CombineGlobally(_merge_date_specs)
+        heights = read.heights | "CountFileRows" >> beam.CombineGlobally(_merge_date_counts)
+        markers = (
+            pbegin
+            | "ShardMarkers" >> beam.Create(list(range(self._shards)))
+            | "MarkShard" >> beam.Map(_range_marker)
+        )
+        computed = (
+            (read.events, markers)
+            | "WithMarkers" >> beam.Flatten()
+            | "GroupByShard" >> beam.GroupByKey()
+            | "ComputeRangeFeaturesFn"
+            >> beam.ParDo(
+                ComputeRangeFeaturesFn(self._inputs, self._churn), specs=AsSingleton(task_specs)
+            ).with_outputs(
+                ComputeRangeFeaturesFn.SPECS, ComputeRangeFeaturesFn.CUSTOMERS, main="features"
+            )
+        )
+        specs = computed.specs | "MergeShardSpecs" >> beam.CombineGlobally(_merge_date_specs)
+        customers = computed.customers | "CountCustomers" >> beam.CombineGlobally(
+            _merge_date_counts
+        )
+        return (
+            computed.features
+            | "WriteRangeShardFn"
+            >> beam.ParDo(
+                WriteRangeShardFn(self._lake_uri, self._inputs, self._shards, self._churn),
+                specs=AsSingleton(specs),
+            )
+            | "GroupByDate" >> beam.GroupByKey()
+            | "StageRangeFn"
+            >> beam.ParDo(
+                StageRangeFn(self._lake_uri, self._inputs, self._shards, self._pending),
+                specs=AsSingleton(specs),
+                heights=AsSingleton(heights),
+                customers=AsSingleton(customers),
+            )
+        )
+
+
+def run_feature_pipeline_range(
+    lake_uri: str,
+    dates: Sequence[date],
+    runner: BeamRunnerSettings | None = None,
+    shards: int = DEFAULT_SHARDS,
+    read_tasks: int = DEFAULT_READ_TASKS,
+    churn: ChurnDefinition = CANCELLATION,
+) -> list[FeatureRunResult]:
+    """The feature tables of every date of `dates` in one Beam pipeline (one read of the
+    events, one shuffle); each date is committed on its own, as a one-date run commits it.
+    Sorted by date; `seconds` is the whole run's."""
+    started = time.perf_counter()
+    lake = Lake(lake_uri)
+    inputs = range_inputs(lake, dates)
+    if not inputs.dates:
+        return []
+    create_feature_table(lake)
+    run_id = uuid.uuid4().hex
+    pending = {d: f"{d.isoformat()}-{run_id}" for d in inputs.dates}
+    options = (runner or BeamRunnerSettings()).to_pipeline_options()
+    pipeline = beam.Pipeline(options=options)
+    _ = pipeline | "CustomerFeaturesRange" >> CustomerFeaturesRange(
+        lake.uri, inputs, pending, shards, read_tasks, churn
+    )
+    result = pipeline.run()
+    state = result.wait_until_finish()
+    if state != PipelineState.DONE:
+        raise FeaturePipelineError(
+            f"the feature pipeline for {inputs.dates[0]} .. {inputs.dates[-1]} ended in state "
+            f"{state}"
+        )
+    counters = _counters(result)
+    done = []
+    for as_of in inputs.dates:
+        version, info = commit_pending_features(lake, as_of, pending[as_of])
+        _LOGGER.info("features as of %s (version %d): %s", as_of, version, info)
+        done.append(
+            FeatureRunResult(
+                as_of=as_of,
+                rows=info["rows"],
+                customers=info["customers"],
+                events_read=info["events_read"],
+                spec=FeatureSpec.from_dict(info),
+                output_files=tuple(info["files"]),
+                seconds=time.perf_counter() - started,
+                counters=counters,
+                version=version,
+            )
+        )
+    return done
 
 
 def _parse_as_of(text: str | None) -> date:

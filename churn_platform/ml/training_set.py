@@ -47,12 +47,15 @@ from churn_platform.features.definitions import (
     current_windows,
     merge_specs,
 )
+from churn_platform.features.inputs import feature_inputs
 from churn_platform.features.materialize import (
+    CheckOutcome,
     FeaturesMissing,
+    check_feature_tables,
     first_event_date,
-    materialize_features,
+    materialize_features_range,
     read_feature_churn,
-    read_feature_recorded,
+    read_feature_manifest,
     read_feature_spec,
     read_features,
 )
@@ -258,35 +261,62 @@ def ensure_inputs(
     engine: str = "polars",
     runner: BeamRunnerSettings | None = None,
     on_computed: Callable[[str, date], None] | None = None,
+    on_checked: Callable[[date, dict[str, CheckOutcome]], None] | None = None,
 ) -> list[str]:
     """Materialize the feature tables and labels of `dates` that the lake lacks.
 
     Returns what was computed ("customer_features 2026-01-07", ...). Feature
-    tables made under another churn definition (they hold other customers) or
-    over other windows than the code's (`WINDOWS_DAYS`, `VALUE_WINDOW_DAYS`),
-    and labels of another definition or horizon are computed again.
+    tables made under another churn definition (they hold other customers),
+    over other windows than the code's (`WINDOWS_DAYS`, `VALUE_WINDOW_DAYS`) or
+    from other raw files than the lake holds for their date today (late
+    events) are computed again, all in one pass over the events
+    (`materialize_features_range`), and each computed table must pass the
+    feature checks (`check_feature_tables`: schema, nulls, ranges, one row per
+    active customer) before it is labelled; `on_checked` hears every outcome.
+    Labels of another definition or horizon, or of recomputed features, are
+    computed again.
     """
+    stale = [as_of for as_of in dates if not _features_current(lake, as_of, churn)]
     computed: list[str] = []
-    for as_of in dates:
-        try:
-            spec, recorded = read_feature_recorded(lake, as_of)
-            if not recorded.same_population(churn):
-                raise FeaturesMissing(f"features of {as_of} hold another definition's customers")
-            if spec.windows() != current_windows():
-                raise FeaturesMissing(f"features of {as_of} were computed over other windows")
-            customers = read_features(lake, as_of, columns=["customer_id"])["customer_id"]
-        except FeaturesMissing:
-            materialize_features(lake, as_of, engine=engine, runner=runner, churn=churn)
-            customers = read_features(lake, as_of, columns=["customer_id"])["customer_id"]
-            computed.append(f"customer_features {as_of.isoformat()}")
+    if stale:
+        results = materialize_features_range(lake, stale, engine=engine, runner=runner, churn=churn)
+        for result in results:
+            computed.append(f"customer_features {result.as_of.isoformat()}")
             if on_computed:
-                on_computed("customer_features", as_of)
-        if not _labels_current(lake, as_of, churn):
+                on_computed("customer_features", result.as_of)
+        checked = check_feature_tables(lake, {r.as_of: r.version for r in results})
+        for as_of, outcomes in checked.items():
+            if on_checked:
+                on_checked(as_of, outcomes)
+        for as_of, outcomes in checked.items():
+            failed = [name for name, outcome in outcomes.items() if not outcome.passed]
+            if failed:
+                raise TrainingSetError(
+                    f"customer_features as of {as_of.isoformat()} failed its checks "
+                    f"({', '.join(failed)}): {outcomes[failed[0]].details}"
+                )
+    for as_of in dates:
+        if as_of in stale or not _labels_current(lake, as_of, churn):
+            customers = read_features(lake, as_of, columns=["customer_id"])["customer_id"]
             materialize_labels(lake, customers, as_of, churn)
             computed.append(f"churn_labels {as_of.isoformat()}")
             if on_computed:
                 on_computed("churn_labels", as_of)
     return computed
+
+
+def _features_current(lake: Lake, as_of: date, churn: ChurnDefinition) -> bool:
+    """The lake holds the feature table of `as_of` as it would be computed now."""
+    try:
+        manifest = read_feature_manifest(lake, as_of)
+    except FeaturesMissing:
+        return False
+    spec = FeatureSpec.from_dict(manifest)
+    recorded = ChurnDefinition.from_dict(manifest.get("churn_definition"))
+    if not recorded.same_population(churn) or spec.windows() != current_windows():
+        return False
+    inputs = manifest.get("inputs")
+    return inputs is not None and inputs == feature_inputs(lake, as_of).to_dict()
 
 
 def _labels_current(lake: Lake, as_of: date, churn: ChurnDefinition) -> bool:

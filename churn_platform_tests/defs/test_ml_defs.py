@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 from threadpoolctl import threadpool_limits
 
 from churn_platform.defs.ml.assets import NO_REGRESSION_CHECK, QUALITY_CHECK
@@ -23,6 +24,7 @@ from churn_platform.ml.frame import LABEL_COLUMN, model_input
 from churn_platform.ml.score import decode_score_message, read_scores
 from churn_platform.ml.training_set import read_training_set
 from churn_platform_tests.defs.training_flow import (
+    POLARS,
     QUIET,
     champion_bytes,
     definitions_for,
@@ -394,3 +396,42 @@ def test_the_code_location_loads_the_ml_jobs_and_asset_graph(monkeypatch, tmp_pa
     assert scores_partitions == definitions.resolve_assets_def("customer_features").partitions_def
     assert definitions.resolve_assets_def("churn_model").partitions_def is None
     assert isinstance(definitions.resources["lake"], LakeResource)
+
+
+def test_training_set_fills_missing_dates_in_one_pass_with_their_checks(ml_lake, tmp_path):
+    """Dates the lake lacks are computed together, and each is recorded as that partition's
+    materialization with the four feature checks it passed."""
+    from churn_platform_tests.ml.test_training_set import drop_partition
+
+    lake = copy_lake(ml_lake.lake, tmp_path / "lake")
+    gone = ml_lake.dates.dates[2], ml_lake.dates.dates[7]
+    for as_of in gone:
+        drop_partition(lake, tables.FEATURES, as_of)
+    definitions = dg.Definitions.merge(
+        definitions_for(lake, ml_lake.dates.dates[0]),
+        dg.Definitions(jobs=[dg.define_asset_job("only_training_set", selection=["training_set"])]),
+    )
+    with dg.instance_for_test() as test_instance:
+        result = run_job(definitions, test_instance, "only_training_set", POLARS)
+    assert result.success, failure_text(result)
+    filled = {
+        (e.asset_key.to_user_string(), e.materialization.partition)
+        for e in result.get_asset_materialization_events()
+    }
+    for as_of in gone:
+        assert ("customer_features", as_of.isoformat()) in filled
+        assert ("churn_labels", as_of.isoformat()) in filled
+    checks = result.get_asset_check_evaluations()
+    assert {(c.check_name, c.partition) for c in checks} == {
+        (name, as_of.isoformat())
+        for name in (
+            "schema_matches_feature_list",
+            "no_unexpected_nulls",
+            "values_in_range",
+            "one_row_per_active_customer",
+        )
+        for as_of in gone
+    }
+    assert all(c.passed for c in checks)
+    for as_of in gone:
+        assert_frame_equal(read_features(lake, as_of), read_features(ml_lake.lake, as_of))

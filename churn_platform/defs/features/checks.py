@@ -17,6 +17,10 @@ import polars as pl
 from churn_platform.defs.automation import with_its_asset
 from churn_platform.defs.resources.lake import LakeResource
 from churn_platform.features.materialize import (
+    NULLS_CHECK,
+    RANGES_CHECK,
+    ROW_COUNT_CHECK,
+    SCHEMA_CHECK,
     CheckOutcome,
     FeaturesMissing,
     active_customers,
@@ -33,10 +37,6 @@ from churn_platform.lake import tables
 from churn_platform.lake.store import Lake
 
 FEATURES = dg.AssetKey("customer_features")
-SCHEMA_CHECK = "schema_matches_feature_list"
-NULLS_CHECK = "no_unexpected_nulls"
-RANGES_CHECK = "values_in_range"
-ROW_COUNT_CHECK = "one_row_per_active_customer"
 
 Judge = Callable[[Lake, date, pl.DataFrame, int | None], CheckOutcome]
 

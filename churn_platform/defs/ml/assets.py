@@ -101,8 +101,9 @@ class TrainingSetConfig(dg.Config):
     )
     fill_missing: bool = Field(
         default=True,
-        description="Compute feature tables and labels the lake lacks for those dates "
-        "(recorded as materializations of customer_features / churn_labels).",
+        description="Compute feature tables and labels the lake lacks (or holds from other "
+        "raw files) for those dates, in one pass over the events, with the feature checks "
+        "(recorded as materializations and check results of customer_features / churn_labels).",
     )
     engine: str = Field(
         default="beam", description="Feature engine for missing dates: beam|polars."
@@ -197,6 +198,25 @@ def training_set(
                 )
             )
 
+        def checked(as_of: date, outcomes: dict) -> None:
+            # the feature checks of each date it computed, recorded as that partition's
+            for name, outcome in outcomes.items():
+                context.log_event(
+                    dg.AssetCheckEvaluation(
+                        asset_key=CUSTOMER_FEATURES,
+                        check_name=name,
+                        passed=outcome.passed,
+                        severity=dg.AssetCheckSeverity.ERROR,
+                        metadata={
+                            key: value
+                            if isinstance(value, int | float | str)
+                            else dg.MetadataValue.json(value)
+                            for key, value in outcome.details.items()
+                        },
+                        partition=as_of.isoformat(),
+                    )
+                )
+
         computed = ensure_inputs(
             store,
             chosen.dates,
@@ -204,6 +224,7 @@ def training_set(
             engine=config.engine,
             runner=beam.settings() if config.engine == "beam" else None,
             on_computed=record,
+            on_checked=checked,
         )
     result = build_training_set(store, chosen.dates, definition)
     if result.positives == 0:

@@ -1,0 +1,191 @@
+"""Many as-of dates in one pass: each date's table is exactly its one-date table (Beam, polars)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal, assert_series_equal
+
+from churn_platform.features.churn import ChurnDefinition
+from churn_platform.features.inputs import feature_inputs, range_inputs
+from churn_platform.features.materialize import (
+    NULLS_CHECK,
+    RANGES_CHECK,
+    ROW_COUNT_CHECK,
+    SCHEMA_CHECK,
+    active_customers,
+    active_customers_range,
+    check_feature_tables,
+    materialize_features,
+    materialize_features_range,
+    read_feature_manifest,
+    read_features,
+    write_features,
+)
+from churn_platform.features.reference import reference_features, reference_features_range
+from churn_platform.lake import tables
+from churn_platform.lake.store import Lake
+from churn_platform.testing.lakes import (
+    event,
+    events_frame,
+    replayed_catalogue,
+    simulated_lake,
+    write_events,
+)
+from churn_platform.testing.public_data import cdnow_master_path
+
+END = datetime(2026, 11, 21, tzinfo=UTC)
+# the last day, one with history files (lifecycle rows only) and one without, a week apart
+SIM_DATES = [date(2026, 11, 20), date(2026, 11, 13), date(2026, 10, 12), date(2025, 12, 1)]
+INACTIVITY = ChurnDefinition("inactivity", 90)
+
+
+@pytest.fixture(scope="module")
+def sim_lake(tmp_path_factory) -> Lake:
+    lake = Lake(tmp_path_factory.mktemp("sim") / "lake")
+    simulated_lake(lake, customers=80, days=400, end=END, partitions=4, partition_by="event_id")
+    return lake
+
+
+@pytest.fixture(scope="module")
+def cdnow_lake(tmp_path_factory) -> Lake:
+    """CDNOW_master.txt (real purchases, 1997-98) written to a lake as the replay maps it."""
+    raw = _read_cdnow()
+    frame = raw.with_row_index("n").select(
+        pl.format("cdnow-{}", pl.col("n")).alias("event_id"),
+        "customer_id",
+        pl.lit("purchase").alias("event_type"),
+        pl.col("date").str.strptime(pl.Datetime("ms", "UTC"), "%Y%m%d").alias("ts"),
+        pl.col("dollar_value").cast(pl.Float64).alias("value"),
+        pl.concat_str(pl.lit('{"number_of_cds": '), "number_of_cds", pl.lit("}")).alias(
+            "attributes"
+        ),
+    )
+    lake = Lake(tmp_path_factory.mktemp("cdnow") / "lake")
+    write_events(lake, frame, partitions=2)
+    return lake
+
+
+def _read_cdnow() -> pl.DataFrame:
+    rows = [line.split() for line in cdnow_master_path().read_text().splitlines()]
+    rows = [r for r in rows if len(r) == 4 and r[0].isdigit()]
+    return pl.DataFrame(
+        rows, schema=["customer_id", "date", "number_of_cds", "dollar_value"], orient="row"
+    )
+
+
+def one_date_tables(lake: Lake, dates, engine: str, churn=None) -> dict:
+    """Each date materialized on its own: (table, footers, counts) at the version it made."""
+    kwargs = {"churn": churn} if churn else {}
+    found = {}
+    for as_of in dates:
+        result = materialize_features(lake, as_of, engine=engine, shards=3, **kwargs)
+        found[as_of] = (
+            read_features(lake, as_of, version=result.version),
+            read_feature_manifest(lake, as_of, result.version),
+            (result.rows, result.customers, result.events_read, result.spec),
+            len(result.output_files),
+            _commit_counts(lake, result.version),
+        )
+    return found
+
+
+def _commit_counts(lake: Lake, version: int) -> dict:
+    """The counts a date's commit recorded (its Delta commit info), without timings."""
+    log = lake.path(f"{tables.FEATURES.name}/_delta_log/{version:020d}.json")
+    for line in Path(log).read_text().splitlines():
+        body = json.loads(line)
+        if "commitInfo" in body:
+            info = body["commitInfo"]
+            return {k: v for k, v in info.items() if k in ("rows", "customers", "events_read")}
+    return {}
+
+
+def assert_range_equals_one_date(lake: Lake, dates, engine: str, churn=None) -> None:
+    expected = one_date_tables(lake, dates, engine, churn)
+    kwargs = {"churn": churn} if churn else {}
+    results = materialize_features_range(lake, dates, engine=engine, shards=3, **kwargs)
+    assert [r.as_of for r in results] == sorted(dates)
+    for result in results:
+        table, manifest, counts, files, committed = expected[result.as_of]
+        assert_frame_equal(
+            read_features(lake, result.as_of, version=result.version), table, check_exact=True
+        )
+        assert read_feature_manifest(lake, result.as_of, result.version) == manifest
+        assert (result.rows, result.customers, result.events_read, result.spec) == counts
+        assert len(result.output_files) == files
+        assert _commit_counts(lake, result.version) == committed
+    # the reference over many dates is the reference of each date alone, and Beam's table
+    # (the polars engine names its columns before dropping repeated ids: a type seen only
+    # in a repeat's later copy is a column there, test_pipeline's contract breach)
+    for as_of, table in reference_features_range(lake, dates, **kwargs).items():
+        assert_frame_equal(table, reference_features(lake, as_of, **kwargs), check_exact=True)
+        if engine == "beam":
+            assert_frame_equal(table, expected[as_of][0], check_exact=True)
+
+
+@pytest.mark.parametrize("engine", ["beam", "polars"])
+def test_many_dates_in_one_pass_equal_each_date_alone_on_simulated_events(sim_lake, engine):
+    inputs = range_inputs(sim_lake, SIM_DATES)
+    assert inputs.dates == tuple(sorted(SIM_DATES))
+    # a file that is history for the latest date is read whole for an earlier one
+    history = set(feature_inputs(sim_lake, SIM_DATES[0]).history_files)
+    assert history & set(feature_inputs(sim_lake, SIM_DATES[-1]).window_files)
+    assert_range_equals_one_date(sim_lake, SIM_DATES, engine)
+
+
+def test_many_dates_in_one_pass_equal_each_date_alone_on_cdnow_purchases(cdnow_lake):
+    dates = [date(1997, 3, 31), date(1997, 9, 30), date(1998, 3, 31), date(1998, 6, 30)]
+    assert_range_equals_one_date(cdnow_lake, dates, "beam", INACTIVITY)
+    tables_by_date = reference_features_range(cdnow_lake, dates, INACTIVITY)
+    assert all(t.height > 1000 for t in tables_by_date.values())
+
+
+def test_repeated_event_ids_keep_each_dates_first_copy(tmp_path):
+    """A repeated event_id whose copies differ (a contract breach): each date keeps the copy
+    its own read order puts first, as a one-date run does."""
+    lake = Lake(tmp_path / "lake")
+    write_events(lake, replayed_catalogue(end=END), partitions=3, partition_by="event_id")
+    write_events(
+        lake,
+        events_frame(
+            [
+                event("rp-dup-1", "acct-0001", "page_view", END - timedelta(days=30), 5.0),
+                event("rp-dup-1", "acct-0001", "rare_kind", END - timedelta(days=2), 9.0),
+            ]
+        ),
+        partitions=3,
+        partition_by="event_id",
+    )
+    dates = [date(2026, 11, 20), date(2026, 11, 1)]
+    for engine in ("beam", "polars"):
+        assert_range_equals_one_date(lake, dates, engine)
+
+
+def test_checks_of_many_dates_judge_each_date_as_its_own_check_does(sim_lake, tmp_path):
+    lake = Lake(tmp_path / "lake")
+    shutil.copytree(sim_lake.uri, lake.uri)
+    dates = SIM_DATES[:3]
+    results = materialize_features_range(lake, dates, engine="polars")
+    versions = {r.as_of: r.version for r in results}
+    for outcomes in check_feature_tables(lake, versions).values():
+        assert list(outcomes) == [SCHEMA_CHECK, NULLS_CHECK, RANGES_CHECK, ROW_COUNT_CHECK]
+        assert all(o.passed for o in outcomes.values()), outcomes
+    inputs = [feature_inputs(lake, d) for d in dates]
+    for as_of, active in active_customers_range(lake, inputs).items():
+        assert_series_equal(active, active_customers(lake, as_of, feature_inputs(lake, as_of)))
+        assert active.len() == read_features(lake, as_of).height > 20
+    # a table missing a customer fails the row count of its date only
+    as_of = dates[0]
+    table = read_features(lake, as_of)
+    spec = results[0].spec
+    broken = write_features(lake, as_of, table.slice(1), spec, inputs=feature_inputs(lake, as_of))
+    outcomes = check_feature_tables(lake, {as_of: broken, dates[1]: None})
+    assert not outcomes[as_of][ROW_COUNT_CHECK].passed
+    assert outcomes[as_of][ROW_COUNT_CHECK].details["missing"] == 1
+    assert outcomes[dates[1]][ROW_COUNT_CHECK].passed
