@@ -122,21 +122,21 @@ class GateDecision(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
 # --- the noise ---------------------------------------------------------------------
 
 
-def _weighted_auc(y: np.ndarray, order: np.ndarray, groups: np.ndarray, weights: np.ndarray):
-    """ROC AUC of one score for each row of `weights` (rounds × rows), ties counted half.
+def _weighted_auc(positive: np.ndarray, groups: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """ROC AUC of one score for each column of `weights` (rows × rounds), ties counted half.
 
-    `order` sorts the rows by score; `groups` are the start indices (in sorted
-    order) of runs of equal scores.
+    The rows are sorted by score; `positive` says which are churners (1.0, else
+    0.0); `groups` are the start indices of runs of equal scores. A row's weight
+    is how often its customer was drawn: every sum here is of whole numbers (or
+    halves), exact in float64 in any order, so the layout (rows × rounds, each
+    row contiguous) does not change a bit of the result.
     """
-    w = weights[:, order]
-    pos = np.where(y[order] == 1, w, 0.0)
-    neg = w - pos
-    pos_g = np.add.reduceat(pos, groups, axis=1)
-    neg_g = np.add.reduceat(neg, groups, axis=1)
-    below = np.cumsum(neg_g, axis=1) - neg_g
-    total_pos, total_neg = pos_g.sum(axis=1), neg_g.sum(axis=1)
+    pos_g = np.add.reduceat(weights * positive[:, None], groups, axis=0)
+    neg_g = np.add.reduceat(weights, groups, axis=0) - pos_g
+    below = np.cumsum(neg_g, axis=0) - neg_g
+    total_pos, total_neg = pos_g.sum(axis=0), neg_g.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return (pos_g * (below + 0.5 * neg_g)).sum(axis=1) / (total_pos * total_neg)
+        return (pos_g * (below + 0.5 * neg_g)).sum(axis=0) / (total_pos * total_neg)
 
 
 def _ties(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -149,7 +149,8 @@ def _ties(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def auc(y: np.ndarray, scores: np.ndarray) -> float:
     """ROC AUC (ties half), the same arithmetic as the bootstrap."""
     order, groups = _ties(np.asarray(scores, dtype=float))
-    return float(_weighted_auc(np.asarray(y), order, groups, np.ones((1, len(y))))[0])
+    positive = (np.asarray(y)[order] == 1).astype(np.float64)
+    return float(_weighted_auc(positive, groups, np.ones((len(y), 1)))[0])
 
 
 def bootstrap_aucs(
@@ -169,18 +170,24 @@ def bootstrap_aucs(
     n_clusters = int(cluster_of.max()) + 1 if len(cluster_of) else 0
     rng = np.random.default_rng(seed)
     ties = {name: _ties(np.asarray(score, dtype=float)) for name, score in scores.items()}
+    # per score: the customer of each row in score order, and which of those rows churned
+    sorted_rows = {
+        name: (cluster_of[order], (y[order] == 1).astype(np.float64), groups)
+        for name, (order, groups) in ties.items()
+    }
     out: dict[str, list[np.ndarray]] = {name: [] for name in scores}
-    # rounds in chunks, so the (rounds × rows) weights stay small for big holdouts
+    # rounds in chunks, so the (rows × rounds) weights stay small for big holdouts
     chunk = max(1, min(rounds, 4_000_000 // max(len(y), 1)))
     for start in range(0, rounds, chunk):
         size = min(chunk, rounds - start)
-        # how often each cluster is drawn in each round, then spread to its rows
+        # how often each cluster is drawn in each round (clusters × rounds), then spread to
+        # its rows: one contiguous row of counts per cluster, gathered in score order
         draws = rng.integers(0, n_clusters, size=(size, n_clusters))
-        counts = np.zeros((size, n_clusters))
-        np.add.at(counts, (np.arange(size)[:, None], draws), 1.0)
-        weights = counts[:, cluster_of]
-        for name, (order, groups) in ties.items():
-            out[name].append(_weighted_auc(y, order, groups, weights))
+        flat = (np.arange(size)[:, None] * n_clusters + draws).ravel()
+        counts = np.bincount(flat, minlength=size * n_clusters).reshape(size, n_clusters)
+        by_cluster = np.ascontiguousarray(counts.T, dtype=np.float64)
+        for name, (clusters_sorted, positive, groups) in sorted_rows.items():
+            out[name].append(_weighted_auc(positive, groups, by_cluster[clusters_sorted]))
     return {name: np.concatenate(parts) for name, parts in out.items()}
 
 

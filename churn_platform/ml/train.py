@@ -31,9 +31,12 @@ column with no values at all.
 
 from __future__ import annotations
 
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, timedelta
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -47,6 +50,8 @@ from churn_platform.ml.labels import DEFAULT_HORIZON_DAYS
 from churn_platform.ml.metrics import EvaluationMetrics, HoldoutMetrics
 
 if TYPE_CHECKING:  # scikit-learn loads when a model is fitted or measured, not with this module
+    from sklearn.calibration import CalibratedClassifierCV
+
     from churn_platform.ml.estimators import CalibrationMethod, ModelKind
 
 DEFAULT_SEED = 42
@@ -72,6 +77,9 @@ class TrainConfig:
     # docs/benchmarks.md, Model), and permutation importance is many small predictions.
     threads: int | None = 1
     calibration_folds: int = DEFAULT_CALIBRATION_FOLDS  # of the served model's calibration
+    # Python threads running independent fits side by side (each with `threads` OpenMP
+    # threads); None: the cores this process may use. 1: one fit after the other.
+    workers: int | None = None
 
 
 @dataclass(frozen=True)
@@ -168,11 +176,11 @@ def top_decile(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
 
 def evaluate(y: np.ndarray, p: np.ndarray) -> HoldoutMetrics:
     """Holdout metrics: ROC AUC, PR AUC, Brier score, top-decile lift and churn capture."""
+    from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
+
     y = np.asarray(y, dtype=int)
     if len(np.unique(y)) < 2:
         raise TrainingError("the holdout holds only one class: ROC AUC is undefined")
-    from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
-
     lift, capture = top_decile(y, p)
     return HoldoutMetrics(
         roc_auc=round(float(roc_auc_score(y, p)), 4),
@@ -293,13 +301,19 @@ def _train_models(table: pl.DataFrame, features: list[str], config: TrainConfig)
 
     split = split_by_time(table, config)
     features, dropped = usable_features(split.train, list(features))
-    seconds: dict[str, float] = {}
-    started = time.perf_counter()
-    candidate = fit_calibrated(CANDIDATE_KIND, split, features, config)
-    seconds["candidate_fit"] = time.perf_counter() - started
-    started = time.perf_counter()
-    baseline = fit_calibrated(BASELINE_KIND, split, features, config)
-    seconds["baseline_fit"] = time.perf_counter() - started
+
+    def timed(kind):
+        started = time.perf_counter()
+        return fit_calibrated(kind, split, features, config), time.perf_counter() - started
+
+    # the two fits are independent: side by side in `config.workers` threads
+    (candidate, candidate_s), (baseline, baseline_s) = _run_largest_first(
+        [partial(timed, CANDIDATE_KIND), partial(timed, BASELINE_KIND)],
+        [2, 1],  # the boosting takes longer
+        workers=config.workers,
+        threads=config.threads,
+    )
+    seconds = {"candidate_fit": candidate_s, "baseline_fit": baseline_s}
     xh, yh = _xy(split.holdout, features)
     scores = {
         "candidate": positive_probability(candidate, xh),
@@ -335,8 +349,12 @@ def fit_served(
     predictions each row got from a pipeline fitted without its customer
     (`calibration_folds` folds of whole customers), so the calibration never
     sees a prediction for a row its model was fitted on. `kind` defaults to the candidate's.
+
+    The result is what `CalibratedClassifierCV(cv=folds, ensemble=False).fit`
+    gives (`calibrated_out_of_fold`), but its fits (one per fold, one on every
+    row) run side by side in `config.workers` threads instead of one after the
+    other.
     """
-    from sklearn.calibration import CalibratedClassifierCV
     from sklearn.model_selection import GroupKFold
     from threadpoolctl import threadpool_limits
 
@@ -351,14 +369,15 @@ def fit_served(
         customers = table["customer_id"].to_numpy()
         folds = min(config.calibration_folds, len(np.unique(customers)))
         splits = list(GroupKFold(n_splits=folds).split(np.zeros(len(y)), y, customers))
-        calibrated = CalibratedClassifierCV(
+        calibrated = calibrated_out_of_fold(
             build_estimator(kind or CANDIDATE_KIND, features, config.seed),
+            x,
+            y,
+            splits,
             method=config.calibration,
-            cv=splits,
-            ensemble=False,
-        ).fit(x, y)
-        # the folds' row indices are not needed after fitting; keep the stored model small
-        calibrated.cv = folds
+            workers=config.workers,
+            threads=config.threads,
+        )
         dates = sorted(table["as_of"].unique().to_list())
         return ServedModel(
             estimator=calibrated,
@@ -371,6 +390,100 @@ def fit_served(
         )
 
 
+def calibrated_out_of_fold(
+    estimator,
+    x: pl.DataFrame,
+    y: np.ndarray,
+    splits: list[tuple[np.ndarray, np.ndarray]],
+    *,
+    method: CalibrationMethod = "sigmoid",
+    workers: int | None = None,
+    threads: int | None = 1,
+) -> CalibratedClassifierCV:
+    """`CalibratedClassifierCV(estimator, method, cv=splits, ensemble=False).fit(x, y)`, in threads.
+
+    scikit-learn fits the folds (`cross_val_predict`) and then the model on every
+    row one after the other, each fit on one core (`threads`). These fits are
+    independent: here they run in `workers` threads (default: the cores this
+    process may use), the largest first, each with `threads` OpenMP threads, and
+    the fitted parts are put together as scikit-learn does (same clones, same
+    rows, same label encoding, same calibrator), so the model is the same to the
+    bit (tests compare). The stored `cv` is the fold count: the row indices are
+    not needed after fitting, and would make the stored model large.
+    """
+    from sklearn.base import clone
+    from sklearn.calibration import CalibratedClassifierCV, _fit_calibrator
+    from sklearn.preprocessing import LabelEncoder
+    from sklearn.utils import _safe_indexing
+    from sklearn.utils._array_api import get_namespace
+    from sklearn.utils.validation import _check_response_method
+
+    classes = np.unique(y)
+    if len(classes) != 2:
+        raise TrainingError("out-of-fold calibration needs both classes")
+    # cross_val_predict fits the folds on the label-encoded target
+    encoded = LabelEncoder().fit_transform(y)
+    method_name = _check_response_method(
+        clone(estimator), ["decision_function", "predict_proba"]
+    ).__name__
+
+    def fit_all():
+        return clone(estimator).fit(x, y)
+
+    def fit_fold(train: np.ndarray, test: np.ndarray):
+        fitted = clone(estimator).fit(_safe_indexing(x, train), encoded[train])
+        predicted = getattr(fitted, method_name)(_safe_indexing(x, test))
+        return predicted[:, 1] if predicted.ndim == 2 else predicted
+
+    tasks = [fit_all] + [partial(fit_fold, train, test) for train, test in splits]
+    sizes = [len(y)] + [len(train) for train, _ in splits]
+    done = _run_largest_first(tasks, sizes, workers=workers, threads=threads)
+    fitted, parts = done[0], done[1:]
+    predictions = np.empty(len(y), dtype=np.float64)
+    for (_, test), part in zip(splits, parts, strict=True):
+        predictions[test] = part
+    xp, _ = get_namespace(predictions)
+    calibrated = CalibratedClassifierCV(estimator, method=method, cv=len(splits), ensemble=False)
+    calibrated.classes_ = classes
+    calibrated.calibrated_classifiers_ = [
+        _fit_calibrator(fitted, predictions.reshape(-1, 1), y, classes, method, xp=xp)
+    ]
+    for name in ("n_features_in_", "feature_names_in_"):
+        if hasattr(fitted, name):
+            setattr(calibrated, name, getattr(fitted, name))
+    return calibrated
+
+
+def _run_largest_first(tasks, sizes, *, workers: int | None, threads: int | None) -> list:
+    """Each task's result, in order; run in `workers` threads, the largest `sizes` first.
+
+    OpenMP's thread count is a per-thread setting: each worker limits its own
+    (`threads`), or the boosting in it would start one OpenMP thread per core.
+    """
+    from threadpoolctl import threadpool_limits
+
+    workers = min(len(tasks), workers or available_cores())
+    if workers <= 1:
+        return [task() for task in tasks]
+
+    def limited(task):
+        with threadpool_limits(limits=threads, user_api="openmp"):
+            return task()
+
+    order = sorted(range(len(tasks)), key=lambda i: -sizes[i])
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {i: pool.submit(limited, tasks[i]) for i in order}
+        return [futures[i].result() for i in range(len(tasks))]
+
+
+def available_cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def feature_importance(
     estimator, x: pl.DataFrame, y: np.ndarray, config: TrainConfig
 ) -> pl.DataFrame:
@@ -381,22 +494,38 @@ def feature_importance(
     """
     from sklearn.metrics import roc_auc_score
 
-    from churn_platform.ml.estimators import positive_probability
+    from churn_platform.ml.estimators import positive_probability, small_batch_predictor
 
     rng = np.random.default_rng(config.seed)
     if x.height > config.importance_rows:
         rows = np.sort(rng.choice(x.height, config.importance_rows, replace=False))
         if len(np.unique(y[rows])) == 2:  # a sample with one class has no ROC AUC: keep all
             x, y = x[rows], y[rows]
-    reference = roc_auc_score(y, positive_probability(estimator, x))
-    means, stds = [], []
-    for name in x.columns:
-        drops = []
-        for _ in range(config.importance_repeats):
-            shuffled = x.with_columns(x[name].gather(rng.permutation(x.height)).alias(name))
-            drops.append(reference - roc_auc_score(y, positive_probability(estimator, shuffled)))
-        means.append(float(np.mean(drops)))
-        stds.append(float(np.std(drops)))
+    # the same probabilities without the pipeline's per-call checks, where it can
+    predict = small_batch_predictor(estimator, x.columns) or partial(
+        positive_probability, estimator
+    )
+    reference = roc_auc_score(y, predict(x))
+    # every shuffle drawn up front, in the order of the loop that drew them one by one,
+    # so that the features can be scored side by side with the same numbers
+    shuffles = [
+        [rng.permutation(x.height) for _ in range(config.importance_repeats)] for _ in x.columns
+    ]
+
+    def drops(name: str, orders: list[np.ndarray]) -> list[float]:
+        return [
+            reference - roc_auc_score(y, predict(x.with_columns(x[name].gather(order).alias(name))))
+            for order in orders
+        ]
+
+    per_feature = _run_largest_first(
+        [partial(drops, name, orders) for name, orders in zip(x.columns, shuffles, strict=True)],
+        [1] * x.width,
+        workers=config.workers,
+        threads=config.threads,
+    )
+    means = [float(np.mean(d)) for d in per_feature]
+    stds = [float(np.std(d)) for d in per_feature]
     return pl.DataFrame({"feature": x.columns, "importance": means, "std": stds}).sort(
         "importance", descending=True
     )

@@ -53,6 +53,21 @@ def test_the_bootstrap_resamples_customers_and_is_paired_and_seeded():
     assert big["a"].shape == (700,)
 
 
+def test_each_bootstrap_round_is_the_weighted_auc_of_its_draws():
+    """Round r weighs every row by how often its customer was drawn in round r (the rounds'
+    draws from the seeded generator, one row of draws per round); ties count half."""
+    y, score, customers = holdout(n=600)
+    rounded = np.round(score, 1)  # ties within and across customers
+    rounds, seed = 30, 5
+    got = bootstrap_aucs(y, {"a": rounded}, customers, rounds=rounds, seed=seed)["a"]
+    n_customers = customers.max() + 1
+    draws = np.random.default_rng(seed).integers(0, n_customers, size=(rounds, n_customers))
+    for r in range(rounds):
+        weight = np.bincount(draws[r], minlength=n_customers)[customers]
+        expected = roc_auc_score(y, rounded, sample_weight=weight)
+        assert got[r] == pytest.approx(expected, abs=1e-12), r
+
+
 def test_a_real_model_passes_with_no_floor_where_a_fixed_floor_dead_ended_it():
     """The user's case: ROC AUC about 0.73, baseline a little lower. No floor by default."""
     y, score, customers = holdout(n=6000, rate=0.2, signal=0.87, seed=4)

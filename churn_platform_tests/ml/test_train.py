@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 import polars as pl
 import pytest
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.model_selection import GroupKFold
 from threadpoolctl import threadpool_limits
 
 from churn_platform.events.replay import ReplayMapping, SubscriptionMapping, rows_to_messages
 from churn_platform.features.churn import ChurnDefinition
 from churn_platform.lake.store import Lake
-from churn_platform.ml.estimators import WALK_ROWS, positive_probability, small_batch_predictor
+from churn_platform.ml.estimators import (
+    CANDIDATE_KIND,
+    WALK_ROWS,
+    build_estimator,
+    positive_probability,
+    small_batch_predictor,
+)
 from churn_platform.ml.frame import LABEL_COLUMN, input_rows, model_input
 from churn_platform.ml.gate import GateConfig, judge_candidate
 from churn_platform.ml.train import (
@@ -228,7 +237,8 @@ def test_scores_are_probabilities_of_the_holdout_rows(trained):
 
 
 def test_same_seed_same_models(trained, training):
-    again = train_models(training.table, training.features, FAST)
+    """Also when the two fits run one after the other instead of side by side."""
+    again = train_models(training.table, training.features, replace(FAST, workers=1))
     for name in ("candidate", "baseline"):
         np.testing.assert_array_equal(again.holdout_scores[name], trained.holdout_scores[name])
     assert again.metrics == trained.metrics
@@ -309,6 +319,32 @@ def test_the_served_model_is_fitted_on_every_labelled_date(served, training, tra
     assert abs(p.mean() - rate) < 0.25 * rate, (p.mean(), rate)
     assert served.estimator.cv == FAST.calibration_folds  # no fold indices stored
     assert "out-of-fold" in served.calibration
+
+
+def test_the_served_fit_in_threads_is_scikit_learns_out_of_fold_calibration(
+    served, training, trained
+):
+    """Its fits run side by side; the model is CalibratedClassifierCV's (ensemble=False) to the
+    bit, on the same rows with the same folds of whole customers."""
+    x, y = model_input(training.table, trained.features), training.table[LABEL_COLUMN].to_numpy()
+    customers = training.table["customer_id"].to_numpy()
+    splits = list(GroupKFold(n_splits=FAST.calibration_folds).split(x, y, customers))
+    expected = CalibratedClassifierCV(
+        build_estimator(CANDIDATE_KIND, trained.features, FAST.seed),
+        method=FAST.calibration,
+        cv=splits,
+        ensemble=False,
+    ).fit(x, y.astype(np.int8))
+    np.testing.assert_array_equal(
+        positive_probability(served.estimator, x), positive_probability(expected, x)
+    )
+    calibrator, reference = (
+        served.estimator.calibrated_classifiers_[0].calibrators[0],
+        expected.calibrated_classifiers_[0].calibrators[0],
+    )
+    assert (calibrator.a_, calibrator.b_) == (reference.a_, reference.b_)
+    assert list(served.estimator.feature_names_in_) == list(expected.feature_names_in_)
+    assert served.estimator.n_features_in_ == expected.n_features_in_
 
 
 def test_the_served_fit_samples_whole_customers_when_asked(training, trained):
