@@ -307,6 +307,11 @@ def test_a_killed_daemon_loses_no_run_no_cursor_and_no_event(
         )
         produce_simulation(broker.settings, topic, history, partitions=3)
         env = platform_environment(broker, topic, lake, postgres, postgres_database)
+        # this test is about a killed daemon, not the model: on this small world (a holdout
+        # of ~550 rows, ~45 churners) the gate's "not worse than the baseline" rule at 95%
+        # refused the candidate in 1 of 4 runs (upper bound -0.0025); at 99% it judges
+        # the same difference as noise
+        env["CHURN_GATE_CONFIDENCE"] = "0.99"
         for name, value in env.items():
             monkeypatch.setenv(name, value)
         deployment = Deployment(tmp_path / "deployment", env)
