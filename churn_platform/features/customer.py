@@ -102,25 +102,7 @@ class CustomerEvents:
     @classmethod
     def from_frame(cls, events: pl.DataFrame) -> CustomerEvents:
         """From an event frame (EVENT_COLUMNS, ts a datetime) of one customer, in its order."""
-        n = events.height
-        held = cls(n + 64)
-        types = events["event_type"].to_list()
-        held._ts[:n] = events["ts"].dt.epoch("ms").to_numpy()
-        held._code[:n] = [type_code(t) for t in types]
-        held._value[:n] = events["value"].fill_null(np.nan).to_numpy()
-        ids = events["event_id"].to_list()
-        held._id[:n] = [hash(i) for i in ids]
-        held.size = n
-        held.repeats = len(set(held._id[:n].tolist())) < n
-        lifecycle = np.flatnonzero(held._code[:n] < 0).tolist()
-        if lifecycle:
-            ts = held._ts
-            attributes = events["attributes"].gather(lifecycle).to_list()
-            held.lifecycle = [
-                (row, int(ts[row]), ids[row], types[row], plan, mrr)
-                for row, (plan, mrr) in zip(lifecycle, lifecycle_prices(attributes), strict=True)
-            ]
-        return held
+        return next(iter(cls.many(events).values()), cls())
 
     @classmethod
     def many(cls, events: pl.DataFrame) -> dict[str, CustomerEvents]:

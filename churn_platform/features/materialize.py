@@ -128,17 +128,7 @@ def materialize_features(
     if shards is not None:
         kwargs["shards"] = shards
     result = run_feature_pipeline(lake.uri, as_of, **kwargs)
-    return MaterializedFeatures(
-        as_of=result.as_of,
-        engine="beam",
-        rows=result.rows,
-        customers=result.customers,
-        events_read=result.events_read,
-        spec=result.spec,
-        output_files=[str(f) for f in result.output_files],
-        seconds=result.seconds,
-        version=result.version,
-    )
+    return _from_pipeline(result)
 
 
 def materialize_features_range(
@@ -166,19 +156,23 @@ def materialize_features_range(
     if shards is not None:
         kwargs["shards"] = shards
     return [
-        MaterializedFeatures(
-            as_of=result.as_of,
-            engine="beam",
-            rows=result.rows,
-            customers=result.customers,
-            events_read=result.events_read,
-            spec=result.spec,
-            output_files=[str(f) for f in result.output_files],
-            seconds=result.seconds,
-            version=result.version,
-        )
-        for result in run_feature_pipeline_range(lake.uri, dates, **kwargs)
+        _from_pipeline(result) for result in run_feature_pipeline_range(lake.uri, dates, **kwargs)
     ]
+
+
+def _from_pipeline(result) -> MaterializedFeatures:
+    """What the Beam pipeline reports for one date, as `materialize_features` returns it."""
+    return MaterializedFeatures(
+        as_of=result.as_of,
+        engine="beam",
+        rows=result.rows,
+        customers=result.customers,
+        events_read=result.events_read,
+        spec=result.spec,
+        output_files=[str(f) for f in result.output_files],
+        seconds=result.seconds,
+        version=result.version,
+    )
 
 
 def _materialize_polars_range(

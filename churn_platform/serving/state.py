@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from array import array
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
@@ -104,12 +104,7 @@ class CustomerState:
         for customer in {r[1] for r in rows if r[1] not in index}:
             histories[customer] = CustomerEvents()  # a new customer: nothing to read
         # plan and MRR of lifecycle events, for the histories held (one polars call)
-        priced = [i for i, r in enumerate(rows) if r[2] in _LIFECYCLE and r[1] in histories]
-        prices = (
-            dict(zip(priced, lifecycle_prices([rows[i][5] for i in priced]), strict=True))
-            if priced
-            else {}
-        )
+        prices = _prices(rows, lambda r: r[1] in histories)
         for position, row in enumerate(rows):
             customer = row[1]
             held = index.get(customer)
@@ -136,12 +131,7 @@ class CustomerState:
         stored = self._base.height + self._tail.height
         found = CustomerEvents.from_frame(self._gather(rows[rows < stored]))
         pending = [self._pending[i] for i in (rows[rows >= stored] - stored).tolist()]
-        lifecycle = [i for i, r in enumerate(pending) if r[2] in _LIFECYCLE]
-        prices = (
-            dict(zip(lifecycle, lifecycle_prices([pending[i][5] for i in lifecycle]), strict=True))
-            if lifecycle
-            else {}
-        )
+        prices = _prices(pending)
         for i, row in enumerate(pending):
             found.append(row[0], row[2], row[3], row[4], prices.get(i, _NO_PRICE))
         histories[customer] = found
@@ -317,6 +307,17 @@ class CustomerState:
                 index[customer] = array("q", rows)
             else:
                 held.extend(rows)
+
+
+def _prices(
+    rows: Sequence[Row], wanted: Callable[[Row], bool] = lambda _: True
+) -> dict[int, tuple[str | None, float | None]]:
+    """position → (plan, mrr) of the lifecycle rows among `rows` that are `wanted`."""
+    lifecycle = [i for i, r in enumerate(rows) if r[2] in _LIFECYCLE and wanted(r)]
+    if not lifecycle:
+        return {}
+    found = lifecycle_prices([rows[i][5] for i in lifecycle])
+    return dict(zip(lifecycle, found, strict=True))
 
 
 def _rows(events: pl.DataFrame) -> pl.DataFrame:
