@@ -147,6 +147,25 @@ class FeatureColumn:
         return self.kind is Kind.CATEGORY
 
     @property
+    def label(self) -> str:
+        """What the column measures in words a person reads ("login events in the last 28
+        days"), for the reasons shown with a score."""
+        overall = _OVERALL_LABELS.get(self.name)
+        if overall is not None:
+            return overall
+        kind, window = self.kind, self.window_days
+        what = (self.activity_type or "").replace("_", " ")
+        if kind is Kind.COUNT:
+            return f"{what} events in the last {window} days"
+        if kind is Kind.RECENCY:
+            return f"days since the last {what} event"
+        if kind is Kind.VALUE_SUM:
+            return f"{what} value in the last {window} days"
+        if kind is Kind.VALUE_MEAN:
+            return f"average {what} value in the last {window} days"
+        return self.name.replace("_", " ")
+
+    @property
     def fill(self) -> str | float | None:
         """The value of a customer without the events it reads: what a table that lacks the
         column (an activity type absent at that date) stands for in the model's input."""
@@ -169,6 +188,20 @@ OVERALL_COLUMNS = (
     FeatureColumn("plan_changes", Kind.COUNT, activity_type=SUBSCRIPTION_CHANGED),
     FeatureColumn("days_since_subscription_change", Kind.RECENCY, nullable=True),
 )
+_OVERALL_LABELS = {
+    "active_days_28d": f"active days in the last {TREND_WINDOW_DAYS} days",
+    "events_28d": f"events in the last {TREND_WINDOW_DAYS} days",
+    "days_since_last_event": "days since the last event",
+    "trend_28d": f"events in the last {TREND_WINDOW_DAYS} days vs the {TREND_WINDOW_DAYS} before",
+    "events_365d": f"events in the last {LONG_WINDOW_DAYS} days",
+    "active_days_365d": f"active days in the last {LONG_WINDOW_DAYS} days",
+    "activity_rate_vs_365d": f"activity in the last {TREND_WINDOW_DAYS} days vs the year's rate",
+    "tenure_days": "days as a customer",
+    "plan": "plan",
+    "mrr": "monthly recurring revenue",
+    "plan_changes": "plan changes",
+    "days_since_subscription_change": "days since the plan last started or changed",
+}
 OVERALL_FEATURES = tuple(c.name for c in OVERALL_COLUMNS)
 _OVERALL = {c.name: c for c in OVERALL_COLUMNS}
 CATEGORICAL_FEATURES = tuple(c.name for c in OVERALL_COLUMNS if c.categorical)

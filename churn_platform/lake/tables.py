@@ -118,6 +118,21 @@ SCORES_SCHEMA = pa.schema(
         pa.field("model_version", pa.string()),
         # Delta stores microseconds; readers get the milliseconds the scores were made with
         pa.field("scored_at", pa.timestamp("ms", tz="UTC")),
+        # each score's top reasons (ml.reasons); null: scored without them
+        pa.field(
+            "reasons",
+            pa.list_(
+                pa.struct(
+                    [
+                        pa.field("feature", pa.string()),
+                        pa.field("text", pa.string()),
+                        pa.field("value", pa.float64()),
+                        pa.field("typical", pa.float64()),
+                        pa.field("contribution", pa.float64()),
+                    ]
+                )
+            ),
+        ),
     ]
 )
 LABELS = TableSpec(

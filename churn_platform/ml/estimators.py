@@ -166,12 +166,12 @@ def small_batch_predictor(estimator, features: Sequence[str]) -> SmallBatchPredi
     numeric, categorical = list(numeric), list(categorical)
     if sorted(numeric + categorical) != sorted(features):
         return None
-    trees = _tree_walker(classifier)
-    if trees is None:
+    walker = _tree_walker(classifier)
+    if walker is None:
         return None
     categories = [np.asarray(c, dtype=object)[None, :] for c in encoder.categories_]
     return SmallBatchPredictor(
-        numeric, categorical, categories, trees, classifier, calibrated.calibrators[0]
+        numeric, categorical, categories, walker, classifier, calibrated.calibrators[0]
     )
 
 
@@ -188,14 +188,22 @@ class SmallBatchPredictor:
     calibrator: object
 
     def __call__(self, x: pl.DataFrame) -> np.ndarray:
+        return self.probability(self.matrix(x))
+
+    def rows(self, rows: Sequence[Mapping]) -> np.ndarray:
+        """P(churned) of rows given as dicts of `input_rows` (None: missing)."""
+        return self.probability(self.matrix_rows(rows))
+
+    def matrix(self, x: pl.DataFrame) -> np.ndarray:
+        """The classifier's input for `model_input` rows: numbers, then one-hot categories."""
         parts = [x.select(self.numeric).to_numpy().astype(np.float64, copy=False)]
         for name, fitted in zip(self.categorical, self.categories, strict=True):
             values = x[name].to_numpy().astype(object)[:, None]
             parts.append((values == fitted).astype(np.float64))
-        return self._probability(np.hstack(parts))
+        return np.hstack(parts)
 
-    def rows(self, rows: Sequence[Mapping]) -> np.ndarray:
-        """P(churned) of rows given as dicts of `input_rows` (None: missing)."""
+    def matrix_rows(self, rows: Sequence[Mapping]) -> np.ndarray:
+        """`matrix` of rows given as dicts of `input_rows`."""
         nan = float("nan")
         parts = [
             np.array(
@@ -207,9 +215,18 @@ class SmallBatchPredictor:
             values = np.empty((len(rows), 1), dtype=object)
             values[:, 0] = [r[name] for r in rows]
             parts.append((values == fitted).astype(np.float64))
-        return self._probability(np.hstack(parts))
+        return np.hstack(parts)
 
-    def _probability(self, matrix: np.ndarray) -> np.ndarray:
+    def column_features(self) -> list[str]:
+        """The model feature each column of `matrix` comes from (a category's one-hot
+        columns all come from it)."""
+        out = list(self.numeric)
+        for name, fitted in zip(self.categorical, self.categories, strict=True):
+            out += [name] * fitted.shape[1]
+        return out
+
+    def probability(self, matrix: np.ndarray) -> np.ndarray:
+        """P(churned) of a `matrix`."""
         # the walk holds (rows × trees) indices: scikit-learn's own loop for big batches
         raw = (
             self.trees(matrix)
@@ -227,17 +244,32 @@ class SmallBatchPredictor:
         return probability
 
 
-def _tree_walker(
-    classifier: HistGradientBoostingClassifier,
-) -> Callable[[np.ndarray], np.ndarray] | None:
-    """The binary boosting's `decision_function` for a numeric matrix, all trees at once.
+@dataclass(frozen=True, eq=False)
+class FlatTrees:
+    """The nodes of every tree of a binary boosting in flat arrays (node ids are global).
 
-    The nodes of every tree go into flat arrays; each step moves every (row, tree)
-    pair one level down with scikit-learn's rule (NaN goes the node's missing side,
-    else left when value <= threshold), leaves pointing at themselves. Leaf values
-    are added tree by tree after the baseline, in scikit-learn's order, so the sums
-    are the same floats. None for categorical splits or a preprocessor.
+    Leaves point at themselves, so `depth` steps from the roots reach every
+    row's leaf in every tree. `count` is the training rows that reached a node.
     """
+
+    roots: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+    feature: np.ndarray  # a leaf's is 0 (never read: a leaf's step stays put)
+    threshold: np.ndarray
+    missing_left: np.ndarray
+    value: np.ndarray
+    count: np.ndarray
+    leaf: np.ndarray
+    node_depth: np.ndarray
+    depth: int
+    baseline: float
+    n_features: int
+
+
+def flat_trees(classifier: HistGradientBoostingClassifier) -> FlatTrees | None:
+    """`classifier`'s trees as `FlatTrees`; None for anything but numeric splits of a binary
+    boosting without a preprocessor."""
     if getattr(classifier, "n_trees_per_iteration_", None) != 1:
         return None
     if getattr(classifier, "_preprocessor", None) is not None:
@@ -254,16 +286,39 @@ def _tree_walker(
     base = np.repeat(offsets, [len(p.nodes) for p in predictors])
     leaf = nodes["is_leaf"].astype(bool)
     own = np.arange(len(nodes))
-    left = np.where(leaf, own, nodes["left"].astype(np.int64) + base)
-    right = np.where(leaf, own, nodes["right"].astype(np.int64) + base)
-    feature = np.where(leaf, 0, nodes["feature_idx"].astype(np.int64))
-    threshold = nodes["num_threshold"].astype(np.float64)
-    missing_left = nodes["missing_go_to_left"].astype(bool)
-    value = nodes["value"].astype(np.float64)
-    depth = int(nodes["depth"].max())
-    roots = offsets.astype(np.int64)
-    baseline = float(np.asarray(classifier._baseline_prediction).ravel()[0])
-    n_features = classifier.n_features_in_
+    return FlatTrees(
+        roots=offsets.astype(np.int64),
+        left=np.where(leaf, own, nodes["left"].astype(np.int64) + base),
+        right=np.where(leaf, own, nodes["right"].astype(np.int64) + base),
+        feature=np.where(leaf, 0, nodes["feature_idx"].astype(np.int64)),
+        threshold=nodes["num_threshold"].astype(np.float64),
+        missing_left=nodes["missing_go_to_left"].astype(bool),
+        value=nodes["value"].astype(np.float64),
+        count=nodes["count"].astype(np.float64),
+        leaf=leaf,
+        node_depth=nodes["depth"].astype(np.int64),
+        depth=int(nodes["depth"].max()),
+        baseline=float(np.asarray(classifier._baseline_prediction).ravel()[0]),
+        n_features=int(classifier.n_features_in_),
+    )
+
+
+def _tree_walker(
+    classifier: HistGradientBoostingClassifier,
+) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The binary boosting's `decision_function` for a numeric matrix, all trees at once.
+
+    Each step moves every (row, tree) pair one level down with scikit-learn's rule
+    (NaN goes the node's missing side, else left when value <= threshold). Leaf
+    values are added tree by tree after the baseline, in scikit-learn's order, so
+    the sums are the same floats. None where `flat_trees` is.
+    """
+    trees = flat_trees(classifier)
+    if trees is None:
+        return None
+    feature, threshold, missing_left = trees.feature, trees.threshold, trees.missing_left
+    left, right, value, roots = trees.left, trees.right, trees.value, trees.roots
+    depth, baseline, n_features = trees.depth, trees.baseline, trees.n_features
 
     def decision(x: np.ndarray) -> np.ndarray:
         if x.ndim != 2 or x.shape[1] != n_features:

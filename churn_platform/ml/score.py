@@ -7,6 +7,10 @@ loaded model (`ScoringModel`), so this module does not depend on how models
 are stored. Rows are scored in chunks, so the model's input matrix (and its
 intermediate arrays) stays bounded however many customers there are.
 
+With a `Reasoner` (the churn_scores asset always passes the champion's), each
+score carries its top reasons (`ml.reasons`): a list of {feature, text, value,
+typical, contribution}, null when the model's shape cannot be explained.
+
 The scores go to the lake (`write_scores`: the as-of partition of the Delta
 table `scores/churn_scores`, replaced in one commit on rerun) and to Kafka (`produce_scores`, keyed by customer so a
 compacted topic keeps each customer's latest score).
@@ -36,8 +40,10 @@ from churn_platform.kafka.config import KafkaSettings
 from churn_platform.kafka.producer import EventProducer, ProduceError
 from churn_platform.lake import tables
 from churn_platform.lake.store import Lake, LakeError
+from churn_platform.ml.reasons import REASONS_DTYPE
 
 if TYPE_CHECKING:
+    from churn_platform.ml.reasons import Reasoner
     from churn_platform.ml.registry import LoadedModel
 
 DEFAULT_CUTOFFS = (0.1, 0.3)
@@ -57,6 +63,7 @@ SCORES_SCHEMA = pl.Schema(
         "risk_band": pl.String(),
         "model_version": pl.String(),
         "scored_at": pl.Datetime("ms", "UTC"),
+        "reasons": REASONS_DTYPE,
     }
 )
 _ISO_DATE = "%Y-%m-%d"
@@ -81,8 +88,21 @@ class ScoringModel(Protocol):
         ...
 
 
+class ScoreReason(msgspec.Struct, frozen=True):
+    """One reason of a score (`ml.reasons`): the feature, a sentence, the customer's value,
+    a typical value and the feature's contribution to the model's margin (log-odds)."""
+
+    feature: str
+    text: str
+    value: float | None
+    typical: float | None
+    contribution: float
+
+
 class ScoreMessage(msgspec.Struct, frozen=True):
-    """The value of a message on the scores topic (compact JSON), for consumers to decode."""
+    """The value of a message on the scores topic (compact JSON), for consumers to decode.
+
+    `reasons` is empty in messages of scores made without them (older versions)."""
 
     customer_id: str
     as_of: date
@@ -90,6 +110,7 @@ class ScoreMessage(msgspec.Struct, frozen=True):
     risk_band: str
     model_version: str
     scored_at: datetime
+    reasons: list[ScoreReason] = []
 
 
 def decode_score_message(value: bytes) -> ScoreMessage:
@@ -173,26 +194,35 @@ def score_table(
     bands: RiskBands | None = None,
     scored_at: datetime | None = None,
     chunk_rows: int = DEFAULT_SCORE_CHUNK_ROWS,
+    reasoner: Reasoner | None = None,
 ) -> pl.DataFrame:
     """Score every customer of the feature table of `as_of` (`SCORES_SCHEMA`).
 
     Sorted by churn_probability descending, then customer_id, so the head is
     the most at risk and reruns give the same order. `scored_at` (default:
     now) must be timezone-aware; it is stored in UTC to the millisecond.
+    `reasoner` (the model's) adds each score's reasons; without one they are null.
     """
     bands = bands or RiskBands()
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
     _check_features(features, as_of)
     stamp = _utc_ms(scored_at)
+    chunks = list(features.iter_slices(chunk_rows))
     probabilities = np.concatenate(
-        [_predict(model, chunk) for chunk in features.iter_slices(chunk_rows)]
-        or [np.empty(0, dtype=np.float64)]
+        [_predict(model, chunk) for chunk in chunks] or [np.empty(0, dtype=np.float64)]
     )
+    if reasoner is not None and features.height:
+        reasons = pl.concat([pl.Series("reasons", reasoner.table(chunk)) for chunk in chunks]).cast(
+            REASONS_DTYPE
+        )
+    else:
+        reasons = pl.Series("reasons", [None] * features.height, dtype=REASONS_DTYPE)
     scores = pl.DataFrame(
         {
             "customer_id": features["customer_id"].cast(pl.String),
             "churn_probability": pl.Series(probabilities, dtype=pl.Float64),
+            "reasons": reasons,
         }
     ).select(
         pl.col("customer_id"),
@@ -201,6 +231,7 @@ def score_table(
         bands.band_of(pl.col("churn_probability")).alias("risk_band"),
         pl.lit(model.version, pl.String).alias("model_version"),
         pl.lit(stamp, pl.Datetime("ms", "UTC")).alias("scored_at"),
+        pl.col("reasons"),
     )
     return scores.sort(["churn_probability", "customer_id"], descending=[True, False])
 
@@ -351,9 +382,10 @@ def _messages(chunk: pl.DataFrame) -> Iterator[tuple[bytes, bytes]]:
         pl.col("risk_band"),
         pl.col("model_version"),
         pl.col("scored_at").dt.strftime(_ISO_UTC_MS),
+        pl.col("reasons").fill_null([]),
     ).iter_rows()
     encode = msgspec.json.encode
-    for customer_id, as_of, probability, band, version, scored_at in rows:
+    for customer_id, as_of, probability, band, version, scored_at, reasons in rows:
         value = {
             "customer_id": customer_id,
             "as_of": as_of,
@@ -361,6 +393,7 @@ def _messages(chunk: pl.DataFrame) -> Iterator[tuple[bytes, bytes]]:
             "risk_band": band,
             "model_version": version,
             "scored_at": scored_at,
+            "reasons": reasons,
         }
         yield customer_id.encode("utf-8"), encode(value)
 
@@ -383,7 +416,8 @@ def band_counts(scores: pl.DataFrame, bands: RiskBands | None = None) -> dict[st
 
 
 def top_at_risk(scores: pl.DataFrame, n: int = DEFAULT_TOP_AT_RISK) -> pl.DataFrame:
-    """The `n` customers most likely to churn: rank, customer_id, churn_probability, risk_band."""
+    """The `n` customers most likely to churn: rank, customer_id, churn_probability,
+    risk_band, reasons."""
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     return (
@@ -394,6 +428,7 @@ def top_at_risk(scores: pl.DataFrame, n: int = DEFAULT_TOP_AT_RISK) -> pl.DataFr
             "customer_id",
             "churn_probability",
             "risk_band",
+            pl.col("reasons") if "reasons" in scores.columns else pl.lit(None, REASONS_DTYPE),
         )
     )
 
@@ -403,9 +438,17 @@ def top_at_risk_markdown(scores: pl.DataFrame, n: int = DEFAULT_TOP_AT_RISK) -> 
     top = top_at_risk(scores, n)
     if top.is_empty():
         return "_no customers scored_"
-    lines = ["| rank | customer | churn probability | band |", "|---:|---|---:|---|"]
-    for rank, customer_id, probability, band in top.iter_rows():
-        lines.append(f"| {rank} | {_cell(customer_id)} | {probability:.3f} | {_cell(band)} |")
+    from churn_platform.ml.reasons import reasons_markdown
+
+    lines = [
+        "| rank | customer | churn probability | band | why |",
+        "|---:|---|---:|---|---|",
+    ]
+    for rank, customer_id, probability, band, reasons in top.iter_rows():
+        lines.append(
+            f"| {rank} | {_cell(customer_id)} | {probability:.3f} | {_cell(band)} | "
+            f"{_cell(reasons_markdown(reasons))} |"
+        )
     return "\n".join(lines)
 
 

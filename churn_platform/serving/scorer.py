@@ -65,9 +65,10 @@ from churn_platform.kafka.config import KafkaSettings
 from churn_platform.lake import tables
 from churn_platform.lake.store import Lake
 from churn_platform.ml import registry
-from churn_platform.ml.estimators import small_batch_predictor
+from churn_platform.ml.estimators import SmallBatchPredictor, small_batch_predictor
 from churn_platform.ml.frame import input_rows, model_input
-from churn_platform.ml.score import RiskBands
+from churn_platform.ml.reasons import Reasoner
+from churn_platform.ml.score import RiskBands, ScoreReason
 from churn_platform.serving.metrics import LatencyHistogram, consumer_lag
 from churn_platform.serving.state import CustomerState, bootstrap_state
 
@@ -77,6 +78,8 @@ log = logging.getLogger("churn_platform.serve")
 DEFAULT_GROUP = "churn-platform-scorer"
 _EPOCH = date(1970, 1, 1)
 INACTIVE_BAND = "inactive"
+# a score as the scorer hands it on: as-of date, probability (None: inactive), band, reasons
+Scored = tuple[date, float | None, str, list]
 
 
 class StreamScoreMessage(msgspec.Struct, frozen=True):
@@ -96,6 +99,7 @@ class StreamScoreMessage(msgspec.Struct, frozen=True):
     offset: int
     event_id: str
     latency_ms: float
+    reasons: list[ScoreReason] = []
 
 
 def _freeze_heap() -> None:
@@ -189,8 +193,11 @@ class ChampionWatcher:
         self.churn: ChurnDefinition = CANCELLATION
         # the model's own arithmetic without scikit-learn's per-call overhead, when it
         # has the candidate's shape; checked against predict_proba on its first batch
-        self._fast: Callable[[pl.DataFrame], np.ndarray] | None = None
+        self._fast: SmallBatchPredictor | None = None
         self._fast_verified = False
+        # each score's reasons, from the same model input as the predictor's (None: the
+        # model's shape has none, or its predictor was dropped)
+        self.reasoner: Reasoner | None = None
         # features of a few customers from `features.customer`, checked against
         # `compute_features` on the first batch after each load
         self.per_customer_features = True
@@ -216,6 +223,7 @@ class ChampionWatcher:
         self.churn = model.record.churn
         self._fast = small_batch_predictor(model.estimator, model.features)
         self._fast_verified = False
+        self.reasoner = Reasoner.of(model, self._fast) if self._fast is not None else None
         self.per_customer_features = True
         self.features_verified = False
         self._marker = marker
@@ -239,12 +247,21 @@ class ChampionWatcher:
 
     def predict_proba(self, features: pl.DataFrame) -> np.ndarray:
         """The champion's P(churned) for each row of a feature table."""
+        return self.score_frame(features, reasons=False)[0]
+
+    def score_frame(
+        self, features: pl.DataFrame, reasons: bool = True
+    ) -> tuple[np.ndarray, list[list[dict]] | None]:
+        """The champion's P(churned) for each row of a feature table, and their reasons
+        (None without a reasoner)."""
         model = self.model
         assert model is not None
         fast = self._fast
         if fast is None:
-            return model.predict_proba(features)
-        probabilities = fast(model_input(features, model.features, self.spec))
+            return model.predict_proba(features), None
+        x = model_input(features, model.features, self.spec)
+        matrix = fast.matrix(x)
+        probabilities = fast.probability(matrix)
         if not self._fast_verified:
             expected = model.predict_proba(features)
             if not np.array_equal(probabilities, expected):
@@ -255,19 +272,27 @@ class ChampionWatcher:
                     float(np.abs(probabilities - expected).max()),
                 )
                 self._fast = None
-                return expected
+                self.reasoner = None
+                return expected, None
             self._fast_verified = True
-        return probabilities
+        reasoner = self.reasoner
+        if not reasons or reasoner is None:
+            return probabilities, None
+        return probabilities, reasoner.reasons(matrix, x)
 
-    def predict_rows(self, rows: list[dict]) -> np.ndarray:
-        """The champion's P(churned) for feature rows given as dicts (`customer_features`)."""
+    def score_rows(self, rows: list[dict]) -> tuple[np.ndarray, list[list[dict]] | None]:
+        """`score_frame` of feature rows given as dicts (`customer_features`)."""
         model, spec = self.model, self.spec
         assert model is not None and spec is not None
         fast = self._fast
         if fast is None or not self._fast_verified:
             # the first batch goes through the frame path, which checks the predictor
-            return self.predict_proba(pl.DataFrame(rows, schema=spec.schema(), orient="row"))
-        return fast.rows(input_rows(rows, model.features, spec))
+            return self.score_frame(pl.DataFrame(rows, schema=spec.schema(), orient="row"))
+        inputs = input_rows(rows, model.features, spec)
+        matrix = fast.matrix_rows(inputs)
+        probabilities = fast.probability(matrix)
+        reasoner = self.reasoner
+        return probabilities, None if reasoner is None else reasoner.rows(inputs, matrix)
 
     def verify_features(self, rows: list[dict], expected: list[pl.DataFrame]) -> bool:
         """Whether `customer_features` gave `compute_features`'s rows; if not, it is not
@@ -676,7 +701,7 @@ class StreamingScorer:
         floor = np.array([score_from.get(int(p), 0) for p in partitions], dtype=np.int64)
         return np.flatnonzero(offsets >= floor)
 
-    def _scores_of(self, latest: dict[str, date]) -> dict[str, tuple[date, float, str]]:
+    def _scores_of(self, latest: dict[str, date]) -> dict[str, Scored]:
         """Scores of a few customers, each as of its date: per-customer features
         (`features.customer`, checked against `compute_features` on the first batch
         of each champion), one predict call for all of them."""
@@ -703,9 +728,14 @@ class StreamingScorer:
         if rows:
             self.stats.per_customer += len(rows)
             bands = self.config.bands
-            probabilities = champion.predict_rows(rows).tolist()
-            for row, p in zip(rows, probabilities, strict=True):
-                scores[row["customer_id"]] = (row["as_of"], p, bands.band(p))
+            probabilities, reasons = champion.score_rows(rows)
+            for i, (row, p) in enumerate(zip(rows, probabilities.tolist(), strict=True)):
+                scores[row["customer_id"]] = (
+                    row["as_of"],
+                    p,
+                    bands.band(p),
+                    [] if reasons is None else reasons[i],
+                )
         return scores
 
     def _features_by_frame(self, by_date: dict[date, list[str]]) -> list[pl.DataFrame]:
@@ -715,18 +745,23 @@ class StreamingScorer:
             for as_of, customers in by_date.items()
         ]
 
-    def _scores_by_frame(
-        self, by_date: dict[date, list[str]]
-    ) -> dict[str, tuple[date, float, str]]:
+    def _scores_by_frame(self, by_date: dict[date, list[str]]) -> dict[str, Scored]:
         """Scores of customers grouped by as-of date: `compute_features` once per date."""
-        scores: dict[str, tuple[date, float, str]] = {}
+        scores: dict[str, Scored] = {}
         bands = self.config.bands
         for features in self._features_by_frame(by_date):
             if features.height:
                 as_of = features["as_of"][0]
-                probabilities = self.champion.predict_proba(features).tolist()
-                for customer, p in zip(features["customer_id"], probabilities, strict=True):
-                    scores[customer] = (as_of, p, bands.band(p))
+                probabilities, reasons = self.champion.score_frame(features)
+                for i, (customer, p) in enumerate(
+                    zip(features["customer_id"], probabilities.tolist(), strict=True)
+                ):
+                    scores[customer] = (
+                        as_of,
+                        p,
+                        bands.band(p),
+                        [] if reasons is None else reasons[i],
+                    )
         return scores
 
     def _produce_scores(
@@ -736,7 +771,7 @@ class StreamingScorer:
         event_dates: Callable[[], list[date]],
         positions: np.ndarray,
         metas: list,
-        scores: dict[str, tuple[date, float | None, str]],
+        scores: dict[str, Scored],
         inflight: _InFlight,
     ) -> None:
         """One message per owed event: its customer's score (or "inactive")."""
@@ -757,7 +792,7 @@ class StreamingScorer:
             if hit is None:  # inactive after its events (e.g. cancelled): nobody to score
                 if dates is None:
                     dates = event_dates()
-                hit = (dates[i], None, INACTIVE_BAND)
+                hit = (dates[i], None, INACTIVE_BAND, [])
                 inactive += 1
             message = metas[position]
             created = message.timestamp()[1]
@@ -774,6 +809,7 @@ class StreamingScorer:
                     offset=message.offset(),
                     event_id=event_id,
                     latency_ms=latency,
+                    reasons=hit[3],
                 )
             )
             key = customer.encode()

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone
 
+import msgspec
 import numpy as np
 import polars as pl
 import pytest
@@ -19,6 +20,7 @@ from churn_platform.lake import tables
 from churn_platform.lake.store import Lake, LakeError
 from churn_platform.ml import estimators
 from churn_platform.ml.frame import model_input
+from churn_platform.ml.reasons import Reasoner
 from churn_platform.ml.score import (
     SCORES_SCHEMA,
     RiskBands,
@@ -305,7 +307,7 @@ def test_band_counts_reject_bands_from_other_cutoffs(scores):
 
 def test_top_at_risk(scores):
     top = top_at_risk(scores, 5)
-    assert top.columns == ["rank", "customer_id", "churn_probability", "risk_band"]
+    assert top.columns == ["rank", "customer_id", "churn_probability", "risk_band", "reasons"]
     assert top["rank"].to_list() == [1, 2, 3, 4, 5]
     assert top["customer_id"].to_list() == scores["customer_id"].head(5).to_list()
     assert top_at_risk(scores, 0).is_empty()
@@ -316,11 +318,12 @@ def test_top_at_risk(scores):
 
 def test_top_at_risk_markdown(scores):
     lines = top_at_risk_markdown(scores, 3).splitlines()
-    assert lines[0] == "| rank | customer | churn probability | band |"
+    assert lines[0] == "| rank | customer | churn probability | band | why |"
     assert len(lines) == 2 + 3
     first = scores.row(0, named=True)
     assert lines[2] == (
-        f"| 1 | {first['customer_id']} | {first['churn_probability']:.3f} | {first['risk_band']} |"
+        f"| 1 | {first['customer_id']} | {first['churn_probability']:.3f} | "
+        f"{first['risk_band']} | — |"  # scored without reasons
     )
     assert top_at_risk_markdown(scores.head(0)) == "_no customers scored_"
     odd = scores.head(1).with_columns(pl.lit("a|b\nc").alias("customer_id"))
@@ -423,6 +426,7 @@ def test_produce_scores_delivers_one_keyed_json_message_per_customer(kafka_setti
             "risk_band": row["risk_band"],
             "model_version": row["model_version"],
             "scored_at": "2024-03-02T06:30:15.123Z",
+            "reasons": [],
         }
         decoded = decode_score_message(raw)
         assert decoded.as_of == AS_OF
@@ -453,3 +457,75 @@ def test_produce_scores_checks_its_input_before_connecting(scores):
 
 def test_scores_topic_constant():
     assert SCORES_TOPIC == "churn-scores"
+
+
+# --- reasons ---------------------------------------------------------------------------
+
+
+@dataclass
+class CalibratedModel(TinyModel):
+    """A calibrated boosting (the shape the registry serves): it has reasons."""
+
+
+@pytest.fixture(scope="module")
+def calibrated(fitted) -> object:
+    later = feature_table(400, seed=3)
+    rng = np.random.default_rng(4)
+    logit = 1.5 - 0.3 * later["events_28d"].to_numpy() + 0.8 * (later["plan"] == "basic")
+    y = (rng.random(later.height) < 1 / (1 + np.exp(-logit.to_numpy()))).astype(int)
+    return estimators.calibrate(fitted, model_input(later, FEATURES), y)
+
+
+@pytest.fixture
+def explained(calibrated, features):
+    model = CalibratedModel("gb-calibrated", list(FEATURES), calibrated)
+    typical = {"events_28d": 8.0, "days_since_last_event": 29.5, "mrr": 31.0, "plan": "pro"}
+    reasoner = Reasoner.build(calibrated, FEATURES, typical=typical)
+    assert reasoner is not None
+    scores = score_table(model, features, AS_OF, scored_at=SCORED_AT, reasoner=reasoner)
+    return model, reasoner, scores
+
+
+def test_scores_carry_the_reasoners_reasons(explained, features):
+    model, reasoner, scores = explained
+    assert scores.schema == SCORES_SCHEMA
+    by_customer = dict(zip(scores["customer_id"], scores["reasons"].to_list(), strict=True))
+    rows = model_input(features, FEATURES).to_dicts()
+    for customer, expected in zip(features["customer_id"], reasoner.rows(rows), strict=True):
+        assert by_customer[customer] == expected
+    reasons = [r for rs in scores["reasons"].to_list() for r in rs]
+    assert reasons and all(r["contribution"] > 0 for r in reasons)
+    assert all(1 <= len(rs) <= 3 for rs in scores["reasons"].head(20).to_list())
+    # chunked the same
+    again = score_table(
+        model, features, AS_OF, scored_at=SCORED_AT, reasoner=reasoner, chunk_rows=7
+    )
+    assert_frame_equal(again, scores)
+    markdown = top_at_risk_markdown(scores, 3)
+    assert scores["reasons"][0][0]["text"] in markdown.splitlines()[2]
+
+
+def test_reasons_go_through_the_lake_and_kafka(explained, tmp_path, kafka_settings, topic):
+    _, _, scores = explained
+    lake = Lake(tmp_path / "lake")
+    write_scores(lake, scores, AS_OF)
+    assert_frame_equal(read_scores(lake, AS_OF), scores)
+    assert produce_scores(kafka_settings, scores, topic=topic) == scores.height
+    expected = {row["customer_id"]: row["reasons"] for row in scores.iter_rows(named=True)}
+    for message in read_all(kafka_settings, topic):
+        decoded = decode_score_message(message.value())
+        got = [msgspec.structs.asdict(r) for r in decoded.reasons]
+        assert got == expected[decoded.customer_id]
+
+
+def test_scores_written_before_reasons_read_back_with_null_reasons(tmp_path, explained):
+    """A lake scored by an older version: its partitions lack the column; new ones add it."""
+    _, _, scores = explained
+    lake = Lake(tmp_path / "lake")
+    old_day = AS_OF - timedelta(days=1)
+    old = scores.drop("reasons").with_columns(pl.lit(old_day).alias("as_of"))
+    tables.write(lake, tables.SCORES, old.to_arrow(), replace={"as_of": old_day})
+    write_scores(lake, scores, AS_OF)
+    back = read_scores(lake, old_day)
+    assert back["reasons"].null_count() == back.height == scores.height
+    assert_frame_equal(read_scores(lake, AS_OF), scores)

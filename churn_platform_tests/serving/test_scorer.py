@@ -8,6 +8,7 @@ consumer group.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ import urllib.request
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 import numpy as np
 import polars as pl
 import pytest
@@ -36,6 +38,8 @@ from churn_platform.kafka.admin import ensure_topic
 from churn_platform.lake import tables
 from churn_platform.lake.store import Lake
 from churn_platform.ml.frame import model_input
+from churn_platform.ml.reasons import TYPICAL_KEY, Reasoner, typical_values
+from churn_platform.ml.score import score_table
 from churn_platform.serving.metrics import serve_metrics
 from churn_platform.serving.scorer import (
     ChampionWatcher,
@@ -67,7 +71,8 @@ def world(kafka_settings, topic, trained_model, tmp_path):
     )
     lake = Lake(str(tmp_path / "lake"))
     extract_topic(kafka_settings, lake, ExtractConfig(topic=topic))
-    version = register_champion(lake, trained_model)
+    typical = typical_values(trained_model.split.holdout, trained_model.features, None)
+    version = register_champion(lake, trained_model, training={TYPICAL_KEY: typical})
     scores_topic = f"scores-{uuid.uuid4().hex[:8]}"
     ensure_topic(kafka_settings, scores_topic, partitions=3)
     return lake, version, scores_topic
@@ -149,10 +154,19 @@ def test_streaming_features_and_scores_equal_the_batch_pipeline(
     for s in sorted(scores, key=lambda s: (s.scored_at, s.offset)):
         latest[s.customer_id] = s
     expected = dict(zip(batch["customer_id"], model.predict_proba(batch), strict=True))
+    # and its reasons are the batch scores' reasons: same features, values, texts, floats
+    reasoner = Reasoner.of(model)
+    assert reasoner is not None
+    batch_scores = score_table(model, batch, today, reasoner=reasoner)
+    reasons = dict(zip(batch_scores["customer_id"], batch_scores["reasons"], strict=True))
+    assert sum(len(r) for r in reasons.values()) > len(reasons)
+    assert any("(typical " in r["text"] for rs in reasons.values() for r in rs)
     for customer, p in expected.items():
         assert latest[customer].churn_probability == p  # bit for bit
         assert latest[customer].model_version == version
         assert latest[customer].as_of == today
+        streamed = [msgspec.structs.asdict(r) for r in latest[customer].reasons]
+        assert streamed == reasons[customer].to_list()
     inactive = [s for s in latest.values() if s.churn_probability is None]
     assert {s.customer_id for s in inactive} == set(customers) - set(expected)
     assert all(s.risk_band == "inactive" for s in inactive)
@@ -176,10 +190,13 @@ def test_a_small_batch_predictor_that_disagrees_is_dropped_for_predict_proba(
     watcher.poll(force=True)  # same champion: nothing reloaded
     register_champion(lake, trained_model)
     assert watcher.poll(force=True) and watcher.uses_small_batch_predictor
-    watcher._fast = lambda x: np.zeros(x.height)  # a wrong fast path for the new model
+    # a wrong fast path for the new model: every margin 0
+    watcher._fast = dataclasses.replace(watcher._fast, trees=lambda m: np.zeros(len(m)))
+    assert watcher.reasoner is not None
     with caplog.at_level(logging.WARNING, logger="churn_platform.serve"):
         np.testing.assert_array_equal(watcher.predict_proba(rows), expected)
     assert not watcher.uses_small_batch_predictor
+    assert watcher.reasoner is None  # its reasons would explain the wrong arithmetic too
     assert "differs from predict_proba" in caplog.text
     np.testing.assert_array_equal(watcher.predict_proba(rows), expected)
 

@@ -292,6 +292,8 @@ def churn_model(
     gate: GateResource,
 ) -> dg.MaterializeResult:
     """A calibrated gradient-boosting candidate (and its logistic baseline), registered and gated."""
+    from churn_platform.ml.reasons import TYPICAL_KEY, typical_values
+
     store = lake.lake()
     with _step(context, "read the training set") as done:
         training = read_training_set(store)
@@ -373,6 +375,7 @@ def churn_model(
             "feature_spec": training.spec.to_dict() if training.spec else None,
             "training_set": lineage,
             "dropped_features": trained.dropped,
+            TYPICAL_KEY: typical_values(training.table, trained.features, training.spec),
             **trained.split.describe(),
             **(served.describe() if served is not None else {"served_fit": "evaluation split"}),
             "seconds": {k: round(v, 3) for k, v in trained.seconds.items()},
@@ -543,6 +546,7 @@ def build_scores_asset(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefi
     ) -> dg.MaterializeResult:
         """Every customer active at the as-of date, scored by the champion, to the lake and Kafka."""
         from churn_platform.features.materialize import read_feature_recorded, read_features
+        from churn_platform.ml.reasons import Reasoner, common_reasons_markdown
         from churn_platform.ml.score import check_served_windows
 
         as_of = date.fromisoformat(context.partition_key)
@@ -560,7 +564,10 @@ def build_scores_asset(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefi
             )
         check_served_windows(model, spec, as_of)
         features = read_features(store, as_of, version=version)
-        scores = score_table(model, features, as_of, bands, scored_at=datetime.now(UTC))
+        reasoner = Reasoner.of(model)
+        scores = score_table(
+            model, features, as_of, bands, scored_at=datetime.now(UTC), reasoner=reasoner
+        )
         scores_version = write_scores(store, scores, as_of)
         produced = (
             produce_scores(kafka.settings(), scores, topic=config.topic)
@@ -581,6 +588,12 @@ def build_scores_asset(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefi
                     plots.histogram_markdown(scores["churn_probability"].to_numpy(), bands.cutoffs)
                 ),
                 "top_at_risk": dg.MetadataValue.md(top_at_risk_markdown(scores, 10)),
+                "common_reasons": dg.MetadataValue.md(
+                    common_reasons_markdown(scores, bands.names[-1], model.record.spec)
+                    if reasoner is not None
+                    else "_this model's shape has no reasons (not a gradient-boosting "
+                    "pipeline the reasons walk knows)_"
+                ),
                 "produced_to_kafka": produced,
                 "topic": config.topic if config.produce_to_kafka else "(not produced)",
                 "features_version": version,

@@ -1,0 +1,423 @@
+"""Why a customer is at risk: the features that pushed the champion's score up the most.
+
+Every score carries its top reasons (`TOP_REASONS`): the feature, a sentence a
+person reads ("login events in the last 28 days: 2 (typical 14)"), the
+customer's value, a typical value (the median among the customers active at the
+last date the model was trained on, stored with the model), and the size of the
+contribution.
+
+Contributions are the tree-path decomposition of the boosting's raw margin (the
+log-odds before calibration), computed over the trees `estimators.flat_trees`
+already flattens for the small-batch predictor: walking a row down each tree,
+every split moves the expected margin from the mean of the node (over the
+training rows that reached it) to the mean of the child the row takes, and that
+move is credited to the split's feature. So, exactly for every row,
+
+    base + sum of the contributions = the model's margin,
+
+where `base` is the baseline plus each tree's mean over its training rows
+(a test checks it). Calibration is monotone, so a feature that raises the margin
+raises the probability. Against the `shap` package's TreeSHAP on the same
+models see docs/benchmarks.md (Reasons): both are exact in this sense; this walk
+costs about one more prediction, TreeSHAP far more.
+
+The batch scores (`score.score_table`) and the streaming scorer ask the same
+`Reasoner` with the same model input, so their reasons are the same values and
+the same text (the parity test checks it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from churn_platform.features.definitions import FeatureColumn, FeatureSpec, Kind
+from churn_platform.lake import tables
+
+if TYPE_CHECKING:  # scikit-learn loads with a model, not with this module
+    from churn_platform.ml.estimators import FlatTrees, SmallBatchPredictor
+    from churn_platform.ml.registry import LoadedModel
+
+TOP_REASONS = 3
+# rows explained at once: (rows × nodes) decisions and (rows × trees × depth) moves of a
+# few MB; larger chunks were slower (docs/benchmarks.md, Reasons)
+CONTRIBUTION_CHUNK_ROWS = 256
+REASON_FIELDS = {
+    "feature": pl.String(),
+    "text": pl.String(),
+    "value": pl.Float64(),
+    "typical": pl.Float64(),
+    "contribution": pl.Float64(),
+}
+REASONS_DTYPE = pl.List(pl.Struct(REASON_FIELDS))
+REASONS_ARROW = tables.SCORES_SCHEMA.field("reasons").type  # the lake's, one owner
+TYPICAL_KEY = "typical_values"  # where training.json holds them
+_WHOLE_KINDS = frozenset({Kind.COUNT, Kind.ACTIVE_DAYS, Kind.RECENCY, Kind.TENURE})
+
+
+# --- contributions ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class TreePathContributions:
+    """Each feature's share of a binary boosting's margin, per row (see the module docstring).
+
+    A row's contributions from one tree depend only on the leaf it reaches: the
+    moves along that leaf's path. So every leaf's path is tabled once
+    (`path_feature`, `path_move`: at most `depth` moves); a batch finds each
+    row's leaf in every tree (`leaves`) and adds the tabled moves up.
+    """
+
+    trees: FlatTrees
+    mean: np.ndarray  # per node: the mean margin of the training rows that reached it
+    path_feature: np.ndarray  # per node (leaves used): the explained feature of each move
+    path_move: np.ndarray  # per node: each move's size (0: no move)
+    n_features: int
+    base: float
+
+    @classmethod
+    def of(cls, trees: FlatTrees, column_feature: Sequence[int]) -> TreePathContributions:
+        mean = trees.value.copy()
+        internal = ~trees.leaf
+        # children sit deeper than their parent: fill the means from the deepest level up
+        for level in range(trees.depth - 1, -1, -1):
+            at = np.flatnonzero(internal & (trees.node_depth == level))
+            left, right = trees.left[at], trees.right[at]
+            cl, cr = trees.count[left], trees.count[right]
+            total = cl + cr
+            mean[at] = np.where(
+                total > 0,
+                (cl * mean[left] + cr * mean[right]) / np.where(total > 0, total, 1.0),
+                0.5 * (mean[left] + mean[right]),
+            )
+        to_feature = np.asarray(column_feature, dtype=np.int64)
+        parent = np.full(len(mean), -1, dtype=np.int64)
+        splits = np.flatnonzero(internal)
+        parent[trees.left[splits]] = splits
+        parent[trees.right[splits]] = splits
+        depth = max(trees.depth, 1)
+        path_feature = np.zeros((len(mean), depth), dtype=np.int64)
+        path_move = np.zeros((len(mean), depth))
+        at = np.arange(len(mean))
+        for step in range(depth):  # from each node up to its root
+            above = parent[at]
+            moved = above >= 0
+            safe = np.where(moved, above, 0)
+            path_feature[:, step] = np.where(moved, to_feature[trees.feature[safe]], 0)
+            path_move[:, step] = np.where(moved, mean[at] - mean[safe], 0.0)
+            at = np.where(moved, above, at)
+        base = trees.baseline + float(mean[trees.roots].sum())
+        width = int(to_feature.max()) + 1 if len(to_feature) else 0
+        return cls(trees, mean, path_feature, path_move, width, base)
+
+    def leaves(self, matrix: np.ndarray) -> np.ndarray:
+        """rows × trees: the (global) node id of the leaf each row reaches in each tree.
+
+        Every node's decision for every row at once, then `depth` look-ups (as
+        `estimators._tree_walker`); faster than scikit-learn's compiled loop called
+        once per tree (measured: docs/benchmarks.md, Reasons).
+        """
+        trees = self.trees
+        n = len(matrix)
+        values = matrix[:, trees.feature]
+        go_left = np.where(np.isnan(values), trees.missing_left, values <= trees.threshold)
+        flat = go_left.ravel()
+        at = np.broadcast_to(trees.roots, (n, len(trees.roots))).copy()
+        row_start = (np.arange(n) * len(trees.feature))[:, None]
+        for _ in range(trees.depth):
+            at = np.where(flat[row_start + at], trees.left[at], trees.right[at])
+        return at
+
+    def __call__(self, matrix: np.ndarray) -> np.ndarray:
+        """rows × features: each feature's contribution to each row's margin."""
+        trees = self.trees
+        if matrix.ndim != 2 or matrix.shape[1] != trees.n_features:
+            raise ValueError(f"expected {trees.n_features} columns, got shape {matrix.shape}")
+        matrix = np.ascontiguousarray(matrix, dtype=np.float64)
+        n, width = len(matrix), self.n_features
+        out = np.empty((n, width))
+        for start in range(0, n, CONTRIBUTION_CHUNK_ROWS):
+            leaves = self.leaves(matrix[start : start + CONTRIBUTION_CHUNK_ROWS])
+            m = len(leaves)
+            index = np.arange(m)[:, None, None] * width + self.path_feature[leaves]
+            totals = np.bincount(
+                index.ravel(), weights=self.path_move[leaves].ravel(), minlength=m * width
+            )
+            out[start : start + m] = totals.reshape(m, width)
+        return out
+
+
+# --- typical values ----------------------------------------------------------------
+
+
+def typical_values(table: pl.DataFrame, features: Sequence[str], spec: FeatureSpec | None) -> dict:
+    """What a typical customer holds, for the reasons' comparison: per feature the median
+    (a category: the most common value) among the customers of `table`'s latest as-of
+    date (a training set: the customers active then). Stored in training.json."""
+    from churn_platform.ml.frame import model_input
+
+    if table.is_empty():
+        return {"as_of": None, "values": {}}
+    latest = table["as_of"].max()
+    x = model_input(table.filter(pl.col("as_of") == latest), features, spec)
+    values: dict[str, float | str | None] = {}
+    for name in features:
+        column = x[name]
+        if column.dtype == pl.String:
+            counts = column.drop_nulls().value_counts(sort=True)
+            values[name] = (
+                None
+                if counts.is_empty()
+                else counts.sort(["count", name], descending=[True, False])[name][0]
+            )
+        else:
+            median = column.drop_nans().median()
+            values[name] = None if median is None else float(median)
+    return {"as_of": latest.isoformat(), "values": values}
+
+
+# --- reasons -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Reasoner:
+    """The top reasons of a model's scores, from its model input (`frame.model_input` rows)."""
+
+    predictor: SmallBatchPredictor
+    contributions: TreePathContributions
+    features: list[str]  # explained features: the predictor's numeric, then categorical ones
+    inputs: list[str]  # the model's feature list (its input's order)
+    spec: FeatureSpec
+    columns: list[FeatureColumn]
+    typical: list[float | str | None]
+    top: int = TOP_REASONS
+    # +1: a higher margin is a higher probability (every calibration fitted on real
+    # churn); -1 for a sigmoid calibration fitted decreasing (no signal: it can be)
+    direction: float = 1.0
+
+    @classmethod
+    def of(
+        cls,
+        model: LoadedModel,
+        predictor: SmallBatchPredictor | None = None,
+        top: int = TOP_REASONS,
+    ) -> Reasoner | None:
+        """The reasoner of a registry model (typical values from its training record)."""
+        stored = (model.record.training.get(TYPICAL_KEY) or {}).get("values") or {}
+        return cls.build(
+            model.estimator,
+            model.features,
+            model.record.spec,
+            stored,
+            predictor=predictor,
+            top=top,
+        )
+
+    @classmethod
+    def build(
+        cls,
+        estimator: object,
+        features: Sequence[str],
+        spec: FeatureSpec | None = None,
+        typical: Mapping[str, float | str | None] | None = None,
+        *,
+        predictor: SmallBatchPredictor | None = None,
+        top: int = TOP_REASONS,
+    ) -> Reasoner | None:
+        """The reasoner of a calibrated boosting pipeline over `features`; None when its
+        shape is not one `estimators.small_batch_predictor` knows (nothing to walk)."""
+        from churn_platform.ml.estimators import flat_trees, small_batch_predictor
+
+        predictor = predictor or small_batch_predictor(estimator, features)
+        if predictor is None:
+            return None
+        trees = flat_trees(predictor.classifier)
+        if trees is None:
+            return None
+        explained = [*predictor.numeric, *predictor.categorical]
+        index = {name: i for i, name in enumerate(explained)}
+        contributions = TreePathContributions.of(
+            trees, [index[name] for name in predictor.column_features()]
+        )
+        spec = spec or FeatureSpec.from_columns(features)
+        typical = typical or {}
+        slope = getattr(predictor.calibrator, "a_", None)  # sigmoid: p = 1 / (1 + exp(a·m + b))
+        return cls(
+            predictor,
+            contributions,
+            explained,
+            list(features),
+            spec,
+            [spec.column(name) for name in explained],
+            [typical.get(name) for name in explained],
+            top,
+            -1.0 if slope is not None and float(slope) > 0 else 1.0,
+        )
+
+    @property
+    def base(self) -> float:
+        return self.contributions.base
+
+    def table(self, table: pl.DataFrame) -> pa.Array:
+        """`frame` of a feature table's rows (extra columns ignored)."""
+        from churn_platform.ml.frame import model_input
+
+        return self.frame(model_input(table, self.inputs, self.spec))
+
+    def frame(self, x: pl.DataFrame) -> pa.Array:
+        """The reasons of each row of `x` (`model_input` rows), as an Arrow list array
+        (`REASONS_ARROW`)."""
+        return pa.array(self.reasons(self.predictor.matrix(x), x), type=REASONS_ARROW)
+
+    def reasons(self, matrix: np.ndarray, x: pl.DataFrame) -> list[list[dict]]:
+        """The reasons of each row of `x` (`model_input` rows) whose `predictor.matrix` is
+        `matrix`."""
+        numeric = matrix[:, : len(self.predictor.numeric)]
+        categories = [x[name].to_list() for name in self.predictor.categorical]
+        return self._reasons(matrix, numeric, categories)
+
+    def rows(self, rows: Sequence[Mapping], matrix: np.ndarray | None = None) -> list[list[dict]]:
+        """The reasons of rows given as dicts of `input_rows` (`matrix`: their
+        `predictor.matrix_rows`, if already built)."""
+        if matrix is None:
+            matrix = self.predictor.matrix_rows(rows)
+        numeric = matrix[:, : len(self.predictor.numeric)]
+        categories = [[r[name] for r in rows] for name in self.predictor.categorical]
+        return self._reasons(matrix, numeric, categories)
+
+    def _reasons(
+        self, matrix: np.ndarray, numeric: np.ndarray, categories: list[list]
+    ) -> list[list[dict]]:
+        n = len(matrix)
+        if n == 0:
+            return []
+        contribution = self.contributions(matrix)
+        if self.direction < 0:
+            contribution = -contribution
+        k = min(self.top, contribution.shape[1])
+        order = np.argsort(-contribution, axis=1, kind="stable")[:, :k]
+        chosen = np.take_along_axis(contribution, order, axis=1)
+        n_numeric = numeric.shape[1]
+        out: list[list[dict]] = []
+        for i, (features, sizes) in enumerate(zip(order.tolist(), chosen.tolist(), strict=True)):
+            reasons = []
+            for j, size in zip(features, sizes, strict=True):
+                if not size > 0.0:
+                    break  # the rest pushed the risk down (or did nothing)
+                if j < n_numeric:
+                    value = float(numeric[i, j])
+                    value = None if math.isnan(value) else value
+                else:
+                    value = categories[j - n_numeric][i]
+                reasons.append(self._reason(j, value, size))
+            out.append(reasons)
+        return out
+
+    def _reason(self, j: int, value: float | str | None, size: float) -> dict:
+        column, typical = self.columns[j], self.typical[j]
+        if column.categorical:
+            text = f"{column.label}: {value}"
+            if typical is not None:
+                text += f" (most common: {typical})"
+            number = typical_number = None
+        else:
+            text = f"{column.label}: {_shown(value, column)}"
+            if typical is not None:
+                text += f" (typical {_shown(typical, column)})"
+            number = value
+            typical_number = None if typical is None else float(typical)
+        return {
+            "feature": self.features[j],
+            "text": text,
+            "value": number,
+            "typical": typical_number,
+            "contribution": size,
+        }
+
+
+def _shown(value: float | str | None, column: FeatureColumn) -> str:
+    if value is None:
+        return "none"
+    number = float(value)
+    if column.kind in _WHOLE_KINDS or number.is_integer():
+        return f"{number:,.0f}"
+    return f"{number:,.2f}".rstrip("0").rstrip(".")
+
+
+# --- summaries -------------------------------------------------------------------------
+
+
+def reasons_markdown(reasons: Sequence[dict] | None) -> str:
+    """One cell's worth: the reasons' sentences, most important first."""
+    if not reasons:
+        return "—"
+    return "; ".join(r["text"] for r in reasons)
+
+
+def common_reasons(scores: pl.DataFrame, band: str, n: int = 10) -> pl.DataFrame:
+    """Which reasons recur among the customers of `band`: per feature, the customers who
+    have it among their reasons, those whose first reason it is, and its median
+    contribution; most common first."""
+    chosen = scores.filter(pl.col("risk_band") == band).select("customer_id", "reasons")
+    customers = chosen.height
+    exploded = chosen.explode("reasons").drop_nulls("reasons").unnest("reasons")
+    if exploded.is_empty():
+        return pl.DataFrame(
+            schema={
+                "feature": pl.String,
+                "customers": pl.UInt32,
+                "share": pl.Float64,
+                "first_reason": pl.UInt32,
+                "median_contribution": pl.Float64,
+            }
+        )
+    firsts = (
+        chosen.select(pl.col("reasons").list.first().struct.field("feature"))
+        .drop_nulls()
+        .group_by("feature")
+        .len("first_reason")
+    )
+    return (
+        exploded.group_by("feature")
+        .agg(
+            pl.col("customer_id").n_unique().cast(pl.UInt32).alias("customers"),
+            pl.col("contribution").median().alias("median_contribution"),
+        )
+        .join(firsts, on="feature", how="left")
+        .select(
+            "feature",
+            "customers",
+            (pl.col("customers") / customers).alias("share"),
+            pl.col("first_reason").fill_null(0).cast(pl.UInt32),
+            "median_contribution",
+        )
+        .sort(["customers", "feature"], descending=[True, False])
+        .head(n)
+    )
+
+
+def common_reasons_markdown(
+    scores: pl.DataFrame, band: str, spec: FeatureSpec | None, n: int = 10
+) -> str:
+    """`common_reasons` of `band` as a markdown table (for Dagster metadata)."""
+    table = common_reasons(scores, band, n)
+    if table.is_empty():
+        return f"_no reasons among the {band!r} band_"
+    spec = spec or FeatureSpec.from_columns(table["feature"].to_list())
+    lines = [
+        f"| reason (among the {band!r} band) | customers | share | first reason | "
+        "median contribution |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for feature, customers, share, first, median in table.iter_rows():
+        lines.append(
+            f"| {spec.column(feature).label} | {customers:,} | {share:.0%} | {first:,} | "
+            f"{median:+.3f} |"
+        )
+    return "\n".join(lines)
