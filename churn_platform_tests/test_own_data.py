@@ -22,6 +22,7 @@ import threading
 import uuid
 from datetime import date
 
+import msgspec
 import pytest
 from threadpoolctl import threadpool_limits
 
@@ -34,7 +35,8 @@ from churn_platform.kafka.producer import EventProducer
 from churn_platform.kafka.reader import OffsetRangeReader
 from churn_platform.lake.store import Lake
 from churn_platform.ml import registry
-from churn_platform.ml.score import read_scores
+from churn_platform.ml.reasons import Reasoner
+from churn_platform.ml.score import read_scores, score_table
 from churn_platform.serving.scorer import ServeConfig, StreamingScorer, decode_stream_score
 from churn_platform.testing.public_data import CDNOW_REPLAY_OPTIONS, cdnow_master_path
 
@@ -113,6 +115,13 @@ def test_cdnow_reaches_a_champion_and_batch_and_live_scores(cdnow_topic, tmp_pat
     scores = read_scores(lake, LAST_COMPLETE)
     assert scores.height == summary["customers_scored"] == summary["customers_with_features"] > 1000
     assert summary["scores_produced_to_kafka"] == scores.height
+    # reasons on data no one here wrote: a purchase history explains a buyer's risk
+    assert scores["reasons"].null_count() == 0
+    top = scores.head(50)["reasons"].to_list()
+    assert all(top) and all(r["contribution"] > 0 for rs in top for r in rs)
+    texts = [r["text"] for rs in top for r in rs]
+    assert any("purchase" in t or "events in the last" in t for t in texts), texts[:5]
+    assert sum("(typical " in t for t in texts) > len(texts) // 2
     # each step was a run of the project's instance, visible in the UI
     assert (tmp_path / "var" / "dagster" / "dagster.yaml").exists()
     jobs = [run["job"] for run in summary["runs"]]
@@ -166,6 +175,10 @@ def test_cdnow_reaches_a_champion_and_batch_and_live_scores(cdnow_topic, tmp_pat
     batch = batch.filter(batch["customer_id"].is_in(buyers))
     expected = dict(zip(batch["customer_id"], model.predict_proba(batch), strict=True))
     assert {s.customer_id: s.churn_probability for s in live} == expected
+    # with the same reasons
+    batch_scores = score_table(model, batch, as_of, reasoner=Reasoner.of(model))
+    reasons = dict(zip(batch_scores["customer_id"], batch_scores["reasons"].to_list(), strict=True))
+    assert {s.customer_id: [msgspec.structs.asdict(r) for r in s.reasons] for s in live} == reasons
 
 
 def wait_for(settings, topic: str, count: int, timeout: float = 60.0) -> list:

@@ -225,14 +225,22 @@ class SmallBatchPredictor:
             out += [name] * fitted.shape[1]
         return out
 
-    def probability(self, matrix: np.ndarray) -> np.ndarray:
-        """P(churned) of a `matrix`."""
+    def leaves(self, matrix: np.ndarray) -> np.ndarray | None:
+        """The leaves a few rows reach (`FlatTrees.leaves`), to hand to `probability` and
+        the reasons alike; None for more than `WALK_ROWS` rows."""
+        if len(matrix) > WALK_ROWS or not isinstance(self.trees, _Walker):
+            return None
+        return self.trees.flat.leaves(matrix)
+
+    def probability(self, matrix: np.ndarray, leaves: np.ndarray | None = None) -> np.ndarray:
+        """P(churned) of a `matrix` (`leaves`: its `leaves()`, if already found)."""
         # the walk holds (rows × trees) indices: scikit-learn's own loop for big batches
-        raw = (
-            self.trees(matrix)
-            if len(matrix) <= WALK_ROWS
-            else self.classifier.decision_function(matrix)
-        )
+        if leaves is not None and isinstance(self.trees, _Walker):
+            raw = self.trees.flat.margin(leaves)
+        elif len(matrix) <= WALK_ROWS:
+            raw = self.trees(matrix)
+        else:
+            raw = self.classifier.decision_function(matrix)
         calibrator = self.calibrator
         if type(calibrator) is _SigmoidCalibration:
             # its predict(), without the input checks that cost more than the arithmetic
@@ -265,6 +273,35 @@ class FlatTrees:
     depth: int
     baseline: float
     n_features: int
+
+    def leaves(self, x: np.ndarray) -> np.ndarray:
+        """rows × trees: the (global) node id of the leaf each row of `x` reaches in each tree.
+
+        Every node's decision for every row at once (a few thousand nodes), then
+        `depth` steps that only look decisions up, with scikit-learn's rule (NaN goes
+        the node's missing side, else left when value <= threshold).
+        """
+        if x.ndim != 2 or x.shape[1] != self.n_features:
+            raise ValueError(f"expected {self.n_features} columns, got shape {x.shape}")
+        x = np.ascontiguousarray(x, dtype=np.float64)
+        values = x[:, self.feature]
+        go_left = np.where(np.isnan(values), self.missing_left, values <= self.threshold)
+        flat = go_left.ravel()
+        at = np.broadcast_to(self.roots, (x.shape[0], len(self.roots))).copy()
+        row_start = (np.arange(x.shape[0]) * len(self.feature))[:, None]
+        left, right = self.left, self.right
+        for _ in range(self.depth):
+            at = np.where(flat[row_start + at], left[at], right[at])
+        return at
+
+    def margin(self, leaves: np.ndarray) -> np.ndarray:
+        """`decision_function` from `leaves`: leaf values added tree by tree after the
+        baseline, in scikit-learn's order, so the sums are the same floats."""
+        values = self.value[leaves]
+        raw = np.empty((values.shape[0], values.shape[1] + 1))
+        raw[:, 0] = 0.0 + self.baseline
+        raw[:, 1:] = values
+        return np.cumsum(raw, axis=1)[:, -1]  # sequential: baseline + tree 1 + tree 2 + ...
 
 
 def flat_trees(classifier: HistGradientBoostingClassifier) -> FlatTrees | None:
@@ -306,37 +343,17 @@ def flat_trees(classifier: HistGradientBoostingClassifier) -> FlatTrees | None:
 def _tree_walker(
     classifier: HistGradientBoostingClassifier,
 ) -> Callable[[np.ndarray], np.ndarray] | None:
-    """The binary boosting's `decision_function` for a numeric matrix, all trees at once.
-
-    Each step moves every (row, tree) pair one level down with scikit-learn's rule
-    (NaN goes the node's missing side, else left when value <= threshold). Leaf
-    values are added tree by tree after the baseline, in scikit-learn's order, so
-    the sums are the same floats. None where `flat_trees` is.
-    """
+    """The binary boosting's `decision_function` for a numeric matrix, all trees at once
+    (`FlatTrees.leaves`, then `FlatTrees.margin`). None where `flat_trees` is."""
     trees = flat_trees(classifier)
     if trees is None:
         return None
-    feature, threshold, missing_left = trees.feature, trees.threshold, trees.missing_left
-    left, right, value, roots = trees.left, trees.right, trees.value, trees.roots
-    depth, baseline, n_features = trees.depth, trees.baseline, trees.n_features
+    return _Walker(trees)
 
-    def decision(x: np.ndarray) -> np.ndarray:
-        if x.ndim != 2 or x.shape[1] != n_features:
-            raise ValueError(f"expected {n_features} columns, got shape {x.shape}")
-        x = np.ascontiguousarray(x, dtype=np.float64)
-        # every node's decision for every row at once (a few thousand nodes), then
-        # `depth` steps that only look decisions up
-        values = x[:, feature]
-        go_left = np.where(np.isnan(values), missing_left, values <= threshold)
-        flat = go_left.ravel()
-        at = np.broadcast_to(roots, (x.shape[0], len(roots))).copy()
-        row_start = (np.arange(x.shape[0]) * len(feature))[:, None]
-        for _ in range(depth):
-            at = np.where(flat[row_start + at], left[at], right[at])
-        leaves = value[at]
-        raw = np.empty((x.shape[0], leaves.shape[1] + 1))
-        raw[:, 0] = 0.0 + baseline
-        raw[:, 1:] = leaves
-        return np.cumsum(raw, axis=1)[:, -1]  # sequential: baseline + tree 1 + tree 2 + ...
 
-    return decision
+@dataclass(frozen=True, eq=False)
+class _Walker:
+    flat: FlatTrees
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.flat.margin(self.flat.leaves(x))

@@ -28,6 +28,7 @@ the same text (the parity test checks it).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -116,26 +117,9 @@ class TreePathContributions:
         width = int(to_feature.max()) + 1 if len(to_feature) else 0
         return cls(trees, mean, path_feature, path_move, width, base)
 
-    def leaves(self, matrix: np.ndarray) -> np.ndarray:
-        """rows × trees: the (global) node id of the leaf each row reaches in each tree.
-
-        Every node's decision for every row at once, then `depth` look-ups (as
-        `estimators._tree_walker`); faster than scikit-learn's compiled loop called
-        once per tree (measured: docs/benchmarks.md, Reasons).
-        """
-        trees = self.trees
-        n = len(matrix)
-        values = matrix[:, trees.feature]
-        go_left = np.where(np.isnan(values), trees.missing_left, values <= trees.threshold)
-        flat = go_left.ravel()
-        at = np.broadcast_to(trees.roots, (n, len(trees.roots))).copy()
-        row_start = (np.arange(n) * len(trees.feature))[:, None]
-        for _ in range(trees.depth):
-            at = np.where(flat[row_start + at], trees.left[at], trees.right[at])
-        return at
-
-    def __call__(self, matrix: np.ndarray) -> np.ndarray:
-        """rows × features: each feature's contribution to each row's margin."""
+    def __call__(self, matrix: np.ndarray, leaves: np.ndarray | None = None) -> np.ndarray:
+        """rows × features: each feature's contribution to each row's margin (`leaves`:
+        `FlatTrees.leaves(matrix)`, if already found)."""
         trees = self.trees
         if matrix.ndim != 2 or matrix.shape[1] != trees.n_features:
             raise ValueError(f"expected {trees.n_features} columns, got shape {matrix.shape}")
@@ -143,11 +127,15 @@ class TreePathContributions:
         n, width = len(matrix), self.n_features
         out = np.empty((n, width))
         for start in range(0, n, CONTRIBUTION_CHUNK_ROWS):
-            leaves = self.leaves(matrix[start : start + CONTRIBUTION_CHUNK_ROWS])
-            m = len(leaves)
-            index = np.arange(m)[:, None, None] * width + self.path_feature[leaves]
+            chunk = (
+                trees.leaves(matrix[start : start + CONTRIBUTION_CHUNK_ROWS])
+                if leaves is None
+                else leaves[start : start + CONTRIBUTION_CHUNK_ROWS]
+            )
+            m = len(chunk)
+            index = np.arange(m)[:, None, None] * width + self.path_feature[chunk]
             totals = np.bincount(
-                index.ravel(), weights=self.path_move[leaves].ravel(), minlength=m * width
+                index.ravel(), weights=self.path_move[chunk].ravel(), minlength=m * width
             )
             out[start : start + m] = totals.reshape(m, width)
         return out
@@ -260,6 +248,10 @@ class Reasoner:
             -1.0 if slope is not None and float(slope) > 0 else 1.0,
         )
 
+    @functools.cached_property
+    def labels(self) -> list[str]:
+        return [column.label for column in self.columns]
+
     @property
     def base(self) -> float:
         return self.contributions.base
@@ -275,29 +267,40 @@ class Reasoner:
         (`REASONS_ARROW`)."""
         return pa.array(self.reasons(self.predictor.matrix(x), x), type=REASONS_ARROW)
 
-    def reasons(self, matrix: np.ndarray, x: pl.DataFrame) -> list[list[dict]]:
+    def reasons(
+        self, matrix: np.ndarray, x: pl.DataFrame, leaves: np.ndarray | None = None
+    ) -> list[list[dict]]:
         """The reasons of each row of `x` (`model_input` rows) whose `predictor.matrix` is
-        `matrix`."""
+        `matrix` (`leaves`: as in `rows`)."""
         numeric = matrix[:, : len(self.predictor.numeric)]
         categories = [x[name].to_list() for name in self.predictor.categorical]
-        return self._reasons(matrix, numeric, categories)
+        return self._reasons(matrix, numeric, categories, leaves)
 
-    def rows(self, rows: Sequence[Mapping], matrix: np.ndarray | None = None) -> list[list[dict]]:
+    def rows(
+        self,
+        rows: Sequence[Mapping],
+        matrix: np.ndarray | None = None,
+        leaves: np.ndarray | None = None,
+    ) -> list[list[dict]]:
         """The reasons of rows given as dicts of `input_rows` (`matrix`: their
-        `predictor.matrix_rows`, if already built)."""
+        `predictor.matrix_rows`, `leaves`: its `predictor.leaves`, if already found)."""
         if matrix is None:
             matrix = self.predictor.matrix_rows(rows)
         numeric = matrix[:, : len(self.predictor.numeric)]
         categories = [[r[name] for r in rows] for name in self.predictor.categorical]
-        return self._reasons(matrix, numeric, categories)
+        return self._reasons(matrix, numeric, categories, leaves)
 
     def _reasons(
-        self, matrix: np.ndarray, numeric: np.ndarray, categories: list[list]
+        self,
+        matrix: np.ndarray,
+        numeric: np.ndarray,
+        categories: list[list],
+        leaves: np.ndarray | None = None,
     ) -> list[list[dict]]:
         n = len(matrix)
         if n == 0:
             return []
-        contribution = self.contributions(matrix)
+        contribution = self.contributions(matrix, leaves)
         if self.direction < 0:
             contribution = -contribution
         k = min(self.top, contribution.shape[1])
@@ -320,14 +323,14 @@ class Reasoner:
         return out
 
     def _reason(self, j: int, value: float | str | None, size: float) -> dict:
-        column, typical = self.columns[j], self.typical[j]
+        column, typical, label = self.columns[j], self.typical[j], self.labels[j]
         if column.categorical:
-            text = f"{column.label}: {value}"
+            text = f"{label}: {value}"
             if typical is not None:
                 text += f" (most common: {typical})"
             number = typical_number = None
         else:
-            text = f"{column.label}: {_shown(value, column)}"
+            text = f"{label}: {_shown(value, column)}"
             if typical is not None:
                 text += f" (typical {_shown(typical, column)})"
             number = value

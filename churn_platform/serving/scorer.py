@@ -261,7 +261,8 @@ class ChampionWatcher:
             return model.predict_proba(features), None
         x = model_input(features, model.features, self.spec)
         matrix = fast.matrix(x)
-        probabilities = fast.probability(matrix)
+        leaves = fast.leaves(matrix)  # the probabilities' and the reasons' walk, done once
+        probabilities = fast.probability(matrix, leaves)
         if not self._fast_verified:
             expected = model.predict_proba(features)
             if not np.array_equal(probabilities, expected):
@@ -278,7 +279,7 @@ class ChampionWatcher:
         reasoner = self.reasoner
         if not reasons or reasoner is None:
             return probabilities, None
-        return probabilities, reasoner.reasons(matrix, x)
+        return probabilities, reasoner.reasons(matrix, x, leaves)
 
     def score_rows(self, rows: list[dict]) -> tuple[np.ndarray, list[list[dict]] | None]:
         """`score_frame` of feature rows given as dicts (`customer_features`)."""
@@ -290,9 +291,10 @@ class ChampionWatcher:
             return self.score_frame(pl.DataFrame(rows, schema=spec.schema(), orient="row"))
         inputs = input_rows(rows, model.features, spec)
         matrix = fast.matrix_rows(inputs)
-        probabilities = fast.probability(matrix)
+        leaves = fast.leaves(matrix)
+        probabilities = fast.probability(matrix, leaves)
         reasoner = self.reasoner
-        return probabilities, None if reasoner is None else reasoner.rows(inputs, matrix)
+        return probabilities, None if reasoner is None else reasoner.rows(inputs, matrix, leaves)
 
     def verify_features(self, rows: list[dict], expected: list[pl.DataFrame]) -> bool:
         """Whether `customer_features` gave `compute_features`'s rows; if not, it is not

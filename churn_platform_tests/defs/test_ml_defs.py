@@ -6,6 +6,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
+import msgspec
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
@@ -278,7 +279,7 @@ def test_scoring_job_scores_every_customer_to_the_lake_and_kafka(
     assert sum(bands.values()) == customers
     assert meta["model_version"].value == champion
     assert PNG in meta["histogram"].value
-    assert "| rank | customer | churn probability | band |" in meta["top_at_risk"].value
+    assert "| rank | customer | churn probability | band | why |" in meta["top_at_risk"].value
     assert meta["produced_to_kafka"].value == customers
     assert meta["topic"].value == topic
 
@@ -289,6 +290,18 @@ def test_scoring_job_scores_every_customer_to_the_lake_and_kafka(
     assert scores["as_of"].unique().to_list() == [as_of]
     for band in ("low", "medium", "high"):
         assert scores.filter(pl.col("risk_band") == band).height == bands[f"band_{band}"]
+    # every score has its reasons; typical values come from the champion's training record
+    typical = registry.read_record(lake, champion).training["typical_values"]
+    assert typical["as_of"] and typical["values"]["events_28d"] is not None
+    assert scores["reasons"].null_count() == 0
+    high = scores.filter(pl.col("risk_band") == "high")
+    assert high.height and (high["reasons"].list.len() > 0).mean() > 0.9
+    first = scores["reasons"][0][0]
+    assert first["text"] in meta["top_at_risk"].value.splitlines()[2]
+    assert "(typical " in first["text"] or first["feature"] == "plan"
+    common = meta["common_reasons"].value
+    assert "among the 'high' band" in common and len(common.splitlines()) >= 3
+    reasons = dict(zip(scores["customer_id"], scores["reasons"].to_list(), strict=True))
 
     messages = read_topic(kafka_settings, topic)
     assert len(messages) == customers
@@ -300,6 +313,8 @@ def test_scoring_job_scores_every_customer_to_the_lake_and_kafka(
         assert decoded.customer_id == message.key().decode()
         assert decoded.churn_probability == expected[decoded.customer_id]
         assert decoded.model_version == champion and decoded.as_of == as_of
+        streamed = [msgspec.structs.asdict(r) for r in decoded.reasons]
+        assert streamed == reasons[decoded.customer_id]
 
 
 def test_scoring_without_a_usable_champion_fails_loudly(
