@@ -272,8 +272,8 @@ def load_model(lake: Lake, version: str, *, which: ModelFile = "model") -> Loade
     only from trusted types.
 
     Order matters: the checksum first (a damaged file is ModelCorrupt, not a
-    confusing skops error), then the type check, which only reads the file's
-    schema, so an untrusted object is never constructed.
+    confusing skops error), then the type check of the file's whole schema,
+    before anything in it is constructed, so an untrusted object never is.
     """
     if which not in MODEL_FILES:
         raise ValueError(f"which must be one of {', '.join(MODEL_FILES)}, not {which!r}")
@@ -503,22 +503,33 @@ def _verified_bytes(lake: Lake, relative: str, entry: dict) -> bytes:
 
 
 def _load_trusted(lake: Lake, relative: str, data: bytes) -> object:
+    """The object in skops `data`, built only if every type in it is trusted.
+
+    One pass over the file: `skops.io.loads` reads the schema, audits the whole
+    tree against the trusted types (its defaults and TRUSTED_TYPES) and builds
+    nothing unless that audit is clean; `get_untrusted_types` (a second parse)
+    runs only when loading failed, to name what was refused or why.
+    """
     import skops.io  # scikit-learn and skops load with a model, not with this module
+    from skops.io.exceptions import UntrustedTypesFoundException
 
     try:
+        return skops.io.loads(data, trusted=list(TRUSTED_TYPES))
+    except UntrustedTypesFoundException as exc:
         found = skops.io.get_untrusted_types(data=data)
-    except Exception as exc:  # zip, JSON and schema errors alike: skops has no common base
-        raise ModelCorrupt(f"{lake.url(relative)} is not a readable skops file: {exc}") from exc
-    extra = sorted(set(found) - set(TRUSTED_TYPES))
-    if extra:
+        extra = sorted(set(found) - set(TRUSTED_TYPES))
         raise UntrustedModel(
             f"refusing to load {lake.url(relative)}: it contains types outside TRUSTED_TYPES: "
-            f"{', '.join(extra)}"
-        )
+            f"{', '.join(extra) or exc}"
+        ) from None
+    except Exception as exc:  # zip, JSON, schema and construction errors: no common base
+        failed = exc
+    # unreadable (zip, JSON, schema) or readable but not buildable: say which
     try:
-        return skops.io.loads(data, trusted=list(TRUSTED_TYPES))
-    except Exception as exc:  # see above
-        raise ModelCorrupt(f"{lake.url(relative)} could not be loaded: {exc}") from exc
+        skops.io.get_untrusted_types(data=data)
+    except Exception as exc:
+        raise ModelCorrupt(f"{lake.url(relative)} is not a readable skops file: {exc}") from exc
+    raise ModelCorrupt(f"{lake.url(relative)} could not be loaded: {failed}") from failed
 
 
 def _record(lake: Lake, version: str, manifest: dict) -> ModelRecord:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import uuid
+import zipfile
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -295,6 +297,46 @@ def test_garbage_with_a_valid_manifest_is_corrupt(lake, candidate):
     with pytest.raises(ModelCorrupt, match="not a readable skops file") as caught:
         registry.load_model(lake, version)
     assert lake.url(f"{MODELS_DIR}/{version}/model.skops") in str(caught.value)
+
+
+def _with_member(data: bytes, name: str, content: bytes) -> bytes:
+    """A copy of the zip `data` with member `name` replaced by `content`."""
+    source = zipfile.ZipFile(io.BytesIO(data))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as target:
+        for info in source.infolist():
+            target.writestr(info, content if info.filename == name else source.read(info))
+    return out.getvalue()
+
+
+def test_a_readable_file_that_cannot_be_built_is_corrupt(lake, candidate):
+    """Schema and types fine, an array inside damaged: ModelCorrupt, saying it did not load."""
+    version = registry.new_version(T0)
+    _save(lake, version, candidate)
+    data = skops.io.dumps(candidate)
+    array = next(n for n in zipfile.ZipFile(io.BytesIO(data)).namelist() if n.endswith(".npy"))
+    _replace_file(lake, version, "model.skops", _with_member(data, array, b"not an array"))
+    with pytest.raises(ModelCorrupt, match="could not be loaded") as caught:
+        registry.load_model(lake, version)
+    assert lake.url(f"{MODELS_DIR}/{version}/model.skops") in str(caught.value)
+
+
+def test_a_trusted_model_is_read_in_one_pass(lake, candidate, monkeypatch):
+    """Loading audits the types and builds in one read of the schema: the separate
+    `get_untrusted_types` pass only runs to explain a failure."""
+    version = registry.new_version(T0)
+    _save(lake, version, candidate)
+
+    def second_pass(**_):
+        raise AssertionError("get_untrusted_types ran on a model that loads")
+
+    monkeypatch.setattr(skops.io, "get_untrusted_types", second_pass)
+    loaded = registry.load_model(lake, version)
+    table, _ = _table(30, seed=3)
+    np.testing.assert_array_equal(
+        loaded.predict_proba(table),
+        estimators.positive_probability(candidate, table.select(FEATURES)),
+    )
 
 
 def test_edited_metadata_is_corrupt(lake, candidate):
