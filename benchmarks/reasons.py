@@ -10,11 +10,12 @@ records the typical values, and then, in the same process and run:
 
 * batch: `score_table` over `--score-rows` rows (feature tables of the latest
   dates stacked, ids made unique) without reasons, the reference, and with the
-  champion's `Reasoner`; the ratio is the issue's "within 2×". Also the
-  contribution walk alone and the model's `predict_proba` alone.
-* micro-batch: a streaming batch of 5 customers, `SmallBatchPredictor.rows`
-  (what the scorer pays for a probability) and `Reasoner.rows` (what it pays
-  more for reasons), µs per call.
+  champion's `Reasoner` (one walk down the trees for both the probabilities and
+  the reasons); the ratio is the issue's "within 2×". Also its parts: finding
+  the leaves, the contributions from them, and the model's `predict_proba`.
+* micro-batch: a streaming batch of 5 customers as `ChampionWatcher.score_rows`
+  scores it (matrix, leaves, probability), without and with `Reasoner.rows`
+  on the same leaves, µs per call.
 * shap (when installed: `pip install shap`): `shap.TreeExplainer` on the
   classifier (path-dependent TreeSHAP, the package's exact algorithm for trees)
   over `--shap-rows` rows of the same matrix: rows/s against this project's
@@ -93,17 +94,20 @@ def bench(args, work: Path) -> dict:
     score_table(Model, table.head(1000), as_of, bands, reasoner=reasoner)  # warm-up
     x = model_input(table, trained.features, training.spec)
     matrix = reasoner.predictor.matrix(x)
-    runs = {"without": [], "with": [], "contributions": [], "predict_proba": []}
+    leaves = reasoner.predictor.leaves(matrix)
+    runs = {"without": [], "with": [], "leaves": [], "contributions": [], "predict_proba": []}
     for _ in range(args.rounds):
         runs["without"] += timed(lambda: score_table(Model, table, as_of, bands), 1)
         runs["with"] += timed(lambda: score_table(Model, table, as_of, bands, reasoner=reasoner), 1)
-        runs["contributions"] += timed(lambda: reasoner.contributions(matrix), 1)
+        runs["leaves"] += timed(lambda: reasoner.predictor.leaves(matrix), 1)
+        runs["contributions"] += timed(lambda: reasoner.contributions(matrix, leaves), 1)
         runs["predict_proba"] += timed(lambda: Model.predict_proba(table), 1)
     scores = score_table(Model, table, as_of, bands, reasoner=reasoner)
     ratio = statistics.median(runs["with"]) / statistics.median(runs["without"])
     print(
         f"batch {table.height:,} rows: without {statistics.median(runs['without']):.2f} s, "
-        f"with reasons {statistics.median(runs['with']):.2f} s (×{ratio:.2f}); contributions "
+        f"with reasons {statistics.median(runs['with']):.2f} s (×{ratio:.2f}); leaves "
+        f"{statistics.median(runs['leaves']):.2f} s, contributions "
         f"{statistics.median(runs['contributions']):.2f} s, predict_proba "
         f"{statistics.median(runs['predict_proba']):.2f} s"
     )
@@ -112,16 +116,24 @@ def bench(args, work: Path) -> dict:
     predictor = small_batch_predictor(trained.candidate, trained.features)
     rows = input_rows(x.head(5).to_dicts(), trained.features, training.spec)
     calls = 2000
-    probability_s = timed(lambda: [predictor.rows(rows) for _ in range(calls)], 3)
-    reasons_s = timed(lambda: [reasoner.rows(rows) for _ in range(calls)], 3)
+
+    def score(with_reasons: bool):  # what ChampionWatcher.score_rows does
+        matrix = predictor.matrix_rows(rows)
+        leaves = predictor.leaves(matrix)
+        predictor.probability(matrix, leaves)
+        if with_reasons:
+            reasoner.rows(rows, matrix, leaves)
+
+    probability_s = timed(lambda: [score(False) for _ in range(calls)], 3)
+    reasons_s = timed(lambda: [score(True) for _ in range(calls)], 3)
     micro = {
         "customers": len(rows),
         "probability_us_per_call": round(min(probability_s) / calls * 1e6, 1),
-        "reasons_us_per_call": round(min(reasons_s) / calls * 1e6, 1),
+        "with_reasons_us_per_call": round(min(reasons_s) / calls * 1e6, 1),
     }
     print(
         f"micro-batch of 5: probability {micro['probability_us_per_call']} µs, "
-        f"reasons {micro['reasons_us_per_call']} µs"
+        f"with reasons {micro['with_reasons_us_per_call']} µs"
     )
 
     classifier = predictor.classifier

@@ -8,6 +8,7 @@ means about one customer in five churns.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -226,11 +227,45 @@ class SmallBatchPredictor:
         return out
 
     def leaves(self, matrix: np.ndarray) -> np.ndarray | None:
-        """The leaves a few rows reach (`FlatTrees.leaves`), to hand to `probability` and
-        the reasons alike; None for more than `WALK_ROWS` rows."""
-        if len(matrix) > WALK_ROWS or not isinstance(self.trees, _Walker):
+        """rows × trees: the leaf (global node id, `FlatTrees`) each row reaches in each
+        tree, to hand to `probability` and the reasons alike; None without flat trees.
+
+        Up to `WALK_ROWS` rows numpy walks every tree at once; beyond, scikit-learn's
+        compiled loop runs one tree at a time with each leaf's value replaced by its
+        node id (exact in a float64), which costs what `decision_function` does.
+        """
+        if not isinstance(self.trees, _Walker):
             return None
-        return self.trees.flat.leaves(matrix)
+        flat = self.trees.flat
+        if len(matrix) <= WALK_ROWS:
+            return flat.leaves(matrix)
+        if matrix.ndim != 2 or matrix.shape[1] != flat.n_features:
+            raise ValueError(f"expected {flat.n_features} columns, got shape {matrix.shape}")
+        from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
+
+        known, f_idx_map = self.classifier._bin_mapper.make_known_categories_bitsets()
+        threads = _openmp_effective_n_threads()
+        x = np.ascontiguousarray(matrix, dtype=np.float64)
+        out = np.empty((len(self._leaf_predictors), len(x)), dtype=np.int64)
+        for t, predictor in enumerate(self._leaf_predictors):
+            out[t] = predictor.predict(x, known, f_idx_map, threads)
+        return out.T
+
+    @functools.cached_property
+    def _leaf_predictors(self) -> list:
+        from sklearn.ensemble._hist_gradient_boosting.predictor import TreePredictor
+
+        roots = self.trees.flat.roots
+        predictors = []
+        for t, (predictor,) in enumerate(self.classifier._predictors):
+            nodes = predictor.nodes.copy()
+            nodes["value"] = roots[t] + np.arange(len(nodes))
+            predictors.append(
+                TreePredictor(
+                    nodes, predictor.binned_left_cat_bitsets, predictor.raw_left_cat_bitsets
+                )
+            )
+        return predictors
 
     def probability(self, matrix: np.ndarray, leaves: np.ndarray | None = None) -> np.ndarray:
         """P(churned) of a `matrix` (`leaves`: its `leaves()`, if already found)."""
@@ -297,6 +332,12 @@ class FlatTrees:
     def margin(self, leaves: np.ndarray) -> np.ndarray:
         """`decision_function` from `leaves`: leaf values added tree by tree after the
         baseline, in scikit-learn's order, so the sums are the same floats."""
+        if len(leaves) > 1024:  # many rows: one vector add per tree (same order, same floats)
+            margin = np.full(len(leaves), 0.0 + self.baseline)
+            columns = np.ascontiguousarray(leaves.T)
+            for tree in columns:
+                margin += self.value[tree]
+            return margin
         values = self.value[leaves]
         raw = np.empty((values.shape[0], values.shape[1] + 1))
         raw[:, 0] = 0.0 + self.baseline

@@ -29,7 +29,6 @@ the same text (the parity test checks it).
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -46,9 +45,8 @@ if TYPE_CHECKING:  # scikit-learn loads with a model, not with this module
     from churn_platform.ml.registry import LoadedModel
 
 TOP_REASONS = 3
-# rows explained at once: (rows × nodes) decisions and (rows × trees × depth) moves of a
-# few MB; larger chunks were slower (docs/benchmarks.md, Reasons)
-CONTRIBUTION_CHUNK_ROWS = 256
+# rows explained at once: a (rows × trees) sparse matrix of ~40 MB
+CONTRIBUTION_CHUNK_ROWS = 16_384
 REASON_FIELDS = {
     "feature": pl.String(),
     "text": pl.String(),
@@ -81,6 +79,23 @@ class TreePathContributions:
     path_move: np.ndarray  # per node: each move's size (0: no move)
     n_features: int
     base: float
+
+    @functools.cached_property
+    def _moves(self):
+        """nodes × features (sparse): a leaf's row holds its path's moves by feature."""
+        from scipy import sparse
+
+        nodes, depth = self.path_feature.shape
+        moves = sparse.csr_matrix(
+            (
+                self.path_move.ravel(),
+                (np.repeat(np.arange(nodes), depth), self.path_feature.ravel()),
+            ),
+            shape=(nodes, self.n_features),
+        )
+        moves.eliminate_zeros()
+        moves.sort_indices()
+        return moves
 
     @classmethod
     def of(cls, trees: FlatTrees, column_feature: Sequence[int]) -> TreePathContributions:
@@ -119,25 +134,32 @@ class TreePathContributions:
 
     def __call__(self, matrix: np.ndarray, leaves: np.ndarray | None = None) -> np.ndarray:
         """rows × features: each feature's contribution to each row's margin (`leaves`:
-        `FlatTrees.leaves(matrix)`, if already found)."""
+        the leaves `matrix` reaches, `FlatTrees.leaves`, if already found).
+
+        One sparse product: (rows × nodes, a 1 at each leaf reached) · (nodes ×
+        features, `_moves`); each row's sums depend on that row alone, so a customer
+        gets the same floats in a batch of five as in one of a million.
+        """
+        from scipy import sparse
+
         trees = self.trees
         if matrix.ndim != 2 or matrix.shape[1] != trees.n_features:
             raise ValueError(f"expected {trees.n_features} columns, got shape {matrix.shape}")
-        matrix = np.ascontiguousarray(matrix, dtype=np.float64)
-        n, width = len(matrix), self.n_features
-        out = np.empty((n, width))
+        n = len(matrix)
+        out = np.empty((n, self.n_features))
+        moves, nodes = self._moves, len(self.path_feature)
         for start in range(0, n, CONTRIBUTION_CHUNK_ROWS):
             chunk = (
                 trees.leaves(matrix[start : start + CONTRIBUTION_CHUNK_ROWS])
                 if leaves is None
                 else leaves[start : start + CONTRIBUTION_CHUNK_ROWS]
             )
-            m = len(chunk)
-            index = np.arange(m)[:, None, None] * width + self.path_feature[chunk]
-            totals = np.bincount(
-                index.ravel(), weights=self.path_move[chunk].ravel(), minlength=m * width
+            m, per_row = chunk.shape
+            reached = sparse.csr_matrix(
+                (np.ones(m * per_row), chunk.ravel(), np.arange(0, m * per_row + 1, per_row)),
+                shape=(m, nodes),
             )
-            out[start : start + m] = totals.reshape(m, width)
+            out[start : start + m] = (reached @ moves).toarray()
         return out
 
 
@@ -258,23 +280,31 @@ class Reasoner:
 
     def table(self, table: pl.DataFrame) -> pa.Array:
         """`frame` of a feature table's rows (extra columns ignored)."""
+        return self.score_table(table)[1]
+
+    def score_table(self, table: pl.DataFrame) -> tuple[np.ndarray, pa.Array]:
+        """P(churned) and reasons (`REASONS_ARROW`) of a feature table's rows, from one walk
+        down the trees (the probabilities are `predict_proba`'s floats: `estimators`)."""
         from churn_platform.ml.frame import model_input
 
-        return self.frame(model_input(table, self.inputs, self.spec))
+        x = model_input(table, self.inputs, self.spec)
+        matrix = self.predictor.matrix(x)
+        leaves = self.predictor.leaves(matrix)
+        probabilities = self.predictor.probability(matrix, leaves)
+        return probabilities, self._arrow(*self._top(matrix, x, leaves))
 
     def frame(self, x: pl.DataFrame) -> pa.Array:
         """The reasons of each row of `x` (`model_input` rows), as an Arrow list array
         (`REASONS_ARROW`)."""
-        return pa.array(self.reasons(self.predictor.matrix(x), x), type=REASONS_ARROW)
+        matrix = self.predictor.matrix(x)
+        return self._arrow(*self._top(matrix, x, self.predictor.leaves(matrix)))
 
     def reasons(
         self, matrix: np.ndarray, x: pl.DataFrame, leaves: np.ndarray | None = None
     ) -> list[list[dict]]:
         """The reasons of each row of `x` (`model_input` rows) whose `predictor.matrix` is
         `matrix` (`leaves`: as in `rows`)."""
-        numeric = matrix[:, : len(self.predictor.numeric)]
-        categories = [x[name].to_list() for name in self.predictor.categorical]
-        return self._reasons(matrix, numeric, categories, leaves)
+        return self._dicts(*self._top(matrix, x, leaves))
 
     def rows(
         self,
@@ -286,62 +316,121 @@ class Reasoner:
         `predictor.matrix_rows`, `leaves`: its `predictor.leaves`, if already found)."""
         if matrix is None:
             matrix = self.predictor.matrix_rows(rows)
-        numeric = matrix[:, : len(self.predictor.numeric)]
-        categories = [[r[name] for r in rows] for name in self.predictor.categorical]
-        return self._reasons(matrix, numeric, categories, leaves)
+        return self._dicts(*self._top(matrix, rows, leaves))
 
-    def _reasons(
-        self,
-        matrix: np.ndarray,
-        numeric: np.ndarray,
-        categories: list[list],
-        leaves: np.ndarray | None = None,
-    ) -> list[list[dict]]:
-        n = len(matrix)
-        if n == 0:
-            return []
+    def _top(self, matrix: np.ndarray, source, leaves: np.ndarray | None):
+        """The chosen reasons as flat arrays: per row how many, then for each its feature
+        index, value and contribution (rows in order, each row's largest first)."""
+        if leaves is None:
+            leaves = self.predictor.leaves(matrix)
         contribution = self.contributions(matrix, leaves)
         if self.direction < 0:
             contribution = -contribution
         k = min(self.top, contribution.shape[1])
         order = np.argsort(-contribution, axis=1, kind="stable")[:, :k]
         chosen = np.take_along_axis(contribution, order, axis=1)
-        n_numeric = numeric.shape[1]
-        out: list[list[dict]] = []
-        for i, (features, sizes) in enumerate(zip(order.tolist(), chosen.tolist(), strict=True)):
-            reasons = []
-            for j, size in zip(features, sizes, strict=True):
-                if not size > 0.0:
-                    break  # the rest pushed the risk down (or did nothing)
-                if j < n_numeric:
-                    value = float(numeric[i, j])
-                    value = None if math.isnan(value) else value
-                else:
-                    value = categories[j - n_numeric][i]
-                reasons.append(self._reason(j, value, size))
-            out.append(reasons)
-        return out
+        keep = chosen > 0.0  # sorted: the pushes up come first, the rest is dropped
+        rows, slots = np.nonzero(keep)
+        features = order[rows, slots]
+        sizes = chosen[rows, slots]
+        n_numeric = len(self.predictor.numeric)
+        numeric = features < n_numeric
+        values: list = matrix[rows, np.where(numeric, features, 0)].tolist()
+        if not numeric.all():
+            categorical = self.predictor.categorical
+            if isinstance(source, pl.DataFrame):
+                columns = [source[name].to_list() for name in categorical]
+            else:
+                columns = [[r[name] for r in source] for name in categorical]
+            for i in np.flatnonzero(~numeric).tolist():
+                values[i] = columns[features[i] - n_numeric][rows[i]]
+        return keep.sum(axis=1), features.tolist(), values, sizes.tolist()
 
-    def _reason(self, j: int, value: float | str | None, size: float) -> dict:
+    def _texts(self, features: list[int], values: list) -> list[str]:
+        cache, texts = self._text_cache, []
+        if len(cache) > 200_000:
+            cache.clear()
+        for j, value in zip(features, values, strict=True):
+            if value != value:  # NaN: a missing number
+                value = None
+            key = (j, value)
+            text = cache.get(key)
+            if text is None:
+                text = cache[key] = self._text(j, value)
+            texts.append(text)
+        return texts
+
+    @functools.cached_property
+    def _text_cache(self) -> dict:
+        return {}
+
+    def _text(self, j: int, value: float | str | None) -> str:
         column, typical, label = self.columns[j], self.typical[j], self.labels[j]
         if column.categorical:
             text = f"{label}: {value}"
-            if typical is not None:
-                text += f" (most common: {typical})"
-            number = typical_number = None
-        else:
-            text = f"{label}: {_shown(value, column)}"
-            if typical is not None:
-                text += f" (typical {_shown(typical, column)})"
-            number = value
-            typical_number = None if typical is None else float(typical)
-        return {
-            "feature": self.features[j],
-            "text": text,
-            "value": number,
-            "typical": typical_number,
-            "contribution": size,
-        }
+            return text if typical is None else f"{text} (most common: {typical})"
+        text = f"{label}: {_shown(value, column)}"
+        return text if typical is None else f"{text} (typical {_shown(typical, column)})"
+
+    def _numbers(self, features: list[int], values: list) -> tuple[list, list]:
+        """The `value` and `typical` fields: numbers (null: missing, or a category)."""
+        categorical = self._categorical
+        out_values = [
+            None if categorical[j] or v != v else v for j, v in zip(features, values, strict=True)
+        ]
+        typical = self._typical_numbers
+        return out_values, [typical[j] for j in features]
+
+    @functools.cached_property
+    def _categorical(self) -> list[bool]:
+        return [column.categorical for column in self.columns]
+
+    @functools.cached_property
+    def _typical_numbers(self) -> list[float | None]:
+        return [
+            None if column.categorical or t is None else float(t)
+            for column, t in zip(self.columns, self.typical, strict=True)
+        ]
+
+    def _dicts(self, counts, features, values, sizes) -> list[list[dict]]:
+        texts = self._texts(features, values)
+        numbers, typical = self._numbers(features, values)
+        names = self.features
+        out: list[list[dict]] = []
+        at = 0
+        for count in counts.tolist():
+            out.append(
+                [
+                    {
+                        "feature": names[features[i]],
+                        "text": texts[i],
+                        "value": numbers[i],
+                        "typical": typical[i],
+                        "contribution": sizes[i],
+                    }
+                    for i in range(at, at + count)
+                ]
+            )
+            at += count
+        return out
+
+    def _arrow(self, counts, features, values, sizes) -> pa.Array:
+        texts = self._texts(features, values)
+        numbers, typical = self._numbers(features, values)
+        names = np.asarray(self.features, dtype=object)
+        items = pa.StructArray.from_arrays(
+            [
+                pa.array(names[np.asarray(features, dtype=np.int64)], pa.string()),
+                pa.array(texts, pa.string()),
+                pa.array(numbers, pa.float64()),
+                pa.array(typical, pa.float64()),
+                pa.array(sizes, pa.float64()),
+            ],
+            fields=list(REASONS_ARROW.value_type),
+        )
+        offsets = np.zeros(len(counts) + 1, dtype=np.int32)
+        np.cumsum(counts, out=offsets[1:])
+        return pa.ListArray.from_arrays(pa.array(offsets), items, type=REASONS_ARROW)
 
 
 def _shown(value: float | str | None, column: FeatureColumn) -> str:

@@ -209,14 +209,15 @@ def score_table(
     _check_features(features, as_of)
     stamp = _utc_ms(scored_at)
     chunks = list(features.iter_slices(chunk_rows))
-    probabilities = np.concatenate(
-        [_predict(model, chunk) for chunk in chunks] or [np.empty(0, dtype=np.float64)]
-    )
-    if reasoner is not None and features.height:
-        reasons = pl.concat([pl.Series("reasons", reasoner.table(chunk)) for chunk in chunks]).cast(
-            REASONS_DTYPE
-        )
+    if reasoner is not None and features.height and _reasoner_agrees(model, reasoner, chunks[0]):
+        # one walk down the trees gives the probabilities and the reasons
+        parts = [reasoner.score_table(chunk) for chunk in chunks]
+        probabilities = np.concatenate([p for p, _ in parts])
+        reasons = pl.concat([pl.Series("reasons", r) for _, r in parts]).cast(REASONS_DTYPE)
     else:
+        probabilities = np.concatenate(
+            [_predict(model, chunk) for chunk in chunks] or [np.empty(0, dtype=np.float64)]
+        )
         reasons = pl.Series("reasons", [None] * features.height, dtype=REASONS_DTYPE)
     scores = pl.DataFrame(
         {
@@ -272,6 +273,13 @@ def _check_features(features: pl.DataFrame, as_of: date) -> None:
                 f"the feature table is as of {sorted(map(str, dates))}, not {as_of.isoformat()}: "
                 "read the features of the date being scored"
             )
+
+
+def _reasoner_agrees(model: ScoringModel, reasoner: Reasoner, chunk: pl.DataFrame) -> bool:
+    """Whether the reasoner's probabilities are the model's own, bit for bit, on the first
+    rows (they are the same arithmetic; a model they are not is scored without reasons)."""
+    head = chunk.head(1000)
+    return bool(np.array_equal(reasoner.score_table(head)[0], _predict(model, head)))
 
 
 def _predict(model: ScoringModel, chunk: pl.DataFrame) -> np.ndarray:

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from churn_platform.features.definitions import FeatureSpec
-from churn_platform.ml.estimators import small_batch_predictor
+from churn_platform.ml.estimators import WALK_ROWS, small_batch_predictor
 from churn_platform.ml.frame import input_rows, model_input
 from churn_platform.ml.reasons import (
     Reasoner,
@@ -199,3 +199,23 @@ def test_common_reasons_of_the_high_band(reasoner, holdout):
 
 def test_a_model_without_trees_to_walk_has_no_reasoner(trained_model):
     assert Reasoner.build(trained_model.baseline, trained_model.features) is None
+
+
+def test_a_big_batch_gets_the_same_leaves_probabilities_and_reasons(
+    reasoner, holdout, trained_model
+):
+    """Beyond WALK_ROWS scikit-learn's compiled loop finds the leaves: the same leaves, the
+    model's own probabilities, and each row's contributions as in a batch of a few."""
+    predictor = reasoner.predictor
+    matrix = predictor.matrix(holdout)
+    assert len(matrix) > WALK_ROWS
+    leaves = predictor.leaves(matrix)
+    few = [predictor.leaves(matrix[i : i + 7]) for i in range(0, len(matrix), 7)]
+    np.testing.assert_array_equal(leaves, np.concatenate(few))
+    expected = trained_model.candidate.predict_proba(holdout)[:, 1]
+    np.testing.assert_array_equal(predictor.probability(matrix, leaves), expected)
+    whole = reasoner.contributions(matrix, leaves)
+    np.testing.assert_array_equal(whole[:14], reasoner.contributions(matrix[:14]))
+    probabilities, reasons = reasoner.score_table(trained_model.split.holdout)
+    np.testing.assert_array_equal(probabilities, expected)
+    assert pl.Series(reasons).to_list()[:20] == reasoner.reasons(matrix[:20], holdout.head(20))
