@@ -68,6 +68,8 @@ bench: $(STAMP) postgresql
 	$(PY) benchmarks/replay.py
 	$(PY) benchmarks/features.py
 	$(PY) benchmarks/model.py
+	$(PY) benchmarks/model_load.py
+	$(PY) benchmarks/reasons.py
 	$(PY) benchmarks/streaming.py
 	$(PY) benchmarks/freshness.py
 	$(PY) benchmarks/deployment.py

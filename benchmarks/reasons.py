@@ -1,6 +1,6 @@
 """Reasons with every score: what they cost in batch and per micro-batch, and against `shap`.
 
-    python benchmarks/reasons.py [--customers 6000] [--score-rows 100000] [--rounds 3]
+    python benchmarks/reasons.py [--customers 12000] [--score-rows 90000] [--rounds 3]
         [--shap-rows 5000] [--note TEXT]
 
 Simulates a business (160 days, seeded) into a temporary lake, materializes its
@@ -200,8 +200,8 @@ def bench(args, work: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--customers", type=int, default=6000)
-    parser.add_argument("--score-rows", type=int, default=100_000)
+    parser.add_argument("--customers", type=int, default=12_000)
+    parser.add_argument("--score-rows", type=int, default=90_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--shap-rows", type=int, default=5000)
     parser.add_argument("--output", default=str(RESULTS / "reasons.json"))

@@ -216,6 +216,19 @@ def show_asset_graph(page, base: str, names: list[str]) -> None:
         time.sleep(0.5)
 
 
+def show_reasons(page, base: str) -> None:
+    """churn_scores' latest materialization: the ten most at risk with their reasons, and
+    the reasons common in the high band, as a user opens them."""
+    page.goto(f"{base}/assets/churn_scores?view=events")
+    page.get_by_text("common_reasons").first.wait_for(timeout=30_000)
+    row = page.locator("tr", has_text="top_at_risk").first
+    row.get_by_text("Show Markdown").first.click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_text("why").first.wait_for(timeout=10_000)
+    assert " (typical " in dialog.inner_text() or "plan: " in dialog.inner_text()
+    page.keyboard.press("Escape")
+
+
 # about 2 minutes on an idle 2-core machine; the limits leave room for a busy one
 @pytest.mark.timeout(480)
 def test_up_runs_everything_shows_it_in_the_ui_and_stops_everything(tmp_path, capsys):
@@ -288,6 +301,8 @@ def test_up_runs_everything_shows_it_in_the_ui_and_stops_everything(tmp_path, ca
                 mark("sensor run seen in the UI")
                 show_asset_graph(page, base, names)
                 mark("asset graph checked")
+                show_reasons(page, base)
+                mark("reasons seen in the UI")
             finally:
                 page.screenshot(path=str(screenshot))
                 browser.close()
@@ -297,6 +312,7 @@ def test_up_runs_everything_shows_it_in_the_ui_and_stops_everything(tmp_path, ca
         scores = [json.loads(line) for line in read_lines(watcher, 3, timeout=30)]
         for score in scores:
             assert score["model_version"] and score["customer_id"], score
+            assert isinstance(score["reasons"], list), score
             assert score["risk_band"] in ("low", "medium", "high", "inactive"), score
         mark("scores read")
         # the scorer's Prometheus endpoint, where `up` says it is: it scored, with the champion
