@@ -43,7 +43,7 @@ def topic(kafka_settings: KafkaSettings) -> str:
 
 
 # the simulated lake with features and labels that the ML tests share (built once), and a
-# model trained on it (once per test module that asks)
+# model trained on it (once per session: read-only)
 from churn_platform_tests.ml.ml_lake import ml_lake, trained_model  # noqa: E402,F401
 
 

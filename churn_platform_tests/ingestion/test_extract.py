@@ -298,7 +298,7 @@ def test_offsets_beyond_the_topic_are_an_error_not_a_silent_skip(kafka_settings,
         },
     )
     with pytest.raises(ExtractError, match="reset-offsets"):
-        extract_topic(kafka_settings, lake, ExtractConfig(topic=topic, stall_timeout=10))
+        extract_topic(kafka_settings, lake, ExtractConfig(topic=topic, stall_timeout=2))
 
 
 @pytest.mark.parametrize("arrival", ["in offset order", "shuffled"])

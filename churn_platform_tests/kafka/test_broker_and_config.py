@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,25 @@ def test_broker_starts_answers_and_stops_without_leftovers(tmp_path):
         broker.stop()
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def test_a_connected_client_does_not_hold_the_stop_up(tmp_path):
+    """Tansu waits 5 s on SIGTERM for connected clients; stop kills it after its grace."""
+    broker = EmbeddedBroker(log_path=tmp_path / "b.log").start()
+    pid = broker.pid
+    producer = EventProducer(broker.settings)
+    try:
+        producer.send("held", b'{"a": 1}', "k")
+        producer.close()  # delivered; its connections stay open until it is freed
+        started = time.monotonic()
+        broker.stop()
+        took = time.monotonic() - started
+    finally:
+        broker.stop()
+        del producer
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert took < 3, took  # Tansu alone takes 5 s here
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
-"""A simulated lake with feature tables and labels at the default training dates, once per session;
-a model trained on it, once per module."""
+"""A simulated lake with feature tables and labels at the default training dates, and a model
+trained on it, once per session."""
 
 from __future__ import annotations
 
@@ -45,9 +45,13 @@ def ml_lake(tmp_path_factory) -> MlLake:
     return MlLake(lake, summary, dates)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained_model(ml_lake):
-    """A candidate trained on the shared ML lake (the simulator's event types)."""
+    """A candidate trained on the shared ML lake (the simulator's event types).
+
+    Shared and read-only: its users (test_scorer, test_scorer_kill, test_broker_outage)
+    register it in lakes of their own and read its holdout; none changes it.
+    """
     training = build_training_set(ml_lake.lake, ml_lake.dates.dates)
     return train_models(
         training.table,
