@@ -61,7 +61,7 @@ def bench(args, work: Path) -> dict:
     from churn_platform.lake.store import Lake
     from churn_platform.ml.estimators import small_batch_predictor
     from churn_platform.ml.frame import input_rows, model_input
-    from churn_platform.ml.reasons import Reasoner, typical_values
+    from churn_platform.ml.reasons import CONTRIBUTION_CHUNK_ROWS, Reasoner, typical_values
     from churn_platform.ml.score import RiskBands, score_table
     from churn_platform.ml.train import TrainConfig, train_models
     from churn_platform.ml.training_set import build_training_set, ensure_inputs, training_dates
@@ -94,13 +94,21 @@ def bench(args, work: Path) -> dict:
     score_table(Model, table.head(1000), as_of, bands, reasoner=reasoner)  # warm-up
     x = model_input(table, trained.features, training.spec)
     matrix = reasoner.predictor.matrix(x)
-    leaves = reasoner.predictor.leaves(matrix)
+    # in the slices Reasoner.score_table works in
+    slices = [
+        matrix[i : i + CONTRIBUTION_CHUNK_ROWS]
+        for i in range(0, len(matrix), CONTRIBUTION_CHUNK_ROWS)
+    ]
+    leaves = [reasoner.predictor.leaves(m) for m in slices]
     runs = {"without": [], "with": [], "leaves": [], "contributions": [], "predict_proba": []}
     for _ in range(args.rounds):
         runs["without"] += timed(lambda: score_table(Model, table, as_of, bands), 1)
         runs["with"] += timed(lambda: score_table(Model, table, as_of, bands, reasoner=reasoner), 1)
-        runs["leaves"] += timed(lambda: reasoner.predictor.leaves(matrix), 1)
-        runs["contributions"] += timed(lambda: reasoner.contributions(matrix, leaves), 1)
+        runs["leaves"] += timed(lambda: [reasoner.predictor.leaves(m) for m in slices], 1)
+        runs["contributions"] += timed(
+            lambda: [reasoner.contributions(m, lv) for m, lv in zip(slices, leaves, strict=True)],
+            1,
+        )
         runs["predict_proba"] += timed(lambda: Model.predict_proba(table), 1)
     scores = score_table(Model, table, as_of, bands, reasoner=reasoner)
     ratio = statistics.median(runs["with"]) / statistics.median(runs["without"])
@@ -139,8 +147,12 @@ def bench(args, work: Path) -> dict:
     classifier = predictor.classifier
     sample = matrix[: args.shap_rows]
     margin = classifier.decision_function(sample)
-    ours_s = timed(lambda: reasoner.contributions(sample), args.rounds)
-    ours = reasoner.contributions(sample)
+
+    def walk():
+        return reasoner.contributions(sample, reasoner.predictor.leaves(sample))
+
+    ours_s = timed(walk, args.rounds)
+    ours = walk()
     ours_error = float(np.abs(reasoner.base + ours.sum(axis=1) - margin).max())
     comparison: dict = {
         "rows": len(sample),

@@ -246,10 +246,10 @@ class SmallBatchPredictor:
         known, f_idx_map = self.classifier._bin_mapper.make_known_categories_bitsets()
         threads = _openmp_effective_n_threads()
         x = np.ascontiguousarray(matrix, dtype=np.float64)
-        out = np.empty((len(self._leaf_predictors), len(x)), dtype=np.int64)
+        out = np.empty((len(self._leaf_predictors), len(x)), dtype=np.int32)
         for t, predictor in enumerate(self._leaf_predictors):
             out[t] = predictor.predict(x, known, f_idx_map, threads)
-        return out.T
+        return np.ascontiguousarray(out.T)
 
     @functools.cached_property
     def _leaf_predictors(self) -> list:

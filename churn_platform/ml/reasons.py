@@ -45,8 +45,8 @@ if TYPE_CHECKING:  # scikit-learn loads with a model, not with this module
     from churn_platform.ml.registry import LoadedModel
 
 TOP_REASONS = 3
-# rows explained at once: a (rows × trees) sparse matrix of ~40 MB
-CONTRIBUTION_CHUNK_ROWS = 16_384
+# rows explained at once: (rows × trees) leaves and a sparse matrix of a few MB
+CONTRIBUTION_CHUNK_ROWS = 8192
 REASON_FIELDS = {
     "feature": pl.String(),
     "text": pl.String(),
@@ -287,11 +287,18 @@ class Reasoner:
         down the trees (the probabilities are `predict_proba`'s floats: `estimators`)."""
         from churn_platform.ml.frame import model_input
 
-        x = model_input(table, self.inputs, self.spec)
-        matrix = self.predictor.matrix(x)
-        leaves = self.predictor.leaves(matrix)
-        probabilities = self.predictor.probability(matrix, leaves)
-        return probabilities, self._arrow(*self._top(matrix, x, leaves))
+        probabilities, reasons = [], []
+        # slices of a few MB: on these machines a fresh array of hundreds of MB costs more
+        # in page faults than the arithmetic done in it (docs/benchmarks.md, Reasons)
+        for rows in table.iter_slices(CONTRIBUTION_CHUNK_ROWS):
+            x = model_input(rows, self.inputs, self.spec)
+            matrix = self.predictor.matrix(x)
+            leaves = self.predictor.leaves(matrix)
+            probabilities.append(self.predictor.probability(matrix, leaves))
+            reasons.append(self._arrow(*self._top(matrix, x, leaves)))
+        if not reasons:
+            return np.empty(0), pa.array([], type=REASONS_ARROW)
+        return np.concatenate(probabilities), pa.concat_arrays(reasons)
 
     def frame(self, x: pl.DataFrame) -> pa.Array:
         """The reasons of each row of `x` (`model_input` rows), as an Arrow list array
@@ -327,7 +334,14 @@ class Reasoner:
         if self.direction < 0:
             contribution = -contribution
         k = min(self.top, contribution.shape[1])
-        order = np.argsort(-contribution, axis=1, kind="stable")[:, :k]
+        if k < contribution.shape[1]:  # the k largest, then those in order
+            order = np.argpartition(-contribution, k - 1, axis=1)[:, :k]
+            chosen = np.take_along_axis(contribution, order, axis=1)
+            # largest first; equal contributions in feature order
+            within = np.lexsort((order, -chosen), axis=1)
+            order = np.take_along_axis(order, within, axis=1)
+        else:
+            order = np.argsort(-contribution, axis=1, kind="stable")
         chosen = np.take_along_axis(contribution, order, axis=1)
         keep = chosen > 0.0  # sorted: the pushes up come first, the rest is dropped
         rows, slots = np.nonzero(keep)
@@ -347,22 +361,23 @@ class Reasoner:
         return keep.sum(axis=1), features.tolist(), values, sizes.tolist()
 
     def _texts(self, features: list[int], values: list) -> list[str]:
-        cache, texts = self._text_cache, []
-        if len(cache) > 200_000:
-            cache.clear()
+        caches, texts = self._text_cache, []
+        append = texts.append
         for j, value in zip(features, values, strict=True):
-            if value != value:  # NaN: a missing number
+            if value != value:  # NaN, a missing number: one key for all of them
                 value = None
-            key = (j, value)
-            text = cache.get(key)
+            cache = caches[j]
+            text = cache.get(value)
             if text is None:
-                text = cache[key] = self._text(j, value)
-            texts.append(text)
+                if len(cache) > 20_000:  # values that hardly repeat (means, amounts)
+                    cache.clear()
+                text = cache[value] = self._text(j, value)
+            append(text)
         return texts
 
     @functools.cached_property
-    def _text_cache(self) -> dict:
-        return {}
+    def _text_cache(self) -> list[dict]:
+        return [{} for _ in self.features]
 
     def _text(self, j: int, value: float | str | None) -> str:
         column, typical, label = self.columns[j], self.typical[j], self.labels[j]
