@@ -33,7 +33,6 @@ import os
 import platform
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -42,7 +41,6 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parent.parent
 END = datetime(2026, 6, 30, 12, tzinfo=UTC)
-sys.path.insert(0, str(Path(__file__).parent))
 
 
 def timed(call, rounds: int) -> list[float]:

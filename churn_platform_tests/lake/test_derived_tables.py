@@ -50,6 +50,20 @@ def same_rows(theirs: pl.DataFrame, ours: pl.DataFrame, keys: list[str]) -> None
     assert_frame_equal(theirs, ours.sort(keys))
 
 
+def reasons_of(i: int) -> list[dict]:
+    """Every third row has none, as a baseline model's rows; the others one or two."""
+    return [
+        {
+            "feature": f"feature_{k}",
+            "text": f"feature {k}: {i % 7} (typical 3)",
+            "value": float(i % 7),
+            "typical": 3.0,
+            "contribution": 0.5 / (k + 1),
+        }
+        for k in range(i % 3)
+    ]
+
+
 def scores_of(features: pl.DataFrame, as_of: date) -> pl.DataFrame:
     return pl.DataFrame(
         {
@@ -59,6 +73,7 @@ def scores_of(features: pl.DataFrame, as_of: date) -> pl.DataFrame:
             "risk_band": ["low"] * features.height,
             "model_version": ["v1"] * features.height,
             "scored_at": [SCORED_AT] * features.height,
+            "reasons": [reasons_of(i) for i in range(features.height)],
         },
         schema=SCORES_SCHEMA,
     )
