@@ -249,7 +249,7 @@ class SmallBatchPredictor:
         out = np.empty((len(self._leaf_predictors), len(x)), dtype=np.int32)
         for t, predictor in enumerate(self._leaf_predictors):
             out[t] = predictor.predict(x, known, f_idx_map, threads)
-        return np.ascontiguousarray(out.T)
+        return out.T  # a view: `margin` reads it by tree as it was written
 
     @functools.cached_property
     def _leaf_predictors(self) -> list:

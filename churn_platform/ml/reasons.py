@@ -31,7 +31,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import polars as pl
@@ -140,27 +140,63 @@ class TreePathContributions:
         features, `_moves`); each row's sums depend on that row alone, so a customer
         gets the same floats in a batch of five as in one of a million.
         """
-        from scipy import sparse
-
         trees = self.trees
         if matrix.ndim != 2 or matrix.shape[1] != trees.n_features:
             raise ValueError(f"expected {trees.n_features} columns, got shape {matrix.shape}")
         n = len(matrix)
-        out = np.empty((n, self.n_features))
-        moves, nodes = self._moves, len(self.path_feature)
+        out = np.zeros((n, self.n_features))
         for start in range(0, n, CONTRIBUTION_CHUNK_ROWS):
             chunk = (
                 trees.leaves(matrix[start : start + CONTRIBUTION_CHUNK_ROWS])
                 if leaves is None
                 else leaves[start : start + CONTRIBUTION_CHUNK_ROWS]
             )
-            m, per_row = chunk.shape
-            reached = sparse.csr_matrix(
-                (np.ones(m * per_row), chunk.ravel(), np.arange(0, m * per_row + 1, per_row)),
-                shape=(m, nodes),
-            )
-            out[start : start + m] = (reached @ moves).toarray()
+            self._add_moves(chunk, out[start : start + len(chunk)])
         return out
+
+    def _add_moves(self, leaves: np.ndarray, out: np.ndarray) -> None:
+        """`out` (zeros) += (rows × nodes, a 1 at each leaf reached) · `_moves`.
+
+        scipy's compiled product, asked directly: the public `@` first runs a pass that
+        only counts the result's entries, a third of the time here, and the count is
+        known (at most rows × features). If this scipy's internals differ, `@` does it.
+        """
+        from scipy import sparse
+
+        m, per_row = leaves.shape
+        index = np.ascontiguousarray(leaves, dtype=np.int32).ravel()
+        starts = np.arange(0, m * per_row + 1, per_row, dtype=np.int32)
+        ones = np.ones(m * per_row)
+        moves = self._moves
+        try:
+            from scipy.sparse import _sparsetools
+
+            row_starts = np.empty(m + 1, dtype=np.int32)
+            columns = np.empty(m * self.n_features, dtype=np.int32)
+            sums = np.empty(m * self.n_features)
+            _sparsetools.csr_matmat(
+                m,
+                self.n_features,
+                starts,
+                index,
+                ones,
+                *self._moves_int32,
+                moves.data,
+                row_starts,
+                columns,
+                sums,
+            )
+        except (ImportError, AttributeError, TypeError, ValueError):
+            reached = sparse.csr_matrix((ones, index, starts), shape=(m, len(self.path_feature)))
+            out += (reached @ moves).toarray()
+            return
+        filled = int(row_starts[-1])
+        rows = np.repeat(np.arange(m), np.diff(row_starts))
+        out[rows, columns[:filled]] = sums[:filled]
+
+    @functools.cached_property
+    def _moves_int32(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._moves.indptr.astype(np.int32), self._moves.indices.astype(np.int32)
 
 
 # --- typical values ----------------------------------------------------------------
@@ -295,7 +331,7 @@ class Reasoner:
             matrix = self.predictor.matrix(x)
             leaves = self.predictor.leaves(matrix)
             probabilities.append(self.predictor.probability(matrix, leaves))
-            reasons.append(self._arrow(*self._top(matrix, x, leaves)))
+            reasons.append(self._arrow(self._top(matrix, x, leaves)))
         if not reasons:
             return np.empty(0), pa.array([], type=REASONS_ARROW)
         return np.concatenate(probabilities), pa.concat_arrays(reasons)
@@ -304,14 +340,14 @@ class Reasoner:
         """The reasons of each row of `x` (`model_input` rows), as an Arrow list array
         (`REASONS_ARROW`)."""
         matrix = self.predictor.matrix(x)
-        return self._arrow(*self._top(matrix, x, self.predictor.leaves(matrix)))
+        return self._arrow(self._top(matrix, x, self.predictor.leaves(matrix)))
 
     def reasons(
         self, matrix: np.ndarray, x: pl.DataFrame, leaves: np.ndarray | None = None
     ) -> list[list[dict]]:
         """The reasons of each row of `x` (`model_input` rows) whose `predictor.matrix` is
         `matrix` (`leaves`: as in `rows`)."""
-        return self._dicts(*self._top(matrix, x, leaves))
+        return self._dicts(self._top(matrix, x, leaves))
 
     def rows(
         self,
@@ -323,11 +359,10 @@ class Reasoner:
         `predictor.matrix_rows`, `leaves`: its `predictor.leaves`, if already found)."""
         if matrix is None:
             matrix = self.predictor.matrix_rows(rows)
-        return self._dicts(*self._top(matrix, rows, leaves))
+        return self._dicts(self._top(matrix, rows, leaves))
 
-    def _top(self, matrix: np.ndarray, source, leaves: np.ndarray | None):
-        """The chosen reasons as flat arrays: per row how many, then for each its feature
-        index, value and contribution (rows in order, each row's largest first)."""
+    def _top(self, matrix: np.ndarray, source, leaves: np.ndarray | None) -> _Chosen:
+        """The chosen reasons as flat arrays (rows in order, each row's largest first)."""
         if leaves is None:
             leaves = self.predictor.leaves(matrix)
         contribution = self.contributions(matrix, leaves)
@@ -346,34 +381,32 @@ class Reasoner:
         keep = chosen > 0.0  # sorted: the pushes up come first, the rest is dropped
         rows, slots = np.nonzero(keep)
         features = order[rows, slots]
-        sizes = chosen[rows, slots]
         n_numeric = len(self.predictor.numeric)
         numeric = features < n_numeric
-        values: list = matrix[rows, np.where(numeric, features, 0)].tolist()
+        numbers = matrix[rows, np.where(numeric, features, 0)]
+        categories: dict[int, object] = {}
         if not numeric.all():
+            numbers = np.where(numeric, numbers, np.nan)
             categorical = self.predictor.categorical
             if isinstance(source, pl.DataFrame):
                 columns = [source[name].to_list() for name in categorical]
             else:
                 columns = [[r[name] for r in source] for name in categorical]
             for i in np.flatnonzero(~numeric).tolist():
-                values[i] = columns[features[i] - n_numeric][rows[i]]
-        return keep.sum(axis=1), features.tolist(), values, sizes.tolist()
+                categories[i] = columns[features[i] - n_numeric][rows[i]]
+        return _Chosen(keep.sum(axis=1), features, numbers, chosen[rows, slots], categories)
 
-    def _texts(self, features: list[int], values: list) -> list[str]:
-        caches, texts = self._text_cache, []
-        append = texts.append
-        for j, value in zip(features, values, strict=True):
-            if value != value:  # NaN, a missing number: one key for all of them
-                value = None
-            cache = caches[j]
-            text = cache.get(value)
-            if text is None:
-                if len(cache) > 20_000:  # values that hardly repeat (means, amounts)
-                    cache.clear()
-                text = cache[value] = self._text(j, value)
-            append(text)
-        return texts
+    def _text_of(self, j: int, value: float | str | None) -> str:
+        """The sentence of feature `j` at `value`, cached per feature."""
+        if value != value:  # NaN, a missing number: one key for all of them
+            value = None
+        cache = self._text_cache[j]
+        text = cache.get(value)
+        if text is None:
+            if len(cache) > 20_000:  # values that hardly repeat (means, amounts)
+                cache.clear()
+            text = cache[value] = self._text(j, value)
+        return text
 
     @functools.cached_property
     def _text_cache(self) -> list[dict]:
@@ -387,40 +420,39 @@ class Reasoner:
         text = f"{label}: {_shown(value, column)}"
         return text if typical is None else f"{text} (typical {_shown(typical, column)})"
 
-    def _numbers(self, features: list[int], values: list) -> tuple[list, list]:
-        """The `value` and `typical` fields: numbers (null: missing, or a category)."""
-        categorical = self._categorical
-        out_values = [
-            None if categorical[j] or v != v else v for j, v in zip(features, values, strict=True)
-        ]
-        typical = self._typical_numbers
-        return out_values, [typical[j] for j in features]
+    @functools.cached_property
+    def _typical_numbers(self) -> np.ndarray:
+        """Per explained feature its typical number (NaN: none, or a category)."""
+        return np.array(
+            [
+                np.nan if column.categorical or t is None else float(t)
+                for column, t in zip(self.columns, self.typical, strict=True)
+            ],
+            dtype=np.float64,
+        )
 
     @functools.cached_property
-    def _categorical(self) -> list[bool]:
-        return [column.categorical for column in self.columns]
+    def _names(self) -> pa.Array:
+        return pa.array(self.features, pa.string())
 
-    @functools.cached_property
-    def _typical_numbers(self) -> list[float | None]:
-        return [
-            None if column.categorical or t is None else float(t)
-            for column, t in zip(self.columns, self.typical, strict=True)
-        ]
-
-    def _dicts(self, counts, features, values, sizes) -> list[list[dict]]:
-        texts = self._texts(features, values)
-        numbers, typical = self._numbers(features, values)
+    def _dicts(self, chosen: _Chosen) -> list[list[dict]]:
+        """A few rows' reasons as dicts (the streaming scorer's messages)."""
+        features = chosen.features.tolist()
+        numbers = chosen.numbers.tolist()
+        values = [chosen.categories.get(i, v) for i, v in enumerate(numbers)]
+        typical = self._typical_numbers[chosen.features].tolist()
+        sizes = chosen.sizes.tolist()
         names = self.features
         out: list[list[dict]] = []
         at = 0
-        for count in counts.tolist():
+        for count in chosen.counts.tolist():
             out.append(
                 [
                     {
                         "feature": names[features[i]],
-                        "text": texts[i],
-                        "value": numbers[i],
-                        "typical": typical[i],
+                        "text": self._text_of(features[i], values[i]),
+                        "value": None if numbers[i] != numbers[i] else numbers[i],
+                        "typical": None if typical[i] != typical[i] else typical[i],
                         "contribution": sizes[i],
                     }
                     for i in range(at, at + count)
@@ -429,23 +461,53 @@ class Reasoner:
             at += count
         return out
 
-    def _arrow(self, counts, features, values, sizes) -> pa.Array:
-        texts = self._texts(features, values)
-        numbers, typical = self._numbers(features, values)
-        names = np.asarray(self.features, dtype=object)
+    def _arrow(self, chosen: _Chosen) -> pa.Array:
+        """Many rows' reasons as an Arrow list array (`REASONS_ARROW`), built column by
+        column: each distinct (feature, value) is put in words once."""
+        features, numbers = chosen.features, chosen.numbers
+        typical = self._typical_numbers[features]
         items = pa.StructArray.from_arrays(
             [
-                pa.array(names[np.asarray(features, dtype=np.int64)], pa.string()),
-                pa.array(texts, pa.string()),
-                pa.array(numbers, pa.float64()),
-                pa.array(typical, pa.float64()),
-                pa.array(sizes, pa.float64()),
+                self._names.take(pa.array(features)),
+                self._texts(chosen),
+                pa.array(numbers, pa.float64(), mask=np.isnan(numbers)),
+                pa.array(typical, pa.float64(), mask=np.isnan(typical)),
+                pa.array(chosen.sizes, pa.float64()),
             ],
             fields=list(REASONS_ARROW.value_type),
         )
-        offsets = np.zeros(len(counts) + 1, dtype=np.int32)
-        np.cumsum(counts, out=offsets[1:])
+        offsets = np.zeros(len(chosen.counts) + 1, dtype=np.int32)
+        np.cumsum(chosen.counts, out=offsets[1:])
         return pa.ListArray.from_arrays(pa.array(offsets), items, type=REASONS_ARROW)
+
+    def _texts(self, chosen: _Chosen) -> pa.Array:
+        features, numbers = chosen.features, chosen.numbers
+        ids = np.empty(len(features), dtype=np.int64)
+        words: list[str] = []
+        order = np.argsort(features, kind="stable")
+        bounds = np.flatnonzero(np.diff(features[order])) + 1
+        for group in np.split(order, bounds) if len(order) else []:
+            j = int(features[group[0]])
+            if j >= len(self.predictor.numeric):  # a category: its values from `categories`
+                distinct: dict = {}
+                at = [distinct.setdefault(chosen.categories[i], len(distinct)) for i in group]
+                values, inverse = list(distinct), np.asarray(at, dtype=np.int64)
+            else:
+                unique, inverse = np.unique(numbers[group], return_inverse=True)
+                values = unique.tolist()
+            ids[group] = len(words) + inverse.ravel()
+            words += [self._text_of(j, value) for value in values]
+        return pa.array(words, pa.string()).take(pa.array(ids))
+
+
+class _Chosen(NamedTuple):
+    """Reasons chosen for a batch, one entry per reason, rows in order."""
+
+    counts: np.ndarray  # per row: how many reasons
+    features: np.ndarray  # the explained feature (index into `Reasoner.features`)
+    numbers: np.ndarray  # its value (NaN: missing, or a category)
+    sizes: np.ndarray  # its contribution
+    categories: dict[int, object]  # a category's value, by the reason's position
 
 
 def _shown(value: float | str | None, column: FeatureColumn) -> str:

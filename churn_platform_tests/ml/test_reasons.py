@@ -219,3 +219,19 @@ def test_a_big_batch_gets_the_same_leaves_probabilities_and_reasons(
     probabilities, reasons = reasoner.score_table(trained_model.split.holdout)
     np.testing.assert_array_equal(probabilities, expected)
     assert pl.Series(reasons).to_list()[:20] == reasoner.reasons(matrix[:20], holdout.head(20))
+
+
+def test_scipys_public_product_gives_the_same_contributions(reasoner, holdout, monkeypatch):
+    """`_add_moves` asks scipy's compiled product directly; where a scipy has other
+    internals it falls back to the public `@`, with the same floats."""
+    from scipy.sparse import _sparsetools
+
+    matrix = reasoner.predictor.matrix(holdout)
+    direct = reasoner.contributions(matrix)
+
+    def changed(*args):
+        raise TypeError("csr_matmat() takes other arguments in this scipy")
+
+    monkeypatch.setattr(_sparsetools, "csr_matmat", changed)
+    np.testing.assert_array_equal(reasoner.contributions(matrix), direct)
+    assert np.count_nonzero(direct) > direct.shape[0]
