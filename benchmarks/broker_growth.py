@@ -19,12 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
+
+from common import result_header
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -109,14 +109,7 @@ def main() -> None:
     steps = bench(args)
     first = steps[0]["round_trip_p50_ms"]
     body = {
-        "benchmark": "broker_growth",
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}  cores={os.cpu_count()}",
-        "note": args.note,
-        "load_average_1_5_15": {
-            "start": [round(x, 2) for x in load_before],
-            "end": [round(x, 2) for x in os.getloadavg()],
-        },
+        **result_header("broker_growth", args.note, load_before),
         "parameters": vars(args),
         "steps": steps,
         "p50_over_the_empty_partitions": [round(s["round_trip_p50_ms"] / first, 2) for s in steps],

@@ -2,8 +2,26 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import time
 import uuid
+from datetime import UTC, datetime
+
+
+def result_header(benchmark: str, note: str, load_before: tuple[float, ...]) -> dict:
+    """What every results file opens with: which benchmark, when, on what, the note,
+    and the load average at the start (`load_before`, `os.getloadavg()`) and now."""
+    return {
+        "benchmark": benchmark,
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}  cores={os.cpu_count()}",
+        "note": note,
+        "load_average_1_5_15": {
+            "start": [round(x, 2) for x in load_before],
+            "end": [round(x, 2) for x in os.getloadavg()],
+        },
+    }
 
 
 def raw_consume(

@@ -51,6 +51,8 @@ import time
 from datetime import UTC, date, datetime
 from pathlib import Path
 
+from common import result_header
+
 RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parent.parent
 END = datetime(2026, 6, 30, 12, tzinfo=UTC)  # fixed, so lakes are reproducible
@@ -537,16 +539,10 @@ def main() -> None:
     import sklearn
     from threadpoolctl import threadpool_info
 
+    header = result_header("model", args.note, load_before)
+    header["load_average_1_5_15"]["1m_before_each_step"] = LOADS
     body = {
-        "benchmark": "model",
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}  cores={os.cpu_count()}",
-        "note": args.note,
-        "load_average_1_5_15": {
-            "start": [round(x, 2) for x in load_before],
-            "end": [round(x, 2) for x in os.getloadavg()],
-            "1m_before_each_step": LOADS,
-        },
+        **header,
         "versions": {
             "python": platform.python_version(),
             "scikit-learn": sklearn.__version__,

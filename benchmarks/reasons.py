@@ -30,13 +30,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+
+from common import result_header
 
 RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parent.parent
@@ -224,14 +225,7 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     body = {
-        "benchmark": "reasons",
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}  cores={os.cpu_count()}",
-        "note": args.note,
-        "load_average_1_5_15": {
-            "start": [round(x, 2) for x in load_before],
-            "end": [round(x, 2) for x in os.getloadavg()],
-        },
+        **result_header("reasons", args.note, load_before),
         "parameters": vars(args),
         **result,
     }

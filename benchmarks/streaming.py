@@ -71,7 +71,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
-from common import raw_consume
+from common import raw_consume, result_header
 
 RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parent.parent
@@ -887,14 +887,7 @@ def main() -> None:
     import sklearn
 
     body = {
-        "benchmark": "streaming",
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}  cores={os.cpu_count()}",
-        "note": args.note,
-        "load_average_1_5_15": {
-            "start": [round(x, 2) for x in load_before],
-            "end": [round(x, 2) for x in os.getloadavg()],
-        },
+        **result_header("streaming", args.note, load_before),
         "versions": {
             "python": platform.python_version(),
             "confluent-kafka": confluent_kafka.version()[0],
