@@ -8,14 +8,11 @@ means about one customer in five churns.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
 import polars as pl
-from scipy.special import expit
 from sklearn.calibration import CalibratedClassifierCV, _SigmoidCalibration
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier
@@ -26,6 +23,17 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from churn_platform.features.definitions import FeatureSpec
+from churn_platform.ml.flat import (  # noqa: F401 (the arithmetic's home; re-exported)
+    WALK_ROWS,
+    FlatTrees,
+    Sigmoid,
+    SmallBatchPredictor,
+    _tree_walker,
+    arrays_bytes,
+    flat_trees,
+    predictor_arrays,
+    predictor_from_bytes,
+)
 from churn_platform.ml.frame import categorical_features, numeric_features
 
 ModelKind = Literal["gradient_boosting", "logistic_regression"]
@@ -110,9 +118,6 @@ def positive_probability(estimator, x: pl.DataFrame) -> np.ndarray:
     return estimator.predict_proba(x)[:, 1]
 
 
-WALK_ROWS = 1024  # rows up to which small_batch_predictor walks all trees at once
-
-
 def small_batch_predictor(estimator, features: Sequence[str]) -> SmallBatchPredictor | None:
     """P(churned) of `model_input` rows, without scikit-learn's per-call overhead; or None.
 
@@ -171,230 +176,49 @@ def small_batch_predictor(estimator, features: Sequence[str]) -> SmallBatchPredi
     if walker is None:
         return None
     categories = [np.asarray(c, dtype=object)[None, :] for c in encoder.categories_]
-    return SmallBatchPredictor(
-        numeric, categorical, categories, walker, classifier, calibrated.calibrators[0]
-    )
+    calibrator = calibrated.calibrators[0]
+    if type(calibrator) is _SigmoidCalibration:
+        calibrator = Sigmoid(float(calibrator.a_), float(calibrator.b_))
+    return SmallBatchPredictor(numeric, categorical, categories, walker, classifier, calibrator)
 
 
-@dataclass(frozen=True, eq=False)
-class SmallBatchPredictor:
-    """`small_batch_predictor`'s arithmetic: called with `model_input` rows as a frame, or
-    with `rows()` as dicts (`ml.frame.input_rows`), which skips the frame altogether."""
-
-    numeric: list[str]
-    categorical: list[str]
-    categories: list[np.ndarray]
-    trees: Callable[[np.ndarray], np.ndarray]
-    classifier: HistGradientBoostingClassifier
-    calibrator: object
-
-    def __call__(self, x: pl.DataFrame) -> np.ndarray:
-        return self.probability(self.matrix(x))
-
-    def rows(self, rows: Sequence[Mapping]) -> np.ndarray:
-        """P(churned) of rows given as dicts of `input_rows` (None: missing)."""
-        return self.probability(self.matrix_rows(rows))
-
-    def matrix(self, x: pl.DataFrame) -> np.ndarray:
-        """The classifier's input for `model_input` rows: numbers, then one-hot categories."""
-        parts = [x.select(self.numeric).to_numpy().astype(np.float64, copy=False)]
-        for name, fitted in zip(self.categorical, self.categories, strict=True):
-            values = x[name].to_numpy().astype(object)[:, None]
-            parts.append((values == fitted).astype(np.float64))
-        return np.hstack(parts)
-
-    def matrix_rows(self, rows: Sequence[Mapping]) -> np.ndarray:
-        """`matrix` of rows given as dicts of `input_rows`."""
-        nan = float("nan")
-        parts = [
-            np.array(
-                [[nan if (v := r[name]) is None else v for name in self.numeric] for r in rows],
-                dtype=np.float64,
-            ).reshape(len(rows), len(self.numeric))
-        ]
-        for name, fitted in zip(self.categorical, self.categories, strict=True):
-            values = np.empty((len(rows), 1), dtype=object)
-            values[:, 0] = [r[name] for r in rows]
-            parts.append((values == fitted).astype(np.float64))
-        return np.hstack(parts)
-
-    def column_features(self) -> list[str]:
-        """The model feature each column of `matrix` comes from (a category's one-hot
-        columns all come from it)."""
-        out = list(self.numeric)
-        for name, fitted in zip(self.categorical, self.categories, strict=True):
-            out += [name] * fitted.shape[1]
-        return out
-
-    def leaves(self, matrix: np.ndarray) -> np.ndarray | None:
-        """rows × trees: the leaf (global node id, `FlatTrees`) each row reaches in each
-        tree, to hand to `probability` and the reasons alike; None without flat trees.
-
-        Up to `WALK_ROWS` rows numpy walks every tree at once; beyond, scikit-learn's
-        compiled loop runs one tree at a time with each leaf's value replaced by its
-        node id (exact in a float64), which costs what `decision_function` does.
-        """
-        if not isinstance(self.trees, _Walker):
-            return None
-        flat = self.trees.flat
-        if len(matrix) <= WALK_ROWS:
-            return flat.leaves(matrix)
-        if matrix.ndim != 2 or matrix.shape[1] != flat.n_features:
-            raise ValueError(f"expected {flat.n_features} columns, got shape {matrix.shape}")
-        from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
-
-        known, f_idx_map = self.classifier._bin_mapper.make_known_categories_bitsets()
-        threads = _openmp_effective_n_threads()
-        x = np.ascontiguousarray(matrix, dtype=np.float64)
-        out = np.empty((len(self._leaf_predictors), len(x)), dtype=np.int32)
-        for t, predictor in enumerate(self._leaf_predictors):
-            out[t] = predictor.predict(x, known, f_idx_map, threads)
-        return out.T  # a view: `margin` reads it by tree as it was written
-
-    @functools.cached_property
-    def _leaf_predictors(self) -> list:
-        from sklearn.ensemble._hist_gradient_boosting.predictor import TreePredictor
-
-        roots = self.trees.flat.roots
-        predictors = []
-        for t, (predictor,) in enumerate(self.classifier._predictors):
-            nodes = predictor.nodes.copy()
-            nodes["value"] = roots[t] + np.arange(len(nodes))
-            predictors.append(
-                TreePredictor(
-                    nodes, predictor.binned_left_cat_bitsets, predictor.raw_left_cat_bitsets
-                )
-            )
-        return predictors
-
-    def probability(self, matrix: np.ndarray, leaves: np.ndarray | None = None) -> np.ndarray:
-        """P(churned) of a `matrix` (`leaves`: its `leaves()`, if already found)."""
-        # the walk holds (rows × trees) indices: scikit-learn's own loop for big batches
-        if leaves is not None and isinstance(self.trees, _Walker):
-            raw = self.trees.flat.margin(leaves)
-        elif len(matrix) <= WALK_ROWS:
-            raw = self.trees(matrix)
-        else:
-            raw = self.classifier.decision_function(matrix)
-        calibrator = self.calibrator
-        if type(calibrator) is _SigmoidCalibration:
-            # its predict(), without the input checks that cost more than the arithmetic
-            probability = expit(-(calibrator.a_ * raw + calibrator.b_))
-        else:
-            probability = calibrator.predict(raw)
-        # as CalibratedClassifierCV: a hair above 1 is 1
-        probability[(probability > 1.0) & (probability <= 1.0 + 1e-5)] = 1.0
-        return probability
+PROBE_ROWS = 512
 
 
-@dataclass(frozen=True, eq=False)
-class FlatTrees:
-    """The nodes of every tree of a binary boosting in flat arrays (node ids are global).
+def served_arrays(estimator, features: Sequence[str], seed: int = 0) -> bytes | None:
+    """`estimator` as served arrays (`flat.predictor_arrays`), or None when it has no such form.
 
-    Leaves point at themselves, so `depth` steps from the roots reach every
-    row's leaf in every tree. `count` is the training rows that reached a node.
+    Checked before it is returned: the rebuilt predictor must give `predict_proba`'s
+    probabilities bit for bit on `PROBE_ROWS` seeded rows made to reach every side
+    of the trees' splits (each threshold, just above it, missing values, every
+    category and an unknown one).
     """
-
-    roots: np.ndarray
-    left: np.ndarray
-    right: np.ndarray
-    feature: np.ndarray  # a leaf's is 0 (never read: a leaf's step stays put)
-    threshold: np.ndarray
-    missing_left: np.ndarray
-    value: np.ndarray
-    count: np.ndarray
-    leaf: np.ndarray
-    node_depth: np.ndarray
-    depth: int
-    baseline: float
-    n_features: int
-
-    def leaves(self, x: np.ndarray) -> np.ndarray:
-        """rows × trees: the (global) node id of the leaf each row of `x` reaches in each tree.
-
-        Every node's decision for every row at once (a few thousand nodes), then
-        `depth` steps that only look decisions up, with scikit-learn's rule (NaN goes
-        the node's missing side, else left when value <= threshold).
-        """
-        if x.ndim != 2 or x.shape[1] != self.n_features:
-            raise ValueError(f"expected {self.n_features} columns, got shape {x.shape}")
-        x = np.ascontiguousarray(x, dtype=np.float64)
-        values = x[:, self.feature]
-        go_left = np.where(np.isnan(values), self.missing_left, values <= self.threshold)
-        flat = go_left.ravel()
-        at = np.broadcast_to(self.roots, (x.shape[0], len(self.roots))).copy()
-        row_start = (np.arange(x.shape[0]) * len(self.feature))[:, None]
-        left, right = self.left, self.right
-        for _ in range(self.depth):
-            at = np.where(flat[row_start + at], left[at], right[at])
-        return at
-
-    def margin(self, leaves: np.ndarray) -> np.ndarray:
-        """`decision_function` from `leaves`: leaf values added tree by tree after the
-        baseline, in scikit-learn's order, so the sums are the same floats."""
-        if len(leaves) > 1024:  # many rows: one vector add per tree (same order, same floats)
-            margin = np.full(len(leaves), 0.0 + self.baseline)
-            columns = np.ascontiguousarray(leaves.T)
-            for tree in columns:
-                margin += self.value[tree]
-            return margin
-        values = self.value[leaves]
-        raw = np.empty((values.shape[0], values.shape[1] + 1))
-        raw[:, 0] = 0.0 + self.baseline
-        raw[:, 1:] = values
-        return np.cumsum(raw, axis=1)[:, -1]  # sequential: baseline + tree 1 + tree 2 + ...
-
-
-def flat_trees(classifier: HistGradientBoostingClassifier) -> FlatTrees | None:
-    """`classifier`'s trees as `FlatTrees`; None for anything but numeric splits of a binary
-    boosting without a preprocessor."""
-    if getattr(classifier, "n_trees_per_iteration_", None) != 1:
+    predictor = small_batch_predictor(estimator, features)
+    arrays = predictor_arrays(predictor) if predictor is not None else None
+    if arrays is None:
         return None
-    if getattr(classifier, "_preprocessor", None) is not None:
+    data = arrays_bytes(arrays)
+    probe = _probe(predictor, list(features), seed)
+    rebuilt = predictor_from_bytes(data)
+    if not np.array_equal(rebuilt(probe), positive_probability(estimator, probe)):
         return None
-    if getattr(classifier, "is_categorical_", None) is not None:
-        return None
-    predictors = [iteration[0] for iteration in classifier._predictors]
-    if not predictors:
-        return None
-    offsets = np.cumsum([0] + [len(p.nodes) for p in predictors[:-1]])
-    nodes = np.concatenate([p.nodes for p in predictors])
-    if nodes["is_categorical"].any():
-        return None
-    base = np.repeat(offsets, [len(p.nodes) for p in predictors])
-    leaf = nodes["is_leaf"].astype(bool)
-    own = np.arange(len(nodes))
-    return FlatTrees(
-        roots=offsets.astype(np.int64),
-        left=np.where(leaf, own, nodes["left"].astype(np.int64) + base),
-        right=np.where(leaf, own, nodes["right"].astype(np.int64) + base),
-        feature=np.where(leaf, 0, nodes["feature_idx"].astype(np.int64)),
-        threshold=nodes["num_threshold"].astype(np.float64),
-        missing_left=nodes["missing_go_to_left"].astype(bool),
-        value=nodes["value"].astype(np.float64),
-        count=nodes["count"].astype(np.float64),
-        leaf=leaf,
-        node_depth=nodes["depth"].astype(np.int64),
-        depth=int(nodes["depth"].max()),
-        baseline=float(np.asarray(classifier._baseline_prediction).ravel()[0]),
-        n_features=int(classifier.n_features_in_),
-    )
+    return data
 
 
-def _tree_walker(
-    classifier: HistGradientBoostingClassifier,
-) -> Callable[[np.ndarray], np.ndarray] | None:
-    """The binary boosting's `decision_function` for a numeric matrix, all trees at once
-    (`FlatTrees.leaves`, then `FlatTrees.margin`). None where `flat_trees` is."""
-    trees = flat_trees(classifier)
-    if trees is None:
-        return None
-    return _Walker(trees)
-
-
-@dataclass(frozen=True, eq=False)
-class _Walker:
-    flat: FlatTrees
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.flat.margin(self.flat.leaves(x))
+def _probe(predictor: SmallBatchPredictor, features: list[str], seed: int) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    flat = predictor.flat
+    split = ~flat.leaf
+    columns: dict[str, pl.Series] = {}
+    for j, name in enumerate(predictor.numeric):
+        cuts = flat.threshold[split & (flat.feature == j)]
+        if not len(cuts):
+            cuts = np.array([0.0])
+        values = rng.choice(cuts, PROBE_ROWS)
+        values = np.where(rng.random(PROBE_ROWS) < 0.5, np.nextafter(values, np.inf), values)
+        values[rng.random(PROBE_ROWS) < 0.1] = np.nan
+        columns[name] = pl.Series(name, values, dtype=pl.Float64)
+    for name, fitted in zip(predictor.categorical, predictor.categories, strict=True):
+        choices = [*fitted.ravel().tolist(), "(a category it never saw)"]
+        columns[name] = pl.Series(name, rng.choice(np.array(choices, dtype=object), PROBE_ROWS))
+    return pl.DataFrame([columns[name] for name in features])

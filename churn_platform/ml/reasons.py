@@ -41,7 +41,7 @@ from churn_platform.features.definitions import FeatureColumn, FeatureSpec, Kind
 from churn_platform.lake import tables
 
 if TYPE_CHECKING:  # scikit-learn loads with a model, not with this module
-    from churn_platform.ml.estimators import FlatTrees, SmallBatchPredictor
+    from churn_platform.ml.flat import FlatTrees, SmallBatchPredictor
     from churn_platform.ml.registry import LoadedModel
 
 TOP_REASONS = 3
@@ -254,10 +254,16 @@ class Reasoner:
         predictor: SmallBatchPredictor | None = None,
         top: int = TOP_REASONS,
     ) -> Reasoner | None:
-        """The reasoner of a registry model (typical values from its training record)."""
+        """The reasoner of a registry model (typical values from its training record).
+
+        Without `predictor`, the model's own for small tables (its served arrays, where
+        it has them: no scikit-learn import)."""
         stored = (model.record.training.get(TYPICAL_KEY) or {}).get("values") or {}
+        predictor = predictor or model.predictor_for(0)
+        if predictor is None:
+            return None
         return cls.build(
-            model.estimator,
+            None,
             model.features,
             model.record.spec,
             stored,
@@ -278,12 +284,13 @@ class Reasoner:
     ) -> Reasoner | None:
         """The reasoner of a calibrated boosting pipeline over `features`; None when its
         shape is not one `estimators.small_batch_predictor` knows (nothing to walk)."""
-        from churn_platform.ml.estimators import flat_trees, small_batch_predictor
+        if predictor is None:
+            from churn_platform.ml.estimators import small_batch_predictor
 
-        predictor = predictor or small_batch_predictor(estimator, features)
+            predictor = small_batch_predictor(estimator, features)
         if predictor is None:
             return None
-        trees = flat_trees(predictor.classifier)
+        trees = predictor.flat
         if trees is None:
             return None
         explained = [*predictor.numeric, *predictor.categorical]

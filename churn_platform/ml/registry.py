@@ -4,6 +4,8 @@ Layout::
 
     models/churn/<version>/model.skops      the model that serves (skops, not pickle): the
                                             candidate refitted on every labelled date
+    models/churn/<version>/model.npz        the same model as plain arrays (`ml.flat`), when
+                                            it has that form: scoring without scikit-learn
     models/churn/<version>/evaluated.skops  the candidate as evaluated (train dates only; optional)
     models/churn/<version>/baseline.skops   the logistic baseline it was compared with (optional)
     models/churn/<version>/metrics.json     evaluation metrics
@@ -31,13 +33,15 @@ any other type is refused (`UntrustedModel`) before anything in it is built.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 import numpy as np
@@ -50,6 +54,9 @@ from churn_platform.ml.frame import model_input
 from churn_platform.ml.gate import GateDecision
 from churn_platform.ml.metrics import EvaluationMetrics
 
+if TYPE_CHECKING:
+    from churn_platform.ml.flat import SmallBatchPredictor
+
 MODELS_DIR = "models/churn"
 CHAMPION_FILE = f"{MODELS_DIR}/champion.json"
 PROMOTIONS_FILE = f"{MODELS_DIR}/promotions.jsonl"
@@ -61,6 +68,12 @@ MODEL_FILES = {
 }
 ModelFile = Literal["model", "evaluated", "baseline"]
 MANIFEST_FORMAT = 1
+# the served model as arrays (`flat.predictor_arrays`), written when it has that form
+MODEL_ARRAYS_FILE = "model.npz"
+# Up to this many rows the arrays score (numpy walks the trees, ~35 µs a row); beyond,
+# scikit-learn's compiled loop (~9 µs a row) repays the 2-4 s of importing it and skops
+# (docs/benchmarks.md, Freshness).
+ARRAYS_UP_TO_ROWS = 100_000
 
 # Types a stored model may contain beyond skops' defaults. Found by fitting both
 # pipelines of `estimators.build_estimator`, with and without `estimators.calibrate`
@@ -190,22 +203,47 @@ class ModelRecord:
         return FeatureSpec.from_dict(body) if body else None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LoadedModel:
-    """A version's estimator with the feature list it must be fed, in order."""
+    """A version's model with the feature list it must be fed, in order.
+
+    `predictor` is the version's served arrays (None without `model.npz`): scoring
+    up to `ARRAYS_UP_TO_ROWS` rows with it imports neither scikit-learn nor skops.
+    `estimator`, the scikit-learn object, is built by `build_estimator` when first
+    asked for (at once unless the model was loaded with `lazy_estimator`).
+    """
 
     version: str
-    estimator: object
     features: list[str]
     record: ModelRecord
+    build_estimator: Callable[[], object] = field(repr=False)
+    predictor: SmallBatchPredictor | None = None
+
+    @functools.cached_property
+    def estimator(self) -> object:
+        return self.build_estimator()
+
+    def predictor_for(self, rows: int) -> SmallBatchPredictor | None:
+        """What scores `rows` rows: the arrays, else `estimators.small_batch_predictor` of the
+        estimator (None for a shape it does not know: use `predict_proba`)."""
+        if self.predictor is not None and rows <= ARRAYS_UP_TO_ROWS:
+            return self.predictor
+        return self._estimator_predictor
+
+    @functools.cached_property
+    def _estimator_predictor(self) -> SmallBatchPredictor | None:
+        from churn_platform.ml.estimators import small_batch_predictor
+
+        return small_batch_predictor(self.estimator, self.features)
 
     def predict_proba(self, table: pl.DataFrame) -> np.ndarray:
         """P(churned) for each row of `table` (a feature table; extra columns are ignored)."""
+        x = model_input(table, self.features, self.record.spec)
+        if self.predictor is not None and table.height <= ARRAYS_UP_TO_ROWS:
+            return self.predictor(x)
         from churn_platform.ml.estimators import positive_probability
 
-        return positive_probability(
-            self.estimator, model_input(table, self.features, self.record.spec)
-        )
+        return positive_probability(self.estimator, x)
 
 
 def save_model(
@@ -239,6 +277,11 @@ def save_model(
     gate = _checked_gate(gate)
     created_at = _utc(now).isoformat(timespec="seconds")
     files = {MODEL_FILES["model"]: _dump(lake, f"{base}/{MODEL_FILES['model']}", estimator)}
+    from churn_platform.ml.estimators import served_arrays
+
+    arrays = served_arrays(estimator, features)
+    if arrays is not None:
+        files[MODEL_ARRAYS_FILE] = arrays
     for which, extra in (("evaluated", evaluated), ("baseline", baseline)):
         if extra is not None:
             path = f"{base}/{MODEL_FILES[which]}"
@@ -267,13 +310,19 @@ def read_record(lake: Lake, version: str) -> ModelRecord:
     return _record(lake, version, _manifest(lake, version))
 
 
-def load_model(lake: Lake, version: str, *, which: ModelFile = "model") -> LoadedModel:
+def load_model(
+    lake: Lake, version: str, *, which: ModelFile = "model", lazy_estimator: bool = False
+) -> LoadedModel:
     """`version`'s served model (or its evaluated candidate or baseline), checked and built
     only from trusted types.
 
     Order matters: the checksum first (a damaged file is ModelCorrupt, not a
     confusing skops error), then the type check of the file's whole schema,
     before anything in it is constructed, so an untrusted object never is.
+    The served model's arrays (`model.npz`), when it has them, are checked against
+    the manifest too. `lazy_estimator`: where the arrays are, build the skops
+    object only when it is first used (scoring up to `ARRAYS_UP_TO_ROWS` rows never
+    does, and never imports scikit-learn); its bytes are checked now all the same.
     """
     if which not in MODEL_FILES:
         raise ValueError(f"which must be one of {', '.join(MODEL_FILES)}, not {which!r}")
@@ -285,11 +334,35 @@ def load_model(lake: Lake, version: str, *, which: ModelFile = "model") -> Loade
             f"model version {version} has no {which} ({lake.url(path)} is not in its manifest)"
         )
     data = _verified_bytes(lake, path, manifest["files"][name])
-    estimator = _load_trusted(lake, path, data)
+    predictor = None
+    if which == "model" and MODEL_ARRAYS_FILE in manifest["files"]:
+        predictor = _load_arrays(lake, version, manifest["files"][MODEL_ARRAYS_FILE])
+    build = functools.partial(_load_trusted, lake, path, data)
+    if predictor is None or not lazy_estimator:
+        estimator = build()
+        build = functools.partial(_same, estimator)
     record = _record(lake, version, manifest)
     return LoadedModel(
-        version=version, estimator=estimator, features=record.features, record=record
+        version=version,
+        features=record.features,
+        record=record,
+        build_estimator=build,
+        predictor=predictor,
     )
+
+
+def _same(value: object) -> object:
+    return value
+
+
+def _load_arrays(lake: Lake, version: str, entry: dict) -> SmallBatchPredictor:
+    from churn_platform.ml.flat import ArraysError, predictor_from_bytes
+
+    path = f"{version_dir(version)}/{MODEL_ARRAYS_FILE}"
+    try:
+        return predictor_from_bytes(_verified_bytes(lake, path, entry))
+    except ArraysError as exc:
+        raise ModelCorrupt(f"{lake.url(path)} cannot be read as served arrays: {exc}") from exc
 
 
 def load_evaluated(lake: Lake, version: str) -> LoadedModel:
@@ -331,8 +404,8 @@ def read_champion(lake: Lake) -> Champion | None:
     return _champion(lake, CHAMPION_FILE, _parse_json(lake, CHAMPION_FILE, raw))
 
 
-def load_champion(lake: Lake) -> LoadedModel:
-    """The model that serves now."""
+def load_champion(lake: Lake, *, lazy_estimator: bool = False) -> LoadedModel:
+    """The model that serves now (`lazy_estimator`: as `load_model`'s)."""
     champion = read_champion(lake)
     if champion is None:
         raise ModelMissing(
@@ -340,7 +413,7 @@ def load_champion(lake: Lake) -> LoadedModel:
             "materialize churn_model and churn_champion to train and promote one"
         )
     try:
-        return load_model(lake, champion.version)
+        return load_model(lake, champion.version, lazy_estimator=lazy_estimator)
     except ModelMissing as exc:
         raise ModelMissing(
             f"the champion in {lake.url(CHAMPION_FILE)} is version {champion.version}, "

@@ -65,7 +65,7 @@ from churn_platform.kafka.config import KafkaSettings
 from churn_platform.lake import tables
 from churn_platform.lake.store import Lake
 from churn_platform.ml import registry
-from churn_platform.ml.estimators import SmallBatchPredictor, small_batch_predictor
+from churn_platform.ml.flat import SmallBatchPredictor
 from churn_platform.ml.frame import input_rows, model_input
 from churn_platform.ml.reasons import Reasoner
 from churn_platform.ml.score import RiskBands, ScoreReason
@@ -229,7 +229,7 @@ class ChampionWatcher:
         model = registry.load_champion(self.lake)  # corrupt or untrusted: fails loudly
         self.spec = model.record.spec or FeatureSpec.from_columns(model.features)
         self.churn = model.record.churn
-        self._fast = small_batch_predictor(model.estimator, model.features)
+        self._fast = model.predictor_for(0)  # a micro-batch: the served arrays, if any
         self._fast_verified = False
         self.reasoner = Reasoner.of(model, self._fast) if self._fast is not None else None
         self.per_customer_features = True

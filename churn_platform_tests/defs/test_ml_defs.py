@@ -40,6 +40,7 @@ from churn_platform_tests.ml.ml_lake import copy_lake
 TRAINING_ASSETS = {"training_set", "churn_model", "churn_champion"}
 VERSION_FILES = {
     "model.skops",
+    "model.npz",  # the served model as arrays: scored without scikit-learn
     "evaluated.skops",
     "baseline.skops",
     "metrics.json",

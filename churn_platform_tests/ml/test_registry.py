@@ -18,6 +18,7 @@ from threadpoolctl import threadpool_limits
 
 from churn_platform.lake.store import Lake
 from churn_platform.ml import estimators, registry
+from churn_platform.ml.frame import model_input
 from churn_platform.ml.gate import GateDecision
 from churn_platform.ml.registry import (
     MODELS_DIR,
@@ -629,3 +630,120 @@ def test_gate_files_of_both_forms_read_as_a_decision(lake, candidate):
 def test_a_gate_that_does_not_say_whether_it_passed_is_refused(lake, candidate, gate):
     with pytest.raises(ValueError, match="passed"):
         _save(lake, registry.new_version(T0), candidate, gate=gate)
+
+
+# served arrays ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sigmoid_candidate():
+    """What training serves: the boosting with a sigmoid calibration (it has served arrays)."""
+    return _fit("gradient_boosting", "sigmoid")
+
+
+def test_a_sigmoid_boosting_is_saved_as_arrays_too_and_they_score_the_same(lake, sigmoid_candidate):
+    version = registry.new_version(T0)
+    _save(lake, version, sigmoid_candidate)
+    files = {path.rpartition("/")[2] for path in lake.list_files(f"{MODELS_DIR}/{version}")}
+    assert registry.MODEL_ARRAYS_FILE in files
+    loaded = registry.load_model(lake, version, lazy_estimator=True)
+    assert loaded.predictor is not None and loaded.predictor.classifier is None
+    # a few rows walk all trees at once; more than WALK_ROWS walk them in slices
+    for rows in (40, estimators.WALK_ROWS * 2 + 17):
+        table, _ = _table(rows, seed=rows)
+        expected = estimators.positive_probability(sigmoid_candidate, table.select(FEATURES))
+        np.testing.assert_array_equal(loaded.predict_proba(table), expected)
+
+
+def test_an_isotonic_calibration_has_no_arrays_and_scores_through_scikit_learn(lake, candidate):
+    version = registry.new_version(T0)
+    _save(lake, version, candidate)
+    loaded = registry.load_model(lake, version, lazy_estimator=True)
+    assert loaded.predictor is None
+    assert estimators.served_arrays(candidate, FEATURES) is None
+
+
+def test_scoring_from_arrays_imports_neither_scikit_learn_nor_skops(lake, sigmoid_candidate):
+    import subprocess
+    import sys
+
+    version = registry.new_version(T0)
+    _save(lake, version, sigmoid_candidate)
+    registry.promote(lake, version, reason="test", now=T0)
+    table, _ = _table(300, seed=11)
+    path = lake.path("table.parquet")
+    table.write_parquet(path)
+    expected = estimators.positive_probability(sigmoid_candidate, table.select(FEATURES))
+    np.save(lake.path("expected.npy"), expected)
+    script = f"""
+import sys
+import numpy as np
+import polars as pl
+from churn_platform.lake.store import Lake
+from churn_platform.ml import registry
+from churn_platform.ml.reasons import Reasoner
+model = registry.load_champion(Lake({lake.uri!r}), lazy_estimator=True)
+table = pl.read_parquet({path!r})
+np.testing.assert_array_equal(model.predict_proba(table), np.load({lake.path("expected.npy")!r}))
+assert Reasoner.of(model, model.predictor_for(table.height)) is not None
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("sklearn", "skops"))
+assert not loaded, loaded[:5]
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_the_estimator_of_a_lazy_load_is_built_once_when_first_used(
+    lake, sigmoid_candidate, monkeypatch
+):
+    version = registry.new_version(T0)
+    _save(lake, version, sigmoid_candidate)
+    built = []
+    real = registry._load_trusted
+    monkeypatch.setattr(
+        registry, "_load_trusted", lambda *args: built.append(args[1]) or real(*args)
+    )
+    loaded = registry.load_model(lake, version, lazy_estimator=True)
+    table, _ = _table(30, seed=5)
+    loaded.predict_proba(table)
+    assert built == []
+    assert loaded.estimator is loaded.estimator
+    assert built == [f"{MODELS_DIR}/{version}/model.skops"]
+    # without lazy_estimator it is built at once (and a damaged file is found at once)
+    registry.load_model(lake, version)
+    assert len(built) == 2
+
+
+def test_beyond_arrays_up_to_rows_scikit_learns_loop_scores_the_same(
+    lake, sigmoid_candidate, monkeypatch
+):
+    version = registry.new_version(T0)
+    _save(lake, version, sigmoid_candidate)
+    loaded = registry.load_model(lake, version, lazy_estimator=True)
+    monkeypatch.setattr(registry, "ARRAYS_UP_TO_ROWS", 100)
+    assert loaded.predictor_for(100) is loaded.predictor
+    big = loaded.predictor_for(101)
+    assert big is not None and big.classifier is not None
+    table, _ = _table(estimators.WALK_ROWS + 500, seed=8)
+    expected = estimators.positive_probability(sigmoid_candidate, table.select(FEATURES))
+    np.testing.assert_array_equal(loaded.predict_proba(table), expected)
+    x = model_input(table, FEATURES)
+    np.testing.assert_array_equal(big(x), loaded.predictor(x))
+
+
+@pytest.mark.parametrize("damage", ["garbage", "flip"])
+def test_damaged_arrays_are_corrupt(lake, sigmoid_candidate, damage):
+    version = registry.new_version(T0)
+    _save(lake, version, sigmoid_candidate)
+    path = f"{MODELS_DIR}/{version}/{registry.MODEL_ARRAYS_FILE}"
+    if damage == "garbage":  # with its manifest entry rewritten to match
+        _replace_file(lake, version, registry.MODEL_ARRAYS_FILE, b"PK\x03\x04 not arrays")
+        expected = "cannot be read as served arrays"
+    else:
+        data = bytearray(lake.read_bytes(path))
+        data[len(data) // 2] ^= 0xFF
+        lake.write_bytes(path, bytes(data))
+        expected = "does not match its manifest"
+    with pytest.raises(ModelCorrupt, match=expected) as caught:
+        registry.load_model(lake, version, lazy_estimator=True)
+    assert lake.url(path) in str(caught.value)

@@ -552,7 +552,8 @@ def build_scores_asset(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefi
         as_of = date.fromisoformat(context.partition_key)
         store = lake.lake()
         bands = RiskBands(cutoffs=tuple(config.risk_band_cutoffs))
-        model = registry.load_champion(store)
+        # its arrays score without importing scikit-learn and skops (seconds of every run)
+        model = registry.load_champion(store, lazy_estimator=True)
         version = tables.version(store, tables.FEATURES)  # the rows and their spec: one version
         spec, churn = read_feature_recorded(store, as_of, version)
         if not churn.same_population(model.record.churn):
@@ -564,7 +565,7 @@ def build_scores_asset(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefi
             )
         check_served_windows(model, spec, as_of)
         features = read_features(store, as_of, version=version)
-        reasoner = Reasoner.of(model)
+        reasoner = Reasoner.of(model, model.predictor_for(features.height))
         scores = score_table(
             model, features, as_of, bands, scored_at=datetime.now(UTC), reasoner=reasoner
         )
