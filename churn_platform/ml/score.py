@@ -347,24 +347,37 @@ def _check_scores(scores: pl.DataFrame) -> None:
 # --- Kafka -----------------------------------------------------------------------
 
 
+def scores_producer(settings: KafkaSettings) -> EventProducer:
+    """The producer `produce_scores` uses, for a caller to start early.
+
+    An idempotent producer spends its first ~0.5 s opening its session (its
+    producer id) before it sends anything; started before the scores are
+    computed, that overlaps them. Creating it asks the broker nothing, so an
+    unreachable broker still fails only when the scores are produced.
+    """
+    return EventProducer(settings, **SCORES_PRODUCER_CONFIG)
+
+
 def produce_scores(
     settings: KafkaSettings,
     scores: pl.DataFrame,
     topic: str = SCORES_TOPIC,
     chunk_rows: int = DEFAULT_PRODUCE_CHUNK_ROWS,
+    producer: EventProducer | None = None,
 ) -> int:
     """Publish one message per customer to `topic` (created if missing); returns the count.
 
     Key: the customer_id (UTF-8), so each customer's scores stay in order on
     one partition. Value: compact JSON (`ScoreMessage`), dates in ISO-8601 and
-    `scored_at` in UTC with a 'Z'. The producer is idempotent with acks=all;
-    raises `ProduceError` naming the topic unless every message was delivered.
+    `scored_at` in UTC with a 'Z'. The producer (`scores_producer`, or the one
+    given, which this closes) is idempotent with acks=all; raises `ProduceError`
+    naming the topic unless every message was delivered.
     """
     _check_scores(scores)
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
     ensure_topic(settings, topic)
-    producer = EventProducer(settings, **SCORES_PRODUCER_CONFIG)
+    producer = producer or scores_producer(settings)
     queued = 0
     try:
         with producer:

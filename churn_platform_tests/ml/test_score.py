@@ -31,6 +31,7 @@ from churn_platform.ml.score import (
     produce_scores,
     read_scores,
     score_table,
+    scores_producer,
     top_at_risk,
     top_at_risk_markdown,
     write_scores,
@@ -453,6 +454,19 @@ def test_produce_scores_checks_its_input_before_connecting(scores):
         produce_scores(unreachable, scores.drop("scored_at"))
     with pytest.raises(ValueError, match="chunk_rows"):
         produce_scores(unreachable, scores, chunk_rows=0)
+
+
+def test_a_producer_started_early_is_the_one_that_delivers_the_scores(
+    kafka_settings, topic, scores
+):
+    from churn_platform.kafka.config import KafkaSettings
+
+    # creating it asks the broker nothing: an unreachable one fails only at produce time
+    scores_producer(KafkaSettings("127.0.0.1:1"))
+    producer = scores_producer(kafka_settings)
+    assert produce_scores(kafka_settings, scores, topic=topic, producer=producer) == scores.height
+    assert producer.delivered == scores.height
+    assert len(read_all(kafka_settings, topic)) == scores.height
 
 
 def test_scores_topic_constant():

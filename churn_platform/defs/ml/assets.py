@@ -547,8 +547,10 @@ def build_scores_asset(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefi
         """Every customer active at the as-of date, scored by the champion, to the lake and Kafka."""
         from churn_platform.features.materialize import read_feature_recorded, read_features
         from churn_platform.ml.reasons import Reasoner, common_reasons_markdown
-        from churn_platform.ml.score import check_served_windows
+        from churn_platform.ml.score import check_served_windows, scores_producer
 
+        # first: its idempotent session opens (~0.5 s) while the scores are computed
+        producer = scores_producer(kafka.settings()) if config.produce_to_kafka else None
         as_of = date.fromisoformat(context.partition_key)
         store = lake.lake()
         bands = RiskBands(cutoffs=tuple(config.risk_band_cutoffs))
@@ -571,8 +573,8 @@ def build_scores_asset(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefi
         )
         scores_version = write_scores(store, scores, as_of)
         produced = (
-            produce_scores(kafka.settings(), scores, topic=config.topic)
-            if config.produce_to_kafka
+            produce_scores(kafka.settings(), scores, topic=config.topic, producer=producer)
+            if producer is not None
             else 0
         )
         counts = band_counts(scores, bands)
