@@ -546,13 +546,24 @@ def active_customers(
         paths = [raw_path(f) for f in raw_files(lake, end=as_of)]
     else:
         paths = [*inputs.history_files, *inputs.window_files]
-    frames = []
-    for path in paths:
-        day = event_date_of(path)
-        frames.append(_read_state(lake, path, day is None or day < first_window_day))
-    if not frames:
+    if not paths:
         return pl.Series("customer_id", [], dtype=pl.String)
-    return _active_in(pl.concat(frames, how="vertical_relaxed"), as_of, churn)
+    lifecycle_only = [
+        path for path in paths if (day := event_date_of(path)) is None or day < first_window_day
+    ]
+    together = tables.read_frames(
+        lake, tables.RAW_EVENTS, paths, _STATE_COLUMNS, file_column=FILE_COLUMN
+    )
+    if together is not None:  # what `_read_state` of each file gives, in one scan
+        before_window = pl.col(FILE_COLUMN).is_in([lake.path(p) for p in lifecycle_only])
+        events = together.filter(
+            ~before_window | pl.col("event_type").is_in(sorted(LIFECYCLE_EVENT_TYPES))
+        ).drop(FILE_COLUMN)
+    else:
+        older = set(lifecycle_only)
+        frames = [_read_state(lake, path, path in older) for path in paths]
+        events = pl.concat(frames, how="vertical_relaxed")
+    return _active_in(events, as_of, churn)
 
 
 def active_customers_range(

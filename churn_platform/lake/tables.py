@@ -501,15 +501,57 @@ def read_frame(
         raise LakeError(
             f"could not read {lake.url(relative)}: {exc}; restore the file from a backup"
         ) from exc
-    if spec.schema is not None:
-        wanted = _polars_schema(spec)
-        casts = [
-            pl.col(name).cast(wanted[name])
-            for name, kind in frame.schema.items()
-            if name in wanted and kind != wanted[name]
-        ]
-        frame = frame.with_columns(casts) if casts else frame
-    return frame
+    return _in_spec_types(frame, spec)
+
+
+def read_frames(
+    lake: Lake,
+    spec: TableSpec,
+    relatives: Sequence[str],
+    columns: Sequence[str],
+    file_column: str | None = None,
+) -> pl.DataFrame | None:
+    """Data files (lake-relative paths) as one polars frame in their order: `read_frame` of
+    each, concatenated, in one scan; None where one scan cannot read them (a lake that is
+    not local, files whose column types differ, a damaged or missing file): read them
+    with `read_frame` one by one then, which names the file at fault.
+
+    `file_column`: a column of each row's file (its `lake.path`). One scan of the 900
+    small files an hour of live extracts leaves took 0.15-0.21 s against 1.26 s file by
+    file (docs/benchmarks.md, Freshness).
+    """
+    import polars as pl
+    from polars.exceptions import PanicException
+
+    if not lake.is_local or not relatives:
+        return None
+    try:
+        frame = (
+            pl.scan_parquet(
+                [lake.path(r) for r in relatives],
+                hive_partitioning=False,
+                include_file_paths=file_column,
+            )
+            .select([*columns, *([file_column] if file_column else [])])
+            .collect()
+        )
+    except (Exception, PanicException):  # one by one: the error names the file
+        return None
+    return _in_spec_types(frame, spec)
+
+
+def _in_spec_types(frame: pl.DataFrame, spec: TableSpec) -> pl.DataFrame:
+    import polars as pl
+
+    if spec.schema is None:
+        return frame
+    wanted = _polars_schema(spec)
+    casts = [
+        pl.col(name).cast(wanted[name])
+        for name, kind in frame.schema.items()
+        if name in wanted and kind != wanted[name]
+    ]
+    return frame.with_columns(casts) if casts else frame
 
 
 @functools.cache

@@ -29,7 +29,7 @@ from churn_platform.features.materialize import (
 )
 from churn_platform.features.reference import reference_features, reference_features_range
 from churn_platform.lake import tables
-from churn_platform.lake.store import Lake
+from churn_platform.lake.store import Lake, LakeError
 from churn_platform.testing.lakes import (
     event,
     events_frame,
@@ -189,3 +189,28 @@ def test_checks_of_many_dates_judge_each_date_as_its_own_check_does(sim_lake, tm
     assert not outcomes[as_of][ROW_COUNT_CHECK].passed
     assert outcomes[as_of][ROW_COUNT_CHECK].details["missing"] == 1
     assert outcomes[dates[1]][ROW_COUNT_CHECK].passed
+
+
+def test_active_customers_read_in_one_scan_equal_the_file_by_file_read(
+    sim_lake, tmp_path, monkeypatch
+):
+    """`tables.read_frames` reads a date's raw files in one scan; with files before the
+    window (lifecycle rows only) and without, the answer is the file-by-file one."""
+    scanned = {d: active_customers(sim_lake, d, feature_inputs(sim_lake, d)) for d in SIM_DATES}
+    monkeypatch.setattr(tables, "read_frames", lambda *args, **kwargs: None)
+    for as_of, active in scanned.items():
+        assert active.len() > 10
+        assert_series_equal(
+            active, active_customers(sim_lake, as_of, feature_inputs(sim_lake, as_of))
+        )
+    monkeypatch.undo()
+    # a damaged file: the scan gives up, the file-by-file read names it
+    lake = Lake(tmp_path / "lake")
+    shutil.copytree(sim_lake.uri, lake.uri)
+    inputs = feature_inputs(lake, SIM_DATES[0])
+    damaged = inputs.window_files[len(inputs.window_files) // 2]
+    Path(lake.path(damaged)).write_bytes(b"PAR1 not a parquet file PAR1")
+    assert tables.read_frames(lake, tables.RAW_EVENTS, [damaged], ["event_id"]) is None
+    with pytest.raises(LakeError, match="could not read") as caught:
+        active_customers(lake, SIM_DATES[0], inputs)
+    assert lake.url(damaged) in str(caught.value)
