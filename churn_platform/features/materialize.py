@@ -19,6 +19,7 @@ code cannot vouch for itself.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -548,22 +549,21 @@ def active_customers(
         paths = [*inputs.history_files, *inputs.window_files]
     if not paths:
         return pl.Series("customer_id", [], dtype=pl.String)
-    lifecycle_only = [
-        path for path in paths if (day := event_date_of(path)) is None or day < first_window_day
-    ]
-    together = tables.read_frames(
-        lake, tables.RAW_EVENTS, paths, _STATE_COLUMNS, file_column=FILE_COLUMN
-    )
-    if together is not None:  # what `_read_state` of each file gives, in one scan
-        before_window = pl.col(FILE_COLUMN).is_in([lake.path(p) for p in lifecycle_only])
-        events = together.filter(
-            ~before_window | pl.col("event_type").is_in(sorted(LIFECYCLE_EVENT_TYPES))
-        ).drop(FILE_COLUMN)
-    else:
-        older = set(lifecycle_only)
-        frames = [_read_state(lake, path, path in older) for path in paths]
-        events = pl.concat(frames, how="vertical_relaxed")
-    return _active_in(events, as_of, churn)
+    older = [(day := event_date_of(path)) is None or day < first_window_day for path in paths]
+    # one scan per run of files alike (before the window: lifecycle rows only), in file
+    # order: what `_read_state` of each file gives
+    parts: list[pl.DataFrame] | None = []
+    for lifecycle_only, run in itertools.groupby(zip(paths, older, strict=True), lambda x: x[1]):
+        frame = tables.read_frames(lake, tables.RAW_EVENTS, [p for p, _ in run], _STATE_COLUMNS)
+        if frame is None:
+            parts = None
+            break
+        if lifecycle_only:
+            frame = frame.filter(pl.col("event_type").is_in(sorted(LIFECYCLE_EVENT_TYPES)))
+        parts.append(frame)
+    if parts is None:  # file by file: a damaged file is named
+        parts = [_read_state(lake, p, old) for p, old in zip(paths, older, strict=True)]
+    return _active_in(pl.concat(parts, how="vertical_relaxed"), as_of, churn)
 
 
 def active_customers_range(

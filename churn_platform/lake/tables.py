@@ -509,16 +509,14 @@ def read_frames(
     spec: TableSpec,
     relatives: Sequence[str],
     columns: Sequence[str],
-    file_column: str | None = None,
 ) -> pl.DataFrame | None:
     """Data files (lake-relative paths) as one polars frame in their order: `read_frame` of
     each, concatenated, in one scan; None where one scan cannot read them (a lake that is
     not local, files whose column types differ, a damaged or missing file): read them
     with `read_frame` one by one then, which names the file at fault.
 
-    `file_column`: a column of each row's file (its `lake.path`). One scan of the 900
-    small files an hour of live extracts leaves took 0.15-0.21 s against 1.26 s file by
-    file (docs/benchmarks.md, Freshness).
+    One scan of the 900 small files an hour of live extracts leaves took 0.15-0.21 s
+    against 1.26 s file by file (docs/benchmarks.md, Freshness).
     """
     import polars as pl
     from polars.exceptions import PanicException
@@ -527,12 +525,8 @@ def read_frames(
         return None
     try:
         frame = (
-            pl.scan_parquet(
-                [lake.path(r) for r in relatives],
-                hive_partitioning=False,
-                include_file_paths=file_column,
-            )
-            .select([*columns, *([file_column] if file_column else [])])
+            pl.scan_parquet([lake.path(r) for r in relatives], hive_partitioning=False)
+            .select(list(columns))
             .collect()
         )
     except (Exception, PanicException):  # one by one: the error names the file
