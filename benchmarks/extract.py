@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
 import resource
 import shutil
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from common import raw_consume
+from common import raw_consume, result_header
 
 from churn_platform.events.simulator import SimulatorConfig, produce_simulation
 from churn_platform.ingestion.extract import ExtractConfig, extract_topic
@@ -36,7 +36,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--bad-fraction", type=float, default=0.0)
     parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--note", default="")
     args = parser.parse_args()
+    load_before = os.getloadavg()
 
     # the simulator makes ~1 event per customer-day at the scale plan's density
     customers = max(100, round(args.events / 89))  # ~89 events per customer over 90 days
@@ -68,10 +70,7 @@ def main() -> None:
             )
     raw_best, extract_best = max(raw_runs), max(extract_runs)
     summary = {
-        "benchmark": "extract",
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()} {platform.processor() or ''} cores={__import__('os').cpu_count()}",
-        "load_average_at_end": __import__("os").getloadavg(),
+        **result_header("extract", args.note, load_before),
         "messages": produced.messages_produced,
         "bad_fraction": args.bad_fraction,
         "raw_consume_per_s": round(raw_best),

@@ -10,6 +10,10 @@ as every Dagster run is:
 
 * `cold`: `registry.load_champion` timed from the first call, imports included
   (what a `python -c` pays);
+* `arrays` and `arrays_in_run`: `registry.load_champion(lake, lazy_estimator=True)`,
+  which scores from the version's `model.npz` without scikit-learn or skops, as
+  `churn_scores` does (`cold` and `cold_in_run` load the same champion with its
+  skops object); each then scores 1,000 rows;
 * `phases` and `phases_in_run`: the same call split into what it does in turn:
   import scikit-learn (`sklearn.base`), import the modules of the model's
   classes, import `skops.io`, then the load itself (champion and manifest
@@ -83,8 +87,16 @@ if mode == "phases":
     lap("import_model_modules")
     import skops.io
     lap("import_skops_io")
-registry.load_champion(lake)
+model = registry.load_champion(lake, lazy_estimator=mode == "arrays")
 lap("load" if mode == "phases" else "load_champion")
+if mode != "phases":
+    import polars as pl
+    from churn_platform.ml.frame import categorical_features
+    text = set(categorical_features(model.features, model.record.spec))
+    frame = pl.DataFrame({f: ["x"] * 1000 if f in text else [1.0] * 1000 for f in model.features})
+    model.predict_proba(frame)
+    lap("score_1000_rows")
+    out["imported_sklearn"] = "sklearn" in sys.modules
 out["total"] = round(clock - start, 4)
 print(json.dumps(out))
 """
@@ -147,6 +159,7 @@ def build(lake_dir: Path, customers: int) -> dict:
         "trees": len(classifier._predictors),
         "nodes": sum(len(tree[0].nodes) for tree in classifier._predictors),
         "model_skops_bytes": (lake_dir / "models/churn" / version / "model.skops").stat().st_size,
+        "model_npz_bytes": (lake_dir / "models/churn" / version / "model.npz").stat().st_size,
     }
 
 
@@ -181,6 +194,9 @@ def main() -> None:
         code = f"MODEL_MODULES = {MODEL_MODULES!r}\n{CHILD}"
         contexts = {
             "cold": ("cold", ()),
+            "arrays": ("arrays", ()),
+            "cold_in_run": ("cold", RUN_MODULES),
+            "arrays_in_run": ("arrays", RUN_MODULES),
             "phases": ("phases", ()),
             "phases_in_code_location": ("phases", CODE_LOCATION),
             "phases_in_run": ("phases", RUN_MODULES),
@@ -203,6 +219,13 @@ def main() -> None:
             "rounds": args.rounds,
             "medians": {
                 "cold_load_champion": median(runs["cold"], "load_champion"),
+                **{
+                    name: {k: median(runs[name], k) for k in ("load_champion", "score_1000_rows")}
+                    for name in ("cold", "arrays", "cold_in_run", "arrays_in_run")
+                },
+                "arrays_imported_sklearn": any(
+                    row["imported_sklearn"] for row in runs["arrays"] + runs["arrays_in_run"]
+                ),
                 "phases": {k: median(runs["phases"], k) for k in (*phase_keys, "total")},
                 **{
                     name: {
