@@ -226,9 +226,10 @@ class LoadedModel:
     def predictor_for(self, rows: int) -> SmallBatchPredictor | None:
         """What scores `rows` rows: the arrays, else `estimators.small_batch_predictor` of the
         estimator (None for a shape it does not know: use `predict_proba`)."""
-        if self.predictor is not None and rows <= ARRAYS_UP_TO_ROWS:
-            return self.predictor
-        return self._estimator_predictor
+        return self.predictor if self._arrays_score(rows) else self._estimator_predictor
+
+    def _arrays_score(self, rows: int) -> bool:
+        return self.predictor is not None and rows <= ARRAYS_UP_TO_ROWS
 
     @functools.cached_property
     def _estimator_predictor(self) -> SmallBatchPredictor | None:
@@ -239,7 +240,7 @@ class LoadedModel:
     def predict_proba(self, table: pl.DataFrame) -> np.ndarray:
         """P(churned) for each row of `table` (a feature table; extra columns are ignored)."""
         x = model_input(table, self.features, self.record.spec)
-        if self.predictor is not None and table.height <= ARRAYS_UP_TO_ROWS:
+        if self._arrays_score(table.height):
             return self.predictor(x)
         from churn_platform.ml.estimators import positive_probability
 
