@@ -23,14 +23,11 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from churn_platform.features.definitions import FeatureSpec
-from churn_platform.ml.flat import (  # noqa: F401 (the arithmetic's home; re-exported)
-    WALK_ROWS,
-    FlatTrees,
+from churn_platform.ml.flat import (
     Sigmoid,
     SmallBatchPredictor,
     _tree_walker,
     arrays_bytes,
-    flat_trees,
     predictor_arrays,
     predictor_from_bytes,
 )
@@ -128,7 +125,7 @@ def small_batch_predictor(estimator, features: Sequence[str]) -> SmallBatchPredi
     arithmetic on one numpy matrix: the numeric columns as they are, the
     categorical ones one-hot encoded by the fitted categories (unknown → all
     zeros, as `handle_unknown="ignore"`), every tree walked at once
-    (`_tree_walker`; scikit-learn's loop above `WALK_ROWS` rows), then the
+    (`_tree_walker`; scikit-learn's loop above `flat.WALK_ROWS` rows), then the
     fitted calibrator. Only for exactly the shapes `calibrate()` and
     `train.fit_served` give a `build_estimator("gradient_boosting")`; anything else gives None (use
     `positive_probability`). Tests check it equals `predict_proba` bit for bit.

@@ -7,7 +7,7 @@ last date the model was trained on, stored with the model), and the size of the
 contribution.
 
 Contributions are the tree-path decomposition of the boosting's raw margin (the
-log-odds before calibration), computed over the trees `estimators.flat_trees`
+log-odds before calibration), computed over the trees `flat.flat_trees`
 already flattens for the small-batch predictor: walking a row down each tree,
 every split moves the expected margin from the mean of the node (over the
 training rows that reached it) to the mean of the child the row takes, and that

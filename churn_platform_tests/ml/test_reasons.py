@@ -10,7 +10,8 @@ import polars as pl
 import pytest
 
 from churn_platform.features.definitions import FeatureSpec
-from churn_platform.ml.estimators import WALK_ROWS, small_batch_predictor
+from churn_platform.ml.estimators import small_batch_predictor
+from churn_platform.ml.flat import WALK_ROWS
 from churn_platform.ml.frame import input_rows, model_input
 from churn_platform.ml.reasons import (
     Reasoner,

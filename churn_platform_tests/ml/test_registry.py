@@ -18,6 +18,7 @@ from threadpoolctl import threadpool_limits
 
 from churn_platform.lake.store import Lake
 from churn_platform.ml import estimators, registry
+from churn_platform.ml.flat import WALK_ROWS
 from churn_platform.ml.frame import model_input
 from churn_platform.ml.gate import GateDecision
 from churn_platform.ml.registry import (
@@ -649,7 +650,7 @@ def test_a_sigmoid_boosting_is_saved_as_arrays_too_and_they_score_the_same(lake,
     loaded = registry.load_model(lake, version, lazy_estimator=True)
     assert loaded.predictor is not None and loaded.predictor.classifier is None
     # a few rows walk all trees at once; more than WALK_ROWS walk them in slices
-    for rows in (40, estimators.WALK_ROWS * 2 + 17):
+    for rows in (40, WALK_ROWS * 2 + 17):
         table, _ = _table(rows, seed=rows)
         expected = estimators.positive_probability(sigmoid_candidate, table.select(FEATURES))
         np.testing.assert_array_equal(loaded.predict_proba(table), expected)
@@ -724,7 +725,7 @@ def test_beyond_arrays_up_to_rows_scikit_learns_loop_scores_the_same(
     assert loaded.predictor_for(100) is loaded.predictor
     big = loaded.predictor_for(101)
     assert big is not None and big.classifier is not None
-    table, _ = _table(estimators.WALK_ROWS + 500, seed=8)
+    table, _ = _table(WALK_ROWS + 500, seed=8)
     expected = estimators.positive_probability(sigmoid_candidate, table.select(FEATURES))
     np.testing.assert_array_equal(loaded.predict_proba(table), expected)
     x = model_input(table, FEATURES)

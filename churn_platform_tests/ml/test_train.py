@@ -17,11 +17,11 @@ from churn_platform.features.churn import ChurnDefinition
 from churn_platform.lake.store import Lake
 from churn_platform.ml.estimators import (
     CANDIDATE_KIND,
-    WALK_ROWS,
     build_estimator,
     positive_probability,
     small_batch_predictor,
 )
+from churn_platform.ml.flat import WALK_ROWS
 from churn_platform.ml.frame import LABEL_COLUMN, input_rows, model_input
 from churn_platform.ml.gate import GateConfig, judge_candidate
 from churn_platform.ml.train import (
