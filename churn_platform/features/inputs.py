@@ -17,6 +17,7 @@ import polars as pl
 
 from churn_platform.events.contract import LIFECYCLE_EVENT_TYPES
 from churn_platform.features.definitions import EVENT_COLUMNS, EVENT_SCHEMA, LOOKBACK_DAYS
+from churn_platform.lake import tables
 from churn_platform.lake.raw import event_date_of, raw_files, raw_path, read_raw_file
 from churn_platform.lake.store import Lake
 
@@ -62,13 +63,38 @@ def read_file(lake: Lake, path: str, lifecycle_only: bool = False) -> pl.DataFra
     return frame
 
 
-def read_inputs(lake: Lake, inputs: FeatureInputs) -> pl.DataFrame:
-    """All events an as-of date needs, in lake order (history first, then the window)."""
-    frames = [read_file(lake, p, lifecycle_only=True) for p in inputs.history_files]
-    frames += [read_file(lake, p) for p in inputs.window_files]
+def read_inputs(
+    lake: Lake, inputs: FeatureInputs, customers: pl.Series | None = None
+) -> pl.DataFrame:
+    """All events an as-of date needs, in lake order (history first, then the window).
+
+    Only the rows of `customers` when given (a refresh of the customers new files touch).
+    """
+    frames = [
+        _read_files(lake, inputs.history_files, lifecycle_only=True),
+        _read_files(lake, inputs.window_files, lifecycle_only=False),
+    ]
+    frames = [f for f in frames if f is not None]
     if not frames:
         return _EMPTY.clone()
-    return pl.concat(frames, how="vertical_relaxed")
+    frame = pl.concat(frames, how="vertical_relaxed")
+    if customers is not None:
+        frame = frame.filter(pl.col("customer_id").is_in(customers.implode()))
+    return frame
+
+
+def _read_files(lake: Lake, paths: Sequence[str], lifecycle_only: bool) -> pl.DataFrame | None:
+    """`read_file` of each of `paths`, concatenated: one scan where the lake allows it."""
+    if not paths:
+        return None
+    frame = tables.read_frames(lake, tables.RAW_EVENTS, paths, EVENT_COLUMNS)
+    if frame is None:  # file by file: a damaged file is named
+        return pl.concat(
+            [read_file(lake, p, lifecycle_only) for p in paths], how="vertical_relaxed"
+        )
+    if lifecycle_only:
+        frame = frame.filter(pl.col("event_type").is_in(sorted(LIFECYCLE_EVENT_TYPES)))
+    return frame
 
 
 # --- many as-of dates, one read --------------------------------------------------------

@@ -41,6 +41,7 @@ from churn_platform.features.definitions import (
     as_of_end,
     compute_features,
     discover_spec,
+    merge_specs,
 )
 from churn_platform.features.inputs import (
     FILE_COLUMN,
@@ -89,6 +90,7 @@ class MaterializedFeatures:
     output_files: list[str] = field(default_factory=list)
     seconds: float = 0.0
     version: int | None = None  # the features table's version that holds this as-of date
+    refreshed: int | None = None  # a refresh: the customers recomputed (None: all of them)
 
     @property
     def events_per_second(self) -> float:
@@ -227,6 +229,82 @@ def _materialize_polars(lake: Lake, as_of: date, churn: ChurnDefinition) -> Mate
         output_files=feature_files(lake, as_of, version),
         seconds=time.perf_counter() - started,
         version=version,
+    )
+
+
+def refresh_features(
+    lake: Lake, as_of: date, churn: ChurnDefinition = CANCELLATION
+) -> MaterializedFeatures | None:
+    """Bring the `as_of` partition up to date by recomputing only the customers that raw
+    files committed since it was written touch; None where that cannot give the table
+    `materialize_features` would (compute every customer then).
+
+    A customer's row depends on that customer's events alone (the Beam pipeline shards by
+    customer for the same reason), so the rows of customers with no new events stand.
+    None when: there is no partition yet, or it records no inputs; it was computed under
+    another churn definition or other windows; a file it read is gone (the raw table was
+    rewritten); or the new events bring an activity type it has no columns for.
+    """
+    started = time.perf_counter()
+    version = tables.version(lake, tables.FEATURES)
+    try:
+        files = _partition(lake, as_of, version)
+    except FeaturesMissing:
+        return None
+    manifest = _manifest(lake, as_of, files, version)
+    spec = FeatureSpec.from_dict(manifest)
+    if (
+        "inputs" not in manifest
+        or ChurnDefinition.from_dict(manifest.get("churn_definition")) != churn
+        or spec != FeatureSpec.current(spec.activity_types, spec.valued_types)
+    ):
+        return None
+    before = FeatureInputs.from_dict(as_of, manifest["inputs"])
+    inputs = feature_inputs(lake, as_of)
+    window, history = set(before.window_files), set(before.history_files)
+    if not (window <= set(inputs.window_files) and history <= set(inputs.history_files)):
+        return None
+    added = FeatureInputs(
+        as_of,
+        tuple(p for p in inputs.window_files if p not in window),
+        tuple(p for p in inputs.history_files if p not in history),
+    )
+    table = read_features(lake, as_of, version=version)
+    if not (added.window_files or added.history_files):  # nothing new: the partition stands
+        return MaterializedFeatures(
+            as_of=as_of,
+            engine="refresh",
+            rows=table.height,
+            customers=0,
+            events_read=0,
+            spec=spec,
+            output_files=[tables.file_path(tables.FEATURES, f) for f in files],
+            seconds=time.perf_counter() - started,
+            version=version,
+            refreshed=0,
+        )
+    new_events = read_inputs(lake, added)
+    if merge_specs([spec, discover_spec(new_events, as_of)]) != spec:
+        return None
+    touched = new_events["customer_id"].unique()
+    events = read_inputs(lake, inputs, customers=touched)
+    fresh = compute_features(events, as_of, spec, churn)
+    table = pl.concat([table.filter(~pl.col("customer_id").is_in(touched.implode())), fresh]).sort(
+        "customer_id"
+    )
+    counts = {"customers": touched.len(), "events_read": events.height, "refreshed": touched.len()}
+    version = write_features(lake, as_of, table, spec, counts, inputs, churn)
+    return MaterializedFeatures(
+        as_of=as_of,
+        engine="refresh",
+        rows=table.height,
+        customers=touched.len(),
+        events_read=events.height,
+        spec=spec,
+        output_files=feature_files(lake, as_of, version),
+        seconds=time.perf_counter() - started,
+        version=version,
+        refreshed=touched.len(),
     )
 
 

@@ -9,7 +9,8 @@ import polars as pl
 import pytest
 
 import churn_platform.defs.features.assets as feature_assets
-from churn_platform.defs.automation import FOLLOW_LABEL, WITH_ASSET_LABEL
+from churn_platform.defs import tags
+from churn_platform.defs.automation import AUTOMATION_SENSOR, FOLLOW_LABEL, WITH_ASSET_LABEL
 from churn_platform.defs.features.checks import (
     NULLS_CHECK,
     RANGES_CHECK,
@@ -73,6 +74,8 @@ def run_features(
     engine: str = "polars",
     horizon=30,
     churn: ChurnDefinition | None = None,
+    tags: dict[str, str] | None = None,
+    customers: str = "auto",
 ):
     """Run the features job (features, its checks, labels) for one partition."""
     churn = churn or ChurnDefinition("cancellation", horizon)
@@ -89,8 +92,11 @@ def run_features(
     return definitions.resolve_job_def(FEATURES_JOB).execute_in_process(
         partition_key=partition,
         instance=instance,
-        run_config={"ops": {"customer_features": {"config": {"engine": engine}}}},
+        run_config={
+            "ops": {"customer_features": {"config": {"engine": engine, "customers": customers}}}
+        },
         raise_on_error=False,
+        tags=tags,
     )
 
 
@@ -300,6 +306,31 @@ def test_the_beam_engine_writes_the_same_table_as_polars(tmp_path, instance):
     assert beam_table.equals(read_features(lake, as_of))
     assert beam_table.equals(read_features(lake, as_of, version=meta["table_version"].value))
     assert polars.customers == meta["customers"].value
+
+
+def test_automated_runs_recompute_only_the_touched_customers(tmp_path, instance):
+    lake = simulated(tmp_path / "lake")
+    as_of = date.fromisoformat(SIM_AS_OF)
+    assert run_features(lake, instance, SIM_AS_OF, engine="beam").success
+    customer = read_features(lake, as_of)["customer_id"][0]
+    at = datetime.combine(as_of, datetime.min.time(), UTC) + timedelta(hours=23)
+    row = {**started(customer, at), "event_type": "login", "event_id": "late-login"}
+    append_messages(lake, [message(row)], now=SIM_END)
+    automated = {tags.TRIGGER: AUTOMATION_SENSOR}
+
+    result = run_features(lake, instance, SIM_AS_OF, engine="beam", tags=automated)
+
+    assert result.success and checks(result) == dict.fromkeys(CHECKS, True)
+    meta = materialized(result)["customer_features"].metadata
+    assert meta["engine"].value == "refresh" and meta["customers_recomputed"].value == 1
+    refreshed = read_features(lake, as_of)
+    everyone = run_features(lake, instance, SIM_AS_OF, tags=automated, customers="all")
+    meta = materialized(everyone)["customer_features"].metadata
+    assert (
+        meta["engine"].value == "polars"
+        and meta["customers_recomputed"].value == meta["rows"].value
+    )
+    assert refreshed.equals(read_features(lake, as_of))
 
 
 def test_beam_resource_builds_runner_settings():

@@ -17,7 +17,8 @@ from typing import Literal
 import dagster as dg
 from pydantic import Field
 
-from churn_platform.defs.automation import follow_updates
+from churn_platform.defs import tags
+from churn_platform.defs.automation import AUTOMATION_SENSOR, follow_updates
 from churn_platform.defs.resources.beam import BeamRunnerResource
 from churn_platform.defs.resources.churn import ChurnDefinitionResource
 from churn_platform.defs.resources.lake import LakeResource
@@ -27,6 +28,7 @@ from churn_platform.features.materialize import (
     null_rates_markdown,
     read_feature_churn,
     read_features,
+    refresh_features,
 )
 from churn_platform.lake import tables
 from churn_platform.ml.labels import NotYetLabelable, materialize_labels
@@ -44,6 +46,14 @@ class CustomerFeaturesConfig(dg.Config):
     )
     shards: int | None = Field(
         default=None, description="Customer shards of the Beam pipeline (default: its own)."
+    )
+    customers: Literal["auto", "touched", "all"] = Field(
+        default="auto",
+        description="Which customers to compute: 'touched' recomputes only those with events "
+        "committed since the partition was written, when that gives the table a full run "
+        "would (else all); 'all' recomputes everyone (after changing feature code); 'auto' is "
+        "'touched' in runs the automation sensor requested (today's partition following new "
+        "events) and 'all' otherwise.",
     )
 
 
@@ -74,14 +84,18 @@ def build_feature_assets(
         store = lake.lake()
         runner = beam.settings() if config.engine == "beam" else None
         definition = churn.churn()
-        result = materialize_features(
-            store,
-            as_of,
-            engine=config.engine,
-            runner=runner,
-            shards=config.shards,
-            churn=definition,
-        )
+        automated = context.run.tags.get(tags.TRIGGER) == AUTOMATION_SENSOR
+        touched = config.customers == "touched" or (config.customers == "auto" and automated)
+        result = refresh_features(store, as_of, definition) if touched else None
+        if result is None:
+            result = materialize_features(
+                store,
+                as_of,
+                engine=config.engine,
+                runner=runner,
+                shards=config.shards,
+                churn=definition,
+            )
         table = read_features(store, as_of, version=result.version)
         return dg.MaterializeResult(
             metadata={
@@ -92,6 +106,9 @@ def build_feature_assets(
                 "churn_definition": definition.describe(),
                 "null_rates": dg.MetadataValue.md(null_rates_markdown(table, result.spec)),
                 "engine": result.engine,
+                "customers_recomputed": dg.MetadataValue.int(
+                    result.rows if result.refreshed is None else result.refreshed
+                ),
                 "events_read": result.events_read,
                 "seconds": dg.MetadataValue.float(round(result.seconds, 3)),
                 "events_per_second": dg.MetadataValue.float(round(result.events_per_second, 1)),
