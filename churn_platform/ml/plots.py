@@ -5,9 +5,13 @@ markdown metadata in the UI, and a data URI needs no file server or artifact
 store next to it. The figures are small (5 x 3.5 in at 90 dpi, 256-colour
 PNG, 10-20 KB) because they are stored with every materialization.
 
-Figures are built with `matplotlib.figure.Figure` and rendered by the Agg
-canvas directly; pyplot is never imported, so nothing here touches global
-state, needs a display, or leaks figures in long-running processes.
+The model-evaluation charts (training runs) are built with
+`matplotlib.figure.Figure` and rendered by the Agg canvas directly; pyplot is
+never imported, so nothing here touches global state, needs a display, or
+leaks figures in long-running processes. The two charts every scoring and drift
+run draws (`histogram_markdown`, `bar_markdown`) are drawn with Pillow alone:
+importing matplotlib cost those runs 0.6-0.8 s each (docs/benchmarks.md,
+Freshness).
 
 Bad input (no rows, one class only, scores of different lengths) raises
 `ValueError` saying what is wrong before matplotlib sees it.
@@ -16,6 +20,7 @@ Bad input (no rows, one class only, scores of different lengths) raises
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import math
 from collections.abc import Mapping, Sequence
@@ -56,16 +61,22 @@ def png_bytes(fig: Figure) -> bytes:
     give equal bytes.
     """
     fig.canvas.draw()
-    pixels = np.asarray(fig.canvas.buffer_rgba())
-    image = Image.fromarray(pixels).convert("RGB").quantize(colors=256)
+    return _image_png(Image.fromarray(np.asarray(fig.canvas.buffer_rgba())))
+
+
+def _image_png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=True)
+    image.convert("RGB").quantize(colors=256).save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()
 
 
 def png_markdown(fig: Figure, title: str) -> str:
     """`fig` as a markdown image with a base64 PNG data URI; `title` is the alt text."""
-    encoded = base64.b64encode(png_bytes(fig)).decode("ascii")
+    return _png_image_markdown(png_bytes(fig), title)
+
+
+def _png_image_markdown(png: bytes, title: str) -> str:
+    encoded = base64.b64encode(png).decode("ascii")
     return f"![{_alt_text(title)}](data:image/png;base64,{encoded})"
 
 
@@ -248,20 +259,23 @@ def bar_markdown(
     order = _top_order(names, array, len(names) if top is None else top)
     shown = [names[i] for i in order]
     heights = array[order]
-    colors = ["tab:blue"] * len(shown)
-    fig = new_figure(_bar_figsize(len(shown)))
-    ax = fig.add_subplot()
-    positions = np.arange(len(shown))
+    width, height = (round(v * DPI) for v in _bar_figsize(len(shown)))
+    chart = _Chart(width, height, title, left=_label_width(shown), xlabel=xlabel)
+    finite = heights[np.isfinite(heights)]
+    low = min(0.0, float(finite.min()) if finite.size else 0.0)
+    high = max([0.0, *finite.tolist(), *([threshold] if threshold is not None else [])])
+    chart.x_axis(low, high if high > low else low + 1.0)
+    slot = chart.plot_height / len(shown)
+    for i, (name, value) in enumerate(zip(shown, heights, strict=True)):
+        middle = chart.top + slot * (i + 0.5)
+        chart.label_left(name, middle)
+        if np.isfinite(value):
+            red = threshold is not None and value > threshold
+            chart.bar_horizontal(0.0, float(value), middle, slot * 0.8, _RED if red else _BLUE)
     if threshold is not None:
-        colors = ["tab:red" if v > threshold else "tab:blue" for v in heights]
-        ax.axvline(
-            threshold, linestyle="--", color="grey", linewidth=1, label=f"threshold {threshold:g}"
-        )
-        ax.legend(loc="lower right", fontsize="small")
-    ax.barh(positions, heights, color=colors)
-    _bar_axes(ax, positions, shown, xlabel)
-    ax.set_title(title)
-    return png_markdown(fig, title)
+        chart.vertical(threshold, _GREY, dashed=True)
+        chart.legend(f"threshold {threshold:g}", _GREY)
+    return _png_image_markdown(_image_png(chart.image), title)
 
 
 def histogram_markdown(
@@ -286,29 +300,142 @@ def histogram_markdown(
         raise ValueError(
             f"names needs one more entry than cutoffs ({len(cutoffs) + 1}), got {len(names)}"
         )
-    fig = new_figure()
-    ax = fig.add_subplot()
-    ax.hist(values, bins=bins, range=(0.0, 1.0), color="tab:blue", alpha=0.8)
+    counts, _ = np.histogram(values, bins=bins, range=(0.0, 1.0))
+    width, height = (round(v * DPI) for v in FIGSIZE)
+    chart = _Chart(width, height, f"{title} (n={values.size:,})", xlabel="churn probability")
+    chart.x_axis(0.0, 1.0)
+    chart.y_axis(0.0, float(max(counts.max(), 1)) * 1.05, "customers")
+    for i, count in enumerate(counts):
+        if count:
+            chart.bar_vertical(i / bins, (i + 1) / bins, float(count), _BLUE)
     for cutoff in cutoffs:
-        ax.axvline(cutoff, linestyle="--", color="tab:red", linewidth=1)
+        chart.vertical(cutoff, _RED, dashed=True)
     if names is not None:
         edges = [0.0, *cutoffs, 1.0]
         for name, low, high in zip(names, edges[:-1], edges[1:], strict=True):
-            ax.text(
-                (low + high) / 2,
-                0.97,
-                name,
-                transform=ax.get_xaxis_transform(),
-                ha="center",
-                va="top",
-                fontsize="small",
+            chart.label_top(name, (low + high) / 2)
+    return _png_image_markdown(_image_png(chart.image), title)
+
+
+# --- charts drawn with Pillow ----------------------------------------------------
+
+_BLUE = (31, 119, 180)  # matplotlib's tab:blue, tab:red and grey
+_RED = (214, 39, 40)
+_GREY = (128, 128, 128)
+_GRID = (224, 224, 224)
+_INK = (38, 38, 38)
+_MARGIN = 10
+
+
+@functools.cache
+def _font(size: int):
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size=size)
+
+
+def _label_width(labels: Sequence[str]) -> int:
+    """Room for the bars' names, at most a third of the chart."""
+    widest = max((_font(10).getlength(label) for label in labels), default=0)
+    return int(min(widest, FIGSIZE[0] * DPI / 3)) + 2 * _MARGIN
+
+
+def _nice_ticks(low: float, high: float, most: int = 6) -> list[float]:
+    """Round tick values covering [low, high], at most about `most` of them."""
+    raw = (high - low) / max(most - 1, 1)
+    magnitude = 10 ** math.floor(math.log10(raw)) if raw > 0 else 1.0
+    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+    first = math.ceil(low / step - 1e-9) * step
+    return [first + i * step for i in range(int((high - first) / step + 1e-9) + 1)]
+
+
+def _tick_text(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:g}"
+
+
+class _Chart:
+    """A white canvas with a title, a plot area and linear axes, drawn with Pillow."""
+
+    def __init__(self, width: int, height: int, title: str, left: int = 0, xlabel: str = ""):
+        from PIL import ImageDraw
+
+        self.image = Image.new("RGB", (width, height), "white")
+        self.draw = ImageDraw.Draw(self.image)
+        self.left = max(left, 52)
+        self.right = width - 2 * _MARGIN
+        self.top = 30
+        self.bottom = height - (38 if xlabel else 24)
+        self.plot_height = self.bottom - self.top
+        self.x_range = (0.0, 1.0)
+        self.y_range = (0.0, 1.0)
+        self.draw.text((width / 2, 8), title, fill=_INK, font=_font(12), anchor="mt")
+        if xlabel:
+            middle = (self.left + self.right) / 2
+            self.draw.text((middle, height - 6), xlabel, fill=_INK, font=_font(11), anchor="mb")
+
+    def x(self, value: float) -> float:
+        low, high = self.x_range
+        return self.left + (value - low) / (high - low) * (self.right - self.left)
+
+    def y(self, value: float) -> float:
+        low, high = self.y_range
+        return self.bottom - (value - low) / (high - low) * self.plot_height
+
+    def x_axis(self, low: float, high: float) -> None:
+        self.x_range = (low, high)
+        for tick in _nice_ticks(low, high):
+            at = self.x(tick)
+            self.draw.line([(at, self.top), (at, self.bottom)], fill=_GRID)
+            self.draw.text(
+                (at, self.bottom + 4), _tick_text(tick), fill=_INK, font=_font(10), anchor="mt"
             )
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("churn probability")
-    ax.set_ylabel("customers")
-    ax.grid(alpha=_GRID_ALPHA)
-    ax.set_title(f"{title} (n={values.size:,})")
-    return png_markdown(fig, title)
+        self.draw.rectangle([self.left, self.top, self.right, self.bottom], outline=_INK)
+
+    def y_axis(self, low: float, high: float, label: str) -> None:
+        ticks = _nice_ticks(low, high)
+        self.y_range = (low, max(high, ticks[-1]))
+        for tick in ticks:
+            at = self.y(tick)
+            self.draw.line([(self.left, at), (self.right, at)], fill=_GRID)
+            self.draw.text(
+                (self.left - 4, at), _tick_text(tick), fill=_INK, font=_font(10), anchor="rm"
+            )
+        self.draw.rectangle([self.left, self.top, self.right, self.bottom], outline=_INK)
+        self.draw.text((_MARGIN, self.top - 14), label, fill=_INK, font=_font(10), anchor="lm")
+
+    def bar_vertical(self, start: float, end: float, value: float, color) -> None:
+        # at least a pixel tall, so a bin of one customer among thousands still shows
+        box = [
+            self.x(start) + 0.5,
+            min(self.y(value), self.bottom - 2),
+            self.x(end) - 0.5,
+            self.bottom - 1,
+        ]
+        self.draw.rectangle(box, fill=color)
+
+    def bar_horizontal(self, start: float, end: float, middle: float, size: float, color):
+        low, high = sorted((self.x(start), self.x(end)))
+        self.draw.rectangle([low, middle - size / 2, high, middle + size / 2], fill=color)
+
+    def vertical(self, value: float, color, dashed: bool = False) -> None:
+        at = self.x(value)
+        step = 6 if dashed else self.plot_height
+        for start in range(int(self.top), int(self.bottom), step):
+            end = min(start + (4 if dashed else step), self.bottom)
+            self.draw.line([(at, start), (at, end)], fill=color, width=1)
+
+    def label_left(self, text: str, middle: float) -> None:
+        room = self.left - 2 * _MARGIN
+        while len(text) > 1 and _font(10).getlength(text) > room:
+            text = text[:-2] + "…"
+        self.draw.text((self.left - 6, middle), text, fill=_INK, font=_font(10), anchor="rm")
+
+    def label_top(self, text: str, value: float) -> None:
+        self.draw.text((self.x(value), self.top + 4), text, fill=_INK, font=_font(10), anchor="mt")
+
+    def legend(self, text: str, color) -> None:
+        at = (self.right - 8, self.bottom - 8)
+        self.draw.text(at, text, fill=color, font=_font(10), anchor="rb")
 
 
 # --- helpers ---------------------------------------------------------------------

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import base64
+import io
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -179,3 +182,40 @@ def test_png_markdown_renders_any_figure():
     title, png = decode(plots.png_markdown(fig, "anything"))
     assert title == "anything"
     assert png_size(png) == (450, 315)  # 5 x 3.5 in at 90 dpi
+
+
+def _pixels(markdown: str) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(decode(markdown)[1])).convert("RGB"))
+
+
+def _has_colour(pixels: np.ndarray, rgb: tuple[int, int, int]) -> bool:
+    return bool((np.abs(pixels.astype(int) - rgb).sum(axis=2) < 30).any())
+
+
+def test_bars_past_the_threshold_are_red_and_only_they():
+    names = ["a", "b", "c"]
+    past = _pixels(plots.bar_markdown(names, [0.05, 0.1, 0.4], "PSI", threshold=0.2))
+    below = _pixels(plots.bar_markdown(names, [0.05, 0.1, 0.15], "PSI", threshold=0.2))
+    assert _has_colour(past, plots._RED) and _has_colour(past, plots._BLUE)
+    assert not _has_colour(below, plots._RED) and _has_colour(below, plots._BLUE)
+
+
+def test_histogram_bars_grow_with_their_bins():
+    few = _pixels(plots.histogram_markdown(np.full(10, 0.55), [], bins=10))
+    column = few[:, few.shape[1] * 6 // 10 - 20]  # inside the 0.5-0.6 bin
+    blue = (np.abs(column.astype(int) - plots._BLUE).sum(axis=1) < 30).sum()
+    assert blue > few.shape[0] / 2  # the only bin reaches most of the plot's height
+
+
+def test_scoring_and_drift_charts_do_not_import_matplotlib():
+    code = (
+        "import sys, numpy as np\n"
+        "from churn_platform.ml import plots\n"
+        "plots.histogram_markdown(np.linspace(0, 1, 50), [0.2, 0.5], names=['l', 'm', 'h'])\n"
+        "plots.bar_markdown(['a', 'b'], [0.1, float('nan')], 'PSI', threshold=0.05)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib'))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
