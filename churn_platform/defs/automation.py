@@ -28,6 +28,8 @@ AUTOMATION_SENSOR = "churn_automation_sensor"
 FOLLOW_LABEL = "eager, handled only by a request"
 REQUESTED_LABEL = "requested"
 AFTER_CHECKS_LABEL = "eager after upstream blocking checks"
+# the tags of every run the sensor requests: they follow new events
+RUN_TAGS = {tags.TRIGGER: AUTOMATION_SENSOR, tags.FOLLOWS_EVENTS: "true"}
 WITH_ASSET_LABEL = "with its asset"
 
 
@@ -94,7 +96,7 @@ def automation_sensor(
         target=dg.AssetSelection.all(),
         default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=minimum_interval_seconds,
-        run_tags={tags.TRIGGER: AUTOMATION_SENSOR},
+        run_tags=RUN_TAGS,
         description="Evaluates the assets' automation conditions: today's features, scores and "
         "drift follow each extract and each new champion.",
     )

@@ -14,6 +14,9 @@ TRIGGER_REASON = PREFIX + "trigger-reason"  # customer_events_sensor: new-data o
 LAG = PREFIX + "lag"  # the extract's lag per partition when it was requested
 LAG_TOTAL = PREFIX + "lag-total"
 EXTRACT_CONCURRENCY = PREFIX + "extract"
+# a run that follows new events (the automation's, an extract chained with today's assets):
+# today's features recompute only the customers the new events touch
+FOLLOWS_EVENTS = PREFIX + "follows-events"
 # drift_retraining_sensor: the drift that requested training
 MAX_PSI = PREFIX + "max_psi"
 DRIFT_AS_OF = PREFIX + "drift_as_of"

@@ -20,6 +20,7 @@ from churn_platform.defs.automation import (
     AFTER_CHECKS_LABEL,
     AUTOMATION_SENSOR,
     FOLLOW_LABEL,
+    RUN_TAGS,
 )
 from churn_platform.defs.features.checks import (
     NULLS_CHECK,
@@ -33,7 +34,13 @@ from churn_platform.defs.features.definitions import (
     features_partitions,
 )
 from churn_platform.defs.ingestion.definitions import ingestion_definitions
-from churn_platform.defs.ingestion.sensors import customer_events_sensor
+from churn_platform.defs.ingestion.sensors import (
+    FOLLOW_JOB,
+    SENSOR,
+    customer_events_sensor,
+    extract_in_progress,
+    follow_partition,
+)
 from churn_platform.defs.ml.definitions import TRAINING_JOB, ml_definitions
 from churn_platform.defs.ml.schedules import (
     DEFAULT_TRAINING_CRON,
@@ -306,7 +313,7 @@ def run_requested(definitions, instance, requested: dict, run_config: dict):
         asset_selection=list(requested),
         partition_key=partitions.pop(),
         instance=instance,
-        tags={tags.TRIGGER: AUTOMATION_SENSOR},
+        tags=RUN_TAGS,
         run_config=run_config,
         raise_on_error=False,
     )
@@ -401,7 +408,7 @@ def test_new_events_reach_todays_scores_without_a_human(
             for i in range(NEW_LOGINS):
                 value = message(event(f"{customer}-live-{i}", customer, "login", started))
                 producer.send(topic, value, customer)
-    extract_tick(definitions, instance, kafka, events_cursor)
+    events_cursor = extract_tick(definitions, instance, kafka, events_cursor)
 
     requested, cursor = automation_tick(definitions, instance, cursor)
     assert {k.to_user_string() for k in requested} == AUTOMATED
@@ -414,7 +421,9 @@ def test_new_events_reach_todays_scores_without_a_human(
     done = materialized(result)
     assert set(done) == AUTOMATED
     assert all(m.partition == today.isoformat() for m in done.values())
-    assert done["customer_features"].metadata["engine"].value == "beam"  # the asset's default
+    # the automation follows new events: only the customers they touch are recomputed
+    assert done["customer_features"].metadata["engine"].value == "refresh"
+    assert done["customer_features"].metadata["customers_recomputed"].value == len(chosen)
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
     assert checks == {**dict.fromkeys(FEATURE_CHECKS, True), DRIFT_CHECK: checks[DRIFT_CHECK]}
 
@@ -433,5 +442,73 @@ def test_new_events_reach_todays_scores_without_a_human(
     assert done["churn_scores"].metadata["produced_to_kafka"].value == scores.height
     assert done["feature_drift"].metadata["champion_version"].value == champion
 
+    nothing, cursor = automation_tick(definitions, instance, cursor)
+    assert nothing == {}
+
+    # today is scored: the code location's sensor now chains today's followers with the
+    # extract, one run, and the automation has nothing left to request after it
+    others = before.sort(["login_count_7d", "customer_id"]).slice(5, 2)["customer_id"].to_list()
+    with EventProducer(kafka_settings) as producer:
+        for customer in others:
+            value = message(event(f"{customer}-chained", customer, "login", datetime.now(UTC)))
+            producer.send(topic, value, customer)
+    sensor = definitions.resolve_sensor_def(SENSOR)
+    context = dg.build_sensor_context(
+        instance=instance,
+        cursor=events_cursor,
+        resources={"kafka": kafka, "lake": definitions.resources["lake"]},
+        repository_def=definitions.get_repository_def(),
+    )
+    request = sensor(context)
+    assert isinstance(request, dg.RunRequest), request
+    assert (request.job_name, request.partition_key) == (FOLLOW_JOB, today.isoformat())
+    chained = definitions.resolve_job_def(FOLLOW_JOB).execute_in_process(
+        instance=instance,
+        partition_key=request.partition_key,
+        asset_selection=request.asset_selection,
+        tags=request.tags,
+        run_config=scores_config,
+        raise_on_error=False,
+    )
+    assert chained.success, failure_text(chained)
+    done = materialized(chained)
+    assert set(done) == {*AUTOMATED, "raw_customer_events"}
+    assert done["customer_features"].metadata["customers_recomputed"].value == len(others)
+    rows = read_features(lake, today).filter(pl.col("customer_id").is_in(others))
+    assert rows.height == len(others)
+    assert read_scores(lake, today)["scored_at"].unique().to_list()[0] > stamps[0]
     nothing, _ = automation_tick(definitions, instance, cursor)
     assert nothing == {}
+
+
+def test_the_extract_chains_todays_followers_only_once_today_is_scored_and_none_runs(
+    monkeypatch, instance
+):
+    definitions = load_code_location(
+        monkeypatch, CHURN_LAKE="memory://lake", **{START_DATE_ENV: "2026-01-01"}
+    )
+    partitions = features_partitions({START_DATE_ENV: "2026-01-01"})
+    today = partitions.get_last_partition_key()
+    assert follow_partition(instance, partitions) is None  # today not scored yet
+
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(asset_key="churn_scores", partition=today)
+    )
+    assert follow_partition(instance, partitions) == today
+
+    job = definitions.resolve_implicit_global_asset_job_def()
+    run = instance.create_run_for_job(
+        job, status=dg.DagsterRunStatus.STARTED, tags={"dagster/partition": today}
+    )
+    assert follow_partition(instance, partitions) is None  # a run of today in progress
+    instance.report_run_failed(run)
+    assert follow_partition(instance, partitions) == today
+    # the chained job is an extract (its tag, which dagster.yaml limits to one run at a
+    # time, is on every run of it): the sensor never requests a second one beside it
+    follow_job = definitions.resolve_job_def(FOLLOW_JOB)
+    assert follow_job.tags[tags.EXTRACT_CONCURRENCY] == "true"
+    assert not extract_in_progress(instance)
+    instance.create_run_for_job(
+        follow_job, status=dg.DagsterRunStatus.STARTED, tags=follow_job.tags
+    )
+    assert extract_in_progress(instance)

@@ -9,8 +9,7 @@ import polars as pl
 import pytest
 
 import churn_platform.defs.features.assets as feature_assets
-from churn_platform.defs import tags
-from churn_platform.defs.automation import AUTOMATION_SENSOR, FOLLOW_LABEL, WITH_ASSET_LABEL
+from churn_platform.defs.automation import FOLLOW_LABEL, RUN_TAGS, WITH_ASSET_LABEL
 from churn_platform.defs.features.checks import (
     NULLS_CHECK,
     RANGES_CHECK,
@@ -316,7 +315,7 @@ def test_automated_runs_recompute_only_the_touched_customers(tmp_path, instance)
     at = datetime.combine(as_of, datetime.min.time(), UTC) + timedelta(hours=23)
     row = {**started(customer, at), "event_type": "login", "event_id": "late-login"}
     append_messages(lake, [message(row)], now=SIM_END)
-    automated = {tags.TRIGGER: AUTOMATION_SENSOR}
+    automated = RUN_TAGS  # the automation sensor's runs follow new events
 
     result = run_features(lake, instance, SIM_AS_OF, engine="beam", tags=automated)
 

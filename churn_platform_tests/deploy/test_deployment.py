@@ -426,7 +426,13 @@ def test_a_killed_daemon_loses_no_run_no_cursor_and_no_event(
                     180,
                 )
                 recovery_s = time.monotonic() - killed_at
-                recovered = [r for r in runs(instance, **BY_SENSOR) if r.run_id not in seen]
+
+                def after_the_kill() -> list[dg.DagsterRun] | None:
+                    # an extract chained with today's scoring ends after its commit
+                    later = [r for r in runs(instance, **BY_SENSOR) if r.run_id not in seen]
+                    return later if all(r.status in FINISHED for r in later) else None
+
+                recovered = wait_for("the extracts after the kill", after_the_kill, deployment, 120)
         finally:
             deployment.stop()
 

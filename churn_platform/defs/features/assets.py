@@ -18,7 +18,7 @@ import dagster as dg
 from pydantic import Field
 
 from churn_platform.defs import tags
-from churn_platform.defs.automation import AUTOMATION_SENSOR, follow_updates
+from churn_platform.defs.automation import follow_updates
 from churn_platform.defs.resources.beam import BeamRunnerResource
 from churn_platform.defs.resources.churn import ChurnDefinitionResource
 from churn_platform.defs.resources.lake import LakeResource
@@ -52,8 +52,8 @@ class CustomerFeaturesConfig(dg.Config):
         description="Which customers to compute: 'touched' recomputes only those with events "
         "committed since the partition was written, when that gives the table a full run "
         "would (else all); 'all' recomputes everyone (after changing feature code); 'auto' is "
-        "'touched' in runs the automation sensor requested (today's partition following new "
-        "events) and 'all' otherwise.",
+        "'touched' in runs that follow new events (the automation's, an extract chained with "
+        "today's assets) and 'all' otherwise.",
     )
 
 
@@ -84,8 +84,8 @@ def build_feature_assets(
         store = lake.lake()
         runner = beam.settings() if config.engine == "beam" else None
         definition = churn.churn()
-        automated = context.run.tags.get(tags.TRIGGER) == AUTOMATION_SENSOR
-        touched = config.customers == "touched" or (config.customers == "auto" and automated)
+        follows = context.run.tags.get(tags.FOLLOWS_EVENTS) == "true"
+        touched = config.customers == "touched" or (config.customers == "auto" and follows)
         result = refresh_features(store, as_of, definition) if touched else None
         if result is None:
             result = materialize_features(

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import dagster as dg
 
 from churn_platform.defs.ingestion.assets import raw_customer_events, raw_customer_events_job
-from churn_platform.defs.ingestion.sensors import customer_events_sensor
+from churn_platform.defs.ingestion.sensors import build_customer_events_sensor
 
 
 def ingestion_definitions(
@@ -15,9 +15,10 @@ def ingestion_definitions(
     partitions: dg.PartitionsDefinition | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> dg.Definitions:
-    """Nothing here is partitioned or read from `environ`: the arguments every domain takes."""
+    """The extract is not partitioned; with `partitions` (today's as-of dates) the sensor
+    chains today's features, checks, scores and drift, whose definitions must be merged in."""
     return dg.Definitions(
         assets=[raw_customer_events],
         jobs=[raw_customer_events_job],
-        sensors=[customer_events_sensor],
+        sensors=[build_customer_events_sensor(partitions)],
     )

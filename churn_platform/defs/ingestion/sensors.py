@@ -1,5 +1,14 @@
 """`customer_events_sensor`: request an extract when the topic holds what the lake does not.
 
+In the code location the extract carries today's features, checks, scores and drift
+with it (`extract_and_follow_job`, one run) once the automation has scored today and no
+run of today's partition is in progress: a second run would wait for the automation
+sensor's next loop and a second process start, 5-10 s an event (docs/benchmarks.md,
+Freshness). `any_deps_updated()` ignores an update made by a run that also targeted the
+asset, so the automation does not request them again; until the automation has scored
+today (no champion yet, a new day), and while a run of today is in progress, the extract
+runs alone and the automation follows it.
+
 It asks two things each tick: did the topic's high watermarks move since the last
 request (its cursor), and does the lake's ledger trail them (the lag)? New data
 brings an extract at once. A backlog without new data, left by an extract that was
@@ -20,7 +29,7 @@ from churn_platform.defs import tags
 from churn_platform.defs.ingestion.assets import raw_customer_events, raw_customer_events_job
 from churn_platform.defs.resources.kafka import KafkaResource
 from churn_platform.defs.resources.lake import LakeResource
-from churn_platform.defs.runs import EVERY_DAEMON_LOOP_S, job_in_progress
+from churn_platform.defs.runs import ACTIVE_RUN_STATUSES, EVERY_DAEMON_LOOP_S
 from churn_platform.ingestion.extract import format_lag, lag_behind
 from churn_platform.kafka.admin import BrokerUnavailable, high_watermarks
 from churn_platform.lake.raw import extracted_offsets
@@ -35,24 +44,76 @@ FINISHED = [
     dg.DagsterRunStatus.FAILURE,
     dg.DagsterRunStatus.CANCELED,
 ]
+SENSOR = "customer_events_sensor"
+FOLLOW_JOB = "extract_and_follow_job"
+# today's assets that the automation requests after an extract (their checks come along)
+FOLLOWERS = tuple(dg.AssetKey(k) for k in ("customer_features", "churn_scores", "feature_drift"))
+SCORES = dg.AssetKey("churn_scores")
+# the extract jobs' tag: dagster.yaml limits the runs carrying it to one at a time
+EXTRACTS = {tags.EXTRACT_CONCURRENCY: "true"}
+FOLLOW_SELECTION = dg.AssetSelection.assets(raw_customer_events, *FOLLOWERS)
+
+
+def extract_and_follow_job() -> dg.UnresolvedAssetJobDefinition:
+    """The extract and today's followers in one run (resolved with the whole code location)."""
+    return dg.define_asset_job(
+        FOLLOW_JOB,
+        selection=FOLLOW_SELECTION,
+        tags=EXTRACTS,
+        description="Extract new customer events, then today's features (the customers they "
+        "touch), checks, scores and drift, in one run (customer_events_sensor).",
+    )
+
+
+def _extract_runs(
+    instance: dg.DagsterInstance, statuses: list[dg.DagsterRunStatus]
+) -> list[dg.RunRecord]:
+    """The newest run of each job that extracts (alone or followed) with one of `statuses`."""
+    found = []
+    for job in (raw_customer_events_job.name, FOLLOW_JOB):
+        found += instance.get_run_records(dg.RunsFilter(job_name=job, statuses=statuses), limit=1)
+    return found
 
 
 def extract_in_progress(instance: dg.DagsterInstance) -> bool:
-    return job_in_progress(instance, raw_customer_events_job.name)
+    """Is a run that extracts (alone or followed) queued, starting or running?"""
+    return bool(_extract_runs(instance, ACTIVE_RUN_STATUSES))
+
+
+def follow_partition(
+    instance: dg.DagsterInstance, partitions: dg.PartitionsDefinition
+) -> str | None:
+    """Today's partition when the extract should carry today's followers with it, else None.
+
+    Only once today's scores exist (the automation's conditions, a champion among them,
+    held for today) and while no run of today's partition is queued or running: two runs
+    must never score today at once.
+    """
+    today = partitions.get_last_partition_key()
+    if today is None:
+        return None
+    active = instance.get_runs(
+        filters=dg.RunsFilter(tags={"dagster/partition": today}, statuses=ACTIVE_RUN_STATUSES),
+        limit=1,
+    )
+    if active:
+        return None
+    scored = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=SCORES, asset_partitions=[today]), limit=1
+    )
+    return today if scored.records else None
 
 
 def backlog_wait(instance: dg.DagsterInstance, now: float) -> str | None:
     """Why a backlog the last extract left should wait, or None to extract it now.
 
-    The last extract is the later of the extract job's last finished run and the asset's
-    last materialization (from any job: the UI's, a backfill's)."""
+    The last extract is the later of the last finished run that extracts (alone or
+    followed) and the asset's last materialization (from any job: the UI's, a backfill's)."""
     last: list[tuple[float, str, str, int]] = []  # (ended, run id, status, messages read)
-    records = instance.get_run_records(
-        dg.RunsFilter(job_name=raw_customer_events_job.name, statuses=FINISHED), limit=1
-    )
-    if records and records[0].end_time is not None:
-        run = records[0].dagster_run
-        last.append((records[0].end_time, run.run_id, run.status.value, 0))
+    for record in _extract_runs(instance, FINISHED):
+        if record.end_time is not None:
+            run = record.dagster_run
+            last.append((record.end_time, run.run_id, run.status.value, 0))
     event = instance.get_latest_materialization_event(raw_customer_events.key)
     if event is not None and event.asset_materialization is not None:
         read = event.asset_materialization.metadata.get("messages")
@@ -74,18 +135,49 @@ def backlog_wait(instance: dg.DagsterInstance, now: float) -> str | None:
     )
 
 
-@dg.sensor(
-    job=raw_customer_events_job,
-    minimum_interval_seconds=EVERY_DAEMON_LOOP_S,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Requests an extract when customer-events holds messages the lake's ledger "
-    "does not: at once when the topic's watermarks moved, and also when an extract was "
-    "killed or failed (after 30 s). It never consumes. Its messages and the run's tags give "
-    "the lag per partition: high watermark − the ledger's next offset (the embedded broker's "
-    "watermark trails by its last batch).",
+DESCRIPTION = (
+    "Requests an extract when customer-events holds messages the lake's ledger does not: at "
+    "once when the topic's watermarks moved, and also when an extract was killed or failed "
+    "(after 30 s). It never consumes. Its messages and the run's tags give the lag per "
+    "partition: high watermark − the ledger's next offset (the embedded broker's watermark "
+    "trails by its last batch)."
 )
-def customer_events_sensor(
-    context: dg.SensorEvaluationContext, kafka: KafkaResource, lake: LakeResource
+
+
+def build_customer_events_sensor(
+    partitions: dg.PartitionsDefinition | None = None,
+) -> dg.SensorDefinition:
+    """The sensor; with `partitions` (today's as-of dates) it chains today's followers."""
+    if partitions is None:
+        targets: dict = {"job": raw_customer_events_job}
+    else:
+        targets = {"jobs": [raw_customer_events_job, extract_and_follow_job()]}
+
+    @dg.sensor(
+        name=SENSOR,
+        minimum_interval_seconds=EVERY_DAEMON_LOOP_S,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=DESCRIPTION
+        + (
+            " It chains today's features, checks, scores and drift once today is scored."
+            if partitions
+            else ""
+        ),
+        **targets,
+    )
+    def customer_events_sensor(
+        context: dg.SensorEvaluationContext, kafka: KafkaResource, lake: LakeResource
+    ):
+        return _evaluate(context, kafka, lake, partitions)
+
+    return customer_events_sensor
+
+
+def _evaluate(
+    context: dg.SensorEvaluationContext,
+    kafka: KafkaResource,
+    lake: LakeResource,
+    partitions: dg.PartitionsDefinition | None,
 ):
     settings = kafka.settings()
     topic = kafka.events_topic
@@ -124,11 +216,27 @@ def customer_events_sensor(
         trigger = "backlog"
         context.log.info(f"{topic!r} has a backlog no new data explains: {behind}")
     context.update_cursor(json.dumps({str(p): o for p, o in sorted(marks.items())}))
+    request_tags = {
+        tags.TRIGGER: SENSOR,
+        tags.TRIGGER_REASON: trigger,
+        tags.LAG: format_lag(lag),
+        tags.LAG_TOTAL: str(sum(lag.values())) if lag else "unknown",
+    }
+    if partitions is None:
+        return dg.RunRequest(tags=request_tags)
+    today = follow_partition(context.instance, partitions)
+    if today is None or context.repository_def is None:
+        return dg.RunRequest(job_name=raw_customer_events_job.name, tags=request_tags)
+    # named in full, as the automation's requests are: the run's selection is what tells the
+    # automation that today's assets were updated with the extract, not after it
+    graph = context.repository_def.asset_graph
     return dg.RunRequest(
-        tags={
-            tags.TRIGGER: "customer_events_sensor",
-            tags.TRIGGER_REASON: trigger,
-            tags.LAG: format_lag(lag),
-            tags.LAG_TOTAL: str(sum(lag.values())) if lag else "unknown",
-        },
+        job_name=FOLLOW_JOB,
+        partition_key=today,
+        asset_selection=sorted(FOLLOW_SELECTION.resolve(graph)),
+        asset_check_keys=sorted(FOLLOW_SELECTION.resolve_checks(graph)),
+        tags={**request_tags, tags.FOLLOWS_EVENTS: "true"},
     )
+
+
+customer_events_sensor = build_customer_events_sensor()
