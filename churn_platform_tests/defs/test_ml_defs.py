@@ -451,3 +451,12 @@ def test_training_set_fills_missing_dates_in_one_pass_with_their_checks(ml_lake,
     assert all(c.passed for c in checks)
     for as_of in gone:
         assert_frame_equal(read_features(lake, as_of), read_features(ml_lake.lake, as_of))
+
+
+def test_scoring_steps_take_a_pool_of_their_own_so_two_never_overlap():
+    from churn_platform.defs.features.definitions import features_partitions
+    from churn_platform.defs.ingestion.assets import EXTRACT_POOL
+    from churn_platform.defs.ml.assets import SCORES_POOL, build_scores_asset
+
+    scores = build_scores_asset(features_partitions({}))
+    assert scores.op.pool == SCORES_POOL != EXTRACT_POOL

@@ -530,6 +530,9 @@ def churn_champion(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.
     )
 
 
+SCORES_POOL = "churn_scores"
+
+
 def build_scores_asset(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefinition:
     @dg.asset(
         group_name="serving",
@@ -537,6 +540,10 @@ def build_scores_asset(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefi
         deps=[CUSTOMER_FEATURES, churn_champion],
         kinds={"delta", "kafka"},
         automation_condition=eager_after_checks(),
+        # one scoring step at a time (dagster.yaml: 1 slot a pool): two requesters (the
+        # automation, the extract chained with today's scoring) can race, and the step
+        # that runs second then reads features at least as new as the first one's
+        pool=SCORES_POOL,
     )
     def churn_scores(
         context: dg.AssetExecutionContext,
