@@ -191,21 +191,9 @@ def _materialize_polars_range(
         events = events_as_of(frame, inputs, as_of).drop(FILE_COLUMN)
         spec = discover_spec(events, as_of)
         table = compute_features(events, as_of, spec, churn, distinct=distinct)
-        customers = events["customer_id"].n_unique()
-        counts = {"customers": customers, "events_read": events.height}
-        version = write_features(lake, as_of, table, spec, counts, inputs.inputs(as_of), churn)
+        counts = {"customers": events["customer_id"].n_unique(), "events_read": events.height}
         done.append(
-            MaterializedFeatures(
-                as_of=as_of,
-                engine="polars",
-                rows=table.height,
-                customers=customers,
-                events_read=events.height,
-                spec=spec,
-                output_files=feature_files(lake, as_of, version),
-                seconds=time.perf_counter() - started,
-                version=version,
-            )
+            _written(lake, as_of, table, spec, counts, inputs.inputs(as_of), churn, started)
         )
     return done
 
@@ -216,19 +204,34 @@ def _materialize_polars(lake: Lake, as_of: date, churn: ChurnDefinition) -> Mate
     events = read_inputs(lake, inputs)
     spec = discover_spec(events, as_of)
     table = compute_features(events, as_of, spec, churn)
-    customers = events["customer_id"].n_unique()
-    counts = {"customers": customers, "events_read": events.height}
+    counts = {"customers": events["customer_id"].n_unique(), "events_read": events.height}
+    return _written(lake, as_of, table, spec, counts, inputs, churn, started)
+
+
+def _written(
+    lake: Lake,
+    as_of: date,
+    table: pl.DataFrame,
+    spec: FeatureSpec,
+    counts: dict[str, int],
+    inputs: FeatureInputs,
+    churn: ChurnDefinition,
+    started: float,
+    refreshed: int | None = None,
+) -> MaterializedFeatures:
+    """Write `table` as the `as_of` partition (`write_features`) and say what was written."""
     version = write_features(lake, as_of, table, spec, counts, inputs, churn)
     return MaterializedFeatures(
         as_of=as_of,
-        engine="polars",
+        engine="polars" if refreshed is None else "refresh",
         rows=table.height,
-        customers=customers,
-        events_read=events.height,
+        customers=counts["customers"],
+        events_read=counts["events_read"],
         spec=spec,
         output_files=feature_files(lake, as_of, version),
         seconds=time.perf_counter() - started,
         version=version,
+        refreshed=refreshed,
     )
 
 
@@ -293,19 +296,7 @@ def refresh_features(
         "customer_id"
     )
     counts = {"customers": touched.len(), "events_read": events.height, "refreshed": touched.len()}
-    version = write_features(lake, as_of, table, spec, counts, inputs, churn)
-    return MaterializedFeatures(
-        as_of=as_of,
-        engine="refresh",
-        rows=table.height,
-        customers=touched.len(),
-        events_read=events.height,
-        spec=spec,
-        output_files=feature_files(lake, as_of, version),
-        seconds=time.perf_counter() - started,
-        version=version,
-        refreshed=touched.len(),
-    )
+    return _written(lake, as_of, table, spec, counts, inputs, churn, started, touched.len())
 
 
 def feature_file_metadata(

@@ -119,6 +119,28 @@ def cdnow_master_path() -> Path:
     return cached
 
 
+def cdnow_events():
+    """CDNOW's purchases as lake events, in file order: `cdnow-<line>` ids, each a
+    `purchase` with its dollars as the value and `{"number_of_cds": n}` as attributes."""
+    import polars as pl
+
+    rows = [line.split() for line in cdnow_master_path().read_text().splitlines()]
+    rows = [r for r in rows if len(r) == 4 and r[0].isdigit()]
+    raw = pl.DataFrame(
+        rows, schema=["customer_id", "date", "number_of_cds", "dollar_value"], orient="row"
+    )
+    return raw.with_row_index("n").select(
+        pl.format("cdnow-{}", pl.col("n")).alias("event_id"),
+        "customer_id",
+        pl.lit("purchase").alias("event_type"),
+        pl.col("date").str.strptime(pl.Datetime("ms", "UTC"), "%Y%m%d").alias("ts"),
+        pl.col("dollar_value").cast(pl.Float64).alias("value"),
+        pl.concat_str(pl.lit('{"number_of_cds": '), "number_of_cds", pl.lit("}")).alias(
+            "attributes"
+        ),
+    )
+
+
 # CDNOW_master.txt: " 00001 19970101  1   11.77" (customer, date, CDs, dollars), a header line
 CDNOW_REPLAY_OPTIONS = (
     *("--format", "csv", "--separator", "whitespace"),

@@ -7,7 +7,6 @@ import shutil
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-import polars as pl
 import pytest
 from polars.testing import assert_frame_equal, assert_series_equal
 
@@ -37,7 +36,7 @@ from churn_platform.testing.lakes import (
     simulated_lake,
     write_events,
 )
-from churn_platform.testing.public_data import cdnow_master_path
+from churn_platform.testing.public_data import cdnow_events
 
 END = datetime(2026, 11, 21, tzinfo=UTC)
 # the last day, one with history files (lifecycle rows only) and one without, a week apart
@@ -55,28 +54,9 @@ def sim_lake(tmp_path_factory) -> Lake:
 @pytest.fixture(scope="module")
 def cdnow_lake(tmp_path_factory) -> Lake:
     """CDNOW_master.txt (real purchases, 1997-98) written to a lake as the replay maps it."""
-    raw = _read_cdnow()
-    frame = raw.with_row_index("n").select(
-        pl.format("cdnow-{}", pl.col("n")).alias("event_id"),
-        "customer_id",
-        pl.lit("purchase").alias("event_type"),
-        pl.col("date").str.strptime(pl.Datetime("ms", "UTC"), "%Y%m%d").alias("ts"),
-        pl.col("dollar_value").cast(pl.Float64).alias("value"),
-        pl.concat_str(pl.lit('{"number_of_cds": '), "number_of_cds", pl.lit("}")).alias(
-            "attributes"
-        ),
-    )
     lake = Lake(tmp_path_factory.mktemp("cdnow") / "lake")
-    write_events(lake, frame, partitions=2)
+    write_events(lake, cdnow_events(), partitions=2)
     return lake
-
-
-def _read_cdnow() -> pl.DataFrame:
-    rows = [line.split() for line in cdnow_master_path().read_text().splitlines()]
-    rows = [r for r in rows if len(r) == 4 and r[0].isdigit()]
-    return pl.DataFrame(
-        rows, schema=["customer_id", "date", "number_of_cds", "dollar_value"], orient="row"
-    )
 
 
 def one_date_tables(lake: Lake, dates, engine: str, churn=None) -> dict:

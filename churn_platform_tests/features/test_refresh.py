@@ -27,7 +27,7 @@ from churn_platform.testing.lakes import (
     started,
     write_events,
 )
-from churn_platform.testing.public_data import cdnow_master_path
+from churn_platform.testing.public_data import cdnow_events
 
 END = datetime(2026, 11, 21, tzinfo=UTC)
 TODAY = END.date()
@@ -143,20 +143,7 @@ def test_a_raw_table_rewritten_under_the_partition_is_declined(lake):
 
 def test_cdnow_purchases_refresh_equals_a_full_run(tmp_path):
     """Real purchases no one here wrote: a month of them arrives after the table was made."""
-    rows = [line.split() for line in cdnow_master_path().read_text().splitlines()]
-    rows = [r for r in rows if len(r) == 4 and r[0].isdigit()]
-    frame = (
-        pl.DataFrame(rows, schema=["customer_id", "date", "cds", "dollars"], orient="row")
-        .with_row_index("n")
-        .select(
-            pl.format("cdnow-{}", pl.col("n")).alias("event_id"),
-            "customer_id",
-            pl.lit("purchase").alias("event_type"),
-            pl.col("date").str.strptime(pl.Datetime("ms", "UTC"), "%Y%m%d").alias("ts"),
-            pl.col("dollars").cast(pl.Float64).alias("value"),
-            pl.lit(None, dtype=pl.String).alias("attributes"),
-        )
-    )
+    frame = cdnow_events()
     as_of = date(1998, 6, 30)
     cut = datetime(1998, 6, 1, tzinfo=UTC)
     lake = Lake(tmp_path / "lake")
