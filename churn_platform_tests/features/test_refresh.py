@@ -3,8 +3,10 @@ a full run over the same files leaves (polars and Beam), on the simulator and on
 
 from __future__ import annotations
 
+import re
 import shutil
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -18,7 +20,7 @@ from churn_platform.features.materialize import (
     refresh_features,
 )
 from churn_platform.lake import maintenance, tables
-from churn_platform.lake.store import Lake
+from churn_platform.lake.store import Lake, LakeError
 from churn_platform.testing.lakes import (
     cancelled,
     event,
@@ -158,3 +160,13 @@ def test_cdnow_purchases_refresh_equals_a_full_run(tmp_path):
     table = read_features(lake, as_of, version=refreshed.version)
     full = materialize_features(lake, as_of, engine="polars", churn=churn)
     assert_frame_equal(table, read_features(lake, as_of, version=full.version), check_exact=True)
+
+
+def test_a_damaged_raw_file_is_named_not_read_as_empty(lake):
+    materialize_features(lake, TODAY, engine="polars")
+    write_events(lake, _later_events(lake, TODAY), partitions=3)
+    damaged = read_feature_manifest(lake, TODAY)["inputs"]["window"][-1]
+    Path(lake.path(damaged)).write_bytes(b"PAR1 not parquet")  # one the partition already read
+
+    with pytest.raises(LakeError, match=re.escape(damaged)):
+        refresh_features(lake, TODAY)
