@@ -9,6 +9,7 @@ is never opened.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -55,12 +56,43 @@ def feature_inputs(lake: Lake, as_of: date) -> FeatureInputs:
     return FeatureInputs(as_of, tuple(sorted(window)), tuple(sorted(history)))
 
 
-def read_file(lake: Lake, path: str, lifecycle_only: bool = False) -> pl.DataFrame:
-    """One raw file's event columns (only lifecycle rows when `lifecycle_only`)."""
-    frame = read_raw_file(lake, path, EVENT_COLUMNS)
-    if lifecycle_only:
-        frame = frame.filter(pl.col("event_type").is_in(sorted(LIFECYCLE_EVENT_TYPES)))
-    return frame
+def read_file(
+    lake: Lake, path: str, lifecycle_only: bool = False, columns: Sequence[str] = EVENT_COLUMNS
+) -> pl.DataFrame:
+    """One raw file's `columns` (only lifecycle rows when `lifecycle_only`)."""
+    return _lifecycle(read_raw_file(lake, path, columns), lifecycle_only)
+
+
+def read_files(
+    lake: Lake,
+    paths: Sequence[str],
+    lifecycle_only: Sequence[bool],
+    columns: Sequence[str] = EVENT_COLUMNS,
+) -> pl.DataFrame | None:
+    """`read_file` of each of `paths` (None when there are none), concatenated in order.
+
+    One polars scan per run of files alike (`tables.read_frames`) where the lake allows
+    it; else file by file, which names a damaged file.
+    """
+    if not paths:
+        return None
+    parts: list[pl.DataFrame] = []
+    for only, run in itertools.groupby(zip(paths, lifecycle_only, strict=True), lambda x: x[1]):
+        frame = tables.read_frames(lake, tables.RAW_EVENTS, [p for p, _ in run], columns)
+        if frame is None:
+            parts = [
+                read_file(lake, p, old, columns)
+                for p, old in zip(paths, lifecycle_only, strict=True)
+            ]
+            break
+        parts.append(_lifecycle(frame, only))
+    return pl.concat(parts, how="vertical_relaxed")
+
+
+def _lifecycle(frame: pl.DataFrame, lifecycle_only: bool) -> pl.DataFrame:
+    if not lifecycle_only:
+        return frame
+    return frame.filter(pl.col("event_type").is_in(sorted(LIFECYCLE_EVENT_TYPES)))
 
 
 def read_inputs(
@@ -70,30 +102,15 @@ def read_inputs(
 
     Only the rows of `customers` when given (a refresh of the customers new files touch).
     """
-    frames = [
-        _read_files(lake, inputs.history_files, lifecycle_only=True),
-        _read_files(lake, inputs.window_files, lifecycle_only=False),
-    ]
-    frames = [f for f in frames if f is not None]
-    if not frames:
+    frame = read_files(
+        lake,
+        [*inputs.history_files, *inputs.window_files],
+        [True] * len(inputs.history_files) + [False] * len(inputs.window_files),
+    )
+    if frame is None:
         return _EMPTY.clone()
-    frame = pl.concat(frames, how="vertical_relaxed")
     if customers is not None:
         frame = frame.filter(pl.col("customer_id").is_in(customers.implode()))
-    return frame
-
-
-def _read_files(lake: Lake, paths: Sequence[str], lifecycle_only: bool) -> pl.DataFrame | None:
-    """`read_file` of each of `paths`, concatenated: one scan where the lake allows it."""
-    if not paths:
-        return None
-    frame = tables.read_frames(lake, tables.RAW_EVENTS, paths, EVENT_COLUMNS)
-    if frame is None:  # file by file: a damaged file is named
-        return pl.concat(
-            [read_file(lake, p, lifecycle_only) for p in paths], how="vertical_relaxed"
-        )
-    if lifecycle_only:
-        frame = frame.filter(pl.col("event_type").is_in(sorted(LIFECYCLE_EVENT_TYPES)))
     return frame
 
 
@@ -164,8 +181,7 @@ def read_range(lake: Lake, inputs: RangeInputs) -> tuple[pl.DataFrame, list[int]
     ):
         frame = read_file(lake, path)
         heights.append(frame.height)
-        if lifecycle_only:
-            frame = frame.filter(pl.col("event_type").is_in(sorted(LIFECYCLE_EVENT_TYPES)))
+        frame = _lifecycle(frame, lifecycle_only)
         frames.append(frame.with_columns(pl.lit(index, dtype=pl.Int32).alias(FILE_COLUMN)))
     if not frames:
         return _EMPTY.with_columns(pl.lit(0, dtype=pl.Int32).alias(FILE_COLUMN)).clear(), []

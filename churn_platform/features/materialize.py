@@ -19,7 +19,6 @@ code cannot vouch for itself.
 
 from __future__ import annotations
 
-import itertools
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -50,11 +49,13 @@ from churn_platform.features.inputs import (
     feature_inputs,
     range_inputs,
     range_inputs_of,
+    read_file,
+    read_files,
     read_inputs,
     read_range,
 )
 from churn_platform.lake import tables
-from churn_platform.lake.raw import event_date_of, event_days, raw_files, raw_path, read_raw_file
+from churn_platform.lake.raw import event_date_of, event_days, raw_files, raw_path
 from churn_platform.lake.store import Lake, LakeError
 
 if TYPE_CHECKING:
@@ -272,7 +273,7 @@ def refresh_features(
         tuple(p for p in inputs.window_files if p not in window),
         tuple(p for p in inputs.history_files if p not in history),
     )
-    table = read_features(lake, as_of, version=version)
+    table = _read_partition(lake, as_of, files, spec, None, version)
     if not (added.window_files or added.history_files):  # nothing new: the partition stands
         return MaterializedFeatures(
             as_of=as_of,
@@ -436,6 +437,18 @@ def read_features(
     """
     files = _partition(lake, as_of, version)
     spec = FeatureSpec.from_dict(_manifest(lake, as_of, files, version))
+    return _read_partition(lake, as_of, files, spec, columns, version)
+
+
+def _read_partition(
+    lake: Lake,
+    as_of: date,
+    files: list[tables.DataFile],
+    spec: FeatureSpec,
+    columns: list[str] | None,
+    version: int | None,
+) -> pl.DataFrame:
+    """`read_features` of partition `files` (of `version`), whose footers gave `spec`."""
     schema = spec.schema()
     wanted = list(schema) if columns is None else columns
     unknown = [c for c in wanted if c not in schema]
@@ -619,20 +632,8 @@ def active_customers(
     if not paths:
         return pl.Series("customer_id", [], dtype=pl.String)
     older = [(day := event_date_of(path)) is None or day < first_window_day for path in paths]
-    # one scan per run of files alike (before the window: lifecycle rows only), in file
-    # order: what `_read_state` of each file gives
-    parts: list[pl.DataFrame] | None = []
-    for lifecycle_only, run in itertools.groupby(zip(paths, older, strict=True), lambda x: x[1]):
-        frame = tables.read_frames(lake, tables.RAW_EVENTS, [p for p, _ in run], _STATE_COLUMNS)
-        if frame is None:
-            parts = None
-            break
-        if lifecycle_only:
-            frame = frame.filter(pl.col("event_type").is_in(sorted(LIFECYCLE_EVENT_TYPES)))
-        parts.append(frame)
-    if parts is None:  # file by file: a damaged file is named
-        parts = [_read_state(lake, p, old) for p, old in zip(paths, older, strict=True)]
-    return _active_in(pl.concat(parts, how="vertical_relaxed"), as_of, churn)
+    state = read_files(lake, paths, older, _STATE_COLUMNS)
+    return _active_in(state, as_of, churn)
 
 
 def active_customers_range(
@@ -644,7 +645,7 @@ def active_customers_range(
     for index, (path, lifecycle_only) in enumerate(
         zip(together.files, together.lifecycle_only, strict=True)
     ):
-        frame = _read_state(lake, path, lifecycle_only)
+        frame = read_file(lake, path, lifecycle_only, _STATE_COLUMNS)
         frames.append(frame.with_columns(pl.lit(index, dtype=pl.Int32).alias(FILE_COLUMN)))
     if not frames:
         return {d: pl.Series("customer_id", [], dtype=pl.String) for d in together.dates}
@@ -691,14 +692,6 @@ def _active_in(events: pl.DataFrame, as_of: date, churn: ChurnDefinition) -> pl.
         .join(latest.select("customer_id"), on="customer_id", how="anti")["customer_id"]
     )
     return pl.concat([subscribed, recently_active]).unique().sort().rename("customer_id")
-
-
-def _read_state(lake: Lake, path: str, lifecycle_only: bool) -> pl.DataFrame:
-    """The state columns of one raw file (lifecycle rows only for files before the window)."""
-    frame = read_raw_file(lake, path, _STATE_COLUMNS)
-    if lifecycle_only:
-        frame = frame.filter(pl.col("event_type").is_in(sorted(LIFECYCLE_EVENT_TYPES)))
-    return frame
 
 
 def check_row_count(table: pl.DataFrame, active: pl.Series, examples: int = 5) -> CheckOutcome:
