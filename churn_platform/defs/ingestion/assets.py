@@ -20,6 +20,8 @@ LAG_NOTE = (
     "under-counts by up to that batch."
 )
 EXTRACT_POOL = "kafka_extract"
+# every job that extracts carries it: dagster.yaml limits the runs with it to one at a time
+EXTRACT_TAGS = {tags.EXTRACT_CONCURRENCY: "true"}
 REJECTED_RATE_CHECK = "rejected_rate_below_threshold"
 
 
@@ -119,6 +121,6 @@ def raw_customer_events(
 raw_customer_events_job = dg.define_asset_job(
     EXTRACT_JOB,
     selection=[raw_customer_events],
-    tags={tags.EXTRACT_CONCURRENCY: "true"},
+    tags=EXTRACT_TAGS,
     description="Extract new customer events from Kafka into the lake.",
 )

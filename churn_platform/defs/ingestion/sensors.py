@@ -26,10 +26,14 @@ import time
 import dagster as dg
 
 from churn_platform.defs import tags
-from churn_platform.defs.ingestion.assets import raw_customer_events, raw_customer_events_job
+from churn_platform.defs.ingestion.assets import (
+    EXTRACT_TAGS,
+    raw_customer_events,
+    raw_customer_events_job,
+)
 from churn_platform.defs.resources.kafka import KafkaResource
 from churn_platform.defs.resources.lake import LakeResource
-from churn_platform.defs.runs import ACTIVE_RUN_STATUSES, EVERY_DAEMON_LOOP_S
+from churn_platform.defs.runs import ACTIVE_RUN_STATUSES, EVERY_DAEMON_LOOP_S, job_in_progress
 from churn_platform.ingestion.extract import format_lag, lag_behind
 from churn_platform.kafka.admin import BrokerUnavailable, high_watermarks
 from churn_platform.lake.raw import extracted_offsets
@@ -46,11 +50,10 @@ FINISHED = [
 ]
 SENSOR = "customer_events_sensor"
 FOLLOW_JOB = "extract_and_follow_job"
+EXTRACT_JOBS = (raw_customer_events_job.name, FOLLOW_JOB)  # the jobs that extract
 # today's assets that the automation requests after an extract (their checks come along)
 FOLLOWERS = tuple(dg.AssetKey(k) for k in ("customer_features", "churn_scores", "feature_drift"))
 SCORES = dg.AssetKey("churn_scores")
-# the extract jobs' tag: dagster.yaml limits the runs carrying it to one at a time
-EXTRACTS = {tags.EXTRACT_CONCURRENCY: "true"}
 FOLLOW_SELECTION = dg.AssetSelection.assets(raw_customer_events, *FOLLOWERS)
 
 
@@ -59,25 +62,15 @@ def extract_and_follow_job() -> dg.UnresolvedAssetJobDefinition:
     return dg.define_asset_job(
         FOLLOW_JOB,
         selection=FOLLOW_SELECTION,
-        tags=EXTRACTS,
+        tags=EXTRACT_TAGS,
         description="Extract new customer events, then today's features (the customers they "
         "touch), checks, scores and drift, in one run (customer_events_sensor).",
     )
 
 
-def _extract_runs(
-    instance: dg.DagsterInstance, statuses: list[dg.DagsterRunStatus]
-) -> list[dg.RunRecord]:
-    """The newest run of each job that extracts (alone or followed) with one of `statuses`."""
-    found = []
-    for job in (raw_customer_events_job.name, FOLLOW_JOB):
-        found += instance.get_run_records(dg.RunsFilter(job_name=job, statuses=statuses), limit=1)
-    return found
-
-
 def extract_in_progress(instance: dg.DagsterInstance) -> bool:
     """Is a run that extracts (alone or followed) queued, starting or running?"""
-    return bool(_extract_runs(instance, ACTIVE_RUN_STATUSES))
+    return any(job_in_progress(instance, job) for job in EXTRACT_JOBS)
 
 
 def follow_partition(
@@ -110,7 +103,14 @@ def backlog_wait(instance: dg.DagsterInstance, now: float) -> str | None:
     The last extract is the later of the last finished run that extracts (alone or
     followed) and the asset's last materialization (from any job: the UI's, a backfill's)."""
     last: list[tuple[float, str, str, int]] = []  # (ended, run id, status, messages read)
-    for record in _extract_runs(instance, FINISHED):
+    finished = [
+        record
+        for job in EXTRACT_JOBS
+        for record in instance.get_run_records(
+            dg.RunsFilter(job_name=job, statuses=FINISHED), limit=1
+        )
+    ]
+    for record in finished:
         if record.end_time is not None:
             run = record.dagster_run
             last.append((record.end_time, run.run_id, run.status.value, 0))
