@@ -275,7 +275,7 @@ def bar_markdown(
     if threshold is not None:
         chart.vertical(threshold, _GREY, dashed=True)
         chart.legend(f"threshold {threshold:g}", _GREY)
-    return _png_image_markdown(_image_png(chart.image), title)
+    return chart.markdown(title)
 
 
 def histogram_markdown(
@@ -314,7 +314,7 @@ def histogram_markdown(
         edges = [0.0, *cutoffs, 1.0]
         for name, low, high in zip(names, edges[:-1], edges[1:], strict=True):
             chart.label_top(name, (low + high) / 2)
-    return _png_image_markdown(_image_png(chart.image), title)
+    return chart.markdown(title)
 
 
 # --- charts drawn with Pillow ----------------------------------------------------
@@ -373,6 +373,11 @@ class _Chart:
             middle = (self.left + self.right) / 2
             self.draw.text((middle, height - 6), xlabel, fill=_INK, font=_font(11), anchor="mb")
 
+    def markdown(self, title: str) -> str:
+        """The chart, framed, as a markdown image (`title` is the alt text)."""
+        self.draw.rectangle([self.left, self.top, self.right, self.bottom], outline=_INK)
+        return _png_image_markdown(_image_png(self.image), title)
+
     def x(self, value: float) -> float:
         low, high = self.x_range
         return self.left + (value - low) / (high - low) * (self.right - self.left)
@@ -389,7 +394,6 @@ class _Chart:
             self.draw.text(
                 (at, self.bottom + 4), _tick_text(tick), fill=_INK, font=_font(10), anchor="mt"
             )
-        self.draw.rectangle([self.left, self.top, self.right, self.bottom], outline=_INK)
 
     def y_axis(self, low: float, high: float, label: str) -> None:
         ticks = _nice_ticks(low, high)
@@ -400,7 +404,6 @@ class _Chart:
             self.draw.text(
                 (self.left - 4, at), _tick_text(tick), fill=_INK, font=_font(10), anchor="rm"
             )
-        self.draw.rectangle([self.left, self.top, self.right, self.bottom], outline=_INK)
         self.draw.text((_MARGIN, self.top - 14), label, fill=_INK, font=_font(10), anchor="lm")
 
     def bar_vertical(self, start: float, end: float, value: float, color) -> None:
