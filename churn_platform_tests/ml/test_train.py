@@ -25,6 +25,7 @@ from churn_platform.ml.flat import WALK_ROWS
 from churn_platform.ml.frame import LABEL_COLUMN, input_rows, model_input
 from churn_platform.ml.gate import GateConfig, judge_candidate
 from churn_platform.ml.train import (
+    DEFAULT_MAX_TRAIN_ROWS,
     TrainConfig,
     TrainedModels,
     TrainingError,
@@ -33,6 +34,7 @@ from churn_platform.ml.train import (
     fit_served,
     gate_summary,
     model_card,
+    row_limit,
     split_by_time,
     top_decile,
     train_models,
@@ -135,7 +137,7 @@ def test_too_few_dates_are_a_training_error_saying_what_to_add():
 
 def test_sampling_keeps_whole_customers_seeded_and_about_the_size():
     table = weekly_table(4, customers=300)  # 300 customers with 2 to 4 dates each
-    config = TrainConfig(max_train_rows=300, seed=5)
+    config = TrainConfig(max_train_rows=300, min_train_positives=0, seed=5)
     sample, customers = _sample_customers(table, config)
 
     assert customers == sample["customer_id"].n_unique() > 0
@@ -150,7 +152,9 @@ def test_sampling_keeps_whole_customers_seeded_and_about_the_size():
 
     again, _ = _sample_customers(table, config)
     assert set(again["customer_id"]) == set(sample["customer_id"])
-    other, _ = _sample_customers(table, TrainConfig(max_train_rows=300, seed=6))
+    other, _ = _sample_customers(
+        table, TrainConfig(max_train_rows=300, min_train_positives=0, seed=6)
+    )
     assert set(other["customer_id"]) != set(sample["customer_id"])
 
     whole, none = _sample_customers(table, TrainConfig(max_train_rows=table.height))
@@ -159,11 +163,35 @@ def test_sampling_keeps_whole_customers_seeded_and_about_the_size():
 
 def test_split_samples_only_the_train_dates():
     table = weekly_table(10, customers=300)
-    split = split_by_time(table, TrainConfig(max_train_rows=200))
+    split = split_by_time(table, TrainConfig(max_train_rows=200, min_train_positives=0))
     everyone = table.filter(pl.col("as_of").is_in(split.holdout_dates)).height
+    before = table.filter(pl.col("as_of").is_in(split.train_dates)).height
     assert split.sampled_customers == split.train["customer_id"].n_unique()
-    assert split.train.height < table.filter(pl.col("as_of").is_in(split.train_dates)).height
+    assert split.train.height < before
     assert split.holdout.height == everyone
+    assert split.describe()["train_rows_before_sampling"] == before
+    assert "train_rows_before_sampling" not in split_by_time(table, TrainConfig()).describe()
+
+
+def test_the_row_limit_keeps_enough_churned_rows():
+    """Above max_train_rows the sample shrinks, but not below min_train_positives churned
+    rows at the data's own churn rate; None keeps every row."""
+    config = TrainConfig(max_train_rows=1_000, min_train_positives=100)
+    assert row_limit(900, 90, config) is None  # under the cap
+    assert row_limit(10_000, 2_000, config) == 1_000  # 20% churn: 1,000 rows hold 200
+    assert row_limit(10_000, 500, config) == 2_000  # 5% churn: 2,000 rows hold 100
+    assert row_limit(10_000, 50, config) is None  # 0.5% churn: every row holds only 50
+    assert row_limit(10_000, 0, config) == 1_000
+    assert row_limit(10**9, 10**6, TrainConfig(max_train_rows=None)) is None
+    # the defaults: a large business with common churn is sampled, rare churn keeps more
+    defaults = TrainConfig()
+    assert row_limit(574_634, 50_676, defaults) == DEFAULT_MAX_TRAIN_ROWS
+    assert row_limit(2_000_000, 20_000, defaults) == 1_000_000
+
+    table = weekly_table(4, customers=300)  # every fifth customer churned
+    rare = TrainConfig(max_train_rows=300, min_train_positives=150)
+    sample, _ = _sample_customers(table, rare)
+    assert sample[LABEL_COLUMN].sum() >= 0.7 * 150
 
 
 # --- metrics -------------------------------------------------------------------------
@@ -348,10 +376,16 @@ def test_the_served_fit_in_threads_is_scikit_learns_out_of_fold_calibration(
 
 
 def test_the_served_fit_samples_whole_customers_when_asked(training, trained):
-    config = TrainConfig(max_train_rows=4_000, importance_rows=300, importance_repeats=1)
+    config = TrainConfig(
+        max_train_rows=4_000, min_train_positives=0, importance_rows=300, importance_repeats=1
+    )
     sampled = fit_served(training.table, trained.features, config)
     assert 3_000 < sampled.rows < 5_000 < training.rows
     assert sampled.dates == training.dates  # every date, fewer customers
+    assert sampled.describe()["served_rows_before_sampling"] == training.rows
+    assert f"rows of {training.rows}, whole customers sampled" in model_card(
+        "v1", trained, training.rows, "range", [], True, served=sampled
+    )
 
 
 def test_small_batch_predictor_equals_the_served_model_bit_for_bit(served, training, trained):

@@ -50,6 +50,8 @@ from churn_platform.ml.score import (
     write_scores,
 )
 from churn_platform.ml.train import (
+    DEFAULT_MAX_TRAIN_ROWS,
+    DEFAULT_MIN_TRAIN_POSITIVES,
     DEFAULT_SEED,
     ServedModel,
     TrainConfig,
@@ -122,7 +124,15 @@ class ChurnModelConfig(dg.Config):
         "calibration rows)",
     )
     max_train_rows: int | None = Field(
-        default=None, description="Sample whole customers when training rows exceed this."
+        default=DEFAULT_MAX_TRAIN_ROWS,
+        ge=1,
+        description="Fit on whole customers sampled down to about this many rows (raised to "
+        "keep min_train_positives churned rows); null: every row.",
+    )
+    min_train_positives: int = Field(
+        default=DEFAULT_MIN_TRAIN_POSITIVES,
+        ge=0,
+        description="Churned rows a sample keeps at least (at the data's own churn rate).",
     )
     min_roc_auc: float | None = Field(
         default=None,
@@ -305,6 +315,7 @@ def churn_model(
         calibration_dates=config.calibration_dates,
         calibration=config.calibration,
         max_train_rows=config.max_train_rows,
+        min_train_positives=config.min_train_positives,
     )
     gate_config = GateConfig(
         min_roc_auc=config.min_roc_auc if config.min_roc_auc is not None else gate.min_roc_auc,
