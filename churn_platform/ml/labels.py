@@ -19,6 +19,7 @@ says from which lake date on it will be.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 
@@ -31,8 +32,9 @@ from churn_platform.features.churn import (
     ChurnDefinition,
 )
 from churn_platform.features.definitions import as_of_end
+from churn_platform.features.inputs import read_files
 from churn_platform.lake import tables
-from churn_platform.lake.raw import event_days, raw_files, raw_path, read_raw_file
+from churn_platform.lake.raw import event_date_of, event_days, raw_files, raw_path
 from churn_platform.lake.store import Lake
 
 DEFAULT_HORIZON_DAYS = DEFAULT_CANCELLATION_HORIZON_DAYS
@@ -44,6 +46,12 @@ LABEL_SCHEMA = {
     "churn_definition": pl.String(),
 }
 _LABEL_EVENT_COLUMNS = ["event_id", "customer_id", "event_type", "ts"]
+_LABEL_EVENT_SCHEMA = {
+    "event_id": pl.String,
+    "customer_id": pl.String,
+    "event_type": pl.String,
+    "ts": pl.Datetime("ms", "UTC"),
+}
 
 
 class NotYetLabelable(ValueError):
@@ -115,23 +123,32 @@ def read_label_events(lake: Lake, as_of: date, churn: ChurnDefinition) -> pl.Dat
 
     Cancellation: `subscription_cancelled` events; inactivity: qualifying activity.
     """
-    first = as_of + timedelta(days=1)
-    last = as_of + timedelta(days=churn.horizon_days)
-    wanted = _label_event_filter(churn)
-    frames = [
-        read_raw_file(lake, raw_path(f), _LABEL_EVENT_COLUMNS).filter(wanted)
-        for f in raw_files(lake, start=first, end=last)
+    return _in_horizon(_read_label_events(lake, [as_of], churn), as_of, churn)
+
+
+def _read_label_events(lake: Lake, dates: Sequence[date], churn: ChurnDefinition) -> pl.DataFrame:
+    """The label-deciding events of every date's horizon, each raw file read once, in lake
+    order (the raw table is partitioned by the UTC date of `ts`, so a date's horizon is
+    its files and its rows alike)."""
+    covered = {d + timedelta(days=k) for d in dates for k in range(1, churn.horizon_days + 1)}
+    paths = [
+        raw_path(f)
+        for f in raw_files(lake, start=min(covered), end=max(covered))
+        if event_date_of(raw_path(f)) in covered
     ]
-    if not frames:
-        return pl.DataFrame(
-            schema={
-                "event_id": pl.String,
-                "customer_id": pl.String,
-                "event_type": pl.String,
-                "ts": pl.Datetime("ms", "UTC"),
-            }
-        )
-    return pl.concat(frames).unique(subset="event_id", maintain_order=True)
+    frame = read_files(lake, paths, [False] * len(paths), _LABEL_EVENT_COLUMNS)
+    if frame is None:
+        return pl.DataFrame(schema=_LABEL_EVENT_SCHEMA)
+    return frame.filter(_label_event_filter(churn))
+
+
+def _in_horizon(events: pl.DataFrame, as_of: date, churn: ChurnDefinition) -> pl.DataFrame:
+    """The rows of `events` in `as_of`'s horizon, each event_id once (the first)."""
+    start = as_of_end(as_of)
+    end = as_of_end(as_of + timedelta(days=churn.horizon_days))
+    return events.filter((pl.col("ts") >= start) & (pl.col("ts") < end)).unique(
+        subset="event_id", maintain_order=True
+    )
 
 
 def read_cancellations(lake: Lake, as_of: date, horizon_days: int) -> pl.DataFrame:
@@ -234,21 +251,45 @@ def materialize_labels(
     churn: ChurnDefinition | int = CANCELLATION,
 ) -> LabelResult:
     """Label the active `customers` of `as_of` and write them; refuses incomplete horizons."""
+    return materialize_labels_range(lake, {as_of: customers}, churn)[0]
+
+
+def materialize_labels_range(
+    lake: Lake,
+    customers: Mapping[date, pl.Series | list[str]],
+    churn: ChurnDefinition | int = CANCELLATION,
+) -> list[LabelResult]:
+    """`materialize_labels` of several as-of dates (their active customers), reading the
+    raw files of all their horizons once; each date written in its own commit, by date.
+
+    Refuses (`NotYetLabelable`) before anything is written when any date's horizon
+    is incomplete.
+    """
     churn = _churn_of(churn)
     started = time.perf_counter()
+    dates = sorted(customers)
+    if not dates:
+        return []
     through = complete_through(lake)
-    ensure_labelable(as_of, churn.horizon_days, through)
-    events = read_label_events(lake, as_of, churn)
-    labels = compute_labels(customers, events, as_of, churn)
-    version = write_labels(lake, labels, as_of)
-    return LabelResult(
-        as_of=as_of,
-        horizon_days=churn.horizon_days,
-        rows=labels.height,
-        churned=int(labels["churned"].sum()),
-        complete_through=through,
-        cancellations_read=events.height,
-        version=version,
-        seconds=time.perf_counter() - started,
-        churn=churn,
-    )
+    for as_of in dates:
+        ensure_labelable(as_of, churn.horizon_days, through)
+    read = _read_label_events(lake, dates, churn)
+    done = []
+    for as_of in dates:
+        events = _in_horizon(read, as_of, churn)
+        labels = compute_labels(customers[as_of], events, as_of, churn)
+        version = write_labels(lake, labels, as_of)
+        done.append(
+            LabelResult(
+                as_of=as_of,
+                horizon_days=churn.horizon_days,
+                rows=labels.height,
+                churned=int(labels["churned"].sum()),
+                complete_through=through,
+                cancellations_read=events.height,
+                version=version,
+                seconds=time.perf_counter() - started,
+                churn=churn,
+            )
+        )
+    return done

@@ -66,7 +66,7 @@ from churn_platform.ml.frame import KEY_COLUMNS, LABEL_COLUMN, feature_columns, 
 from churn_platform.ml.labels import (
     LabelsMissing,
     complete_through,
-    materialize_labels,
+    materialize_labels_range,
     read_labels,
 )
 
@@ -295,13 +295,15 @@ def ensure_inputs(
                     f"customer_features as of {as_of.isoformat()} failed its checks "
                     f"({', '.join(failed)}): {outcomes[failed[0]].details}"
                 )
-    for as_of in dates:
-        if as_of in stale or not _labels_current(lake, as_of, churn):
-            customers = read_features(lake, as_of, columns=["customer_id"])["customer_id"]
-            materialize_labels(lake, customers, as_of, churn)
-            computed.append(f"churn_labels {as_of.isoformat()}")
-            if on_computed:
-                on_computed("churn_labels", as_of)
+    unlabelled = [d for d in dates if d in stale or not _labels_current(lake, d, churn)]
+    customers = {
+        as_of: read_features(lake, as_of, columns=["customer_id"])["customer_id"]
+        for as_of in unlabelled
+    }
+    for result in materialize_labels_range(lake, customers, churn):
+        computed.append(f"churn_labels {result.as_of.isoformat()}")
+        if on_computed:
+            on_computed("churn_labels", result.as_of)
     return computed
 
 

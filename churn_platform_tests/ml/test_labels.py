@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
 from churn_platform.events.contract import SUBSCRIPTION_CANCELLED
+from churn_platform.features.churn import CANCELLATION, ChurnDefinition
 from churn_platform.features.definitions import as_of_end
 from churn_platform.features.materialize import materialize_features, read_features
+from churn_platform.lake import tables
 from churn_platform.lake.store import Lake
 from churn_platform.ml.labels import (
     LABEL_SCHEMA,
@@ -18,6 +21,7 @@ from churn_platform.ml.labels import (
     compute_labels,
     ensure_labelable,
     materialize_labels,
+    materialize_labels_range,
     read_cancellations,
     read_labels,
 )
@@ -27,8 +31,15 @@ from churn_platform.testing.lakes import (
     cancelled,
     hand_built_lake,
     message,
+    simulated_lake,
     started,
 )
+
+
+def tables_version(lake: Lake) -> int | None:
+    table = tables.open_table(lake, tables.LABELS)
+    return None if table is None else table.version()
+
 
 D = date(2024, 3, 1)
 MS = timedelta(milliseconds=1)
@@ -149,3 +160,52 @@ def test_a_date_becomes_labelable_when_later_events_arrive(tmp_path):
     )
     result = materialize_labels(lake, ["c_stay"], late, 30)
     assert result.churned == 1
+
+
+@pytest.mark.parametrize(
+    "churn",
+    [CANCELLATION, ChurnDefinition("inactivity", 14)],
+    ids=["cancellation", "inactivity"],
+)
+def test_many_dates_at_once_equal_one_date_at_a_time(tmp_path, churn):
+    """materialize_labels_range reads every horizon's files once and writes what one run
+    per date writes: the same labels, counts and refusals, a redelivered cancellation
+    counted once."""
+    end = datetime(2024, 6, 10, tzinfo=UTC)
+    one, many = Lake(tmp_path / "one"), Lake(tmp_path / "many")
+    for lake in (one, many):
+        simulated_lake(lake, customers=120, days=90, seed=4, end=end)
+    repeat = cancelled("c_repeat", datetime(2024, 5, 3, 10, tzinfo=UTC))
+    for lake in (one, many):
+        first = message(started("c_repeat", datetime(2024, 4, 1, tzinfo=UTC)))
+        append_messages(lake, [first], now=end)
+        for _ in range(2):  # redelivered: the same event in two files
+            append_messages(lake, [message(repeat)], now=end)
+    dates = [date(2024, 4, 20), date(2024, 4, 27), date(2024, 5, 1)]
+    customers = {}
+    for as_of in dates:
+        materialize_features(one, as_of, engine="polars", churn=churn)
+        customers[as_of] = read_features(one, as_of, columns=["customer_id"])["customer_id"]
+
+    singly = [materialize_labels(one, customers[d], d, churn) for d in dates]
+    together = materialize_labels_range(many, {d: customers[d] for d in reversed(dates)}, churn)
+
+    assert [r.as_of for r in together] == dates
+    for a, b in zip(singly, together, strict=True):
+        assert (a.rows, a.churned, a.cancellations_read, a.complete_through) == (
+            b.rows,
+            b.churned,
+            b.cancellations_read,
+            b.complete_through,
+        )
+        assert_frame_equal(read_labels(one, a.as_of), read_labels(many, b.as_of))
+    assert sum(r.churned for r in together) > 0
+    if not churn.is_inactivity:
+        labels = read_labels(many, date(2024, 5, 1))
+        assert labels.filter(pl.col("customer_id") == "c_repeat")["churned"].to_list() == [True]
+
+    too_late = complete_through(many)
+    before = tables_version(many)
+    with pytest.raises(NotYetLabelable):
+        materialize_labels_range(many, {dates[0]: customers[dates[0]], too_late: ["c001"]}, churn)
+    assert tables_version(many) == before  # refused before writing any date
