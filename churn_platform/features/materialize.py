@@ -657,41 +657,43 @@ def active_customers_range(
 
 
 def _active_in(events: pl.DataFrame, as_of: date, churn: ChurnDefinition) -> pl.Series:
-    """Who is active at the end of `as_of` among `events` (state columns, in lake order)."""
+    """Who is active at the end of `as_of` among `events` (state columns, in lake order).
+
+    One lazy query: a filter copies only the columns its branch reads (half the
+    time of filtering the frame first, at 10M events).
+    """
     end = as_of_end(as_of)
-    events = events.filter(pl.col("ts") < end)
+    frame = events.lazy().filter(pl.col("ts") < end)
     is_lifecycle = pl.col("event_type").is_in(sorted(LIFECYCLE_EVENT_TYPES))
     if churn.is_inactivity:
         qualifying = ~is_lifecycle
         if churn.qualifying_types:
             qualifying = pl.col("event_type").is_in(list(churn.qualifying_types))
         since = end - timedelta(days=churn.horizon_days)
-        return (
-            events.filter(qualifying & (pl.col("ts") >= since))["customer_id"]
-            .unique()
-            .sort()
-            .rename("customer_id")
+        active = frame.filter(qualifying & (pl.col("ts") >= since)).select("customer_id")
+    else:
+        # Duplicates (a replay produced twice) are dropped by event_id where they could
+        # change the answer: among lifecycle events, whose order decides the state. A
+        # duplicated activity event cannot change the set of recently active customers,
+        # and de-duplicating millions of activity ids cost a large share of the check's
+        # time (benchmarks/scale.py, docs/benchmarks.md).
+        latest = (
+            frame.filter(is_lifecycle)
+            .unique(subset="event_id", keep="first", maintain_order=True)
+            .sort(["customer_id", "ts", "event_id"])
+            .group_by("customer_id")
+            .agg(pl.col("event_type").last().alias("last_type"))
         )
-    # Duplicates (a replay produced twice) are dropped by event_id where they could
-    # change the answer: among lifecycle events, whose order decides the state. A
-    # duplicated activity event cannot change the set of recently active customers,
-    # and de-duplicating millions of activity ids cost a large share of the check's
-    # time (benchmarks/scale.py, docs/benchmarks.md).
-    latest = (
-        events.filter(is_lifecycle)
-        .unique(subset="event_id", keep="first", maintain_order=True)
-        .sort(["customer_id", "ts", "event_id"])
-        .group_by("customer_id")
-        .agg(pl.col("event_type").last().alias("last_type"))
-    )
-    subscribed = latest.filter(pl.col("last_type") != SUBSCRIPTION_CANCELLED)["customer_id"]
-    recently_active = (
-        events.filter(~is_lifecycle & (pl.col("ts") >= end - timedelta(days=RECENT_ACTIVITY_DAYS)))
-        .select("customer_id")
-        .unique()
-        .join(latest.select("customer_id"), on="customer_id", how="anti")["customer_id"]
-    )
-    return pl.concat([subscribed, recently_active]).unique().sort().rename("customer_id")
+        subscribed = latest.filter(pl.col("last_type") != SUBSCRIPTION_CANCELLED)
+        recent = end - timedelta(days=RECENT_ACTIVITY_DAYS)
+        recently_active = (
+            frame.filter(~is_lifecycle & (pl.col("ts") >= recent))
+            .select("customer_id")
+            .unique()
+            .join(latest.select("customer_id"), on="customer_id", how="anti")
+        )
+        active = pl.concat([subscribed.select("customer_id"), recently_active])
+    return active.unique().sort("customer_id").collect()["customer_id"]
 
 
 def check_row_count(table: pl.DataFrame, active: pl.Series, examples: int = 5) -> CheckOutcome:
