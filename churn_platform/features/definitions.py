@@ -55,6 +55,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
+from typing import TypeVar
 
 import polars as pl
 
@@ -399,8 +400,9 @@ def discover_spec(events: pl.DataFrame | pl.LazyFrame, as_of: date) -> FeatureSp
         .sort("event_type")
         .collect()
     )
-    types = tuple(frame["event_type"].to_list())
-    valued = tuple(t for t, v in frame.iter_rows() if v)
+    found = sorted(frame.iter_rows())  # by name, whatever the column's type sorts by
+    types = tuple(t for t, _ in found)
+    valued = tuple(t for t, v in found if v)
     return FeatureSpec.current(types, valued)
 
 
@@ -438,6 +440,20 @@ def _days_between(as_of: date, earlier: pl.Expr) -> pl.Expr:
     return (pl.lit(as_of, dtype=pl.Date) - earlier.dt.date()).dt.total_days()
 
 
+FrameT = TypeVar("FrameT", pl.DataFrame, pl.LazyFrame)
+
+
+def categorical_keys(events: FrameT) -> FrameT:
+    """`events` with customer_id and event_type as categoricals (a no-op when they are).
+
+    `compute_features` groups and compares these: as categoricals its queries hash
+    and compare integers, not strings (a third of its time at 10M events, the same
+    table: the output is cast back). Callers that compute many dates from one
+    frame cast it once.
+    """
+    return events.with_columns(pl.col("customer_id", "event_type").cast(pl.Categorical))
+
+
 def compute_features(
     events: pl.DataFrame | pl.LazyFrame,
     as_of: date,
@@ -465,7 +481,12 @@ def compute_features(
     per micro-batch, where building and running thirty small eager steps cost
     more than the features.
     """
-    frame = events.lazy().select(EVENT_COLUMNS).filter(pl.col("ts") < as_of_end(as_of))
+    frame = (
+        events.lazy()
+        .select(EVENT_COLUMNS)
+        .filter(pl.col("ts") < as_of_end(as_of))
+        .pipe(categorical_keys)
+    )
     if not distinct:
         frame = frame.unique(subset="event_id", keep="first", maintain_order=True)
     frame = frame.collect()

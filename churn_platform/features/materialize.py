@@ -38,6 +38,7 @@ from churn_platform.features.definitions import (
     FeatureSpec,
     Kind,
     as_of_end,
+    categorical_keys,
     compute_features,
     discover_spec,
     merge_specs,
@@ -185,6 +186,7 @@ def _materialize_polars_range(
     started = time.perf_counter()
     inputs = range_inputs(lake, dates)
     frame, _ = read_range(lake, inputs)
+    frame = categorical_keys(frame)  # cast once for every date
     # equal ids hash equally: distinct hashes over every file prove no date has repeats
     distinct = frame["event_id"].hash().n_unique() == frame.height
     done = []

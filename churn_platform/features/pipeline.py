@@ -88,6 +88,7 @@ from churn_platform.features.definitions import (
     KEY_COLUMNS,
     FeatureSpec,
     as_of_end,
+    categorical_keys,
     compute_features,
     discover_spec,
     merge_specs,
@@ -751,7 +752,7 @@ class ComputeRangeFeaturesFn(beam.DoFn):
 
     def process(self, element: tuple[int, Iterable], specs: dict) -> Iterator:
         shard, batches = element
-        everything = assemble_shard(batches)
+        everything = categorical_keys(assemble_shard(batches))  # cast once for every date
         # distinct hashes over the shard's rows prove that no date of it has repeats
         distinct = everything["event_id"].hash().n_unique() == everything.height
         exact, customers = {}, {}
