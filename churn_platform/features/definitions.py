@@ -397,7 +397,6 @@ def discover_spec(events: pl.DataFrame | pl.LazyFrame, as_of: date) -> FeatureSp
         )
         .group_by("event_type")
         .agg(pl.col("value").is_not_null().any().alias("valued"))
-        .sort("event_type")
         .collect()
     )
     found = sorted(frame.iter_rows())  # by name, whatever the column's type sorts by

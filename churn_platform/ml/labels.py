@@ -45,13 +45,13 @@ LABEL_SCHEMA = {
     "horizon_days": pl.Int64(),
     "churn_definition": pl.String(),
 }
-_LABEL_EVENT_COLUMNS = ["event_id", "customer_id", "event_type", "ts"]
 _LABEL_EVENT_SCHEMA = {
     "event_id": pl.String,
     "customer_id": pl.String,
     "event_type": pl.String,
     "ts": pl.Datetime("ms", "UTC"),
 }
+_LABEL_EVENT_COLUMNS = list(_LABEL_EVENT_SCHEMA)
 
 
 class NotYetLabelable(ValueError):
@@ -132,9 +132,9 @@ def _read_label_events(lake: Lake, dates: Sequence[date], churn: ChurnDefinition
     its files and its rows alike)."""
     covered = {d + timedelta(days=k) for d in dates for k in range(1, churn.horizon_days + 1)}
     paths = [
-        raw_path(f)
-        for f in raw_files(lake, start=min(covered), end=max(covered))
-        if event_date_of(raw_path(f)) in covered
+        path
+        for path in map(raw_path, raw_files(lake, start=min(covered), end=max(covered)))
+        if event_date_of(path) in covered
     ]
     frame = read_files(lake, paths, [False] * len(paths), _LABEL_EVENT_COLUMNS)
     if frame is None:

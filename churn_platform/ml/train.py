@@ -108,7 +108,7 @@ class Split:
 
         sampled = (
             {"train_rows_before_sampling": self.sampled_from_rows}
-            if self.sampled_customers is not None
+            if self.sampled_from_rows is not None
             else {}
         )
         return {
@@ -183,7 +183,7 @@ def row_limit(rows: int, positives: int, config: TrainConfig) -> int | None:
 
 def _sample_customers(train: pl.DataFrame, config: TrainConfig) -> tuple[pl.DataFrame, int | None]:
     """Whole customers (all their dates) at random, seeded, until about `row_limit` rows."""
-    positives = int(train[LABEL_COLUMN].cast(pl.Int64).sum()) if LABEL_COLUMN in train else 0
+    positives = int(train[LABEL_COLUMN].cast(pl.Int64).sum())
     limit = row_limit(train.height, positives, config)
     if limit is None:
         return train, None
