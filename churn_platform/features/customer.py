@@ -11,8 +11,8 @@ churn definitions.
 
 Two details that equality depends on:
 
-- sums and means of event values are Kahan-compensated sums in arrival order,
-  which is what polars computes for a group of a small frame;
+- sums of event values add them smallest first, one after another, and means
+  divide that sum by the count (`definitions._value_features`);
 - plan and MRR are read from the attributes by polars itself
   (`json_path_match`, a lenient cast), once per lifecycle event when it is
   added: those events are rare, and JSON number formatting is not worth
@@ -359,8 +359,8 @@ def customers_features(
 def _values_by_type(
     layout: _Layout, value: np.ndarray, owner: np.ndarray, code: np.ndarray, age: np.ndarray
 ) -> dict[tuple[int, int], tuple[float, int]]:
-    """(customer, type code) → (Kahan sum, count) of the values in the value window, each
-    customer's in arrival order."""
+    """(customer, type code) → (sum, count) of the values in the value window, each sum
+    adding the values smallest first, as `definitions._value_features` does."""
     out: dict[tuple[int, int], tuple[float, int]] = {}
     if layout.value_window is None:
         return out
@@ -373,13 +373,14 @@ def _values_by_type(
     if not picked.any():
         return out
     key = owner[picked] * len(_CODES) + code[picked]
-    order = np.argsort(key, kind="stable")  # groups, each in arrival order
-    key, chosen = key[order].tolist(), value[picked][order].tolist()
+    chosen = value[picked]
+    order = np.lexsort((chosen, key))  # groups, each smallest value first
+    key, chosen = key[order].tolist(), chosen[order].tolist()
     start = 0
     for stop in range(1, len(key) + 1):
         if stop == len(key) or key[stop] != key[start]:
             group = chosen[start:stop]
-            out[divmod(key[start], len(_CODES))] = (_kahan_list(group), len(group))
+            out[divmod(key[start], len(_CODES))] = (_in_order(group), len(group))
             start = stop
     return out
 
@@ -391,13 +392,11 @@ def _any_of(ids: np.ndarray, held: np.ndarray) -> bool:
     return bool(np.isin(ids, held).any())
 
 
-def _kahan_list(values: list[float]) -> float:
-    total = compensation = 0.0
-    for x in values:
-        y = x - compensation
-        t = total + y
-        compensation = (t - total) - y
-        total = t
+def _in_order(values: list[float]) -> float:
+    """The values added one after another from the first (polars' `cum_sum().last()`)."""
+    total = values[0]
+    for x in values[1:]:
+        total += x
     return total
 
 

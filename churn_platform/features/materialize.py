@@ -55,6 +55,7 @@ from churn_platform.features.inputs import (
     read_inputs,
     read_range,
 )
+from churn_platform.features.many_dates import features_of_dates
 from churn_platform.lake import tables
 from churn_platform.lake.raw import event_date_of, event_days, raw_files, raw_path
 from churn_platform.lake.store import Lake, LakeError
@@ -189,16 +190,28 @@ def _materialize_polars_range(
     frame = categorical_keys(frame)  # cast once for every date
     # equal ids hash equally: distinct hashes over every file prove no date has repeats
     distinct = frame["event_id"].hash().n_unique() == frame.height
-    done = []
+    specs, counts = {}, {}
     for as_of in inputs.dates:
         events = events_as_of(frame, inputs, as_of).drop(FILE_COLUMN)
-        spec = discover_spec(events, as_of)
-        table = compute_features(events, as_of, spec, churn, distinct=distinct)
-        counts = {"customers": events["customer_id"].n_unique(), "events_read": events.height}
-        done.append(
-            _written(lake, as_of, table, spec, counts, inputs.inputs(as_of), churn, started)
+        specs[as_of] = discover_spec(events, as_of)
+        counts[as_of] = {
+            "customers": events["customer_id"].n_unique(),
+            "events_read": events.height,
+        }
+    tables = features_of_dates(frame, inputs, specs, churn, distinct=distinct)
+    return [
+        _written(
+            lake,
+            as_of,
+            tables.pop(as_of),
+            specs[as_of],
+            counts[as_of],
+            inputs.inputs(as_of),
+            churn,
+            started,
         )
-    return done
+        for as_of in inputs.dates
+    ]
 
 
 def _materialize_polars(lake: Lake, as_of: date, churn: ChurnDefinition) -> MaterializedFeatures:

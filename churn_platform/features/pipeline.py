@@ -103,6 +103,7 @@ from churn_platform.features.inputs import (
     range_inputs,
     read_file,
 )
+from churn_platform.features.many_dates import features_of_dates
 from churn_platform.features.materialize import (
     commit_features,
     create_feature_table,
@@ -756,6 +757,13 @@ class ComputeRangeFeaturesFn(beam.DoFn):
         # distinct hashes over the shard's rows prove that no date of it has repeats
         distinct = everything["event_id"].hash().n_unique() == everything.height
         exact, customers = {}, {}
+        tables = features_of_dates(
+            everything,
+            self._inputs,
+            {as_of: _spec_of(specs, as_of) for as_of in self._inputs.dates},
+            self._churn,
+            distinct=distinct,
+        )
         for as_of in self._inputs.dates:
             # exactly what a one-date run's shard holds: that date's rows, in its order
             events = events_as_of(everything, self._inputs, as_of)
@@ -766,9 +774,7 @@ class ComputeRangeFeaturesFn(beam.DoFn):
                 self.duplicates.inc(events.height - first.height)
             exact[as_of] = discover_spec(first, as_of)
             customers[as_of] = events["customer_id"].n_unique()
-            features = compute_features(
-                events, as_of, _spec_of(specs, as_of), self._churn, distinct=distinct
-            )
+            features = tables.pop(as_of)
             self.rows.inc(features.height)
             yield (as_of, shard), FrameBatch(shard, features)
         yield TaggedOutput(self.SPECS, exact)
