@@ -14,12 +14,13 @@ any date's rows are a subset in the same order, so each date's sums are the
 bits `compute_features` gives (`test_many_dates` checks every column, to the
 bit, against it).
 
-Only where the dates' inputs are the lake's plain case, which the callers
-check here (`_carried_dates`): every row lies in the raw file of its own event
-date, each date reads every file dated up to it (whole when in its window,
-lifecycle rows when older), and no event repeats; and only for a date whose
-spec tracks every activity type in its window. Any other date is computed by
-`compute_features` from its own rows, as before.
+Only where the dates' inputs are the lake's plain case, checked here
+(`_plain_files`): every row lies in the raw file of its own event date, each
+date reads every file dated up to it (whole when in its window, lifecycle rows
+when older), and no event repeats; and only for a date whose spec tracks every
+activity type in its window. Any other date is computed by `compute_features`
+from its own rows, as before. Many customers are grouped a part at a time
+(`MAX_CELLS`), so memory stays bounded whatever the number of customers.
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ _EPOCH = date(1970, 1, 1)
 _LIFECYCLE = sorted(LIFECYCLE_EVENT_TYPES)
 _NONE = np.iinfo(np.int32).min  # "no day" in the max-day arrays
 _NEVER = np.iinfo(np.int32).max  # "no day" in the min-day arrays
+# the most cells (customers x activity types x buckets) grouped at once: the grouping
+# holds three arrays of them, 8 bytes a cell (~400 MB at this size)
+MAX_CELLS = 16_000_000
 
 
 def features_of_dates(
@@ -73,16 +77,40 @@ def features_of_dates(
     """
     dates = tuple(inputs.dates)
     plain = distinct and not frame.is_empty() and _plain_files(frame, inputs)
-    carried = _Carried.of(frame, dates, specs, churn) if plain else None
+    carried: dict[date, list[pl.DataFrame | None]] = {d: [] for d in dates}
+    if plain:
+        for part in _parts(frame, dates, specs, churn):
+            grouped = _Carried.of(part, dates, specs, churn)
+            for as_of in dates:
+                carried[as_of].append(grouped.table(as_of, specs[as_of]))
     tables = {}
     for as_of in dates:
-        spec = specs[as_of]
-        table = carried.table(as_of, spec) if carried is not None else None
-        if table is None:
+        parts = carried[as_of]
+        if parts and all(p is not None for p in parts):
+            table = parts[0] if len(parts) == 1 else pl.concat(parts).sort("customer_id")
+        else:
             events = events_as_of(frame, inputs, as_of).drop(FILE_COLUMN)
-            table = compute_features(events, as_of, spec, churn, distinct=distinct)
+            table = compute_features(events, as_of, specs[as_of], churn, distinct=distinct)
         tables[as_of] = table
     return tables
+
+
+def _parts(
+    frame: pl.DataFrame,
+    dates: tuple[date, ...],
+    specs: Mapping[date, FeatureSpec],
+    churn: ChurnDefinition,
+) -> list[pl.DataFrame]:
+    """`frame` cut by customer so each part's arrays hold at most `MAX_CELLS` cells
+    (customers x activity types x buckets); each part keeps its rows in order, and a
+    customer's row depends on its own events only."""
+    types = frame.filter(~pl.col("event_type").is_in(_LIFECYCLE))["event_type"].n_unique()
+    cells = frame["customer_id"].n_unique() * max(types, 1) * (len(_edges(dates, specs, churn)) + 1)
+    count = -(-cells // MAX_CELLS)
+    if count <= 1:
+        return [frame]
+    part = (pl.col("customer_id").cast(pl.String).hash(seed=0) % count).alias("_part")
+    return frame.with_columns(part).partition_by("_part", include_key=False, maintain_order=True)
 
 
 def _day(as_of: date) -> int:
@@ -164,10 +192,12 @@ class _Carried:
         first = np.full(n * k, _NEVER, dtype=np.int64)
         np.minimum.at(first, c_act * k + b_act, day_act)
         # days with activity: each (customer, day) once, counted in its bucket
-        seen = np.zeros(n * span, dtype=bool)
-        seen[c_act * span + (day_act - first_day)] = True
-        who, when = np.divmod(np.flatnonzero(seen), span)
-        days = np.bincount(who * k + bucket_of[when], minlength=n * k)
+        start = int(day_act.min()) if day_act.size else first_day
+        width = int(day_act.max()) - start + 1 if day_act.size else 1
+        seen = np.zeros(n * width, dtype=bool)
+        seen[c_act * width + (day_act - start)] = True
+        who, when = np.divmod(np.flatnonzero(seen), width)
+        days = np.bincount(who * k + bucket_of[when + start - first_day], minlength=n * k)
         first_row = np.full(n * k, _NEVER, dtype=np.int64)
         np.minimum.at(first_row, c * k + b, day)
         first_lifecycle = np.full(n * k, _NEVER, dtype=np.int64)

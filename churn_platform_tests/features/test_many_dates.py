@@ -209,3 +209,26 @@ def test_a_feature_table_does_not_depend_on_the_order_of_its_rows(cdnow_lake):
     again = compute_features(shuffled, as_of, specs[as_of], CHURNS["inactivity"], distinct=True)
     assert_frame_equal(again, table, check_exact=True)
     assert table.filter(pl.col("purchase_value_sum_28d") > 0).height > 100
+
+
+def test_customers_grouped_in_parts_give_the_tables_of_one_grouping(sim_lake, monkeypatch):
+    """Past `MAX_CELLS` the customers are grouped a part at a time (bounded memory):
+    the same tables, to the bit."""
+    churn = CHURNS["cancellation"]
+    inputs, frame, specs = _read(sim_lake, SIM_DATES)
+    whole = features_of_dates(frame, inputs, specs, churn, distinct=True)
+    parts = []
+    original = many_dates._parts
+
+    def counted(*args):
+        found = original(*args)
+        parts.append(len(found))
+        return found
+
+    monkeypatch.setattr(many_dates, "MAX_CELLS", 3_000)
+    monkeypatch.setattr(many_dates, "_parts", counted)
+    _no_fallback(monkeypatch)
+    cut = features_of_dates(frame, inputs, specs, churn, distinct=True)
+    assert parts and parts[0] >= 3
+    for as_of, table in whole.items():
+        assert_frame_equal(cut[as_of], table, check_exact=True)
