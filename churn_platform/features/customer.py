@@ -12,7 +12,7 @@ churn definitions.
 Two details that equality depends on:
 
 - sums of event values add them smallest first, one after another, and means
-  divide that sum by the count (`definitions._value_features`);
+  divide that sum by the count (`definitions.ordered_sums`, which both call);
 - plan and MRR are read from the attributes by polars itself
   (`json_path_match`, a lenient cast), once per lifecycle event when it is
   added: those events are rare, and JSON number formatting is not worth
@@ -44,6 +44,7 @@ from churn_platform.features.definitions import (
     UNKNOWN_PLAN,
     FeatureSpec,
     Kind,
+    ordered_sums,
 )
 
 DAY_MS = 86_400_000
@@ -360,7 +361,7 @@ def _values_by_type(
     layout: _Layout, value: np.ndarray, owner: np.ndarray, code: np.ndarray, age: np.ndarray
 ) -> dict[tuple[int, int], tuple[float, int]]:
     """(customer, type code) → (sum, count) of the values in the value window, each sum
-    adding the values smallest first, as `definitions._value_features` does."""
+    adding the values smallest first (`definitions.ordered_sums`, as the batch path)."""
     out: dict[tuple[int, int], tuple[float, int]] = {}
     if layout.value_window is None:
         return out
@@ -373,15 +374,9 @@ def _values_by_type(
     if not picked.any():
         return out
     key = owner[picked] * len(_CODES) + code[picked]
-    chosen = value[picked]
-    order = np.lexsort((chosen, key))  # groups, each smallest value first
-    key, chosen = key[order].tolist(), chosen[order].tolist()
-    start = 0
-    for stop in range(1, len(key) + 1):
-        if stop == len(key) or key[stop] != key[start]:
-            group = chosen[start:stop]
-            out[divmod(key[start], len(_CODES))] = (_in_order(group), len(group))
-            start = stop
+    groups, sums, counts = ordered_sums(key, value[picked])
+    for group, total, n in zip(groups.tolist(), sums.tolist(), counts.tolist(), strict=True):
+        out[divmod(group, len(_CODES))] = (total, n)
     return out
 
 
@@ -390,14 +385,6 @@ def _any_of(ids: np.ndarray, held: np.ndarray) -> bool:
     if len(ids) <= 16:
         return any(bool((held == x).any()) for x in ids.tolist())
     return bool(np.isin(ids, held).any())
-
-
-def _in_order(values: list[float]) -> float:
-    """The values added one after another from the first (polars' `cum_sum().last()`)."""
-    total = values[0]
-    for x in values[1:]:
-        total += x
-    return total
 
 
 @dataclass(frozen=True)

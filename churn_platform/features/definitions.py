@@ -666,7 +666,7 @@ def _activity_features(
         elif column.kind is Kind.RECENCY:
             aggregated = _days_between(last_day, ts.filter(is_type).max())
         else:
-            continue  # values: `_value_features`, over the rows they read
+            continue  # values: `_value_table`, over the rows they read (`_value_rows`)
         aggregations.append(aggregated.alias(column.name))
     recent = tracked & in_window[TREND_WINDOW_DAYS]
     prior = tracked & in_window[2 * TREND_WINDOW_DAYS] & ~in_window[TREND_WINDOW_DAYS]

@@ -4,7 +4,7 @@ bit, `compute_features` of that date's own rows; and value sums do not depend on
 from __future__ import annotations
 
 import math
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 
 import numpy as np
 import polars as pl
@@ -30,10 +30,7 @@ from churn_platform.features.inputs import (
 )
 from churn_platform.features.many_dates import features_of_dates
 from churn_platform.lake.store import Lake
-from churn_platform.testing.lakes import simulated_lake, write_events
-from churn_platform.testing.public_data import cdnow_events
 
-END = datetime(2026, 11, 21, tzinfo=UTC)
 # the last day, a week before, one with files before its window, and an early one
 SIM_DATES = [date(2026, 11, 20), date(2026, 11, 13), date(2026, 10, 12), date(2025, 12, 1)]
 CDNOW_DATES = [date(1997, 3, 31), date(1997, 9, 30), date(1998, 3, 31), date(1998, 6, 30)]
@@ -42,20 +39,6 @@ CHURNS = {
     "inactivity": ChurnDefinition("inactivity", 90),
     "inactivity-logins": ChurnDefinition("inactivity", 30, ("login",)),
 }
-
-
-@pytest.fixture(scope="module")
-def sim_lake(tmp_path_factory) -> Lake:
-    lake = Lake(tmp_path_factory.mktemp("sim") / "lake")
-    simulated_lake(lake, customers=80, days=400, end=END, partitions=4, partition_by="event_id")
-    return lake
-
-
-@pytest.fixture(scope="module")
-def cdnow_lake(tmp_path_factory) -> Lake:
-    lake = Lake(tmp_path_factory.mktemp("cdnow") / "lake")
-    write_events(lake, cdnow_events(), partitions=2)
-    return lake
 
 
 def _read(lake: Lake, dates):

@@ -33,30 +33,13 @@ from churn_platform.testing.lakes import (
     event,
     events_frame,
     replayed_catalogue,
-    simulated_lake,
     write_events,
 )
-from churn_platform.testing.public_data import cdnow_events
 
 END = datetime(2026, 11, 21, tzinfo=UTC)
 # the last day, one with history files (lifecycle rows only) and one without, a week apart
 SIM_DATES = [date(2026, 11, 20), date(2026, 11, 13), date(2026, 10, 12), date(2025, 12, 1)]
 INACTIVITY = ChurnDefinition("inactivity", 90)
-
-
-@pytest.fixture(scope="module")
-def sim_lake(tmp_path_factory) -> Lake:
-    lake = Lake(tmp_path_factory.mktemp("sim") / "lake")
-    simulated_lake(lake, customers=80, days=400, end=END, partitions=4, partition_by="event_id")
-    return lake
-
-
-@pytest.fixture(scope="module")
-def cdnow_lake(tmp_path_factory) -> Lake:
-    """CDNOW_master.txt (real purchases, 1997-98) written to a lake as the replay maps it."""
-    lake = Lake(tmp_path_factory.mktemp("cdnow") / "lake")
-    write_events(lake, cdnow_events(), partitions=2)
-    return lake
 
 
 def one_date_tables(lake: Lake, dates, engine: str, churn=None) -> dict:
