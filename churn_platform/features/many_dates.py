@@ -131,8 +131,6 @@ def _plain_files(frame: pl.DataFrame, inputs: RangeInputs) -> bool:
         expected_history = {p for p, d in zip(inputs.files, file_days, strict=True) if d < first}
         if set(own.window_files) != expected_window or set(own.history_files) != expected_history:
             return False
-    if frame.is_empty():
-        return True
     days = np.array([_day(d) for d in file_days], dtype=np.int32)
     of_file = days[frame[FILE_COLUMN].to_numpy()]
     of_row = frame["ts"].dt.date().cast(pl.Int32).to_numpy()
@@ -337,7 +335,9 @@ class _Carried:
 def _edges(
     dates: tuple[date, ...], specs: Mapping[date, FeatureSpec], churn: ChurnDefinition
 ) -> np.ndarray:
-    """Every window edge of every date, in epoch days, sorted."""
+    """Every window edge `_Carried.table` asks of every date, in epoch days, sorted."""
+    # the churn definition's horizon is a window of the inactivity definition only
+    horizon = {churn.horizon_days} if churn.is_inactivity else set()
     edges = set()
     for as_of in dates:
         counts, value = specs[as_of].windows()
@@ -349,7 +349,7 @@ def _edges(
             LONG_WINDOW_DAYS,
             LOOKBACK_DAYS,
             RECENT_ACTIVITY_DAYS,
-            churn.horizon_days,
+            *horizon,
         }
         end = _day(as_of) + 1
         edges.add(end)
