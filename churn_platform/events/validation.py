@@ -11,6 +11,7 @@ validation off the extract's critical path.
 from __future__ import annotations
 
 import math
+import operator
 import re
 import time
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from itertools import islice
 from typing import Annotated
 
 import msgspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -43,10 +45,8 @@ from churn_platform.events.contract import (
 # `re` inside msgspec would cost more than the whole decode.
 _ID = Annotated[str, msgspec.Meta(min_length=1, max_length=ID_MAX_LENGTH)]
 # epoch-ms integers must fit an int64 column; anything beyond is out of range anyway
-_TS = (
-    Annotated[datetime, msgspec.Meta(tz=True)]
-    | Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
-)
+_TS_INT = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+_TS = Annotated[datetime, msgspec.Meta(tz=True)] | _TS_INT
 _ATTR_KEY = Annotated[str, msgspec.Meta(min_length=1, max_length=ATTRIBUTE_KEY_MAX_LENGTH)]
 _ATTR_VALUE = Annotated[str, msgspec.Meta(max_length=ATTRIBUTE_VALUE_MAX_LENGTH)] | int | float
 _CONTROL_CHARS = r"[\x00-\x1f\x7f]"
@@ -66,18 +66,20 @@ _DECODER = msgspec.json.Decoder(_WireEvent)
 
 
 class _BatchWireEvent(msgspec.Struct, gc=False):
-    """`_WireEvent` with the attributes left as raw JSON, checked once per distinct value.
+    """`_WireEvent` with the checks a batch does per column, not per message.
 
-    Building a dict per message and encoding it back was a fifth of a batch's
-    validation; a catalogue's attributes repeat (plan, country, channel), so
-    `_canonical_attributes` decodes and encodes each distinct one once, with
-    the same type and the same encoder: the same rows and the same rejects.
+    The attributes stay raw JSON, checked once per distinct value: building a
+    dict per message and encoding it back was a fifth of a batch's validation,
+    and a catalogue's attributes repeat (plan, country, channel). A text `ts`
+    stays text: the common RFC 3339 forms are parsed per column by Arrow
+    (`_batch_timestamps`), the rest message by message with `_WireEvent`'s own
+    type. Both give the same rows and the same rejects as `validate`.
     """
 
     event_id: _ID
     customer_id: _ID
     event_type: str
-    ts: _TS
+    ts: str | _TS_INT
     value: float | None = None
     attributes: msgspec.Raw = msgspec.Raw(b"null")
 
@@ -215,22 +217,21 @@ class BatchReject:
 
 def _decode_all(
     values: list[bytes | None], max_bytes: int
-) -> tuple[list[_BatchWireEvent], list[bytes | None], list[int] | None, list[BatchReject]]:
-    """Decode every value; returns (decoded, their attributes as JSON, input positions, rejects).
+) -> tuple[list[_BatchWireEvent], list[int] | None, list[BatchReject]]:
+    """Decode every value; returns (decoded, their input positions, rejects).
 
     `list.extend(map(decode, ...))` runs the loop in C and keeps what it decoded
     before an exception, so a bad message costs one Python-level step and the
-    loop resumes right after it. A message whose attributes break the contract
-    is decoded again whole, with the single-message decoder, for its reason.
-    Positions are None when nothing was rejected.
+    loop resumes right after it; its reason comes from the single-message
+    decoder. Positions are None when nothing was rejected.
     """
     rejects: list[BatchReject] = []
     skip: set[int] = set()
-    if (
-        None in values
-        or b"" in values
-        or max(map(len, filter(None, values)), default=0) > max_bytes
-    ):
+    try:  # one pass in C finds the values the prechecks would reject (None has no len)
+        suspect = not values or not 0 < min(map(len, values)) <= max(map(len, values)) <= max_bytes
+    except TypeError:
+        suspect = True
+    if suspect:
         for i, raw in enumerate(values):
             rejection = _precheck(raw, max_bytes)
             if rejection is not None:
@@ -257,57 +258,45 @@ def _decode_all(
         rejection = _decode(todo[bad])
         rejects.append(BatchReject(i, rejection.reason, rejection.detail))
 
-    attributes, bad_attributes = _canonical_attributes(wires)
-    if bad_attributes:
-        failed_set = set(failed)
-        decoded_at = [  # input position of each decoded message
-            i if candidates is None else candidates[i]
-            for i in range(len(todo))
-            if i not in failed_set
-        ]
-        dropped = set()
-        for row in bad_attributes:
-            position = decoded_at[row]
-            rejection = _decode(values[position])
-            if isinstance(rejection, Rejection):
-                rejects.append(BatchReject(position, rejection.reason, rejection.detail))
-                dropped.add(row)
-            else:  # cannot happen (the same type decodes the same bytes); keep the event
-                attributes[row] = (
-                    None if rejection.attributes is None else _ENCODE(rejection.attributes)
-                )
-        wires = [w for row, w in enumerate(wires) if row not in dropped]
-        attributes = [a for row, a in enumerate(attributes) if row not in dropped]
-
     if not rejects:
-        return wires, attributes, None, rejects
-    rejects.sort()
+        return wires, None, rejects
     rejected = {r.position for r in rejects}
-    positions = [i for i in range(len(values)) if i not in rejected]
-    return wires, attributes, positions, rejects
+    return wires, [i for i in range(len(values)) if i not in rejected], rejects
 
 
-def _canonical_attributes(wires: list[_BatchWireEvent]) -> tuple[list[bytes | None], list[int]]:
-    """Each message's attributes as `validate` stores them (encoded back, None when absent).
+_ATTRIBUTES_OF = operator.attrgetter("attributes")
 
-    Returns them and the rows whose attributes break the contract. Each distinct
-    raw value is decoded and encoded once.
+
+def _batch_attributes(wires: list[_BatchWireEvent]) -> tuple[pa.Array, list[int]]:
+    """Each message's attributes as `validate` stores them, and the rows whose break the contract.
+
+    The raw JSON texts go into one Arrow column without a Python object per
+    message; each distinct text is decoded and encoded back once (null when
+    absent or null; also null, and listed, when it breaks the contract).
     """
-    raws = [bytes(w.attributes) for w in wires]
-    canonical: dict[bytes, bytes | None] = {}
-    invalid: set[bytes] = set()
+    raws = list(map(_ATTRIBUTES_OF, wires))
+    offsets = np.zeros(len(raws) + 1, np.int64)
+    np.cumsum(np.fromiter(map(len, raws), np.int64, len(raws)), out=offsets[1:])
+    texts = pa.Array.from_buffers(
+        pa.large_binary(), len(raws), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(raws))]
+    )
+    distinct = pc.dictionary_encode(texts)
+    canonical: list[str | None] = []
+    invalid: list[int] = []
     decode, encode = _ATTRIBUTES_DECODER.decode, _ENCODE
-    for raw in set(raws):
+    for i, raw in enumerate(distinct.dictionary.to_pylist()):
         try:
             decoded = decode(raw)
         except _DECODE_ERRORS:
-            invalid.add(raw)
+            invalid.append(i)
+            canonical.append(None)
             continue
-        canonical[raw] = None if decoded is None else encode(decoded)
+        canonical.append(None if decoded is None else encode(decoded).decode())
+    column = pc.take(pa.array(canonical, pa.string()), distinct.indices)
     if not invalid:
-        return list(map(canonical.__getitem__, raws)), []
-    bad = [row for row, raw in enumerate(raws) if raw in invalid]
-    return [canonical.get(raw) for raw in raws], bad
+        return column, []
+    bad = pc.is_in(distinct.indices, pa.array(invalid, distinct.indices.type))
+    return column, pc.indices_nonzero(bad).to_pylist()
 
 
 def validate_rows(
@@ -362,25 +351,55 @@ class ValidatedBatch:
     rejects: list[BatchReject]
 
 
-def _timestamps_ms(values: list) -> pa.Array:
-    """Epoch-ms Int64 array from a list of aware datetimes and/or epoch-ms ints."""
+# The RFC 3339 forms Arrow parses per column: seconds, at most six fraction
+# digits, Z or an offset (with or without its colon), years from 1 (Arrow also
+# takes year 0). On these, Arrow's cast and msgspec's parser accept the same
+# texts and give the same microsecond (a test compares them on random texts of
+# this shape, impossible dates included); other text is left to msgspec.
+_COMMON_RFC3339 = (
+    r"^([1-9]\d{3}|0[1-9]\d\d|00[1-9]\d|000[1-9])-\d\d-\d\d[T ]\d\d:\d\d:\d\d"
+    r"(\.\d{1,6})?(Z|[+-]\d\d:?\d\d)$"
+)
+_UTC_MICROS = pa.timestamp("us", tz="UTC")
+
+
+def _batch_timestamps(values: list) -> tuple[pa.Array, list[int]]:
+    """Epoch ms of each `ts` (an epoch-ms int or RFC 3339 text), and the rows left undecided.
+
+    Text outside `_COMMON_RFC3339`, or a date Arrow cannot place (30 February),
+    gives null here and its row in the list: `_WireEvent`'s own type decides it.
+    """
     kinds = set(map(type, values))
-    if int not in kinds:
-        return _dt_to_ms(values)
     if kinds == {int}:
-        return pa.array(values, type=pa.int64())
-    ints = [v if type(v) is int else None for v in values]
-    dts = [_EPOCH if type(v) is int else v for v in values]  # placeholders, overridden
-    return pc.coalesce(pa.array(ints, type=pa.int64()), _dt_to_ms(dts))
+        return pa.array(values, pa.int64()), []
+    ints = None
+    if int in kinds:
+        ints = pa.array([v if type(v) is int else None for v in values], pa.int64())
+        values = [v if type(v) is str else None for v in values]
+    text = pa.array(values, pa.string())
+    common = pc.fill_null(pc.match_substring_regex(text, _COMMON_RFC3339), False)
+    if not pc.all(common).as_py():
+        text = pc.if_else(common, text, pa.scalar(None, pa.string()))
+    micros = _cast_or_null(text).cast(pa.int64())
+    # floor, as `_ts_ms` does (before 1970 too: the detail of a reject names the value)
+    ms = pa.array(np.floor_divide(micros.fill_null(0).to_numpy(), 1000))
+    if micros.null_count:
+        ms = pc.if_else(micros.is_null(), pa.scalar(None, pa.int64()), ms)
+    if ints is not None:
+        ms = pc.coalesce(ints, ms)
+    undecided = pc.indices_nonzero(ms.is_null()).to_pylist() if ms.null_count else []
+    return ms, undecided
 
 
-def _dt_to_ms(values: list) -> pa.Array:
-    # datetime.timestamp() through map() is the cheapest way out of Python
-    # objects. A float of seconds carries the microsecond within 0.4 µs here,
-    # so floor(seconds * 1000 + 0.0005) gives exactly the truncated
-    # millisecond of `_ts_ms` (a test compares both on random instants).
-    seconds = pa.array(list(map(datetime.timestamp, values)), pa.float64())
-    return pc.cast(pc.floor(pc.add(pc.multiply(seconds, 1000.0), 0.0005)), pa.int64())
+def _cast_or_null(text: pa.Array) -> pa.Array:
+    """`text` cast to UTC microseconds; a text Arrow rejects becomes null (found by halving)."""
+    try:
+        return pc.cast(text, _UTC_MICROS)
+    except pa.ArrowInvalid:
+        if len(text) == 1:
+            return pa.nulls(1, _UTC_MICROS)
+        half = len(text) // 2
+        return pa.concat_arrays([_cast_or_null(text[:half]), _cast_or_null(text[half:])])
 
 
 def _may_hold_control_chars(values: list[bytes | None]) -> bool:
@@ -420,7 +439,7 @@ def validate_batch(
     max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
 ) -> ValidatedBatch:
     """Validate a chunk of message values at once; same rules as `validate`."""
-    wires, attributes_json, positions, rejects = _decode_all(values, max_bytes)
+    wires, positions, rejects = _decode_all(values, max_bytes)
     if not wires:
         return ValidatedBatch(_EMPTY_EVENTS.empty_table(), pa.array([], pa.int64()), rejects)
 
@@ -429,8 +448,31 @@ def validate_batch(
     customer_id = pa.array([w.customer_id for w in wires], type=pa.string())
     event_types = [w.event_type for w in wires]
     event_type = pa.array(event_types, type=pa.string())
-    ts_ms = _timestamps_ms([w.ts for w in wires])
     value = pa.array([w.value for w in wires], type=pa.float64())
+    ts_ms, undecided = _batch_timestamps([w.ts for w in wires])
+    attributes, bad_attributes = _batch_attributes(wires)
+
+    # Rows the columns could not settle (a ts text outside the common forms,
+    # attributes that break the contract) get `validate`'s own decode.
+    dropped: set[int] = set()
+    if undecided or bad_attributes:
+        settled = ts_ms.to_pylist()
+        stored = attributes.to_pylist() if bad_attributes else []
+        for row in sorted(set(undecided).union(bad_attributes)):
+            position = row if positions is None else positions[row]
+            exact = _decode(values[position])
+            if isinstance(exact, Rejection):
+                rejects.append(BatchReject(position, exact.reason, exact.detail))
+                dropped.add(row)
+                continue
+            settled[row] = _ts_ms(exact.ts)  # a ts text only msgspec parses
+            if bad_attributes:  # not expected: the same type decodes the same bytes
+                stored[row] = (
+                    None if exact.attributes is None else _ENCODE(exact.attributes).decode()
+                )
+        ts_ms = pa.array(settled, pa.int64())
+        if bad_attributes:
+            attributes = pa.array(stored, pa.string())
 
     # One vectorised pass over every rule `_post_checks` applies; rows it flags
     # get their reason from `_post_checks` itself, so both paths agree.
@@ -447,23 +489,28 @@ def validate_batch(
     bad_types = _bad_event_types(event_types)
     if bad_types:
         bad = pc.or_(bad, pc.is_in(event_type, pa.array(bad_types, pa.string())))
+    bad = pc.fill_null(bad, True)  # a dropped row's ts may be null
 
     index = (
         pa.array(positions, type=pa.int64())
         if positions is not None
-        else pa.array(range(len(wires)), type=pa.int64())
+        else pa.array(np.arange(len(wires), dtype=np.int64))
     )
     keep = None
-    if pc.any(bad).as_py():
-        for row in pc.indices_nonzero(bad).to_pylist():
-            wire = wires[row]
-            r = _post_checks(wire, _ts_ms(wire.ts), now)
+    if pc.any(bad).as_py() or dropped:
+        flagged = pc.indices_nonzero(bad).to_pylist()
+        settled_ts = ts_ms.to_pylist() if flagged else []
+        for row in flagged:
+            if row in dropped:
+                continue
+            r = _post_checks(wires[row], settled_ts[row], now)
             position = row if positions is None else positions[row]
             rejects.append(BatchReject(position, r.reason, r.detail))
-        rejects.sort()
+        if dropped:
+            bad = pc.or_(bad, pa.array(np.isin(np.arange(len(wires)), list(dropped))))
         keep = pc.invert(bad)
+    rejects.sort()
 
-    attributes = pa.array(attributes_json, type=pa.binary()).cast(pa.string())
     table = pa.table(
         {
             "event_id": event_id,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime
 
 import pytest
 from hypothesis import given, settings
@@ -198,28 +198,87 @@ def test_arbitrary_bytes_never_crash(data):
     assert batch.events.num_rows + len(batch.rejects) == 2
 
 
-@settings(max_examples=300, deadline=None)
-@given(
-    st.lists(
-        st.one_of(
-            st.datetimes(
-                min_value=datetime(2000, 1, 1),
-                max_value=datetime(2030, 1, 1),
-                timezones=st.sampled_from(
-                    [UTC, timezone(timedelta(hours=5, minutes=30)), timezone(-timedelta(hours=8))]
-                ),
-            ),
-            st.integers(min_value=TS_MIN_MS, max_value=NOW),
-        ),
-        min_size=1,
-        max_size=20,
-    )
-)
-def test_vectorised_timestamps_equal_the_exact_scalar_conversion(instants):
-    """The batch path converts via float seconds; it must still give the exact millisecond."""
-    from churn_platform.events.validation import _timestamps_ms, _ts_ms
+def _rfc3339_texts():
+    """RFC 3339 texts in the forms the batch parses per column, and near misses of them."""
 
-    assert _timestamps_ms(instants).to_pylist() == [_ts_ms(v) for v in instants]
+    def render(instant, digits, separator, zone):
+        text = instant.strftime(f"%Y-%m-%d{separator}%H:%M:%S")
+        if digits:
+            text += "." + f"{instant.microsecond:06d}"[:digits]
+        return text + zone
+
+    offsets = st.sampled_from(["Z", "+00:00", "-00:00", "+05:30", "-08:00", "+0200", "+23:59"])
+    rendered = st.builds(
+        render,
+        st.datetimes(min_value=datetime(1970, 1, 1), max_value=datetime(2100, 1, 1)),
+        st.integers(0, 6),
+        st.sampled_from(["T", " "]),
+        offsets,
+    )
+    # any digits in the shape: impossible months, days, hours, offsets...
+    shaped = st.from_regex(
+        r"\d{4}-[01]\d-[0-3]\d[T ][0-2]\d:[0-6]\d:[0-6]\d(\.\d{1,7})?(Z|[+-][0-2]\d:?[0-6]\d)",
+        fullmatch=True,
+    )
+    near = st.sampled_from(
+        [
+            "2026-09-01t10:00:00z",
+            "2026-09-01T10:00Z",
+            "2026-09-01T10:00:00+02",
+            "2026-02-30T00:00:00Z",
+            "2026-09-01T10:00:00.1234567Z",
+            "2026-09-01T24:00:00Z",
+            "2026-09-01T10:00:60Z",
+            "2026-09-01T10:00:00",
+            "0000-01-01T00:00:00Z",
+            "0000-12-31 09:07:24.1-19:55",  # year 0 locally, year 1 in UTC
+            "2026-09-01T10:00:00+24:00",
+        ]
+    )
+    return st.one_of(rendered, shaped, near)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.one_of(_rfc3339_texts(), st.integers(TS_MIN_MS, NOW)), min_size=1, max_size=20))
+def test_texts_the_batch_parses_per_column_are_parsed_as_msgspec_parses_them(values):
+    """Arrow settles a text only where msgspec accepts it with the same instant; the rest is
+    left to msgspec (and so to `validate`), message by message."""
+    from churn_platform.events.validation import _DECODER, _batch_timestamps, _ts_ms
+
+    settled, undecided = _batch_timestamps(values)
+    for row, (value, ms) in enumerate(zip(values, settled.to_pylist(), strict=True)):
+        if ms is None:
+            assert row in undecided and isinstance(value, str)
+            continue
+        wire = _DECODER.decode(raw(ts=value))  # raises if msgspec rejected what Arrow parsed
+        assert ms == _ts_ms(wire.ts), value
+    assert undecided == [row for row, ms in enumerate(settled.to_pylist()) if ms is None]
+
+
+def test_a_batch_settles_each_form_of_ts_as_validate_does():
+    texts = [
+        "2026-09-01T10:00:00.25Z",
+        "2026-09-01 12:00:00+02:00",
+        "2026-09-01T10:00:00+0000",
+        "2026-09-01t10:00:00z",
+        "2026-09-01T10:00:00.1234567Z",
+        "2026-02-30T00:00:00Z",
+        "1969-12-31T23:59:59.9995Z",
+        "2026-09-01T10:00Z",
+    ]
+    messages = [raw(event_id=f"e{i}", ts=t) for i, t in enumerate(texts)] + [
+        raw(ts=1_788_256_800_000)
+    ]
+    batch = validate_batch(messages, now=NOW)
+    singles = [validate(m, now=NOW) for m in messages]
+    assert batch.rejects == [
+        BatchReject(i, s.reason, s.detail)
+        for i, s in enumerate(singles)
+        if isinstance(s, Rejection)
+    ]
+    assert len(batch.rejects) == 3  # 30 February, before 1980, no seconds
+    kept = [s.ts_ms for s in singles if isinstance(s, Event)]
+    assert batch.events.column("ts").cast("int64").to_pylist() == kept
 
 
 def test_repeated_attributes_are_checked_per_message_with_the_single_path_reasons():
