@@ -105,7 +105,12 @@ class ExtractConfig:
 
 @dataclass
 class PartitionOutcome:
-    """What one partition contributed to a run."""
+    """What one partition contributed to a run.
+
+    A raw data file holds one event day of the partitions one worker read, so
+    `files`, `bytes` and `raw_files` count each file once, under the lowest
+    partition in it; `rows` counts this partition's own rows.
+    """
 
     partition: int
     start: int
@@ -587,42 +592,53 @@ def _gc_paused():
             gc.enable()
 
 
-def _by_partition_and_day(
-    table: pa.Table,
-) -> tuple[pa.Table, list[tuple[int, date, int, int, int, int]]]:
-    """`table`'s rows ordered by (partition, event date, offset), and its files' groups.
+@dataclass(frozen=True)
+class _DayGroup:
+    """The rows of one event day in a flush: one raw data file."""
 
-    Each group is (partition, event date, first offset, last offset, first row,
-    rows). A partition's messages arrive in offset order, so a stable sort on
-    one integer key (partition, day) orders them by offset within each group:
+    day: date
+    start: int  # first row in the ordered table
+    rows: int
+    offsets: dict[int, tuple[int, int, int]]  # partition → (first offset, last offset, rows)
+
+
+def _by_day(table: pa.Table) -> tuple[pa.Table, list[_DayGroup]]:
+    """`table`'s rows ordered by (event date, partition, offset), and its files' groups.
+
+    A partition's messages arrive in offset order, so a stable sort on one
+    integer key (day, partition) orders them by offset within each partition:
     cheaper than sorting on the three columns (a check falls back to that).
     """
     partitions = table.column("_partition").to_numpy().astype(np.int64)
     days = table.column("event_date").cast(pa.int32()).to_numpy().astype(np.int64)
     offsets = table.column("_offset").to_numpy()
-    low_day = days.min()
-    groups_key = (partitions - partitions.min()) * (days.max() - low_day + 1) + (days - low_day)
-    order = np.argsort(groups_key, kind="stable")
-    key, in_order = groups_key[order], offsets[order]
-    same_group = key[1:] == key[:-1]
-    if (in_order[1:][same_group] <= in_order[:-1][same_group]).any():  # not expected
-        order = np.lexsort((offsets, groups_key))
-        key, in_order = groups_key[order], offsets[order]
-    starts = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1])))
-    ends = np.append(starts[1:], len(key))
+    low_part = partitions.min()
+    group_key = (days - days.min()) * (partitions.max() - low_part + 1) + (partitions - low_part)
+    order = np.argsort(group_key, kind="stable")
+    key, in_order = group_key[order], offsets[order]
+    same = key[1:] == key[:-1]
+    if (in_order[1:][same] <= in_order[:-1][same]).any():  # not expected
+        order = np.lexsort((offsets, group_key))
+        key, in_order = group_key[order], offsets[order]
     table = table.take(pa.array(order))
-    part_column, day_column = table.column("_partition"), table.column("event_date")
-    groups = [
-        (
-            part_column[start].as_py(),
-            day_column[start].as_py(),
-            int(in_order[start]),
-            int(in_order[end - 1]),
-            int(start),
-            int(end - start),
+    day_of, part_of = days[order], partitions[order]
+    # runs of one (day, partition); a day's file is its consecutive runs
+    starts = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1]))).tolist()
+    ends = starts[1:] + [len(key)]
+    by_day: dict[int, list[tuple[int, int]]] = {}
+    for start, end in zip(starts, ends, strict=True):
+        by_day.setdefault(int(day_of[start]), []).append((start, end))
+    day_column = table.column("event_date")
+    groups = []
+    for runs in by_day.values():
+        first_row, last_row = runs[0][0], runs[-1][1]
+        spans = {
+            int(part_of[start]): (int(in_order[start]), int(in_order[end - 1]), end - start)
+            for start, end in runs
+        }
+        groups.append(
+            _DayGroup(day_column[first_row].as_py(), first_row, last_row - first_row, spans)
         )
-        for start, end in zip(starts, ends, strict=True)
-    ]
     return table, groups
 
 
@@ -655,8 +671,10 @@ class _Sink:
         self.dead_letters = dead_letters
         self.dead_letter_topic = dead_letter_topic
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="lake-writer")
-        # (write in flight, what it writes: partition, path, rows, rejects per reason)
-        self._pending: list[tuple[Future, tuple[tables.TableSpec, int, int, Counter]]] = []
+        # (write in flight, what it writes: owning partition, rows per partition, rejects)
+        self._pending: list[
+            tuple[Future, tuple[tables.TableSpec, int, dict[int, int], Counter]]
+        ] = []
 
     def add(self, chunk: Chunk, max_bytes: int, now: int) -> None:
         batch = validate_batch(chunk.values, now=now, max_bytes=max_bytes)
@@ -698,16 +716,22 @@ class _Sink:
         """Hand the buffered rows to the writers (after the previous flush finished)."""
         self._collect()
         if self.tables:
-            table, groups = _by_partition_and_day(pa.concat_tables(self.tables))
+            # one file per event day, holding every partition this worker read: on a
+            # backlog a day's rows of one partition alone made files of a few
+            # thousand rows, where Parquet's cost per file outweighs the rows'
+            table, groups = _by_day(pa.concat_tables(self.tables))
             self.tables = []
-            for partition, day, first, last, start, count in groups:
+            for group in groups:
+                first = min(group.offsets)
+                name = "_".join(map(str, sorted(group.offsets)))
                 self._submit(
                     tables.RAW_EVENTS,
-                    partition,
-                    {"event_date": day},
-                    f"{self.topic}-p{partition}-{first:020d}-{last:020d}",
-                    table.slice(start, count),
-                    count,
+                    first,
+                    {"event_date": group.day},
+                    f"{self.topic}-p{name}-{group.offsets[first][0]:020d}-"
+                    f"{group.offsets[first][1]:020d}",
+                    table.slice(group.start, group.rows),
+                    {p: rows for p, (_, _, rows) in group.offsets.items()},
                     {},
                 )
         if self.rejects:
@@ -724,7 +748,7 @@ class _Sink:
                     {},
                     f"{self.topic}-p{partition}-{first:020d}-{last:020d}",
                     quarantine_table(rows),
-                    0,
+                    {},
                     Counter(row.reason for row in rows),
                 )
                 if self.dead_letters is not None:
@@ -748,7 +772,7 @@ class _Sink:
         partition_values: dict,
         name_hint: str,
         table: pa.Table,
-        rows: int,
+        rows: dict[int, int],
         rejected: Counter,
     ) -> None:
         future = self._pool.submit(
@@ -766,7 +790,8 @@ class _Sink:
                 written
             )
             outcome.bytes += written.size
-            outcome.rows += rows
+            for p, count in rows.items():
+                self.outcomes[p].rows += count
             for reason, count in rejected.items():
                 outcome.rejected[reason] = outcome.rejected.get(reason, 0) + count
 

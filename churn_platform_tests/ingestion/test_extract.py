@@ -14,7 +14,7 @@ from churn_platform.ingestion.extract import (
     ExtractConfig,
     ExtractError,
     ExtractProgress,
-    _by_partition_and_day,
+    _by_day,
     extract_topic,
 )
 from churn_platform.lake import tables
@@ -302,9 +302,10 @@ def test_offsets_beyond_the_topic_are_an_error_not_a_silent_skip(kafka_settings,
 
 
 @pytest.mark.parametrize("arrival", ["in offset order", "shuffled"])
-def test_rows_are_grouped_into_files_by_partition_and_day_in_offset_order(arrival):
+def test_rows_are_grouped_into_a_file_per_day_in_partition_and_offset_order(arrival):
     """The flush's one-key stable sort gives what sorting on the three columns gives, and
-    falls back to that sort when rows of a partition did not arrive in offset order."""
+    falls back to that sort when rows of a partition did not arrive in offset order; each
+    event day is one file, with each partition's offset range and rows."""
     rng = random.Random(16)
     rows = [
         (p, date(2026, 9, 1) + timedelta(days=rng.randrange(5)), offset)
@@ -321,16 +322,39 @@ def test_rows_are_grouped_into_files_by_partition_and_day_in_offset_order(arriva
             "row": pa.array(range(len(rows)), pa.int64()),
         }
     )
-    ordered, groups = _by_partition_and_day(table)
-    keys = ["_partition", "event_date", "_offset"]
+    ordered, groups = _by_day(table)
+    keys = ["event_date", "_partition", "_offset"]
     assert ordered.equals(table.sort_by([(k, "ascending") for k in keys]))
-    expected = Counter((p, day) for p, day, _ in rows)
-    assert [(p, day, count) for p, day, _, _, _, count in groups] == sorted(
-        (p, day, n) for (p, day), n in expected.items()
+    assert [g.day for g in groups] == sorted({day for _, day, _ in rows})
+    assert sum(g.rows for g in groups) == len(rows)
+    for group in groups:
+        piece = ordered.slice(group.start, group.rows)
+        assert set(piece.column("event_date").to_pylist()) == {group.day}
+        assert sorted(group.offsets) == sorted(set(piece.column("_partition").to_pylist()))
+        for p, (first, last, count) in group.offsets.items():
+            offsets = [
+                o
+                for q, o in zip(
+                    piece["_partition"].to_pylist(), piece["_offset"].to_pylist(), strict=True
+                )
+                if q == p
+            ]
+            assert (first, last, count) == (offsets[0], offsets[-1], len(offsets))
+            assert offsets == sorted(offsets)
+
+
+def test_a_run_writes_one_raw_file_per_event_day_whatever_partitions_it_read(
+    kafka_settings, topic, lake
+):
+    """A live extract reads a few seconds of every partition: its rows of a day are one file
+    (a file per partition and day made the lake's small files several times as many)."""
+    produce_round(kafka_settings, topic, seed=41, bad_fraction=0.0)
+    result = extract_topic(kafka_settings, lake, ExtractConfig(topic=topic, workers=1))
+    events = read_raw_events(lake, [topic])
+    days = events["event_date"].n_unique()
+    assert events["_partition"].n_unique() > 1
+    assert len(result.files) == days == len(set(result.files))
+    assert result.rows == events.height == sum(o.rows for o in result.partitions.values())
+    assert {p: o.rows for p, o in result.partitions.items()} == dict(
+        events.group_by("_partition").len().rows()
     )
-    for p, day, first, last, start, count in groups:
-        piece = ordered.slice(start, count)
-        assert set(piece.column("_partition").to_pylist()) == {p}
-        assert set(piece.column("event_date").to_pylist()) == {day}
-        offsets = piece.column("_offset").to_pylist()
-        assert (offsets[0], offsets[-1]) == (first, last)
