@@ -268,7 +268,7 @@ _ATTRIBUTES_OF = operator.attrgetter("attributes")
 
 
 def _batch_attributes(wires: list[_BatchWireEvent]) -> tuple[pa.Array, list[int]]:
-    """Each message's attributes as `validate` stores them, and the rows whose break the contract.
+    """Each message's attributes as `validate` stores them; the rows whose attributes are bad.
 
     The raw JSON texts go into one Arrow column without a Python object per
     message; each distinct text is decoded and encoded back once (null when
