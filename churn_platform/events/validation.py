@@ -458,7 +458,8 @@ def validate_batch(
     if undecided or bad_attributes:
         settled = ts_ms.to_pylist()
         stored = attributes.to_pylist() if bad_attributes else []
-        for row in sorted(set(undecided).union(bad_attributes)):
+        bad_rows = set(bad_attributes)
+        for row in sorted(bad_rows.union(undecided)):
             position = row if positions is None else positions[row]
             exact = _decode(values[position])
             if isinstance(exact, Rejection):
@@ -466,7 +467,7 @@ def validate_batch(
                 dropped.add(row)
                 continue
             settled[row] = _ts_ms(exact.ts)  # a ts text only msgspec parses
-            if bad_attributes:  # not expected: the same type decodes the same bytes
+            if row in bad_rows:  # not expected: the same type decodes the same bytes
                 stored[row] = (
                     None if exact.attributes is None else _ENCODE(exact.attributes).decode()
                 )
@@ -507,7 +508,9 @@ def validate_batch(
             position = row if positions is None else positions[row]
             rejects.append(BatchReject(position, r.reason, r.detail))
         if dropped:
-            bad = pc.or_(bad, pa.array(np.isin(np.arange(len(wires)), list(dropped))))
+            dropped_rows = np.zeros(len(wires), dtype=bool)
+            dropped_rows[list(dropped)] = True
+            bad = pc.or_(bad, pa.array(dropped_rows))
         keep = pc.invert(bad)
     rejects.sort()
 
