@@ -76,10 +76,9 @@ class ExtractConfig:
     # Small chunks keep the freshly allocated objects in cache and memory reused:
     # 20k read+validated faster than 100k, with less system time (docs/benchmarks.md).
     chunk_size: int = 20_000
-    # Rows buffered before a flush. With at most one flush in flight, and up to as
-    # many rows of open days held for the next one, a worker holds about three
-    # flushes' worth, ~140 bytes a row: ~105 MiB at 250k. At 1M rows a 2M extract
-    # peaked higher and was no faster (docs/benchmarks.md, Scale).
+    # Rows buffered before a flush. With at most one flush in flight a worker holds
+    # about two flushes' worth, ~140 bytes a row: ~70 MiB at 250k. At 1M rows a 2M
+    # extract peaked higher and was no faster (docs/benchmarks.md, Scale).
     flush_rows: int = 250_000
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     dead_letter_topic: str | None = None
@@ -477,7 +476,6 @@ def extract_partitions(
         EventProducer(settings) if config.dead_letter_topic else None,
         config.dead_letter_topic,
         skip_rejects_below,
-        hold_rows=config.flush_rows,
     )
     now = now_ms()
     with _gc_paused():
@@ -644,34 +642,12 @@ def _by_day(table: pa.Table) -> tuple[pa.Table, list[_DayGroup]]:
     return table, groups
 
 
-def _open_days(groups: list[_DayGroup]) -> set[date]:
-    """The days of `groups` that a partition may still add rows to.
-
-    A partition read from a backlog moves forward in event time, but the
-    partitions of one worker drift apart by weeks (the embedded broker serves
-    them mostly one after another), so a flush holds a few rows of many days. A day is taken
-    as closed once every partition of the flush has rows of a later day: a
-    day's rows then go into one file instead of one per flush. The guess only
-    decides how rows are grouped into files: a late row of a closed day makes
-    one more file, nothing else.
-    """
-    last: dict[int, date] = {}
-    for group in groups:
-        for p in group.offsets:
-            if p not in last or group.day > last[p]:
-                last[p] = group.day
-    watermark = min(last.values(), default=None)
-    return {g.day for g in groups if watermark is None or g.day >= watermark}
-
-
 class _Sink:
     """Buffers validated rows and rejects; `flush` writes them as range files.
 
     Files are written by a small thread pool while the reader goes on: Parquet
     encoding, compression and fsync release the GIL. At most one flush is in
-    flight. The rows of days a partition may still add to are held for the next
-    flush, at most `hold_rows` of them (`_open_days`): a worker holds about
-    three flushes' worth of rows.
+    flight, which bounds memory at about two flushes' worth of rows.
     """
 
     def __init__(
@@ -682,11 +658,8 @@ class _Sink:
         dead_letters: EventProducer | None = None,
         dead_letter_topic: str | None = None,
         skip_rejects_below: dict[int, int] | None = None,
-        hold_rows: int = 0,
     ) -> None:
         self.lake = lake
-        self.hold_rows = hold_rows
-        self.held: list[pa.Table] = []  # rows of open days, before `tables` in offset order
         self.skip_rejects_below = skip_rejects_below or {}
         self.topic = topic
         self.outcomes = outcomes
@@ -739,20 +712,15 @@ class _Sink:
         self.buffered_rows += len(batch.rejects)
         self.rejects_added += len(batch.rejects)
 
-    def flush(self, final: bool = False) -> None:
-        """Hand the buffered rows to the writers (after the previous flush finished).
-
-        Unless `final`, the rows of open days stay held for the next flush.
-        """
+    def flush(self) -> None:
+        """Hand the buffered rows to the writers (after the previous flush finished)."""
         self._collect()
-        if self.tables or (final and self.held):
+        if self.tables:
             # one file per event day, holding every partition this worker read: on a
             # backlog a day's rows of one partition alone made files of a few
             # thousand rows, where Parquet's cost per file outweighs the rows'
-            table, groups = _by_day(pa.concat_tables(self.held + self.tables))
-            self.tables, self.held = [], []
-            if not final:
-                groups = self._hold(table, groups)
+            table, groups = _by_day(pa.concat_tables(self.tables))
+            self.tables = []
             for group in groups:
                 first = min(group.offsets)
                 name = "_".join(map(str, sorted(group.offsets)))
@@ -797,21 +765,6 @@ class _Sink:
                         )
         self.buffered_rows = 0
 
-    def _hold(self, table: pa.Table, groups: list[_DayGroup]) -> list[_DayGroup]:
-        """Keep the latest open days' rows, up to `hold_rows`; returns the groups to write."""
-        open_days = _open_days(groups)
-        held, written, rows = [], [], 0
-        for group in sorted(groups, key=lambda g: g.day, reverse=True):
-            if group.day in open_days and rows + group.rows <= self.hold_rows:
-                held.append(group)
-                rows += group.rows
-            else:
-                written.append(group)
-        # in the table's order (day, then partition and offset): the next flush's
-        # stable sort keeps them before the rows read after them
-        self.held = [table.slice(g.start, g.rows) for g in sorted(held, key=lambda g: g.start)]
-        return sorted(written, key=lambda g: g.start)
-
     def _submit(
         self,
         spec: tables.TableSpec,
@@ -843,8 +796,8 @@ class _Sink:
                 outcome.rejected[reason] = outcome.rejected.get(reason, 0) + count
 
     def close(self) -> None:
-        """Flush what is buffered and held, and wait until every file (and dead letter) is written."""
-        self.flush(final=True)
+        """Flush what is buffered and wait until every file (and dead letter) is written."""
+        self.flush()
         self._collect()
         self._pool.shutdown(wait=True)
         if self.dead_letters is not None:

@@ -4,24 +4,19 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from churn_platform.events.contract import Reason
-from churn_platform.events.simulator import SimulatorConfig, simulate
 from churn_platform.ingestion.extract import (
     ExtractConfig,
     ExtractError,
     ExtractProgress,
-    PartitionOutcome,
     _by_day,
-    _Sink,
     extract_topic,
 )
-from churn_platform.kafka.reader import Chunk
 from churn_platform.lake import tables
 from churn_platform.lake.raw import extracted_offsets, read_quarantine, read_raw_events
 from churn_platform.lake.store import Lake, LakeError
@@ -363,78 +358,3 @@ def test_a_run_writes_one_raw_file_per_event_day_whatever_partitions_it_read(
     assert {p: o.rows for p, o in result.partitions.items()} == dict(
         events.group_by("_partition").len().rows()
     )
-
-
-def _sink_run(tmp_path, order: str, hold_rows: int):
-    """Feed a simulated backlog of 3 partitions (each in event-time order) to a sink,
-    flushing every 300 rows; returns (files' rows, held rows after each flush, messages)."""
-    messages = [
-        m
-        for m in simulate(
-            SimulatorConfig(customers=60, days=12, seed=5, end=ROUND_END_FOR_SINK, bad_fraction=0)
-        )
-    ]
-    by_partition: dict[int, list] = {0: [], 1: [], 2: []}
-    for m in messages:
-        by_partition[sum(m.key) % 3].append(m)
-    # (partition, offset, value) in the order a reader would hand them over
-    streams = {p: [(p, o, m.value) for o, m in enumerate(ms)] for p, ms in by_partition.items()}
-    if order == "together":  # partitions advance side by side, as when reading a backlog evenly
-        arrival, step = [], 40
-        for start in range(0, max(map(len, streams.values())), step):
-            for p in streams:
-                arrival += streams[p][start : start + step]
-    else:  # one partition after the other, each over every day
-        arrival = [row for p in streams for row in streams[p]]
-    lake = Lake(tmp_path / order / str(hold_rows))
-    outcomes = {p: PartitionOutcome(p, 0, 0) for p in streams}
-    sink = _Sink(lake, "t", outcomes, hold_rows=hold_rows)
-    held_after_flush = []
-    for start in range(0, len(arrival), 100):
-        rows = arrival[start : start + 100]
-        chunk = Chunk([v for _, _, v in rows], [p for p, _, _ in rows], [o for _, o, _ in rows], [])
-        sink.add(chunk, 1_000_000, int(ROUND_END_FOR_SINK.timestamp() * 1000) + 86_400_000)
-        if sink.buffered_rows >= 300:
-            sink.flush()
-            held_after_flush.append(sum(t.num_rows for t in sink.held))
-    sink.close()
-    files = [
-        (
-            f.partition["event_date"],
-            pq.read_table(lake.path(tables.file_path(tables.RAW_EVENTS, f))),
-        )
-        for o in outcomes.values()
-        for f in o.raw_files
-    ]
-    assert {p: o.rows for p, o in outcomes.items()} == {p: len(s) for p, s in streams.items()}
-    return files, held_after_flush, arrival
-
-
-ROUND_END_FOR_SINK = datetime(2026, 9, 20, tzinfo=UTC)
-
-
-@pytest.mark.parametrize("order", ["together", "one partition after another"])
-def test_the_rows_of_open_days_are_held_for_the_next_flush(tmp_path, order):
-    """Rows of a day some partition has not passed yet wait for the next flush (at most
-    `hold_rows` of them): partitions read side by side make one file per day instead of
-    one per day and flush. Every row is written once, whatever the order."""
-    held, held_sizes, arrival = _sink_run(tmp_path, order, hold_rows=300)
-    unheld, unheld_sizes, _ = _sink_run(tmp_path, order, hold_rows=0)
-    for files in (held, unheld):
-        rows = pa.concat_tables([table for _, table in files])
-        written = zip(rows["_partition"].to_pylist(), rows["_offset"].to_pylist(), strict=True)
-        assert sorted(written) == sorted((p, o) for p, o, _ in arrival)
-        for day, table in files:  # one event day a file, each partition in offset order
-            assert {d.isoformat() for d in table["ts"].cast(pa.date32()).to_pylist()} == {day}
-            pairs = list(
-                zip(table["_partition"].to_pylist(), table["_offset"].to_pylist(), strict=True)
-            )
-            for p in {q for q, _ in pairs}:
-                offsets = [o for q, o in pairs if q == p]
-                assert offsets == sorted(offsets)
-    assert max(held_sizes) <= 300 and set(unheld_sizes) == {0}
-    days = len({day for day, _ in held})
-    assert len(held) <= len(unheld)
-    if order == "together":
-        assert len(held) == days < len(unheld)
-        assert max(held_sizes) > 0
