@@ -4,9 +4,13 @@
         [--rates 100,1000,10000] [--seconds 25] [--warmup 5] [--rounds 2]
         [--reference-seconds 10] [--scorer-arg=--max-wait-ms=5 ...]
         [--scorer-env KEY=VALUE ...] [--py-spy PATH [--py-spy-idle]] [--keep] [--note TEXT]
+        [--bootstrap HOST:PORT]
 
-Everything runs against the embedded broker, on this machine, in one run, in
-this order:
+Everything runs against the embedded broker (or, with `--bootstrap`, a
+plaintext broker of your own with nothing you need on it: topics named
+`bench-<tag>-…` are created there and deleted at the end, and the broker's CPU
+is not measured; the result goes to `streaming-external.json`), on this
+machine, in one run, in this order:
 
 * a world: `--customers` × `--days` of simulated history produced to Kafka and
   extracted into a temporary lake (ledger and topic agree), and a champion
@@ -42,7 +46,9 @@ this order:
 
 Latency goes first and rate by rate because the embedded broker costs more CPU
 as it holds more messages (at 100 events/s it went from 0.2 to 0.9 of a core
-over one run), and it shares the 2 cores with the scorer.
+over one run), and it shares the 2 cores with the scorer: each fetch that finds
+data lists every batch the partition ever received (docs/benchmarks.md,
+Streaming).
 
 CPU seconds of the scorer, the broker, the producer and this process (which
 reads the scores) are sampled with psutil over each measured window; the
@@ -56,6 +62,7 @@ prints a table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -66,6 +73,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -77,6 +85,9 @@ RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parent.parent
 SEED = 7
 PARTITIONS = 6  # the platform's default topic size
+# Every topic this run creates starts with this; against a broker of the user's
+# own (`--bootstrap`) it carries the run's tag, and those topics are deleted at the end.
+TOPIC_PREFIX = "bench-"
 ACTIVITY = ("login", "session", "feature_use")
 TARGETS = {"p99_ms_at_1000_per_s": 100.0, "events_per_s_one_process": 10_000}
 
@@ -254,7 +265,7 @@ class Scorer:
     ):
         from churn_platform.kafka.admin import ensure_topic
 
-        self.scores_topic = f"bench-scores-{name}-{uuid.uuid4().hex[:6]}"
+        self.scores_topic = f"{TOPIC_PREFIX}scores-{name}-{uuid.uuid4().hex[:6]}"
         ensure_topic(settings, self.scores_topic, partitions=PARTITIONS)
         self.log = work / f"serve-{name}.log"
         from churn_platform.testing.serving import serve_command
@@ -305,7 +316,8 @@ class CpuSampler:
     def __init__(self, pids: dict[str, int]) -> None:
         import psutil
 
-        self.procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+        # no pid (a broker not on this machine): not sampled, reported as None
+        self.procs = {name: psutil.Process(pid) for name, pid in pids.items() if pid is not None}
         self.samples: list[tuple[float, dict[str, float]]] = []
         self._last = 0.0
 
@@ -675,7 +687,7 @@ def transport_runs(args, settings, customers_file, work, broker_pid) -> dict:
     """The reference: the same producer and rates, a bare consumer instead of the scorer."""
     from churn_platform.kafka.admin import ensure_topic
 
-    topic = f"bench-transport-{uuid.uuid4().hex[:6]}"
+    topic = f"{TOPIC_PREFIX}transport-{uuid.uuid4().hex[:6]}"
     ensure_topic(settings, topic, partitions=PARTITIONS)
     reader = EventReader(settings, topic)
     short = argparse.Namespace(**{**vars(args), "seconds": args.reference_seconds, "warmup": 2.0})
@@ -696,9 +708,11 @@ def transport_runs(args, settings, customers_file, work, broker_pid) -> dict:
 class MutableSampler(CpuSampler):
     """A CpuSampler whose set of processes can change (the producer of each phase)."""
 
-    def add(self, name: str, pid: int) -> None:
+    def add(self, name: str, pid: int | None) -> None:
         import psutil
 
+        if pid is None:
+            return
         try:
             self.procs[name] = psutil.Process(pid)
         except psutil.NoSuchProcess:
@@ -719,7 +733,7 @@ def median_of(runs: list[dict], *path: str):
     for run in runs:
         value = run
         for key in path:
-            value = value[key]
+            value = value.get(key) if isinstance(value, dict) else None
         if value is not None:
             values.append(value)
     return round(statistics.median(values), 2) if values else None
@@ -801,6 +815,33 @@ def print_table(body: dict) -> None:
     print("\n".join(lines))
 
 
+@contextlib.contextmanager
+def _broker(args, work: Path):
+    """The embedded broker, or the user's at `--bootstrap` (not started, not stopped here)."""
+    from churn_platform.kafka.broker import EmbeddedBroker
+    from churn_platform.kafka.config import KafkaSettings
+
+    if not args.bootstrap:
+        with EmbeddedBroker(log_path=work / "broker.log") as broker:
+            yield broker
+        return
+    yield types.SimpleNamespace(settings=KafkaSettings(args.bootstrap), pid=None)
+
+
+def _delete_own_topics(bootstrap: str) -> None:
+    """Delete the topics this run created (their names carry its tag), and nothing else."""
+    from churn_platform.kafka.admin import admin_client, list_topics
+    from churn_platform.kafka.config import KafkaSettings
+
+    settings = KafkaSettings(bootstrap)
+    ours = sorted(t for t in list_topics(settings) if t.startswith(TOPIC_PREFIX))
+    if ours:
+        admin = admin_client(settings)  # held until every deletion is answered
+        for topic, future in admin.delete_topics(ours, operation_timeout=30).items():
+            future.result(30)
+            print(f"deleted topic {topic}")
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         _, _, kind, *rest = sys.argv
@@ -837,21 +878,34 @@ def main() -> None:
     parser.add_argument("--profile-dir", default="benchmarks/results/profiles-streaming")
     parser.add_argument("--output", default=str(RESULTS / "streaming.json"))
     parser.add_argument("--note", default="", help="recorded as is, e.g. what else ran")
+    parser.add_argument(
+        "--bootstrap",
+        default=None,
+        metavar="HOST:PORT",
+        help="a plaintext Kafka broker of your own, with nothing you need on it, instead of the "
+        "embedded one: the run creates topics named bench-<tag>-... there (simulated events) and "
+        "deletes them at the end; its CPU is not measured",
+    )
     args = parser.parse_args()
     args.rates = [int(r) for r in args.rates.split(",")]
+    if args.bootstrap and args.output == str(RESULTS / "streaming.json"):
+        args.output = str(RESULTS / "streaming-external.json")
 
     from churn_platform.ingestion.extract import ExtractConfig, extract_topic
-    from churn_platform.kafka.broker import EmbeddedBroker
     from churn_platform.lake.store import Lake
 
+    global TOPIC_PREFIX
     load_before = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="bench-streaming-"))
-    topic = "bench-events"
+    if args.bootstrap:
+        TOPIC_PREFIX = f"bench-{uuid.uuid4().hex[:6]}-"
+        print(f"against {args.bootstrap}: topics {TOPIC_PREFIX}*, deleted at the end")
+    topic = f"{TOPIC_PREFIX}events"
     throughput: list[dict] = []
     latency: dict[int, list[dict]] = {}
     transport: dict[int, list[dict]] = {}
     try:
-        with EmbeddedBroker(log_path=work / "broker.log") as broker:
+        with _broker(args, work) as broker:
             settings = broker.settings
             lake = Lake(str(work / "lake"))
             print(f"building the world: {args.customers:,} customers x {args.days} days ...")
@@ -877,6 +931,8 @@ def main() -> None:
                         )
                     )
     finally:
+        if args.bootstrap:
+            _delete_own_topics(args.bootstrap)
         if args.keep:
             print(f"kept {work}")
         else:
@@ -906,6 +962,7 @@ def main() -> None:
             "rounds": args.rounds,
             "scorer_args": args.scorer_arg,
             "scorer_env": args.scorer_env,
+            "broker": f"external {args.bootstrap}" if args.bootstrap else "embedded Tansu",
             "producer": "EventProducer, linger.ms 5, one process, paced ~every ms",
             "score_reader": "this process, fetch.wait.max.ms 10",
         },
