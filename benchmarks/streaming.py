@@ -86,7 +86,8 @@ REPO = Path(__file__).resolve().parent.parent
 SEED = 7
 PARTITIONS = 6  # the platform's default topic size
 # Every topic this run creates starts with this; against a broker of the user's
-# own (`--bootstrap`) it carries the run's tag, and those topics are deleted at the end.
+# own (`--bootstrap`) it carries a tag no topic there had, and those topics are
+# deleted at the end.
 TOPIC_PREFIX = "bench-"
 ACTIVITY = ("login", "session", "feature_use")
 TARGETS = {"p99_ms_at_1000_per_s": 100.0, "events_per_s_one_process": 10_000}
@@ -828,8 +829,23 @@ def _broker(args, work: Path):
     yield types.SimpleNamespace(settings=KafkaSettings(args.bootstrap), pid=None)
 
 
+def _unused_prefix(bootstrap: str) -> str:
+    """`bench-<tag>-` that no topic of the cluster starts with yet."""
+    from churn_platform.kafka.admin import list_topics
+    from churn_platform.kafka.config import KafkaSettings
+
+    existing = list(list_topics(KafkaSettings(bootstrap)))
+    while True:
+        prefix = f"bench-{uuid.uuid4().hex[:6]}-"
+        if not any(t.startswith(prefix) for t in existing):
+            return prefix
+
+
 def _delete_own_topics(bootstrap: str) -> None:
-    """Delete the topics this run created (their names carry its tag), and nothing else."""
+    """Delete the topics this run created, and nothing else.
+
+    Their names start with `TOPIC_PREFIX`, which no topic had when the run began.
+    """
     from churn_platform.kafka.admin import admin_client, list_topics
     from churn_platform.kafka.config import KafkaSettings
 
@@ -898,7 +914,7 @@ def main() -> None:
     load_before = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="bench-streaming-"))
     if args.bootstrap:
-        TOPIC_PREFIX = f"bench-{uuid.uuid4().hex[:6]}-"
+        TOPIC_PREFIX = _unused_prefix(args.bootstrap)
         print(f"against {args.bootstrap}: topics {TOPIC_PREFIX}*, deleted at the end")
     topic = f"{TOPIC_PREFIX}events"
     throughput: list[dict] = []
