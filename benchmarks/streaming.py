@@ -912,10 +912,15 @@ def main() -> None:
 
     global TOPIC_PREFIX
     load_before = os.getloadavg()
-    work = Path(tempfile.mkdtemp(prefix="bench-streaming-"))
     if args.bootstrap:
-        TOPIC_PREFIX = _unused_prefix(args.bootstrap)
+        from churn_platform.kafka.admin import BrokerUnavailable
+
+        try:
+            TOPIC_PREFIX = _unused_prefix(args.bootstrap)
+        except BrokerUnavailable as exc:
+            sys.exit(f"--bootstrap: {exc}; start that broker or give another HOST:PORT")
         print(f"against {args.bootstrap}: topics {TOPIC_PREFIX}*, deleted at the end")
+    work = Path(tempfile.mkdtemp(prefix="bench-streaming-"))
     topic = f"{TOPIC_PREFIX}events"
     throughput: list[dict] = []
     latency: dict[int, list[dict]] = {}
