@@ -85,9 +85,9 @@ RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parent.parent
 SEED = 7
 PARTITIONS = 6  # the platform's default topic size
-# Every topic this run creates starts with this; against a broker of the user's
-# own (`--bootstrap`) it carries a tag no topic there had, and those topics are
-# deleted at the end.
+# Every topic and consumer group this run creates starts with this; against a
+# broker of the user's own (`--bootstrap`) it carries a tag no topic there had,
+# and those topics are deleted at the end.
 TOPIC_PREFIX = "bench-"
 ACTIVITY = ("login", "session", "feature_use")
 TARGETS = {"p99_ms_at_1000_per_s": 100.0, "events_per_s_one_process": 10_000}
@@ -188,13 +188,21 @@ def child_produce(
 # --- parent: world ---------------------------------------------------------------------
 
 
+def extract(settings, lake, topic: str):
+    """Extract `topic` into `lake`, mirroring its offsets into a consumer group of this run's."""
+    from churn_platform.ingestion.extract import ExtractConfig, extract_topic
+
+    return extract_topic(
+        settings, lake, ExtractConfig(topic=topic, group_id=f"{TOPIC_PREFIX}extract")
+    )
+
+
 def build_world(settings, topic: str, lake, customers: int, days: int) -> dict:
     """History in Kafka and in the lake, a champion; returns what was built."""
     import polars as pl
 
     from churn_platform.events.contract import LIFECYCLE_EVENT_TYPES, SUBSCRIPTION_CANCELLED
     from churn_platform.events.simulator import SimulatorConfig, produce_simulation
-    from churn_platform.ingestion.extract import ExtractConfig, extract_topic
     from churn_platform.lake.raw import read_raw_events
     from churn_platform.ml.train import TrainConfig, train_models
     from churn_platform.ml.training_set import build_training_set, ensure_inputs, training_dates
@@ -207,7 +215,7 @@ def build_world(settings, topic: str, lake, customers: int, days: int) -> dict:
     out["history_events"] = produced.messages_produced
     out["produce_history_s"] = round(time.perf_counter() - started, 1)
     started = time.perf_counter()
-    extracted = extract_topic(settings, lake, ExtractConfig(topic=topic))
+    extracted = extract(settings, lake, topic)
     out["extract_history_s"] = round(time.perf_counter() - started, 1)
     assert extracted.messages == produced.messages_produced, extracted
     started = time.perf_counter()
@@ -274,7 +282,7 @@ class Scorer:
         command = serve_command(
             topic,
             self.scores_topic,
-            f"bench-{name}-{uuid.uuid4().hex[:6]}",
+            f"{TOPIC_PREFIX}{name}-{uuid.uuid4().hex[:6]}",
             lake=lake,
             log_interval=5,
             extra=extra,
@@ -364,7 +372,7 @@ class ScoreReader:
         self.consumer = Consumer(
             settings.client_config(
                 **{
-                    "group.id": f"bench-reader-{uuid.uuid4().hex[:6]}",
+                    "group.id": f"{TOPIC_PREFIX}reader-{uuid.uuid4().hex[:6]}",
                     "enable.auto.commit": False,
                     "fetch.wait.max.ms": 10,
                     "fetch.queue.backoff.ms": 10,
@@ -463,7 +471,6 @@ def percentiles(values, qs=(50, 95, 99)) -> dict[str, float]:
 
 
 def throughput_round(args, settings, lake, topic, customers, work, number: int, broker_pid) -> dict:
-    from churn_platform.ingestion.extract import ExtractConfig, extract_topic
     from churn_platform.lake.raw import extracted_offsets
 
     tag = f"backlog{number}-{uuid.uuid4().hex[:6]}"
@@ -499,7 +506,7 @@ def throughput_round(args, settings, lake, topic, customers, work, number: int, 
         raise RuntimeError(f"only {scored} of {args.backlog} events scored; see {scorer.log}")
     seconds = done - ready
     started = time.perf_counter()
-    extract_topic(settings, lake, ExtractConfig(topic=topic))  # the next round starts after it
+    extract(settings, lake, topic)  # the next round starts after it
     result = {
         "events": args.backlog,
         "produce_backlog_per_s": round(args.backlog / produce_s),
@@ -817,39 +824,35 @@ def print_table(body: dict) -> None:
 
 
 @contextlib.contextmanager
-def _broker(args, work: Path):
-    """The embedded broker, or the user's at `--bootstrap` (not started, not stopped here)."""
+def _broker(external, work: Path):
+    """The embedded broker, or the user's (`external` settings: not started, not stopped here)."""
     from churn_platform.kafka.broker import EmbeddedBroker
-    from churn_platform.kafka.config import KafkaSettings
 
-    if not args.bootstrap:
+    if external is None:
         with EmbeddedBroker(log_path=work / "broker.log") as broker:
             yield broker
         return
-    yield types.SimpleNamespace(settings=KafkaSettings(args.bootstrap), pid=None)
+    yield types.SimpleNamespace(settings=external, pid=None)
 
 
-def _unused_prefix(bootstrap: str) -> str:
+def _unused_prefix(settings) -> str:
     """`bench-<tag>-` that no topic of the cluster starts with yet."""
     from churn_platform.kafka.admin import list_topics
-    from churn_platform.kafka.config import KafkaSettings
 
-    existing = list(list_topics(KafkaSettings(bootstrap)))
+    existing = list(list_topics(settings))
     while True:
         prefix = f"bench-{uuid.uuid4().hex[:6]}-"
         if not any(t.startswith(prefix) for t in existing):
             return prefix
 
 
-def _delete_own_topics(bootstrap: str) -> None:
+def _delete_own_topics(settings) -> None:
     """Delete the topics this run created, and nothing else.
 
     Their names start with `TOPIC_PREFIX`, which no topic had when the run began.
     """
     from churn_platform.kafka.admin import admin_client, list_topics
-    from churn_platform.kafka.config import KafkaSettings
 
-    settings = KafkaSettings(bootstrap)
     ours = sorted(t for t in list_topics(settings) if t.startswith(TOPIC_PREFIX))
     if ours:
         admin = admin_client(settings)  # held until every deletion is answered
@@ -907,16 +910,18 @@ def main() -> None:
     if args.bootstrap and args.output == str(RESULTS / "streaming.json"):
         args.output = str(RESULTS / "streaming-external.json")
 
-    from churn_platform.ingestion.extract import ExtractConfig, extract_topic
     from churn_platform.lake.store import Lake
 
     global TOPIC_PREFIX
     load_before = os.getloadavg()
+    external = None
     if args.bootstrap:
         from churn_platform.kafka.admin import BrokerUnavailable
+        from churn_platform.kafka.config import KafkaSettings
 
+        external = KafkaSettings(args.bootstrap)
         try:
-            TOPIC_PREFIX = _unused_prefix(args.bootstrap)
+            TOPIC_PREFIX = _unused_prefix(external)
         except BrokerUnavailable as exc:
             sys.exit(f"--bootstrap: {exc}; start that broker or give another HOST:PORT")
         print(f"against {args.bootstrap}: topics {TOPIC_PREFIX}*, deleted at the end")
@@ -926,7 +931,7 @@ def main() -> None:
     latency: dict[int, list[dict]] = {}
     transport: dict[int, list[dict]] = {}
     try:
-        with _broker(args, work) as broker:
+        with _broker(external, work) as broker:
             settings = broker.settings
             lake = Lake(str(work / "lake"))
             print(f"building the world: {args.customers:,} customers x {args.days} days ...")
@@ -943,7 +948,7 @@ def main() -> None:
                 latency = latency_runs(
                     args, settings, lake, topic, customers_file, work, broker.pid
                 )
-                extract_topic(settings, lake, ExtractConfig(topic=topic))
+                extract(settings, lake, topic)
             if args.skip != "throughput":
                 for number in range(1, args.rounds + 1):
                     throughput.append(
@@ -952,8 +957,8 @@ def main() -> None:
                         )
                     )
     finally:
-        if args.bootstrap:
-            _delete_own_topics(args.bootstrap)
+        if external is not None:
+            _delete_own_topics(external)
         if args.keep:
             print(f"kept {work}")
         else:
