@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 
+import numpy as np
 import polars as pl
 
 from churn_platform.events.contract import LIFECYCLE_EVENT_TYPES
@@ -138,6 +139,13 @@ class RangeInputs:
     def inputs(self, as_of: date) -> FeatureInputs:
         return self.per_date[self.dates.index(as_of)]
 
+    def tagged(self) -> list[tuple[int, str, bool]]:
+        """(index, path, lifecycle rows only) of each file, as `read_tagged` takes them."""
+        return [
+            (i, path, only)
+            for i, (path, only) in enumerate(zip(self.files, self.lifecycle_only, strict=True))
+        ]
+
     def indexes(self, paths: tuple[str, ...]) -> list[int]:
         position = {p: i for i, p in enumerate(self.files)}
         return [position[p] for p in paths]
@@ -175,17 +183,48 @@ def events_as_of(frame: pl.DataFrame, inputs: RangeInputs, as_of: date) -> pl.Da
 
 def read_range(lake: Lake, inputs: RangeInputs) -> tuple[pl.DataFrame, list[int]]:
     """Every file of `inputs` once, in order, with `FILE_COLUMN`; and each file's row count."""
-    frames, heights = [], []
-    for index, (path, lifecycle_only) in enumerate(
-        zip(inputs.files, inputs.lifecycle_only, strict=True)
-    ):
-        frame = read_file(lake, path)
-        heights.append(frame.height)
-        frame = _lifecycle(frame, lifecycle_only)
-        frames.append(frame.with_columns(pl.lit(index, dtype=pl.Int32).alias(FILE_COLUMN)))
-    if not frames:
-        return _EMPTY.with_columns(pl.lit(0, dtype=pl.Int32).alias(FILE_COLUMN)).clear(), []
-    return pl.concat(frames, how="vertical_relaxed"), heights
+    frame, heights = read_tagged(lake, inputs.tagged())
+    return frame, [heights[i] for i in range(len(inputs.files))]
+
+
+def read_tagged(
+    lake: Lake,
+    files: Sequence[tuple[int, str, bool]],
+    columns: Sequence[str] = EVENT_COLUMNS,
+) -> tuple[pl.DataFrame, dict[int, int]]:
+    """Files given as (index, path, lifecycle rows only), read in order: their rows
+    (only the lifecycle rows of the files marked so), each with its file's index in
+    `FILE_COLUMN`; and each file's row count before that filter, by index.
+
+    One polars scan of them all where the lake allows it (`tables.read_frames_counted`:
+    at 10M events, 924 raw files in 0.6-0.8 s against 2.2-2.6 s file by file); else
+    file by file, which names a damaged file.
+    """
+    tag = pl.Int32
+    if not files:
+        return _EMPTY.select(columns).with_columns(pl.lit(0, dtype=tag).alias(FILE_COLUMN)), {}
+    indexes = [index for index, _, _ in files]
+    counted = tables.read_frames_counted(
+        lake, tables.RAW_EVENTS, [path for _, path, _ in files], columns
+    )
+    if counted is None:
+        frames, heights = [], {}
+        for index, path, lifecycle_only in files:
+            frame = read_raw_file(lake, path, columns)
+            heights[index] = frame.height
+            frame = _lifecycle(frame, lifecycle_only)
+            frames.append(frame.with_columns(pl.lit(index, dtype=tag).alias(FILE_COLUMN)))
+        return pl.concat(frames, how="vertical_relaxed"), heights
+    frame, counts = counted
+    tags = np.repeat(np.asarray(indexes, dtype=np.int32), counts)
+    frame = frame.with_columns(pl.Series(FILE_COLUMN, tags, dtype=tag))
+    history = [index for index, _, lifecycle_only in files if lifecycle_only]
+    if history:
+        frame = frame.filter(
+            ~pl.col(FILE_COLUMN).is_in(history)
+            | pl.col("event_type").is_in(sorted(LIFECYCLE_EVENT_TYPES))
+        )
+    return frame, dict(zip(indexes, counts, strict=True))
 
 
 def events_read_as_of(inputs: RangeInputs, heights: Sequence[int], as_of: date) -> int:

@@ -50,10 +50,10 @@ from churn_platform.features.inputs import (
     feature_inputs,
     range_inputs,
     range_inputs_of,
-    read_file,
     read_files,
     read_inputs,
     read_range,
+    read_tagged,
 )
 from churn_platform.features.many_dates import features_of_dates
 from churn_platform.lake import tables
@@ -656,15 +656,9 @@ def active_customers_range(
 ) -> dict[date, pl.Series]:
     """`active_customers` of each date's `inputs`, reading every raw file once."""
     together = range_inputs_of(inputs)
-    frames = []
-    for index, (path, lifecycle_only) in enumerate(
-        zip(together.files, together.lifecycle_only, strict=True)
-    ):
-        frame = read_file(lake, path, lifecycle_only, _STATE_COLUMNS)
-        frames.append(frame.with_columns(pl.lit(index, dtype=pl.Int32).alias(FILE_COLUMN)))
-    if not frames:
+    if not together.files:
         return {d: pl.Series("customer_id", [], dtype=pl.String) for d in together.dates}
-    state = pl.concat(frames, how="vertical_relaxed")
+    state, _ = read_tagged(lake, together.tagged(), _STATE_COLUMNS)
     return {
         d: _active_in(events_as_of(state, together, d).drop(FILE_COLUMN), d, churn)
         for d in together.dates

@@ -102,6 +102,7 @@ from churn_platform.features.inputs import (
     feature_inputs,
     range_inputs,
     read_file,
+    read_tagged,
 )
 from churn_platform.features.many_dates import features_of_dates
 from churn_platform.features.materialize import (
@@ -316,18 +317,13 @@ class ReadEventShardsFn(beam.DoFn):
         self._lake = Lake(self._lake_uri)
 
     def process(self, task: ReadTask) -> Iterator:
-        frames, read = [], 0
-        for path, lifecycle_only in task.files:
-            frame = read_events(self._lake, path)
-            read += frame.height
-            if lifecycle_only:
-                kept = frame.filter(pl.col("event_type").is_in(_LIFECYCLE))
-                self.history_activity_skipped.inc(frame.height - kept.height)
-                frame = kept
-            frames.append(frame)
+        tagged = [(i, path, lifecycle_only) for i, (path, lifecycle_only) in enumerate(task.files)]
+        frame, heights = read_tagged(self._lake, tagged)
+        read = sum(heights.values())
+        self.history_activity_skipped.inc(read - frame.height)
         self.files_read.inc(len(task.files))
         self.events_read.inc(read)
-        events = pl.concat(frames, how="vertical_relaxed") if frames else empty_events()
+        events = frame.drop(FILE_COLUMN)
         # files are chosen by event date, so this drops nothing unless a file
         # holds later rows; the guard is what makes "no lookahead" local
         visible = events.filter(pl.col("ts") < as_of_end(self._as_of))
@@ -682,21 +678,13 @@ class ReadRangeShardsFn(beam.DoFn):
         self._lake = Lake(self._lake_uri)
 
     def process(self, task: RangeReadTask) -> Iterator:
-        frames, heights = [], {}
-        for index, path, lifecycle_only in task.files:
-            frame = read_events(self._lake, path)
-            heights[index] = frame.height
-            if lifecycle_only:
-                frame = frame.filter(pl.col("event_type").is_in(_LIFECYCLE))
-            frames.append(frame.with_columns(pl.lit(index, dtype=pl.Int32).alias(FILE_COLUMN)))
+        read, heights = read_tagged(self._lake, task.files)
         self.files_read.inc(len(task.files))
         self.events_read.inc(sum(heights.values()))
         yield TaggedOutput(self.HEIGHTS, heights)
-        if not frames:
+        if not task.files:
             return
-        events = pl.concat(frames, how="vertical_relaxed").filter(
-            pl.col("ts") < as_of_end(self._inputs.dates[-1])
-        )
+        events = read.filter(pl.col("ts") < as_of_end(self._inputs.dates[-1]))
         yield TaggedOutput(
             self.SPECS,
             {

@@ -534,6 +534,31 @@ def read_frames(
     return _in_spec_types(frame, spec)
 
 
+def read_frames_counted(
+    lake: Lake,
+    spec: TableSpec,
+    relatives: Sequence[str],
+    columns: Sequence[str],
+) -> tuple[pl.DataFrame, list[int]] | None:
+    """`read_frames`, and how many of the frame's rows came from each file, in order.
+
+    The counts are the files' own (their Parquet footers), and must add up to the
+    frame's rows; None whenever `read_frames` gives None or they do not.
+    """
+    import pyarrow.parquet as pq
+
+    frame = read_frames(lake, spec, relatives, columns)
+    if frame is None:
+        return None
+    try:
+        heights = [pq.read_metadata(lake.path(r)).num_rows for r in relatives]
+    except Exception:  # one by one: the error names the file
+        return None
+    if sum(heights) != frame.height:
+        return None
+    return frame, heights
+
+
 def _in_spec_types(frame: pl.DataFrame, spec: TableSpec) -> pl.DataFrame:
     import polars as pl
 

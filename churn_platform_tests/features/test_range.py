@@ -11,7 +11,7 @@ import pytest
 from polars.testing import assert_frame_equal, assert_series_equal
 
 from churn_platform.features.churn import ChurnDefinition
-from churn_platform.features.inputs import feature_inputs, range_inputs
+from churn_platform.features.inputs import FILE_COLUMN, feature_inputs, range_inputs, read_range
 from churn_platform.features.materialize import (
     NULLS_CHECK,
     RANGES_CHECK,
@@ -176,4 +176,35 @@ def test_active_customers_read_in_one_scan_equal_the_file_by_file_read(
     assert tables.read_frames(lake, tables.RAW_EVENTS, [damaged], ["event_id"]) is None
     with pytest.raises(LakeError, match="could not read") as caught:
         active_customers(lake, SIM_DATES[0], inputs)
+    assert lake.url(damaged) in str(caught.value)
+
+
+def test_the_range_read_in_one_scan_equals_the_file_by_file_read(sim_lake, tmp_path, monkeypatch):
+    """`read_tagged` (what the range's engines and checks read through) scans every file
+    once and tags rows by the files' own row counts; with history files (lifecycle rows
+    only) and window files, its rows, tags and counts are the file-by-file read's."""
+    inputs = range_inputs(sim_lake, SIM_DATES[:2])  # the two latest: files before both windows
+    assert any(inputs.lifecycle_only) and not all(inputs.lifecycle_only)
+    scanned, scanned_heights = read_range(sim_lake, inputs)
+    active = active_customers_range(sim_lake, inputs.per_date)
+    monkeypatch.setattr(tables, "read_frames_counted", lambda *args, **kwargs: None)
+    one_by_one, heights = read_range(sim_lake, inputs)
+    assert_frame_equal(scanned, one_by_one)
+    assert scanned_heights == heights
+    rows = dict(scanned.group_by(FILE_COLUMN).len().iter_rows())
+    # every row of a window file is tagged with that file's index
+    window = [i for i, only in enumerate(inputs.lifecycle_only) if not only]
+    assert [rows.get(i, 0) for i in window] == [heights[i] for i in window]
+    assert sum(heights) > scanned.height  # history files' activity rows were left out
+    for as_of, customers in active_customers_range(sim_lake, inputs.per_date).items():
+        assert_series_equal(active[as_of], customers)
+    monkeypatch.undo()
+    # a damaged file: the scan gives up, the file-by-file read names it
+    lake = Lake(tmp_path / "lake")
+    shutil.copytree(sim_lake.uri, lake.uri)
+    damaged = inputs.files[len(inputs.files) // 2]
+    Path(lake.path(damaged)).write_bytes(b"PAR1 not a parquet file PAR1")
+    assert tables.read_frames_counted(lake, tables.RAW_EVENTS, [damaged], ["event_id"]) is None
+    with pytest.raises(LakeError, match="could not read") as caught:
+        read_range(lake, inputs)
     assert lake.url(damaged) in str(caught.value)
