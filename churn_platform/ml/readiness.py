@@ -18,6 +18,7 @@ import polars as pl
 
 from churn_platform.events.contract import LIFECYCLE_EVENT_TYPES, SUBSCRIPTION_CANCELLED
 from churn_platform.features.churn import ChurnDefinition
+from churn_platform.lake import tables
 from churn_platform.lake.raw import event_date_of, raw_files, raw_path, read_raw_file
 from churn_platform.lake.store import Lake
 
@@ -50,12 +51,15 @@ class DataProfile:
 
 def profile(lake: Lake) -> DataProfile:
     """Counts over the committed raw events (reads event_type and customer_id only)."""
-    files = raw_files(lake)
-    frames = [read_raw_file(lake, raw_path(f), ["customer_id", "event_type"]) for f in files]
-    days = [d for f in files if (d := event_date_of(raw_path(f))) is not None]
-    if not frames:
+    paths = [raw_path(f) for f in raw_files(lake)]
+    days = [d for p in paths if (d := event_date_of(p)) is not None]
+    if not paths:
         return DataProfile(events=0, customers=0)
-    table = pl.concat(frames)
+    columns = ["customer_id", "event_type"]
+    # one scan where the lake allows it; else file by file, which names a damaged file
+    table = tables.read_frames(lake, tables.RAW_EVENTS, paths, columns)
+    if table is None:
+        table = pl.concat([read_raw_file(lake, p, columns) for p in paths])
     return DataProfile(
         events=table.height,
         customers=table["customer_id"].n_unique(),
