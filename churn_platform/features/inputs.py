@@ -165,20 +165,25 @@ def range_inputs_of(inputs: Sequence[FeatureInputs]) -> RangeInputs:
     return RangeInputs(ordered, per_date, files, tuple(p not in whole for p in files))
 
 
-def events_as_of(frame: pl.DataFrame, inputs: RangeInputs, as_of: date) -> pl.DataFrame:
+def events_as_of(
+    frame: pl.DataFrame | pl.LazyFrame, inputs: RangeInputs, as_of: date, *, lazy: bool = False
+) -> pl.DataFrame | pl.LazyFrame:
     """One date's input from rows of `inputs.files` (with `FILE_COLUMN`) in file order.
 
     The rows of any subset of the files, kept in file order, give that subset
     of the date's input in the same order, so a customer shard rebuilds its
-    customers' rows of `read_inputs` exactly.
+    customers' rows of `read_inputs` exactly. `lazy`: as a query, so that what
+    reads it copies only the columns it uses.
     """
     own = inputs.inputs(as_of)
-    history = frame.filter(
+    rows = frame.lazy()
+    history = rows.filter(
         pl.col(FILE_COLUMN).is_in(inputs.indexes(own.history_files))
         & pl.col("event_type").is_in(sorted(LIFECYCLE_EVENT_TYPES))
     )
-    window = frame.filter(pl.col(FILE_COLUMN).is_in(inputs.indexes(own.window_files)))
-    return pl.concat([history, window], how="vertical_relaxed")
+    window = rows.filter(pl.col(FILE_COLUMN).is_in(inputs.indexes(own.window_files)))
+    query = pl.concat([history, window], how="vertical_relaxed")
+    return query if lazy else query.collect()
 
 
 def read_range(lake: Lake, inputs: RangeInputs) -> tuple[pl.DataFrame, list[int]]:

@@ -660,12 +660,14 @@ def active_customers_range(
         return {d: pl.Series("customer_id", [], dtype=pl.String) for d in together.dates}
     state, _ = read_tagged(lake, together.tagged(), _STATE_COLUMNS)
     return {
-        d: _active_in(events_as_of(state, together, d).drop(FILE_COLUMN), d, churn)
+        d: _active_in(events_as_of(state, together, d, lazy=True).drop(FILE_COLUMN), d, churn)
         for d in together.dates
     }
 
 
-def _active_in(events: pl.DataFrame, as_of: date, churn: ChurnDefinition) -> pl.Series:
+def _active_in(
+    events: pl.DataFrame | pl.LazyFrame, as_of: date, churn: ChurnDefinition
+) -> pl.Series:
     """Who is active at the end of `as_of` among `events` (state columns, in lake order).
 
     One lazy query: a filter copies only the columns its branch reads (half the

@@ -688,9 +688,7 @@ class ReadRangeShardsFn(beam.DoFn):
         yield TaggedOutput(
             self.SPECS,
             {
-                d: discover_spec(
-                    events_as_of(events, self._inputs, d).filter(pl.col("ts") < as_of_end(d)), d
-                )
+                d: discover_spec(events_as_of(events, self._inputs, d, lazy=True), d)
                 for d in self._inputs.dates
             },
         )
