@@ -21,12 +21,14 @@ naming the path and the fix.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import io
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from typing import TYPE_CHECKING, Any
@@ -239,16 +241,73 @@ def _data_files_on_disk(lake: Lake, spec: TableSpec) -> list[str]:
     return [p for p in lake.list_files(spec.name, ".parquet") if f"/{LOG_DIR}/" not in p]
 
 
+# tables `open_table` opened inside `reusing_opened_tables`, by (table URI, version)
+_OPENED: contextvars.ContextVar[dict | None] = contextvars.ContextVar(
+    "churn_platform_opened_tables", default=None
+)
+
+
+@contextlib.contextmanager
+def reusing_opened_tables() -> Iterator[None]:
+    """Inside the block, `open_table` opens each table (and version) once.
+
+    Later calls for the newest version bring the opened table up to date
+    (delta-rs's `update_incremental`: the commits since, one log listing)
+    instead of replaying the whole log: the feature table of a 10M-event lake
+    took 34 ms to open and 3.7 ms to bring up to date. A given version is
+    immutable and is reused as it is. Per thread (a context variable) and only
+    for the block, which a step's work should be: a table restored to an older
+    version from a backup while the block runs would not be noticed. Nested
+    blocks share the outer one's tables.
+    """
+    if _OPENED.get() is not None:
+        yield
+        return
+    token = _OPENED.set({})
+    try:
+        yield
+    finally:
+        _OPENED.reset(token)
+
+
+def reuses_opened_tables(function: Callable) -> Callable:
+    """`function` run inside `reusing_opened_tables`."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        with reusing_opened_tables():
+            return function(*args, **kwargs)
+
+    return wrapper
+
+
 def open_table(lake: Lake, spec: TableSpec, version: int | None = None) -> DeltaTable | None:
     """The table (at `version`, else the newest), or None when it was never written.
 
     A directory holding data files but no transaction log is refused: the log
     was lost, and treating the table as new would hide (and later vacuum) its
-    history.
+    history. Inside `reusing_opened_tables`, a table opened before is reused.
     """
+    opened = _OPENED.get()
+    key = (table_uri(lake, spec), version)  # refuses a store delta-rs cannot reach
+    if opened is not None and key in opened:
+        table = opened[key]
+        if version is None:
+            try:
+                table.update_incremental()
+            except Exception:  # opened afresh below, which names what is wrong
+                del opened[key]
+                return open_table(lake, spec, version)
+        return table
+    table = _open_table(lake, spec, version)
+    if opened is not None and table is not None:
+        opened[key] = table
+    return table
+
+
+def _open_table(lake: Lake, spec: TableSpec, version: int | None) -> DeltaTable | None:
     from deltalake import DeltaTable
 
-    table_uri(lake, spec)  # refuses a store delta-rs cannot reach
     if not has_log(lake, spec):
         found = _data_files_on_disk(lake, spec)
         if found:

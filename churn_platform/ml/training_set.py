@@ -253,6 +253,7 @@ def training_dates(
     return TrainingDates(dates, labelable, first_allowed, cadence_days, wanted)
 
 
+@tables.reuses_opened_tables
 def ensure_inputs(
     lake: Lake,
     dates: Sequence[date],
@@ -360,6 +361,7 @@ def join_date(
     return joined
 
 
+@tables.reuses_opened_tables
 def build_training_set(
     lake: Lake,
     dates: Sequence[date],
