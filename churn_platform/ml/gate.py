@@ -122,35 +122,48 @@ class GateDecision(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
 # --- the noise ---------------------------------------------------------------------
 
 
-def _weighted_auc(positive: np.ndarray, groups: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """ROC AUC of one score for each column of `weights` (rows × rounds), ties counted half.
+class _Ranked:
+    """One score's rows in score order, split into churners and the rest, with ties.
 
-    The rows are sorted by score; `positive` says which are churners (1.0, else
-    0.0); `groups` are the start indices of runs of equal scores. A row's weight
-    is how often its customer was drawn: every sum here is of whole numbers (or
-    halves), exact in float64 in any order, so the layout (rows × rounds, each
-    row contiguous) does not change a bit of the result.
+    A churner's row counts the weight of the non-churners scored below it, and
+    half of those tied with it: with `cumulative` the running sum of the
+    non-churners' weights in score order (a zero first), that is half of
+    `cumulative[below] + cumulative[through]`, where `below` and `through`
+    count the non-churners before its group of equal scores and up to its end.
     """
-    pos_g = np.add.reduceat(weights * positive[:, None], groups, axis=0)
-    neg_g = np.add.reduceat(weights, groups, axis=0) - pos_g
-    below = np.cumsum(neg_g, axis=0) - neg_g
-    total_pos, total_neg = pos_g.sum(axis=0), neg_g.sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (pos_g * (below + 0.5 * neg_g)).sum(axis=0) / (total_pos * total_neg)
 
+    def __init__(self, y: np.ndarray, scores: np.ndarray, clusters: np.ndarray) -> None:
+        order = np.argsort(scores, kind="stable")
+        ranked = scores[order]
+        churned = np.asarray(y)[order] == 1
+        starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])
+        group = np.cumsum(np.r_[True, ranked[1:] != ranked[:-1]]) - 1  # each row's group
+        ends = np.r_[starts[1:], len(ranked)]
+        stayed_before = np.r_[0, np.cumsum(~churned)]  # non-churners among the first k rows
+        self.below = stayed_before[starts][group][churned]
+        self.through = stayed_before[ends][group][churned]
+        self.churners = clusters[order][churned]  # the cluster of each churner's row
+        self.stayers = clusters[order][~churned]
 
-def _ties(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    order = np.argsort(scores, kind="stable")
-    ranked = scores[order]
-    groups = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])
-    return order, groups
+    def aucs(self, by_cluster: np.ndarray) -> np.ndarray:
+        """ROC AUC for each column of `by_cluster` (clusters × rounds: draws per cluster).
+
+        Every sum is of whole numbers (or halves), exact in float64 in any order.
+        """
+        stayers = by_cluster[self.stayers]
+        cumulative = np.zeros((len(stayers) + 1, by_cluster.shape[1]))
+        np.cumsum(stayers, axis=0, out=cumulative[1:])
+        churners = by_cluster[self.churners]
+        ranks = cumulative[self.below] + cumulative[self.through]
+        total_churners, total_stayers = churners.sum(axis=0), cumulative[-1]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (churners * ranks).sum(axis=0) * 0.5 / (total_churners * total_stayers)
 
 
 def auc(y: np.ndarray, scores: np.ndarray) -> float:
     """ROC AUC (ties half), the same arithmetic as the bootstrap."""
-    order, groups = _ties(np.asarray(scores, dtype=float))
-    positive = (np.asarray(y)[order] == 1).astype(np.float64)
-    return float(_weighted_auc(positive, groups, np.ones((len(y), 1)))[0])
+    rows = np.arange(len(y))
+    return float(_Ranked(y, np.asarray(scores, dtype=float), rows).aucs(np.ones((len(y), 1)))[0])
 
 
 def bootstrap_aucs(
@@ -169,25 +182,23 @@ def bootstrap_aucs(
     _, cluster_of = np.unique(np.asarray(clusters), return_inverse=True)
     n_clusters = int(cluster_of.max()) + 1 if len(cluster_of) else 0
     rng = np.random.default_rng(seed)
-    ties = {name: _ties(np.asarray(score, dtype=float)) for name, score in scores.items()}
-    # per score: the customer of each row in score order, and which of those rows churned
-    sorted_rows = {
-        name: (cluster_of[order], (y[order] == 1).astype(np.float64), groups)
-        for name, (order, groups) in ties.items()
+    ranked = {
+        name: _Ranked(y, np.asarray(score, dtype=float), cluster_of)
+        for name, score in scores.items()
     }
     out: dict[str, list[np.ndarray]] = {name: [] for name in scores}
     # rounds in chunks, so the (rows × rounds) weights stay small for big holdouts
     chunk = max(1, min(rounds, 4_000_000 // max(len(y), 1)))
     for start in range(0, rounds, chunk):
         size = min(chunk, rounds - start)
-        # how often each cluster is drawn in each round (clusters × rounds), then spread to
-        # its rows: one contiguous row of counts per cluster, gathered in score order
+        # how often each cluster is drawn in each round (clusters × rounds): one
+        # contiguous row of counts per cluster, gathered for each row in score order
         draws = rng.integers(0, n_clusters, size=(size, n_clusters))
         flat = (np.arange(size)[:, None] * n_clusters + draws).ravel()
         counts = np.bincount(flat, minlength=size * n_clusters).reshape(size, n_clusters)
         by_cluster = np.ascontiguousarray(counts.T, dtype=np.float64)
-        for name, (clusters_sorted, positive, groups) in sorted_rows.items():
-            out[name].append(_weighted_auc(positive, groups, by_cluster[clusters_sorted]))
+        for name, rows in ranked.items():
+            out[name].append(rows.aucs(by_cluster))
     return {name: np.concatenate(parts) for name, parts in out.items()}
 
 
