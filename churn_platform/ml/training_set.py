@@ -32,6 +32,7 @@ prove the set can be made again exactly (`churn-platform training-set rebuild`).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -129,6 +130,10 @@ class TrainingSet:
     features_version: int | None = None
     labels_version: int | None = None
     version: int | None = None
+    # (the table it was computed from, sha256): computed once per table, not per call
+    _hashed: tuple[pl.DataFrame, str] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def manifest(self) -> dict:
         return {
@@ -154,7 +159,10 @@ class TrainingSet:
         }
 
     def sha256(self) -> str:
-        return content_sha256(self.table)
+        """`content_sha256` of the table (the set's manifest, metadata and lineage ask)."""
+        if self._hashed is None or self._hashed[0] is not self.table:
+            self._hashed = (self.table, content_sha256(self.table))
+        return self._hashed[1]
 
     @property
     def rows(self) -> int:
@@ -186,7 +194,9 @@ def content_sha256(table: pl.DataFrame) -> str:
     """
     keys = [c for c in KEY_COLUMNS if c in table.columns]
     ordered = table.sort(keys) if keys and table.height else table
-    return hashlib.sha256(ordered.write_csv().encode()).hexdigest()
+    text = io.BytesIO()  # the CSV's UTF-8 bytes as written, not decoded and encoded again
+    ordered.write_csv(text)
+    return hashlib.sha256(text.getbuffer()).hexdigest()
 
 
 def training_dates(
