@@ -14,12 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import date
 
-import polars as pl
-
 from churn_platform.events.contract import LIFECYCLE_EVENT_TYPES, SUBSCRIPTION_CANCELLED
 from churn_platform.features.churn import ChurnDefinition
-from churn_platform.lake import tables
-from churn_platform.lake.raw import event_date_of, raw_files, raw_path, read_raw_file
+from churn_platform.features.inputs import read_files
+from churn_platform.lake.raw import event_date_of, raw_files, raw_path
 from churn_platform.lake.store import Lake
 
 
@@ -55,11 +53,8 @@ def profile(lake: Lake) -> DataProfile:
     days = [d for p in paths if (d := event_date_of(p)) is not None]
     if not paths:
         return DataProfile(events=0, customers=0)
-    columns = ["customer_id", "event_type"]
     # one scan where the lake allows it; else file by file, which names a damaged file
-    table = tables.read_frames(lake, tables.RAW_EVENTS, paths, columns)
-    if table is None:
-        table = pl.concat([read_raw_file(lake, p, columns) for p in paths])
+    table = read_files(lake, paths, [False] * len(paths), ["customer_id", "event_type"])
     return DataProfile(
         events=table.height,
         customers=table["customer_id"].n_unique(),
