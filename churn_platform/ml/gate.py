@@ -136,8 +136,9 @@ class _Ranked:
         order = np.argsort(scores, kind="stable")
         ranked = scores[order]
         churned = np.asarray(y)[order] == 1
-        starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])
-        group = np.cumsum(np.r_[True, ranked[1:] != ranked[:-1]]) - 1  # each row's group
+        opens = np.r_[True, ranked[1:] != ranked[:-1]]  # a row that starts a group of ties
+        starts = np.flatnonzero(opens)
+        group = np.cumsum(opens) - 1  # each row's group
         ends = np.r_[starts[1:], len(ranked)]
         stayed_before = np.r_[0, np.cumsum(~churned)]  # non-churners among the first k rows
         self.below = stayed_before[starts][group][churned]
