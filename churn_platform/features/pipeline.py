@@ -81,7 +81,6 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.pvalue import AsSingleton, TaggedOutput
 from apache_beam.runners.runner import PipelineState
 
-from churn_platform.events.contract import LIFECYCLE_EVENT_TYPES
 from churn_platform.features.churn import CANCELLATION, ChurnDefinition
 from churn_platform.features.definitions import (
     EVENT_SCHEMA,
@@ -125,7 +124,6 @@ DEFAULT_READ_TASKS = 8
 # version, which is all a run needs: every worker of one job runs one image.
 SHARD_SEED = 20261120
 METRICS_NAMESPACE = "customer_features"
-_LIFECYCLE = sorted(LIFECYCLE_EVENT_TYPES)
 
 
 _LOGGER = logging.getLogger(__name__)
