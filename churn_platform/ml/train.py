@@ -17,11 +17,13 @@ pipelines (gradient boosting, the candidate; logistic regression, the
 baseline) are fitted on the same rows and judged on the same holdout; the
 metrics describe that evaluation model.
 
-The model that serves is fitted afterwards, once the gate passed, on every
+The model that serves, used once the gate passed, is fitted on every
 labelled date, the most recent included (`fit_served`): the evaluation said
 how good the recipe is, and a model that scores May should have seen April.
 Its probabilities are calibrated on out-of-fold predictions (folds of whole
-customers), so no date is held back from the fit.
+customers), so no date is held back from the fit. Its fits may begin beside
+the evaluation's, on a core the evaluation leaves idle (`train_models(serve=True)`
+on a `FitPool`); a failed gate cancels those not yet started.
 
 Features with nothing to learn from in the fitted rows (null or constant in
 every row, e.g. subscription features of a business without subscriptions)
@@ -33,7 +35,7 @@ from __future__ import annotations
 
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from functools import partial
@@ -242,6 +244,7 @@ class TrainedModels:
     importance: pl.DataFrame = field(default_factory=pl.DataFrame)
     seconds: dict[str, float] = field(default_factory=dict)
     dropped: dict[str, str] = field(default_factory=dict)  # feature → why it was left out
+    served: PendingServed | None = None  # `train_models(serve=True)`: the served model's fits
 
     @property
     def holdout_customers(self) -> np.ndarray:
@@ -328,15 +331,38 @@ def fit_calibrated(kind, split: Split, features: list[str], config: TrainConfig)
     return calibrate(fitted, xc, yc, config.calibration)
 
 
-def train_models(table: pl.DataFrame, features: list[str], config: TrainConfig) -> TrainedModels:
-    """Split by time, fit and calibrate both models, evaluate them on the holdout."""
+def train_models(
+    table: pl.DataFrame,
+    features: list[str],
+    config: TrainConfig,
+    *,
+    fits: FitPool | None = None,
+    serve: bool = False,
+) -> TrainedModels:
+    """Split by time, fit and calibrate both models, evaluate them on the holdout.
+
+    With `fits` (an open `FitPool`), the fits run on its threads; with `serve`
+    too, the served model's fits (`start_served`) are queued behind the
+    evaluation's on the same threads, so they take the core the evaluation
+    leaves idle (the baseline is done long before the boosting) while the
+    holdout is scored and judged. `TrainedModels.served` holds them: its
+    `result()` once the gate passed; leaving the pool's block otherwise cancels
+    the fits not yet started. The served model is the same either way.
+    """
     from threadpoolctl import threadpool_limits
 
+    if serve and fits is None:
+        raise ValueError("serve=True needs an open FitPool to queue the served fits on")
     with threadpool_limits(limits=config.threads):
-        return _train_models(table, features, config)
+        if fits is not None:
+            return _train_models(table, features, config, fits, serve)
+        with FitPool(config) as own:
+            return _train_models(table, features, config, own, serve)
 
 
-def _train_models(table: pl.DataFrame, features: list[str], config: TrainConfig) -> TrainedModels:
+def _train_models(
+    table: pl.DataFrame, features: list[str], config: TrainConfig, fits: FitPool, serve: bool
+) -> TrainedModels:
     from churn_platform.ml.estimators import BASELINE_KIND, CANDIDATE_KIND, positive_probability
 
     split = split_by_time(table, config)
@@ -346,13 +372,13 @@ def _train_models(table: pl.DataFrame, features: list[str], config: TrainConfig)
         started = time.perf_counter()
         return fit_calibrated(kind, split, features, config), time.perf_counter() - started
 
-    # the two fits are independent: side by side in `config.workers` threads
-    (candidate, candidate_s), (baseline, baseline_s) = _run_largest_first(
+    # the two fits are independent: side by side on the pool's threads
+    evaluation = fits.largest_first(
         [partial(timed, CANDIDATE_KIND), partial(timed, BASELINE_KIND)],
         [2, 1],  # the boosting takes longer
-        workers=config.workers,
-        threads=config.threads,
     )
+    served = start_served(table, features, config, fits) if serve else None
+    (candidate, candidate_s), (baseline, baseline_s) = [f.result() for f in evaluation]
     seconds = {"candidate_fit": candidate_s, "baseline_fit": baseline_s}
     xh, yh = _xy(split.holdout, features)
     scores = {
@@ -376,6 +402,7 @@ def _train_models(table: pl.DataFrame, features: list[str], config: TrainConfig)
         importance=importance,
         seconds=seconds,
         dropped=dropped,
+        served=served,
     )
 
 
@@ -395,41 +422,63 @@ def fit_served(
     row) run side by side in `config.workers` threads instead of one after the
     other.
     """
+    with FitPool(config) as fits:
+        return start_served(table, features, config, fits, kind).result()
+
+
+def start_served(
+    table: pl.DataFrame,
+    features: list[str],
+    config: TrainConfig,
+    fits: FitPool,
+    kind: ModelKind | None = None,
+) -> PendingServed:
+    """`fit_served`'s fits queued on `fits`; the model is `.result()`."""
     from sklearn.model_selection import GroupKFold
-    from threadpoolctl import threadpool_limits
 
     from churn_platform.ml.estimators import CANDIDATE_KIND, build_estimator
 
-    with threadpool_limits(limits=config.threads):
-        started = time.perf_counter()
-        every = table.height
-        table, sampled = _sample_customers(table, config)
-        x, y = _xy(table, features)
-        if len(np.unique(y)) < 2:
-            raise TrainingError("the training set holds only one class: nothing to learn")
-        customers = table["customer_id"].to_numpy()
-        folds = min(config.calibration_folds, len(np.unique(customers)))
-        splits = list(GroupKFold(n_splits=folds).split(np.zeros(len(y)), y, customers))
-        calibrated = calibrated_out_of_fold(
-            build_estimator(kind or CANDIDATE_KIND, features, config.seed),
-            x,
-            y,
-            splits,
-            method=config.calibration,
-            workers=config.workers,
-            threads=config.threads,
-        )
-        dates = sorted(table["as_of"].unique().to_list())
+    every = table.height
+    table, sampled = _sample_customers(table, config)
+    x, y = _xy(table, features)
+    if len(np.unique(y)) < 2:
+        raise TrainingError("the training set holds only one class: nothing to learn")
+    customers = table["customer_id"].to_numpy()
+    folds = min(config.calibration_folds, len(np.unique(customers)))
+    splits = list(GroupKFold(n_splits=folds).split(np.zeros(len(y)), y, customers))
+    calibrated = start_out_of_fold(
+        build_estimator(kind or CANDIDATE_KIND, features, config.seed),
+        x,
+        y,
+        splits,
+        method=config.calibration,
+        fits=fits,
+    )
+
+    def served(estimator, seconds: float) -> ServedModel:
         return ServedModel(
-            estimator=calibrated,
+            estimator=estimator,
             rows=table.height,
-            dates=dates,
+            dates=sorted(table["as_of"].unique().to_list()),
             churned=int(y.sum()),
-            seconds=time.perf_counter() - started,
+            seconds=seconds,
             calibration=f"{config.calibration}, on out-of-fold predictions ({folds} folds of "
             "whole customers)",
             sampled_from_rows=every if sampled is not None else None,
         )
+
+    return PendingServed(calibrated, served)
+
+
+class PendingServed:
+    """The served model's fits, queued or running on a `FitPool`; `result()` waits for them."""
+
+    def __init__(self, calibrated: PendingCalibration, make):
+        self._calibrated, self._make = calibrated, make
+
+    def result(self) -> ServedModel:
+        estimator = self._calibrated.result()
+        return self._make(estimator, self._calibrated.seconds)
 
 
 def calibrated_out_of_fold(
@@ -453,11 +502,23 @@ def calibrated_out_of_fold(
     bit (tests compare). The stored `cv` is the fold count: the row indices are
     not needed after fitting, and would make the stored model large.
     """
+    with FitPool(workers=workers, threads=threads) as fits:
+        return start_out_of_fold(estimator, x, y, splits, method=method, fits=fits).result()
+
+
+def start_out_of_fold(
+    estimator,
+    x: pl.DataFrame,
+    y: np.ndarray,
+    splits: list[tuple[np.ndarray, np.ndarray]],
+    *,
+    method: CalibrationMethod,
+    fits: FitPool,
+) -> PendingCalibration:
+    """`calibrated_out_of_fold`'s fits queued on `fits`, the largest first."""
     from sklearn.base import clone
-    from sklearn.calibration import CalibratedClassifierCV, _fit_calibrator
     from sklearn.preprocessing import LabelEncoder
     from sklearn.utils import _safe_indexing
-    from sklearn.utils._array_api import get_namespace
     from sklearn.utils.validation import _check_response_method
 
     classes = np.unique(y)
@@ -479,43 +540,117 @@ def calibrated_out_of_fold(
 
     tasks = [fit_all] + [partial(fit_fold, train, test) for train, test in splits]
     sizes = [len(y)] + [len(train) for train, _ in splits]
-    done = _run_largest_first(tasks, sizes, workers=workers, threads=threads)
-    fitted, parts = done[0], done[1:]
-    predictions = np.empty(len(y), dtype=np.float64)
-    for (_, test), part in zip(splits, parts, strict=True):
-        predictions[test] = part
-    xp, _ = get_namespace(predictions)
-    calibrated = CalibratedClassifierCV(estimator, method=method, cv=len(splits), ensemble=False)
-    calibrated.classes_ = classes
-    calibrated.calibrated_classifiers_ = [
-        _fit_calibrator(fitted, predictions.reshape(-1, 1), y, classes, method, xp=xp)
-    ]
-    for name in ("n_features_in_", "feature_names_in_"):
-        if hasattr(fitted, name):
-            setattr(calibrated, name, getattr(fitted, name))
-    return calibrated
+    return PendingCalibration(
+        estimator, y, classes, splits, method, fits.largest_first(tasks, sizes), fits.threads
+    )
 
 
-def _run_largest_first(tasks, sizes, *, workers: int | None, threads: int | None) -> list:
-    """Each task's result, in order; run in `workers` threads, the largest `sizes` first.
+class PendingCalibration:
+    """`start_out_of_fold`'s fits; `result()` waits for them and puts the calibrated model
+    together as scikit-learn does."""
+
+    def __init__(self, estimator, y, classes, splits, method, futures, threads):
+        self._estimator, self._y, self._classes = estimator, y, classes
+        self._splits, self._method, self._futures = splits, method, futures
+        self.threads = threads
+        self.seconds = 0.0  # from the first fit's start to the model, once `result()` returned
+
+    def result(self) -> CalibratedClassifierCV:
+        from threadpoolctl import threadpool_limits
+
+        done = [f.result() for f in self._futures]
+        with threadpool_limits(limits=self.threads):  # as every fit: the same numbers
+            calibrated = self._calibrate(done[0], done[1:])
+        self.seconds = time.perf_counter() - min(f.started for f in self._futures)
+        return calibrated
+
+    def _calibrate(self, fitted, parts: list[np.ndarray]) -> CalibratedClassifierCV:
+        from sklearn.calibration import CalibratedClassifierCV, _fit_calibrator
+        from sklearn.utils._array_api import get_namespace
+
+        y, classes, splits = self._y, self._classes, self._splits
+        predictions = np.empty(len(y), dtype=np.float64)
+        for (_, test), part in zip(splits, parts, strict=True):
+            predictions[test] = part
+        xp, _ = get_namespace(predictions)
+        calibrated = CalibratedClassifierCV(
+            self._estimator, method=self._method, cv=len(splits), ensemble=False
+        )
+        calibrated.classes_ = classes
+        calibrated.calibrated_classifiers_ = [
+            _fit_calibrator(fitted, predictions.reshape(-1, 1), y, classes, self._method, xp=xp)
+        ]
+        for name in ("n_features_in_", "feature_names_in_"):
+            if hasattr(fitted, name):
+                setattr(calibrated, name, getattr(fitted, name))
+        return calibrated
+
+
+class FitPool:
+    """Independent fits side by side: `workers` threads (None: the cores this process may
+    use; 1: one after the other, each when its result is asked for), each fit with
+    `threads` OpenMP threads, started in the order they were queued. Leaving the block
+    cancels the fits not yet started and waits for the running ones.
 
     OpenMP's thread count is a per-thread setting: each worker limits its own
     (`threads`), or the boosting in it would start one OpenMP thread per core.
     """
-    from threadpoolctl import threadpool_limits
 
-    workers = min(len(tasks), workers or available_cores())
-    if workers <= 1:
-        return [task() for task in tasks]
+    def __init__(self, config: TrainConfig | None = None, *, workers: int | None = None, threads=1):
+        if config is not None:
+            workers, threads = config.workers, config.threads
+        self.workers = workers or available_cores()
+        self.threads = threads
+        self._pool: ThreadPoolExecutor | None = None
 
-    def limited(task):
-        with threadpool_limits(limits=threads, user_api="openmp"):
-            return task()
+    def __enter__(self) -> FitPool:
+        if self.workers > 1:
+            self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="fit")
+        return self
 
-    order = sorted(range(len(tasks)), key=lambda i: -sizes[i])
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = {i: pool.submit(limited, tasks[i]) for i in order}
-        return [futures[i].result() for i in range(len(tasks))]
+    def __exit__(self, *exc) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def submit(self, task) -> Fit:
+        fit = Fit(task, self.threads)
+        if self._pool is not None:
+            fit.future = self._pool.submit(fit.run)
+        return fit
+
+    def largest_first(self, tasks, sizes) -> list[Fit]:
+        """Each task queued, the largest `sizes` first; the fits in the order of `tasks`."""
+        order = sorted(range(len(tasks)), key=lambda i: -sizes[i])
+        queued = {i: self.submit(tasks[i]) for i in order}
+        return [queued[i] for i in range(len(tasks))]
+
+
+class Fit:
+    """One queued task: `result()` waits for it (or, with no threads, runs it)."""
+
+    def __init__(self, task, threads: int | None):
+        self._task, self._threads = task, threads
+        self.future = None
+        self.started = float("inf")
+
+    def run(self):
+        from threadpoolctl import threadpool_limits
+
+        self.started = time.perf_counter()
+        with threadpool_limits(limits=self._threads, user_api="openmp"):
+            return self._task()
+
+    def result(self):
+        if self.future is None:
+            self.future = _done(self.run())
+        return self.future.result()
+
+
+def _done(value) -> Future:
+    future: Future = Future()
+    future.set_result(value)
+    return future
 
 
 def available_cores() -> int:
@@ -560,12 +695,15 @@ def feature_importance(
             for order in orders
         ]
 
-    per_feature = _run_largest_first(
-        [partial(drops, name, orders) for name, orders in zip(x.columns, shuffles, strict=True)],
-        [1] * x.width,
-        workers=config.workers,
-        threads=config.threads,
-    )
+    with FitPool(config) as pool:
+        scored = pool.largest_first(
+            [
+                partial(drops, name, orders)
+                for name, orders in zip(x.columns, shuffles, strict=True)
+            ],
+            [1] * x.width,
+        )
+        per_feature = [f.result() for f in scored]
     means = [float(np.mean(d)) for d in per_feature]
     stds = [float(np.std(d)) for d in per_feature]
     return pl.DataFrame({"feature": x.columns, "importance": means, "std": stds}).sort(

@@ -32,7 +32,8 @@ def test_churn_model_logs_each_step_with_its_duration_and_the_runner_shows_them(
         rf"baseline_fit {SECONDS}, importance {SECONDS}; holdout ROC AUC 0\.\d+; {SECONDS}",
         rf"churn_model: gate: bootstrap of the holdout .*: passed; {SECONDS}",
         rf"churn_model: gate: against the champion: passed; {SECONDS}",
-        rf"churn_model: served refit on every labelled date: [\d,]+ rows over \d+ dates; {SECONDS}",
+        rf"churn_model: served refit on every labelled date: [\d,]+ rows over \d+ dates, its "
+        rf"fits \d+\.\d s \(begun beside the evaluation\); {SECONDS}",
         rf"churn_model: registered \S+ \({SECONDS}\)",
     ]
     assert len(done) == len(expected), shown

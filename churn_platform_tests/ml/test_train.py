@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from concurrent.futures import CancelledError
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
 
 import numpy as np
 import polars as pl
@@ -26,6 +30,7 @@ from churn_platform.ml.frame import LABEL_COLUMN, input_rows, model_input
 from churn_platform.ml.gate import GateConfig, judge_candidate
 from churn_platform.ml.train import (
     DEFAULT_MAX_TRAIN_ROWS,
+    FitPool,
     TrainConfig,
     TrainedModels,
     TrainingError,
@@ -395,6 +400,51 @@ def test_small_batch_predictor_equals_the_served_model_bit_for_bit(served, train
     expected = positive_probability(served.estimator, x)
     np.testing.assert_array_equal(predict(x), expected)
     np.testing.assert_array_equal(predict(x.head(17)), expected[:17])
+
+
+def test_served_fits_queued_behind_the_evaluation_give_the_same_models(served, training, trained):
+    """The model step's path: one FitPool, the served model's fits queued behind the
+    evaluation's (so they start on the core the evaluation leaves idle): the same
+    evaluation and the same served model, to the bit."""
+    with FitPool(FAST) as fits:
+        both = train_models(training.table, training.features, FAST, fits=fits, serve=True)
+        assert both.served is not None
+        again = both.served.result()
+    for name in ("candidate", "baseline"):
+        np.testing.assert_array_equal(both.holdout_scores[name], trained.holdout_scores[name])
+    assert both.metrics == trained.metrics and both.importance.equals(trained.importance)
+    x = model_input(training.table, trained.features)
+    np.testing.assert_array_equal(
+        positive_probability(again.estimator, x), positive_probability(served.estimator, x)
+    )
+    assert (again.rows, again.dates, again.churned) == (served.rows, served.dates, served.churned)
+    assert 0 < again.seconds < float("inf")
+    assert trained.served is None  # not asked for
+    with pytest.raises(ValueError, match="FitPool"):
+        train_models(training.table, training.features, FAST, serve=True)
+
+
+def test_leaving_the_fit_pool_cancels_the_fits_not_started():
+    """A failed gate leaves the block without asking for the served model: the fits still
+    queued never run, the running ones finish."""
+    running, ran, queued = threading.Barrier(3), [], {}
+
+    def busy(name: str) -> str:
+        running.wait(timeout=10)
+        deadline = time.monotonic() + 10  # until the queued fit is cancelled
+        while not queued["fit"].future.cancelled() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        ran.append(name)
+        return name
+
+    with FitPool(workers=2) as fits:
+        first, second = fits.submit(partial(busy, "a")), fits.submit(partial(busy, "b"))
+        queued["fit"] = fits.submit(partial(ran.append, "queued"))
+        running.wait(timeout=10)  # both threads are busy: the third fit waits in the queue
+    assert sorted(ran) == ["a", "b"]
+    assert (first.result(), second.result()) == ("a", "b")
+    with pytest.raises(CancelledError):
+        queued["fit"].result()
 
 
 def test_features_with_nothing_to_learn_are_left_out_and_named():

@@ -53,9 +53,9 @@ from churn_platform.ml.train import (
     DEFAULT_MAX_TRAIN_ROWS,
     DEFAULT_MIN_TRAIN_POSITIVES,
     DEFAULT_SEED,
+    FitPool,
     ServedModel,
     TrainConfig,
-    fit_served,
     model_card,
     train_models,
 )
@@ -324,36 +324,48 @@ def churn_model(
         confidence=gate.confidence,
         seed=config.seed,
     )
-    with _step(context, "evaluation fit (train dates → holdout)") as done:
-        trained = train_models(training.table, training.features, train_config)
-        done(
-            ", ".join(f"{name} {seconds:.1f} s" for name, seconds in trained.seconds.items())
-            + f"; holdout ROC AUC {trained.metrics.candidate.roc_auc:.3f}"
-        )
-    cand = trained.metrics.candidate
-    y, customers = trained.holdout_labels, trained.holdout_customers
-    with _step(context, "gate: bootstrap of the holdout against baseline and no-skill") as done:
-        quality = judge_candidate(
-            y,
-            trained.holdout_scores["candidate"],
-            trained.holdout_scores["baseline"],
-            customers,
-            gate_config,
-        )
-        done("passed" if quality.passed else "failed")
-    with _step(context, "gate: against the champion") as done:
-        regression = _against_champion(store, trained, training.churn, gate_config, context)
-        done("passed" if regression.passed else "failed")
-    decision = GateDecision.of(quality, regression)
-    passed, reasons = decision.passed, decision.reasons
-    served: ServedModel | None = None
-    if passed and config.refit_on_all_dates:
-        with _step(context, "served refit on every labelled date") as done:
-            served = fit_served(training.table, trained.features, train_config)
-            done(f"{served.rows:,} rows over {len(served.dates)} dates")
-    elif not passed:
-        for rule in quality.failed() + regression.failed():
-            context.log.error(f"gate: {rule.line()}")
+    # one pool for every fit: the served model's fits start on the core the evaluation
+    # leaves idle; a failed gate cancels those not started (leaving the block)
+    with FitPool(train_config) as fits:
+        with _step(context, "evaluation fit (train dates → holdout)") as done:
+            trained = train_models(
+                training.table,
+                training.features,
+                train_config,
+                fits=fits,
+                serve=config.refit_on_all_dates,
+            )
+            done(
+                ", ".join(f"{name} {seconds:.1f} s" for name, seconds in trained.seconds.items())
+                + f"; holdout ROC AUC {trained.metrics.candidate.roc_auc:.3f}"
+            )
+        cand = trained.metrics.candidate
+        y, customers = trained.holdout_labels, trained.holdout_customers
+        with _step(context, "gate: bootstrap of the holdout against baseline and no-skill") as done:
+            quality = judge_candidate(
+                y,
+                trained.holdout_scores["candidate"],
+                trained.holdout_scores["baseline"],
+                customers,
+                gate_config,
+            )
+            done("passed" if quality.passed else "failed")
+        with _step(context, "gate: against the champion") as done:
+            regression = _against_champion(store, trained, training.churn, gate_config, context)
+            done("passed" if regression.passed else "failed")
+        decision = GateDecision.of(quality, regression)
+        passed, reasons = decision.passed, decision.reasons
+        served: ServedModel | None = None
+        if passed and trained.served is not None:
+            with _step(context, "served refit on every labelled date") as done:
+                served = trained.served.result()
+                done(
+                    f"{served.rows:,} rows over {len(served.dates)} dates, its fits "
+                    f"{served.seconds:.1f} s (begun beside the evaluation)"
+                )
+        elif not passed:
+            for rule in quality.failed() + regression.failed():
+                context.log.error(f"gate: {rule.line()}")
     version = registry.new_version(token=context.run_id)
     data_range = f"{training.dates[0].isoformat()}..{training.dates[-1].isoformat()}"
     lineage = training.lineage()
