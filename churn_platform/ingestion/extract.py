@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import gc
 import multiprocessing
-import os
 import time
 import uuid
 from collections import Counter
@@ -39,6 +38,7 @@ from datetime import date
 import numpy as np
 import pyarrow as pa
 
+from churn_platform.cores import available_cores
 from churn_platform.events.contract import (
     DEFAULT_MAX_MESSAGE_BYTES,
     EVENTS_TOPIC,
@@ -372,7 +372,7 @@ def _worker_count(config: ExtractConfig, n_partitions: int, backlog: int) -> int
         return max(1, min(config.workers, n_partitions))
     if backlog < PARALLEL_BACKLOG:
         return 1
-    return max(1, min(os.cpu_count() or 1, n_partitions))
+    return max(1, min(available_cores(), n_partitions))
 
 
 def _run_workers(

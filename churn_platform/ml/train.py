@@ -33,7 +33,6 @@ column with no values at all.
 
 from __future__ import annotations
 
-import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
+from churn_platform.cores import available_cores
 from churn_platform.features.churn import CANCELLATION, ChurnDefinition
 from churn_platform.features.definitions import FeatureSpec
 from churn_platform.ml.frame import LABEL_COLUMN, categorical_features, model_input
@@ -651,14 +651,6 @@ def _done(value) -> Future:
     future: Future = Future()
     future.set_result(value)
     return future
-
-
-def available_cores() -> int:
-    """The cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def feature_importance(
