@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -100,6 +101,17 @@ def test_many_dates_in_one_pass_equal_each_date_alone_on_simulated_events(sim_la
     history = set(feature_inputs(sim_lake, SIM_DATES[0]).history_files)
     assert history & set(feature_inputs(sim_lake, SIM_DATES[-1]).window_files)
     assert_range_equals_one_date(sim_lake, SIM_DATES, engine)
+
+
+def test_range_inputs_pickle_each_path_once(sim_lake):
+    """Beam pickles the DoFns holding a RangeInputs several times a run: every date names
+    the paths of `files` itself, so a path is written once however many dates read it."""
+    inputs = range_inputs(sim_lake, SIM_DATES)
+    assert inputs.per_date == tuple(feature_inputs(sim_lake, d) for d in sorted(SIM_DATES))
+    named = sum(len(i.window_files) + len(i.history_files) for i in inputs.per_date)
+    assert named > 1.5 * len(inputs.files)  # dates share files
+    assert len(pickle.dumps(inputs)) < 1.2 * len(pickle.dumps(inputs.files)) + 20 * named
+    assert pickle.loads(pickle.dumps(inputs)) == inputs
 
 
 def test_many_dates_in_one_pass_equal_each_date_alone_on_cdnow_purchases(cdnow_lake):
