@@ -359,9 +359,11 @@ def churn_model(
         if passed and trained.served is not None:
             with _step(context, "served refit on every labelled date") as done:
                 served = trained.served.result()
+                # with one core (one thread) the fits run only now, one after the other
+                when = "begun beside the evaluation" if fits.workers > 1 else "after the gate"
                 done(
                     f"{served.rows:,} rows over {len(served.dates)} dates, its fits "
-                    f"{served.seconds:.1f} s (begun beside the evaluation)"
+                    f"{served.seconds:.1f} s ({when})"
                 )
         elif not passed:
             for rule in quality.failed() + regression.failed():
