@@ -70,8 +70,9 @@ import logging
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -82,6 +83,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.pvalue import AsSingleton, TaggedOutput
 from apache_beam.runners.runner import PipelineState
+from apache_beam.transforms.window import GlobalWindows
 
 from churn_platform.cores import available_cores
 from churn_platform.features.churn import CANCELLATION, ChurnDefinition
@@ -279,8 +281,75 @@ def batch_frames(batches: Sequence[FrameBatch]) -> list[pl.DataFrame]:
 
 @functools.cache
 def _codec_pool() -> ThreadPoolExecutor:
-    """Threads for `frame_batches`: one per core, started the first time they are needed."""
+    """Threads for `frame_batches` and `WriteAhead`: one per core, started when first needed."""
     return ThreadPoolExecutor(max_workers=available_cores(), thread_name_prefix="frame-codec")
+
+
+class WriteAhead:
+    """A write stage's data files, written on `_codec_pool`'s threads while the bundle goes on.
+
+    The stage that writes feature files does nothing else: its tables (96 for
+    a training range) were decompressed and written one after another on one
+    core. Here up to one write per core is in flight; Parquet's encoding,
+    zstd and polars' decompression let go of the GIL. Results come back in
+    the order the writes were submitted: `submit` hands back those beyond the
+    limit, `drain` the rest (from `finish_bundle`, which puts them in their
+    window). A failed write raises where its result is taken, failing the
+    bundle; its file, if any, is referenced by no commit (`lake maintain`
+    vacuums it).
+    """
+
+    def __init__(self, ahead: int | None = None) -> None:
+        self._ahead = max(1, ahead or available_cores())
+        self._pending: deque[Future] = deque()
+
+    def submit(self, write: Callable[[], object]) -> Iterator:
+        """Start `write`; yields the results of earlier writes while too many are in flight."""
+        self._pending.append(_codec_pool().submit(write))
+        while len(self._pending) > self._ahead:
+            yield self._pending.popleft().result()
+
+    def drain(self) -> Iterator:
+        """The remaining results, in submission order."""
+        while self._pending:
+            yield self._pending.popleft().result()
+
+    def cancel(self) -> None:
+        """Drop what has not started (a bundle that failed); running writes finish."""
+        while self._pending:
+            self._pending.popleft().cancel()
+
+
+class _WritingFn(beam.DoFn):
+    """A DoFn whose `process` submits file writes to a `WriteAhead` of its bundle.
+
+    `_write` returns (output, columns dropped); the output leaves in the order
+    the writes were submitted, and the drop is counted on the bundle's thread
+    (Beam's metrics belong to it).
+    """
+
+    columns_dropped: object  # a Beam counter, made in the subclass's __init__
+
+    def start_bundle(self) -> None:
+        self._writes = WriteAhead()
+
+    def _submit(self, write: Callable[[], tuple[object, int]]) -> Iterator:
+        for written in self._writes.submit(write):
+            yield self._taken(written)
+
+    def finish_bundle(self) -> Iterator:
+        for written in self._writes.drain():
+            yield GlobalWindows.windowed_value(self._taken(written))
+
+    def teardown(self) -> None:
+        if hasattr(self, "_writes"):
+            self._writes.cancel()
+
+    def _taken(self, written: tuple[object, int]) -> object:
+        output, dropped = written
+        if dropped:
+            self.columns_dropped.inc(dropped)
+        return output
 
 
 # --- reading -------------------------------------------------------------------
@@ -482,7 +551,7 @@ class ComputeShardFeatures(beam.PTransform):
 # --- writing -------------------------------------------------------------------
 
 
-class WriteShardFn(beam.DoFn):
+class WriteShardFn(_WritingFn):
     """(shard, feature table) → a data file of the features table (not yet committed)."""
 
     def __init__(
@@ -507,19 +576,27 @@ class WriteShardFn(beam.DoFn):
     def process(
         self, element: tuple[int, FrameBatch], spec: FeatureSpec
     ) -> Iterator[tables.DataFile]:
-        shard, features = element[0], element[1].frame
-        columns = [*KEY_COLUMNS, *spec.columns()]
-        if len(columns) != features.width:
-            self.columns_dropped.inc(features.width - len(columns))
+        shard, batch = element
+        metadata = feature_file_metadata(self._as_of, spec, self._churn, self._inputs)
+        yield from self._submit(
+            functools.partial(self._write, shard, batch, [*KEY_COLUMNS, *spec.columns()], metadata)
+        )
+
+    def _write(
+        self, shard: int, batch: FrameBatch, columns: list[str], metadata: dict
+    ) -> tuple[tables.DataFile, int]:
+        features = batch.frame
+        dropped = features.width - len(columns)
+        if dropped:
             features = features.select(columns)
-        yield tables.write_file(
+        return tables.write_file(
             self._lake,
             tables.FEATURES,
             features.to_arrow(),
             {"as_of": self._as_of},
             name_hint=f"part-{shard:05d}-of-{self._shards:05d}",
-            metadata=feature_file_metadata(self._as_of, spec, self._churn, self._inputs),
-        )
+            metadata=metadata,
+        ), dropped
 
 
 class StageFeaturesFn(beam.DoFn):
@@ -803,7 +880,7 @@ class ComputeRangeFeaturesFn(beam.DoFn):
         yield TaggedOutput(self.CUSTOMERS, customers)
 
 
-class WriteRangeShardFn(beam.DoFn):
+class WriteRangeShardFn(_WritingFn):
     """((as_of, shard), table) → a data file of that date's partition (not yet committed)."""
 
     def __init__(
@@ -820,26 +897,32 @@ class WriteRangeShardFn(beam.DoFn):
         self._lake = Lake(self._lake_uri)
 
     def process(self, element: tuple, specs: dict) -> Iterator:
-        (as_of, shard), features = element[0], element[1].frame
+        (as_of, shard), batch = element
         spec = _spec_of(specs, as_of)
-        columns = [*KEY_COLUMNS, *spec.columns()]
-        if len(columns) != features.width:
-            self.columns_dropped.inc(features.width - len(columns))
+        metadata = feature_file_metadata(as_of, spec, self._churn, self._inputs.inputs(as_of))
+        yield from self._submit(
+            functools.partial(
+                self._write, as_of, shard, batch, [*KEY_COLUMNS, *spec.columns()], metadata
+            )
+        )
+
+    def _write(
+        self, as_of: date, shard: int, batch: FrameBatch, columns: list[str], metadata: dict
+    ) -> tuple[tuple[str, tables.DataFile], int]:
+        features = batch.frame
+        dropped = features.width - len(columns)
+        if dropped:
             features = features.select(columns)
         # keyed by text: Beam groups only by keys it encodes deterministically
-        yield (
-            as_of.isoformat(),
-            tables.write_file(
-                self._lake,
-                tables.FEATURES,
-                features.to_arrow(),
-                {"as_of": as_of},
-                name_hint=f"part-{shard:05d}-of-{self._shards:05d}",
-                metadata=feature_file_metadata(
-                    as_of, spec, self._churn, self._inputs.inputs(as_of)
-                ),
-            ),
+        written = tables.write_file(
+            self._lake,
+            tables.FEATURES,
+            features.to_arrow(),
+            {"as_of": as_of},
+            name_hint=f"part-{shard:05d}-of-{self._shards:05d}",
+            metadata=metadata,
         )
+        return (as_of.isoformat(), written), dropped
 
 
 class StageRangeFn(beam.DoFn):

@@ -28,6 +28,7 @@ from churn_platform.features.pipeline import (
     ComputeShardFeatures,
     FrameBatch,
     ReadEventShards,
+    WriteAhead,
     batch_frames,
     frame_batches,
     run,
@@ -121,6 +122,9 @@ def test_beam_equals_the_reference_on_a_replayed_catalogue(catalogue_lake):
     )
     assert "rare_kind_count_7d" not in expected.columns
     assert result.counters["duplicate_events_dropped"] > 1
+    # the shard holding the later copy computed rare_kind's columns; the writer dropped them
+    # (counted on the bundle's thread while the write ran beside it)
+    assert result.counters["columns_only_in_duplicates"] > 0
     # customers without lifecycle events are in (when active), some with are cancelled
     plans = set(expected["plan"])
     assert "unknown" in plans and plans - {"unknown"}
@@ -302,6 +306,37 @@ def test_batches_compressed_side_by_side_are_the_batches_made_one_by_one():
     for back, frame in zip(batch_frames(shipped), frames, strict=True):
         assert_frame_equal(back, frame)
     assert [len(frame_batches(0, frames[:1])), len(frame_batches(0, []))] == [1, 0]
+
+
+def test_write_ahead_keeps_writes_in_flight_hands_results_back_in_order_and_fails_loudly():
+    """WriteAhead (the feature files' writes beside the bundle): at most `ahead` in flight
+    before `submit` waits for the oldest, results in submission order, a failed write
+    raised where its result is taken."""
+    import threading
+
+    release = threading.Event()
+    started: list[int] = []
+
+    def write(n: int) -> int:
+        started.append(n)
+        release.wait(10)
+        return n * 10
+
+    writes = WriteAhead(ahead=2)
+    assert list(writes.submit(lambda: write(0))) == []
+    assert list(writes.submit(lambda: write(1))) == []  # two in flight: nothing waited for
+    release.set()
+    assert list(writes.submit(lambda: write(2))) == [0]  # a third: the oldest taken first
+    assert list(writes.drain()) == [10, 20]
+    assert sorted(started) == [0, 1, 2]
+
+    def broken() -> int:
+        raise OSError("disk full")
+
+    failing = WriteAhead(ahead=1)
+    assert list(failing.submit(broken)) == []
+    with pytest.raises(OSError, match="disk full"):
+        list(failing.submit(lambda: 1))
 
 
 # --- runner options ----------------------------------------------------------------
