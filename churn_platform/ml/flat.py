@@ -123,10 +123,12 @@ class SmallBatchPredictor:
         known, f_idx_map = self.classifier._bin_mapper.make_known_categories_bitsets()
         threads = _openmp_effective_n_threads()
         x = np.ascontiguousarray(matrix, dtype=np.float64)
-        out = np.empty((len(self._leaf_predictors), len(x)), dtype=np.int32)
+        # rows × trees, written a tree (a column) at a time: cheaper than writing by tree
+        # and transposing, and what the contributions' product reads as it is
+        out = np.empty((len(x), len(self._leaf_predictors)), dtype=np.int32)
         for t, predictor in enumerate(self._leaf_predictors):
-            out[t] = predictor.predict(x, known, f_idx_map, threads)
-        return out.T  # a view: `margin` reads it by tree as it was written
+            out[:, t] = predictor.predict(x, known, f_idx_map, threads)
+        return out
 
     @functools.cached_property
     def _leaf_predictors(self) -> list:
@@ -193,31 +195,42 @@ class FlatTrees:
     def leaves(self, x: np.ndarray) -> np.ndarray:
         """rows × trees: the (global) node id of the leaf each row of `x` reaches in each tree.
 
-        Every node's decision for every row at once (a few thousand nodes), then
-        `depth` steps that only look decisions up, with scikit-learn's rule (NaN goes
-        the node's missing side, else left when value <= threshold).
+        Every tree at once, `depth` steps down from the roots, with scikit-learn's
+        rule (NaN goes the node's missing side, else left when value <= threshold).
+        Each step looks at the one node each row is at in each tree, not at every
+        node: 4.6 against 23 µs a row for 150 trees of depth 4 (docs/benchmarks.md,
+        Model), and faster for five rows too.
         """
         if x.ndim != 2 or x.shape[1] != self.n_features:
             raise ValueError(f"expected {self.n_features} columns, got shape {x.shape}")
         x = np.ascontiguousarray(x, dtype=np.float64)
-        values = x[:, self.feature]
-        go_left = np.where(np.isnan(values), self.missing_left, values <= self.threshold)
-        flat = go_left.ravel()
+        values = x.ravel()
+        row_start = (np.arange(x.shape[0]) * x.shape[1])[:, None]
         at = np.broadcast_to(self.roots, (x.shape[0], len(self.roots))).copy()
-        row_start = (np.arange(x.shape[0]) * len(self.feature))[:, None]
-        left, right = self.left, self.right
+        children, feature, threshold = self._children, self.feature, self.threshold
+        missing_right = self._missing_right
         for _ in range(self.depth):
-            at = np.where(flat[row_start + at], left[at], right[at])
+            value = values[row_start + feature[at]]
+            right = np.where(np.isnan(value), missing_right[at], value > threshold[at])
+            at = children[2 * at + right]
         return at
+
+    @functools.cached_property
+    def _children(self) -> np.ndarray:
+        """Each node's left child at 2·node, its right at 2·node + 1 (a leaf: itself twice)."""
+        return np.stack([self.left, self.right], axis=1).ravel()
+
+    @functools.cached_property
+    def _missing_right(self) -> np.ndarray:
+        return ~self.missing_left
 
     def margin(self, leaves: np.ndarray) -> np.ndarray:
         """`decision_function` from `leaves`: leaf values added tree by tree after the
         baseline, in scikit-learn's order, so the sums are the same floats."""
         if len(leaves) > 1024:  # many rows: one vector add per tree (same order, same floats)
             margin = np.full(len(leaves), 0.0 + self.baseline)
-            columns = np.ascontiguousarray(leaves.T)
-            for tree in columns:
-                margin += self.value[tree]
+            for tree in leaves.T:  # `take` reads a strided column as fast as a copy of it
+                margin += self.value.take(tree)
             return margin
         values = self.value[leaves]
         raw = np.empty((values.shape[0], values.shape[1] + 1))

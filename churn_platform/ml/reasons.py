@@ -330,7 +330,7 @@ class Reasoner:
         down the trees (the probabilities are `predict_proba`'s floats: `estimators`)."""
         from churn_platform.ml.frame import model_input
 
-        probabilities, reasons = [], []
+        probabilities, chosen = [], []
         # slices of a few MB: on these machines a fresh array of hundreds of MB costs more
         # in page faults than the arithmetic done in it (docs/benchmarks.md, Reasons)
         for rows in table.iter_slices(CONTRIBUTION_CHUNK_ROWS):
@@ -338,10 +338,11 @@ class Reasoner:
             matrix = self.predictor.matrix(x)
             leaves = self.predictor.leaves(matrix)
             probabilities.append(self.predictor.probability(matrix, leaves))
-            reasons.append(self._arrow(self._top(matrix, x, leaves)))
-        if not reasons:
+            chosen.append(self._top(matrix, x, leaves))
+        if not chosen:
             return np.empty(0), pa.array([], type=REASONS_ARROW)
-        return np.concatenate(probabilities), pa.concat_arrays(reasons)
+        # the words once for the whole table: a value repeats across slices
+        return np.concatenate(probabilities), self._arrow(_Chosen.concat(chosen))
 
     def frame(self, x: pl.DataFrame) -> pa.Array:
         """The reasons of each row of `x` (`model_input` rows), as an Arrow list array
@@ -375,15 +376,7 @@ class Reasoner:
         contribution = self.contributions(matrix, leaves)
         if self.direction < 0:
             contribution = -contribution
-        k = min(self.top, contribution.shape[1])
-        if k < contribution.shape[1]:  # the k largest, then those in order
-            order = np.argpartition(-contribution, k - 1, axis=1)[:, :k]
-            chosen = np.take_along_axis(contribution, order, axis=1)
-            # largest first; equal contributions in feature order
-            within = np.lexsort((order, -chosen), axis=1)
-            order = np.take_along_axis(order, within, axis=1)
-        else:
-            order = np.argsort(-contribution, axis=1, kind="stable")
+        order = _largest(contribution, self.top)
         chosen = np.take_along_axis(contribution, order, axis=1)
         keep = chosen > 0.0  # sorted: the pushes up come first, the rest is dropped
         rows, slots = np.nonzero(keep)
@@ -507,6 +500,26 @@ class Reasoner:
         return pa.array(words, pa.string()).take(pa.array(ids))
 
 
+def _largest(contribution: np.ndarray, k: int) -> np.ndarray:
+    """rows × min(k, features): each row's k largest columns, largest first, equal values
+    in column order (the first of them first).
+
+    For a few of many columns, `argmax` k times (each taking the first maximum)
+    is cheaper than `argpartition` and a sort of what it picked.
+    """
+    rows, width = contribution.shape
+    if k >= width:
+        return np.argsort(-contribution, axis=1, kind="stable")
+    left = contribution.copy()
+    order = np.empty((rows, k), dtype=np.intp)
+    every = np.arange(rows)
+    for slot in range(k):
+        best = left.argmax(axis=1)
+        order[:, slot] = best
+        left[every, best] = -np.inf
+    return order
+
+
 class _Chosen(NamedTuple):
     """Reasons chosen for a batch, one entry per reason, rows in order."""
 
@@ -515,6 +528,24 @@ class _Chosen(NamedTuple):
     numbers: np.ndarray  # its value (NaN: missing, or a category)
     sizes: np.ndarray  # its contribution
     categories: dict[int, object]  # a category's value, by the reason's position
+
+    @staticmethod
+    def concat(parts: Sequence[_Chosen]) -> _Chosen:
+        """The reasons of consecutive batches as those of one."""
+        if len(parts) == 1:
+            return parts[0]
+        categories: dict[int, object] = {}
+        at = 0
+        for part in parts:
+            categories.update((at + i, value) for i, value in part.categories.items())
+            at += len(part.features)
+        return _Chosen(
+            np.concatenate([p.counts for p in parts]),
+            np.concatenate([p.features for p in parts]),
+            np.concatenate([p.numbers for p in parts]),
+            np.concatenate([p.sizes for p in parts]),
+            categories,
+        )
 
 
 def _shown(value: float | str | None, column: FeatureColumn) -> str:

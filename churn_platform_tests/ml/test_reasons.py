@@ -15,6 +15,7 @@ from churn_platform.ml.flat import WALK_ROWS
 from churn_platform.ml.frame import input_rows, model_input
 from churn_platform.ml.reasons import (
     Reasoner,
+    _largest,
     common_reasons,
     common_reasons_markdown,
     typical_values,
@@ -132,6 +133,19 @@ def test_reasons_from_rows_equal_reasons_from_a_frame(reasoner, holdout, trained
     rows = input_rows(head.to_dicts(), trained_model.features, reasoner.spec)
     assert reasoner.rows(rows) == reasoner.reasons(reasoner.predictor.matrix(head), head)
     assert pl.Series(reasoner.frame(head)).to_list() == reasoner.rows(rows)
+
+
+@pytest.mark.parametrize("k", [1, 3, 7, 9])
+def test_the_largest_columns_come_first_and_ties_in_column_order(k):
+    """`_largest` (the reasons' pick): each row's k largest columns, largest first, equal
+    values in column order, as sorting each row by (-value, column) and taking k."""
+    rng = np.random.default_rng(3)
+    values = rng.integers(-3, 4, size=(500, 7)).astype(np.float64)  # many ties
+    values[0] = 1.0  # a row of one value
+    expected = np.array(
+        [sorted(range(values.shape[1]), key=lambda j, r=row: (-r[j], j))[:k] for row in values]
+    )
+    np.testing.assert_array_equal(_largest(values, k), expected)
 
 
 def test_typical_values_are_the_latest_dates_medians(training, trained_model):
