@@ -50,6 +50,7 @@ import polars as pl
 from churn_platform.features.churn import ChurnDefinition
 from churn_platform.features.definitions import FeatureSpec
 from churn_platform.lake.store import Lake, LakeError
+from churn_platform.ml.flat import WALK_ROWS
 from churn_platform.ml.frame import model_input
 from churn_platform.ml.gate import GateDecision
 from churn_platform.ml.metrics import EvaluationMetrics
@@ -229,7 +230,11 @@ class LoadedModel:
         return self.predictor if self._arrays_score(rows) else self._estimator_predictor
 
     def _arrays_score(self, rows: int) -> bool:
-        return self.predictor is not None and rows <= ARRAYS_UP_TO_ROWS
+        if self.predictor is None or rows > ARRAYS_UP_TO_ROWS:
+            return False
+        # the arrays spare the imports; once the estimator is built they are paid, and
+        # beyond a small batch scikit-learn's compiled loop walks the trees faster
+        return rows <= WALK_ROWS or "estimator" not in self.__dict__
 
     @functools.cached_property
     def _estimator_predictor(self) -> SmallBatchPredictor | None:

@@ -732,6 +732,33 @@ def test_beyond_arrays_up_to_rows_scikit_learns_loop_scores_the_same(
     np.testing.assert_array_equal(big(x), loaded.predictor(x))
 
 
+def test_once_the_estimator_is_built_a_big_batch_takes_scikit_learns_loop(
+    lake, sigmoid_candidate, monkeypatch
+):
+    """The arrays spare scikit-learn's imports; once the estimator is built (a process that
+    trained, or asked for it) a batch beyond WALK_ROWS goes through its compiled loop,
+    and a small one still walks the arrays. The probabilities are the same either way."""
+    version = registry.new_version(T0)
+    _save(lake, version, sigmoid_candidate)
+    loaded = registry.load_model(lake, version, lazy_estimator=True)
+    assert loaded.predictor_for(WALK_ROWS + 1) is loaded.predictor  # nothing built yet
+    assert loaded.estimator is not None
+    assert loaded.predictor_for(WALK_ROWS) is loaded.predictor
+    big = loaded.predictor_for(WALK_ROWS + 1)
+    assert big is not loaded.predictor and big.classifier is not None
+    walked = []
+    real = type(loaded.predictor).__call__
+    monkeypatch.setattr(
+        type(loaded.predictor), "__call__", lambda self, x: walked.append(len(x)) or real(self, x)
+    )
+    table, _ = _table(WALK_ROWS + 500, seed=9)
+    expected = estimators.positive_probability(sigmoid_candidate, table.select(FEATURES))
+    np.testing.assert_array_equal(loaded.predict_proba(table), expected)
+    assert walked == []  # not the arrays
+    np.testing.assert_array_equal(loaded.predict_proba(table.head(5)), expected[:5])
+    assert walked == [5]
+
+
 @pytest.mark.parametrize("damage", ["garbage", "flip"])
 def test_damaged_arrays_are_corrupt(lake, sigmoid_candidate, damage):
     version = registry.new_version(T0)
