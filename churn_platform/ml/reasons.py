@@ -165,8 +165,7 @@ class TreePathContributions:
 
         m, per_row = leaves.shape
         index = np.ascontiguousarray(leaves, dtype=np.int32).ravel()
-        starts = np.arange(0, m * per_row + 1, per_row, dtype=np.int32)
-        ones = np.ones(m * per_row)
+        starts, ones = self._reached_rows(m, per_row)
         moves = self._moves
         try:
             from scipy.sparse import _sparsetools
@@ -191,12 +190,25 @@ class TreePathContributions:
             out += (reached @ moves).toarray()
             return
         filled = int(row_starts[-1])
-        rows = np.repeat(np.arange(m), np.diff(row_starts))
-        out[rows, columns[:filled]] = sums[:filled]
+        at = np.repeat(np.arange(0, m * self.n_features, self.n_features), np.diff(row_starts))
+        np.put(out, at + columns[:filled], sums[:filled])  # `out` is a block of whole rows
 
     @functools.cached_property
     def _moves_int32(self) -> tuple[np.ndarray, np.ndarray]:
         return self._moves.indptr.astype(np.int32), self._moves.indices.astype(np.int32)
+
+    def _reached_rows(self, rows: int, per_row: int) -> tuple[np.ndarray, np.ndarray]:
+        """The row starts and the ones of a (rows × nodes) matrix with `per_row` entries a
+        row: views of arrays kept for a slice's size (allocating ~10 MB of ones a slice
+        cost a sixth of the product)."""
+        kept = self.__dict__.get("_reached")
+        if kept is None or len(kept[0]) < rows + 1 or kept[2] != per_row:
+            size = max(rows, CONTRIBUTION_CHUNK_ROWS)
+            starts = np.arange(0, size * per_row + 1, per_row, dtype=np.int32)
+            ones = np.ones(size * per_row)
+            starts.flags.writeable = ones.flags.writeable = False
+            kept = self.__dict__["_reached"] = (starts, ones, per_row)
+        return kept[0][: rows + 1], kept[1][: rows * per_row]
 
 
 # --- typical values ----------------------------------------------------------------
