@@ -136,7 +136,10 @@ def test_a_writer_killed_before_its_commit_changes_no_readers_view(lake, ml_lake
     # a feature shard written by the pipeline's own DoFn, and a scores file, never committed
     shard = WriteShardFn(lake.uri, d, 1)
     shard.setup()
-    (written,) = shard.process((0, FrameBatch(0, features.head(5))), read_feature_spec(lake, d))
+    shard.start_bundle()  # as Beam calls it: the write runs beside the bundle
+    list(shard.process((0, FrameBatch(0, features.head(5))), read_feature_spec(lake, d)))
+    (finished,) = shard.finish_bundle()
+    written = finished.value
     assert lake.exists(tables.file_path(tables.FEATURES, written))
     tables.write_file(
         lake,
