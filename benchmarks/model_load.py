@@ -3,7 +3,7 @@
     python benchmarks/model_load.py [--rounds 5] [--customers 2000] [--keep] [--work-dir DIR]
 
 Simulates a business (160 days), trains on it and registers a served model as
-`churn_model` does (`train.fit_served`: the calibrated gradient boosting, 250
+`churn_model` does (`train.fit_served`: the calibrated gradient boosting, 150
 trees of depth 4; a model file's size depends on its trees, not on the rows)
 and promotes it. Then, `--rounds` times, alternating, each in a new process
 as every Dagster run is:
