@@ -198,8 +198,8 @@ class FlatTrees:
         Every tree at once, `depth` steps down from the roots, with scikit-learn's
         rule (NaN goes the node's missing side, else left when value <= threshold).
         Each step looks at the one node each row is at in each tree, not at every
-        node: 4.6 against 23 µs a row for 150 trees of depth 4 (docs/benchmarks.md,
-        Model), and faster for five rows too.
+        node: 5.9 against 22.7 µs a row for 150 trees of depth 4 (docs/benchmarks.md,
+        Scale), and faster for five rows too.
         """
         if x.ndim != 2 or x.shape[1] != self.n_features:
             raise ValueError(f"expected {self.n_features} columns, got shape {x.shape}")

@@ -199,13 +199,13 @@ class TreePathContributions:
 
     def _reached_rows(self, rows: int, per_row: int) -> tuple[np.ndarray, np.ndarray]:
         """The row starts and the ones of a (rows × nodes) matrix with `per_row` entries a
-        row: views of arrays kept for a slice's size (allocating ~10 MB of ones a slice
-        cost a sixth of the product)."""
+        row: views of arrays kept for the most rows asked so far (allocating ~10 MB of
+        ones for each 8,192-row slice cost a sixth of the product; a scorer's micro-batches
+        keep a few kB)."""
         kept = self.__dict__.get("_reached")
         if kept is None or len(kept[0]) < rows + 1 or kept[2] != per_row:
-            size = max(rows, CONTRIBUTION_CHUNK_ROWS)
-            starts = np.arange(0, size * per_row + 1, per_row, dtype=np.int32)
-            ones = np.ones(size * per_row)
+            starts = np.arange(0, rows * per_row + 1, per_row, dtype=np.int32)
+            ones = np.ones(rows * per_row)
             starts.flags.writeable = ones.flags.writeable = False
             kept = self.__dict__["_reached"] = (starts, ones, per_row)
         return kept[0][: rows + 1], kept[1][: rows * per_row]
