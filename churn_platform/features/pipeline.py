@@ -329,6 +329,8 @@ class _WritingFn(beam.DoFn):
     """
 
     columns_dropped: object  # a Beam counter, made in the subclass's __init__
+    _lake: Lake | None  # set in the subclass's setup
+    _shards: int
 
     def start_bundle(self) -> None:
         self._writes = WriteAhead()
@@ -350,6 +352,24 @@ class _WritingFn(beam.DoFn):
         if dropped:
             self.columns_dropped.inc(dropped)
         return output
+
+    def _write_features(
+        self, as_of: date, shard: int, batch: FrameBatch, columns: list[str], metadata: dict
+    ) -> tuple[tables.DataFile, int]:
+        """A shard's feature table of `as_of` as a data file (not yet committed), and how
+        many columns it had beyond `columns` (computed only from a duplicate's events)."""
+        features = batch.frame
+        dropped = features.width - len(columns)
+        if dropped:
+            features = features.select(columns)
+        return tables.write_file(
+            self._lake,
+            tables.FEATURES,
+            features.to_arrow(),
+            {"as_of": as_of},
+            name_hint=f"part-{shard:05d}-of-{self._shards:05d}",
+            metadata=metadata,
+        ), dropped
 
 
 # --- reading -------------------------------------------------------------------
@@ -578,25 +598,10 @@ class WriteShardFn(_WritingFn):
     ) -> Iterator[tables.DataFile]:
         shard, batch = element
         metadata = feature_file_metadata(self._as_of, spec, self._churn, self._inputs)
+        columns = [*KEY_COLUMNS, *spec.columns()]
         yield from self._submit(
-            functools.partial(self._write, shard, batch, [*KEY_COLUMNS, *spec.columns()], metadata)
+            functools.partial(self._write_features, self._as_of, shard, batch, columns, metadata)
         )
-
-    def _write(
-        self, shard: int, batch: FrameBatch, columns: list[str], metadata: dict
-    ) -> tuple[tables.DataFile, int]:
-        features = batch.frame
-        dropped = features.width - len(columns)
-        if dropped:
-            features = features.select(columns)
-        return tables.write_file(
-            self._lake,
-            tables.FEATURES,
-            features.to_arrow(),
-            {"as_of": self._as_of},
-            name_hint=f"part-{shard:05d}-of-{self._shards:05d}",
-            metadata=metadata,
-        ), dropped
 
 
 class StageFeaturesFn(beam.DoFn):
@@ -909,19 +914,8 @@ class WriteRangeShardFn(_WritingFn):
     def _write(
         self, as_of: date, shard: int, batch: FrameBatch, columns: list[str], metadata: dict
     ) -> tuple[tuple[str, tables.DataFile], int]:
-        features = batch.frame
-        dropped = features.width - len(columns)
-        if dropped:
-            features = features.select(columns)
+        written, dropped = self._write_features(as_of, shard, batch, columns, metadata)
         # keyed by text: Beam groups only by keys it encodes deterministically
-        written = tables.write_file(
-            self._lake,
-            tables.FEATURES,
-            features.to_arrow(),
-            {"as_of": as_of},
-            name_hint=f"part-{shard:05d}-of-{self._shards:05d}",
-            metadata=metadata,
-        )
         return (as_of.isoformat(), written), dropped
 
 
