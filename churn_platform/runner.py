@@ -84,7 +84,7 @@ def _progress_to(log: Callable[[str], None]) -> Iterator[None]:
     saved = logger.level, logger.propagate
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
-    logger.propagate = False  # a root handler (Beam installs one) would print them twice
+    logger.propagate = False  # a root handler would print them twice
     try:
         yield
     finally:
@@ -106,10 +106,6 @@ def run_platform(
     CHURN_LAKE, CHURN_EVENTS_TOPIC, ...), on top of the process environment.
     """
     options = options or PathOptions()
-    # Beam warns through logging.warning() about optional cloud clients; with no handler
-    # on the root logger that would install one and print it: noise here
-    if not logging.getLogger().handlers:
-        logging.getLogger().addHandler(logging.NullHandler())
     # runs resolve their dg.EnvVars from os.environ
     with temporary_environ(environ):
         return _run(instance, options, log)

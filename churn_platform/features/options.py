@@ -48,8 +48,10 @@ runs the workers in this very process.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -79,6 +81,38 @@ PACKAGE_SUFFIXES = (".whl", ".tar.gz", ".zip")
 
 if TYPE_CHECKING:
     from apache_beam.options.pipeline_options import PipelineOptions
+
+
+# What Beam logs on import when its BigQuery clients (apitools) are not installed
+BEAM_IMPORT_NOTE = "apitools not found"
+
+
+class _DropBeamImportNote(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(BEAM_IMPORT_NOTE)
+
+
+@contextlib.contextmanager
+def quiet_beam_import() -> Iterator[None]:
+    """Import Beam inside this block: without its note about cloud clients, and
+    without the root handler that note would install.
+
+    Beam logs it with `logging.warning()` on the root logger. With no handler
+    there, that call runs `logging.basicConfig()`, which leaves a handler behind
+    that prints every later warning of the process, from any library.
+    """
+    root = logging.getLogger()
+    note = _DropBeamImportNote()
+    spare = None if root.handlers else logging.NullHandler()
+    root.addFilter(note)
+    if spare is not None:
+        root.addHandler(spare)
+    try:
+        yield
+    finally:
+        root.removeFilter(note)
+        if spare is not None:
+            root.removeHandler(spare)
 
 
 class BeamRunnerSettingsError(ValueError):
@@ -242,7 +276,8 @@ class BeamRunnerSettings:
         lake = _flag_value(args, LAKE_FLAG)
         if lake is not None:
             self.check_lake(lake)
-        from apache_beam.options.pipeline_options import PipelineOptions  # Beam only to run
+        with quiet_beam_import():  # Beam only to run
+            from apache_beam.options.pipeline_options import PipelineOptions
 
         return PipelineOptions(args)
 

@@ -76,14 +76,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
 
-import apache_beam as beam
 import polars as pl
-from apache_beam.metrics import Metrics
-from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.pvalue import AsSingleton, TaggedOutput
-from apache_beam.runners.runner import PipelineState
-from apache_beam.transforms.window import GlobalWindows
 
 from churn_platform.cores import available_cores
 from churn_platform.features.churn import CANCELLATION, ChurnDefinition
@@ -114,10 +107,19 @@ from churn_platform.features.materialize import (
     create_feature_table,
     feature_file_metadata,
 )
-from churn_platform.features.options import BeamRunnerSettings
+from churn_platform.features.options import BeamRunnerSettings, quiet_beam_import
 from churn_platform.lake import tables
 from churn_platform.lake.pending import discard_pending, read_pending, write_pending
 from churn_platform.lake.store import DEFAULT_LAKE_ROOT, Lake
+
+with quiet_beam_import():
+    import apache_beam as beam
+    from apache_beam.metrics import Metrics
+    from apache_beam.metrics.metric import MetricsFilter
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.pvalue import AsSingleton, TaggedOutput
+    from apache_beam.runners.runner import PipelineState
+    from apache_beam.transforms.window import GlobalWindows
 
 # Measured at 2M and 10M events on 2 cores: 8 to 16 shards and 8 to 16 read
 # tasks were equally fast within noise, 32 shards slower (per-batch overhead:
