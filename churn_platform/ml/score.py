@@ -209,9 +209,13 @@ def score_table(
     _check_features(features, as_of)
     stamp = _utc_ms(scored_at)
     chunks = list(features.iter_slices(chunk_rows))
-    if reasoner is not None and features.height and _reasoner_agrees(model, reasoner, chunks[0]):
+    parts = None
+    if reasoner is not None and features.height:
         # one walk down the trees gives the probabilities and the reasons
-        parts = [reasoner.score_table(chunk) for chunk in chunks]
+        first = reasoner.score_table(chunks[0])
+        if _reasoner_agrees(model, first[0], chunks[0]):
+            parts = [first, *(reasoner.score_table(chunk) for chunk in chunks[1:])]
+    if parts is not None:
         probabilities = np.concatenate([p for p, _ in parts])
         reasons = pl.concat([pl.Series("reasons", r) for _, r in parts]).cast(REASONS_DTYPE)
     else:
@@ -275,11 +279,12 @@ def _check_features(features: pl.DataFrame, as_of: date) -> None:
             )
 
 
-def _reasoner_agrees(model: ScoringModel, reasoner: Reasoner, chunk: pl.DataFrame) -> bool:
-    """Whether the reasoner's probabilities are the model's own, bit for bit, on the first
-    rows (they are the same arithmetic; a model they are not is scored without reasons)."""
+def _reasoner_agrees(model: ScoringModel, probabilities: np.ndarray, chunk: pl.DataFrame) -> bool:
+    """Whether the reasoner's `probabilities` of `chunk` are the model's own, bit for bit, on
+    its first rows (they are the same arithmetic; a model they are not is scored without
+    reasons)."""
     head = chunk.head(1000)
-    return bool(np.array_equal(reasoner.score_table(head)[0], _predict(model, head)))
+    return bool(np.array_equal(probabilities[: head.height], _predict(model, head)))
 
 
 def _predict(model: ScoringModel, chunk: pl.DataFrame) -> np.ndarray:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta, timezone
 
 import msgspec
@@ -517,6 +517,36 @@ def test_scores_carry_the_reasoners_reasons(explained, features):
     assert_frame_equal(again, scores)
     markdown = top_at_risk_markdown(scores, 3)
     assert scores["reasons"][0][0]["text"] in markdown.splitlines()[2]
+
+
+def test_a_reasoner_that_is_not_the_models_arithmetic_gives_no_reasons(
+    explained, features, monkeypatch
+):
+    model, reasoner, with_reasons = explained
+    # the model serves the uncalibrated boosting; the reasoner walks the calibrated one
+    other = TinyModel("gb-uncalibrated", list(FEATURES), model.estimator.estimator)
+    alone = score_table(other, features, AS_OF, scored_at=SCORED_AT)
+    for chunk_rows in (100_000, 7):
+        scores = score_table(
+            other, features, AS_OF, scored_at=SCORED_AT, reasoner=reasoner, chunk_rows=chunk_rows
+        )
+        assert_frame_equal(scores, alone)  # the model's own probabilities, reasons null
+        assert scores["reasons"].null_count() == scores.height
+    # the check compares the first chunk the reasoner walks anyway: each row walked once
+    walked: list[int] = []
+    walk = Reasoner.score_table
+    monkeypatch.setattr(
+        Reasoner,
+        "score_table",
+        lambda self, table: walked.append(table.height) or walk(self, table),
+    )
+    counting = replace(model, calls=[])
+    again = score_table(
+        counting, features, AS_OF, scored_at=SCORED_AT, reasoner=reasoner, chunk_rows=100
+    )
+    assert walked == [100, 100, 50]
+    assert counting.calls == [100]  # the model, once, on the first chunk's rows
+    assert_frame_equal(again, with_reasons)
 
 
 def test_reasons_go_through_the_lake_and_kafka(explained, tmp_path, kafka_settings, topic):
