@@ -224,6 +224,11 @@ class LoadedModel:
     def estimator(self) -> object:
         return self.build_estimator()
 
+    @property
+    def estimator_built(self) -> bool:
+        """Whether `estimator` exists yet (asked for, or loaded without `lazy_estimator`)."""
+        return "estimator" in self.__dict__  # where functools.cached_property keeps it
+
     def predictor_for(self, rows: int) -> SmallBatchPredictor | None:
         """What scores `rows` rows: the arrays, else `estimators.small_batch_predictor` of the
         estimator (None for a shape it does not know: use `predict_proba`)."""
@@ -234,7 +239,7 @@ class LoadedModel:
             return False
         # the arrays spare the imports; once the estimator is built they are paid, and
         # beyond a small batch scikit-learn's compiled loop walks the trees faster
-        return rows <= WALK_ROWS or "estimator" not in self.__dict__
+        return rows <= WALK_ROWS or not self.estimator_built
 
     @functools.cached_property
     def _estimator_predictor(self) -> SmallBatchPredictor | None:
@@ -344,17 +349,21 @@ def load_model(
     if which == "model" and MODEL_ARRAYS_FILE in manifest["files"]:
         predictor = _load_arrays(lake, version, manifest["files"][MODEL_ARRAYS_FILE])
     build = functools.partial(_load_trusted, lake, path, data)
+    estimator = None
     if predictor is None or not lazy_estimator:
         estimator = build()
         build = functools.partial(_same, estimator)
     record = _record(lake, version, manifest)
-    return LoadedModel(
+    loaded = LoadedModel(
         version=version,
         features=record.features,
         record=record,
         build_estimator=build,
         predictor=predictor,
     )
+    if estimator is not None:  # built now: `estimator_built` says so from the start
+        loaded.__dict__["estimator"] = estimator
+    return loaded
 
 
 def _same(value: object) -> object:

@@ -707,11 +707,11 @@ def test_the_estimator_of_a_lazy_load_is_built_once_when_first_used(
     loaded = registry.load_model(lake, version, lazy_estimator=True)
     table, _ = _table(30, seed=5)
     loaded.predict_proba(table)
-    assert built == []
+    assert built == [] and not loaded.estimator_built
     assert loaded.estimator is loaded.estimator
-    assert built == [f"{MODELS_DIR}/{version}/model.skops"]
+    assert built == [f"{MODELS_DIR}/{version}/model.skops"] and loaded.estimator_built
     # without lazy_estimator it is built at once (and a damaged file is found at once)
-    registry.load_model(lake, version)
+    assert registry.load_model(lake, version).estimator_built
     assert len(built) == 2
 
 
