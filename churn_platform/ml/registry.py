@@ -249,12 +249,18 @@ class LoadedModel:
 
     def predict_proba(self, table: pl.DataFrame) -> np.ndarray:
         """P(churned) for each row of `table` (a feature table; extra columns are ignored)."""
-        x = model_input(table, self.features, self.record.spec)
         if self._arrays_score(table.height):
-            return self.predictor(x)
+            return self.predictor(model_input(table, self.features, self.record.spec))
+        return self.estimator_proba(table)
+
+    def estimator_proba(self, table: pl.DataFrame) -> np.ndarray:
+        """`predict_proba` from scikit-learn's estimator, whatever the batch (what the served
+        arrays are checked against)."""
         from churn_platform.ml.estimators import positive_probability
 
-        return positive_probability(self.estimator, x)
+        return positive_probability(
+            self.estimator, model_input(table, self.features, self.record.spec)
+        )
 
 
 def save_model(

@@ -200,7 +200,7 @@ class ChampionWatcher:
         self.spec: FeatureSpec | None = None
         self.churn: ChurnDefinition = CANCELLATION
         # the model's own arithmetic without scikit-learn's per-call overhead, when it
-        # has the candidate's shape; checked against predict_proba on its first batch
+        # has the candidate's shape; checked against scikit-learn on its first batch
         self._fast: SmallBatchPredictor | None = None
         self._fast_verified = False
         # each score's reasons, from the same model input as the predictor's (None: the
@@ -250,7 +250,7 @@ class ChampionWatcher:
 
     @property
     def uses_small_batch_predictor(self) -> bool:
-        """Whether scores come from `small_batch_predictor` (else `predict_proba`)."""
+        """Whether scores come from `small_batch_predictor` (else scikit-learn's estimator)."""
         return self._fast is not None
 
     def predict_proba(self, features: pl.DataFrame) -> np.ndarray:
@@ -266,17 +266,19 @@ class ChampionWatcher:
         assert model is not None
         fast = self._fast
         if fast is None:
-            return model.predict_proba(features), None
+            return model.estimator_proba(features), None
         x = model_input(features, model.features, self.spec)
         matrix = fast.matrix(x)
         leaves = fast.leaves(matrix)  # the probabilities' and the reasons' walk, done once
         probabilities = fast.probability(matrix, leaves)
         if not self._fast_verified:
-            expected = model.predict_proba(features)
+            # against the estimator itself: the model's `predict_proba` of a small batch
+            # walks the same arrays as `fast`, and would agree with them whatever they hold
+            expected = model.estimator_proba(features)
             if not np.array_equal(probabilities, expected):
                 log.warning(
                     "champion %s: the small-batch predictor differs from predict_proba "
-                    "(max %.3g); using predict_proba",
+                    "(max %.3g); using scikit-learn's estimator",
                     model.version,
                     float(np.abs(probabilities - expected).max()),
                 )

@@ -178,27 +178,34 @@ def test_streaming_features_and_scores_equal_the_batch_pipeline(
 def test_a_small_batch_predictor_that_disagrees_is_dropped_for_predict_proba(
     trained_model, tmp_path, caplog
 ):
-    """The fast path is checked against the model's predict_proba on its first batch."""
+    """The fast path is checked against scikit-learn's estimator on its first batch."""
     lake = Lake(str(tmp_path / "lake"))
     register_champion(lake, trained_model)
     watcher = ChampionWatcher(lake, interval_s=60)
     assert watcher.poll(force=True) and watcher.uses_small_batch_predictor
     rows = trained_model.split.holdout.head(25)
-    expected = watcher.model.predict_proba(rows)
+    expected = watcher.model.estimator_proba(rows)
     np.testing.assert_array_equal(watcher.predict_proba(rows), expected)  # checked: kept
     assert watcher.uses_small_batch_predictor
     watcher.poll(force=True)  # same champion: nothing reloaded
     register_champion(lake, trained_model)
     assert watcher.poll(force=True) and watcher.uses_small_batch_predictor
-    # a wrong fast path for the new model: every margin 0
-    watcher._fast = dataclasses.replace(watcher._fast, trees=lambda m: np.zeros(len(m)))
-    assert watcher.reasoner is not None
+    # wrong served arrays for the new model (every margin 0): the model's own
+    # `predict_proba` of a small batch walks them too, so only the estimator can tell
+    model = watcher.model
+    wrong = dataclasses.replace(model.predictor, trees=lambda m: np.zeros(len(m)))
+    object.__setattr__(model, "predictor", wrong)
+    watcher._fast = model.predictor_for(0)
+    assert watcher._fast is wrong and watcher.reasoner is not None
+    assert not np.array_equal(model.predict_proba(rows), expected)
     with caplog.at_level(logging.WARNING, logger="churn_platform.serve"):
         np.testing.assert_array_equal(watcher.predict_proba(rows), expected)
     assert not watcher.uses_small_batch_predictor
     assert watcher.reasoner is None  # its reasons would explain the wrong arithmetic too
     assert "differs from predict_proba" in caplog.text
     np.testing.assert_array_equal(watcher.predict_proba(rows), expected)
+    features = trained_model.split.holdout.head(3).to_dicts()
+    np.testing.assert_array_equal(watcher.score_rows(features)[0], expected[:3])
 
 
 def test_restart_resumes_warm_and_scores_each_event_once(kafka_settings, topic, world):
