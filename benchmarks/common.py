@@ -37,7 +37,7 @@ def raw_consume(
     from confluent_kafka import KafkaError, TopicPartition
 
     from churn_platform.kafka.admin import partitions_of
-    from churn_platform.kafka.reader import fast_consumer
+    from churn_platform.kafka.reader import CONSUME_WAIT_S, fast_consumer
 
     if start is None:
         start = {p: 0 for p in partitions_of(settings, topic)}
@@ -47,7 +47,7 @@ def raw_consume(
     n = 0
     eof: set[int] = set()
     while len(eof) < len(start) or n < expected:
-        for m in consumer.consume(100_000, 0.5):
+        for m in consumer.consume(100_000, CONSUME_WAIT_S):
             if m.error() is not None:
                 if m.error().code() == KafkaError._PARTITION_EOF:
                     eof.add(m.partition())

@@ -161,3 +161,42 @@ def test_reader_reads_to_eof_and_respects_the_cap(kafka_settings, topic):
     resumed = OffsetRangeReader(kafka_settings, topic, everything.next_offsets)
     assert list(resumed.chunks()) == []
     assert resumed.next_offsets == everything.next_offsets
+
+
+def test_a_read_never_blocks_for_a_full_batch_yet_keeps_whole_chunks(
+    kafka_settings, topic, monkeypatch
+):
+    """librdkafka's consume() returns when its batch is full or its timeout passed:
+    a long timeout made every read's last, partial batch idle for all of it."""
+    from churn_platform.kafka import reader as reader_module
+
+    with EventProducer(kafka_settings) as producer:
+        for i in range(900):
+            producer.send(topic, f"m{i}".encode(), f"k{i % 17}")
+    waits: list[float] = []
+
+    class Recording:
+        def __init__(self, consumer):
+            self.consumer = consumer
+
+        def consume(self, num_messages, timeout):
+            waits.append(timeout)
+            return self.consumer.consume(num_messages, timeout)
+
+        def __getattr__(self, name):
+            return getattr(self.consumer, name)
+
+    real = reader_module.fast_consumer
+    monkeypatch.setattr(reader_module, "fast_consumer", lambda *a, **k: Recording(real(*a, **k)))
+    reader = OffsetRangeReader(
+        kafka_settings,
+        topic,
+        dict.fromkeys(partitions_of(kafka_settings, topic), 0),
+        chunk_size=300,
+    )
+    chunks = list(reader.chunks())
+    assert sorted(v for c in chunks for v in c.values) == sorted(
+        f"m{i}".encode() for i in range(900)
+    )
+    assert waits and max(waits) <= 0.1
+    assert all(len(c) >= 300 for c in chunks[:-1])
