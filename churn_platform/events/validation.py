@@ -228,7 +228,8 @@ def _decode_all(
     rejects: list[BatchReject] = []
     skip: set[int] = set()
     try:  # one pass in C finds the values the prechecks would reject (None has no len)
-        suspect = not values or not 0 < min(map(len, values)) <= max(map(len, values)) <= max_bytes
+        lengths = np.fromiter(map(len, values), np.int64, len(values))
+        suspect = not values or not 0 < lengths.min() <= lengths.max() <= max_bytes
     except TypeError:
         suspect = True
     if suspect:
@@ -402,21 +403,28 @@ def _cast_or_null(text: pa.Array) -> pa.Array:
         return pa.concat_arrays([_cast_or_null(text[:half]), _cast_or_null(text[half:])])
 
 
-def _may_hold_control_chars(values: list[bytes | None]) -> bool:
-    """Whether any decoded string of these messages can hold a control character.
+def _has_control_chars(*columns: pa.StringArray) -> bool:
+    """Whether any string of these columns holds a control character (U+0000–U+001F, U+007F).
 
-    JSON forbids raw bytes below 0x20 inside strings (msgspec rejects them), so
-    such a character can only come from an escape (a backslash); DEL (0x7f) may
-    appear raw. A chunk with neither byte needs no per-string regex scan.
+    In UTF-8 these are exactly the bytes below 0x20 and 0x7f (no multi-byte
+    sequence holds a byte below 0x80), so one scan of each column's bytes
+    answers for every row; only then does a regex say which rows.
     """
-    joined = b"".join(filter(None, values))
-    return b"\\" in joined or b"\x7f" in joined
+    for column in columns:
+        offsets = np.frombuffer(column.buffers()[1], np.int32, len(column) + 1, column.offset * 4)
+        start, end = int(offsets[0]), int(offsets[-1])
+        if end == start:
+            continue
+        data = np.frombuffer(column.buffers()[2], np.uint8, end - start, start)
+        if (data < 0x20).any() or (data == 0x7F).any():
+            return True
+    return False
 
 
-def _bad_event_types(event_types: list[str]) -> list[str]:
+def _bad_event_types(event_type: pa.StringArray) -> list[str]:
     """The distinct event types that break the grammar (a catalogue has few distinct types)."""
     # fullmatch, as in `_post_checks`: the same answer as RE2's anchored pattern
-    return [t for t in set(event_types) if not EVENT_TYPE_RE.fullmatch(t)]
+    return [t for t in pc.unique(event_type).to_pylist() if not EVENT_TYPE_RE.fullmatch(t)]
 
 
 _EMPTY_EVENTS = pa.schema(
@@ -446,8 +454,7 @@ def validate_batch(
     now = now_ms() if now is None else now
     event_id = pa.array([w.event_id for w in wires], type=pa.string())
     customer_id = pa.array([w.customer_id for w in wires], type=pa.string())
-    event_types = [w.event_type for w in wires]
-    event_type = pa.array(event_types, type=pa.string())
+    event_type = pa.array([w.event_type for w in wires], type=pa.string())
     value = pa.array([w.value for w in wires], type=pa.float64())
     ts_ms, undecided = _batch_timestamps([w.ts for w in wires])
     attributes, bad_attributes = _batch_attributes(wires)
@@ -479,7 +486,7 @@ def validate_batch(
     # get their reason from `_post_checks` itself, so both paths agree.
     bad = pc.or_(pc.less(ts_ms, TS_MIN_MS), pc.greater(ts_ms, now + TS_MAX_FUTURE_MS))
     bad = pc.or_(bad, pc.fill_null(pc.invert(pc.is_finite(value)), False))
-    if _may_hold_control_chars(values):
+    if _has_control_chars(event_id, customer_id):
         bad = pc.or_(
             bad,
             pc.or_(
@@ -487,7 +494,7 @@ def validate_batch(
                 pc.match_substring_regex(customer_id, _CONTROL_CHARS),
             ),
         )
-    bad_types = _bad_event_types(event_types)
+    bad_types = _bad_event_types(event_type)
     if bad_types:
         bad = pc.or_(bad, pc.is_in(event_type, pa.array(bad_types, pa.string())))
     bad = pc.fill_null(bad, True)  # a dropped row's ts may be null

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
+import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -329,3 +330,14 @@ def test_control_characters_in_ids_are_found_in_a_batch(message):
     single = validate(message, now=NOW)
     assert isinstance(single, Rejection)
     assert batch.rejects == [BatchReject(1, single.reason, single.detail)]
+
+
+def test_the_control_character_scan_reads_only_its_rows_bytes():
+    """The batch path scans the id columns' bytes once; a slice must not see its neighbours'."""
+    from churn_platform.events.validation import _has_control_chars
+
+    column = pa.array(["a\x01", "bb", "c\x7f", "dd", "é€"], pa.string())
+    assert _has_control_chars(column)
+    assert not _has_control_chars(column.slice(1, 1), column.slice(3, 2))
+    assert _has_control_chars(column.slice(1, 2))
+    assert not _has_control_chars(pa.array(["", ""], pa.string()), column.slice(4))
