@@ -695,13 +695,14 @@ class _Sink:
             self.rows_added += n
         for reject in batch.rejects:
             position = reject.position
-            if chunk.offsets[position] < self.skip_rejects_below.get(chunk.partitions[position], 0):
+            partition, offset = int(chunk.partitions[position]), int(chunk.offsets[position])
+            if offset < self.skip_rejects_below.get(partition, 0):
                 continue  # committed to the quarantine by a run that crashed before its raw commit
             self.rejects.append(
                 QuarantineRow(
                     topic=self.topic,
-                    partition=chunk.partitions[position],
-                    offset=chunk.offsets[position],
+                    partition=partition,
+                    offset=offset,
                     key=chunk.messages[position].key(),
                     value=chunk.values[position],
                     reason=reject.reason,

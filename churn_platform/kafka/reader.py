@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from churn_platform.kafka.config import KafkaSettings
@@ -47,6 +48,27 @@ _partition = Message.partition
 _offset = Message.offset
 
 
+def _positions(batch: list[Message]) -> tuple[np.ndarray, np.ndarray]:
+    """Each message's partition and offset (map() over the method descriptors loops in C)."""
+    n = len(batch)
+    return (
+        np.fromiter(map(_partition, batch), np.int32, n),
+        np.fromiter(map(_offset, batch), np.int64, n),
+    )
+
+
+def _last_offsets(partitions: np.ndarray, offsets: np.ndarray) -> dict[int, int]:
+    """partition → its last offset in a batch.
+
+    A batch holds runs of one partition's messages, each in offset order (as
+    librdkafka queues them), so the end of a partition's last run is its highest.
+    """
+    if not len(partitions):
+        return {}
+    ends = np.flatnonzero(np.append(partitions[1:] != partitions[:-1], True))
+    return dict(zip(partitions[ends].tolist(), offsets[ends].tolist(), strict=True))
+
+
 class ReadError(RuntimeError):
     """The range could not be read; the message says why and what to do."""
 
@@ -60,15 +82,15 @@ def fast_consumer(settings: KafkaSettings, group_id: str, **overrides: object) -
 
 @dataclass
 class Chunk:
-    """Messages read in one go: parallel lists of values, partitions and offsets.
+    """Messages read in one go: values, partitions (int32) and offsets (int64) side by side.
 
     `messages` keeps the Message objects so the rare rejected message can give
     back its key without every message paying for it.
     """
 
     values: list[bytes | None]
-    partitions: list[int]
-    offsets: list[int]
+    partitions: np.ndarray
+    offsets: np.ndarray
     messages: list[Message]
 
     def __len__(self) -> int:
@@ -114,8 +136,8 @@ class OffsetRangeReader:
             eof_seen: dict[int, float] = {}  # partition → when its EOF event came
             last_seen: dict[int, float] = {}  # partition → when its last message came
             values: list[bytes | None] = []
-            partitions: list[int] = []
-            offsets: list[int] = []
+            partitions: list[np.ndarray] = []
+            offsets: list[np.ndarray] = []
             messages: list[Message] = []
             last_progress = time.monotonic()
             while remaining:
@@ -141,25 +163,20 @@ class OffsetRangeReader:
                             eof_seen[p] = now
                             stop[p] = min(stop[p], m.offset())
                 if batch:
-                    # map() over the method descriptors keeps these loops in C
-                    parts = list(map(_partition, batch))
-                    offs = list(map(_offset, batch))
-                    # messages of a partition arrive in offset order: the last is the highest
-                    last = dict(zip(parts, offs, strict=True))
+                    parts, offs = _positions(batch)
+                    last = _last_offsets(parts, offs)
                     if any(o >= stop[p] for p, o in last.items()):
                         # past a cap or an EOF: newer data belongs to the next run
-                        keep = [
-                            i
-                            for i, (p, o) in enumerate(zip(parts, offs, strict=True))
-                            if o < stop[p]
-                        ]
-                        batch = [batch[i] for i in keep]
-                        parts = [parts[i] for i in keep]
-                        offs = [offs[i] for i in keep]
-                        last = dict(zip(parts, offs, strict=True))
+                        limits = np.full(len(parts), np.inf)
+                        for p in last:
+                            limits[parts == p] = stop[p]
+                        keep = offs < limits
+                        batch = [batch[i] for i in np.flatnonzero(keep).tolist()]
+                        parts, offs = parts[keep], offs[keep]
+                        last = _last_offsets(parts, offs)
                     values += map(_value, batch)
-                    partitions += parts
-                    offsets += offs
+                    partitions.append(parts)
+                    offsets.append(offs)
                     messages += batch
                     for p, offset in last.items():
                         self.next_offsets[p] = offset + 1
@@ -173,7 +190,9 @@ class OffsetRangeReader:
                         done.append(p)
                 self._finish(consumer, remaining, done)
                 if len(values) >= self.chunk_size or (not remaining and values):
-                    yield Chunk(values, partitions, offsets, messages)
+                    yield Chunk(
+                        values, np.concatenate(partitions), np.concatenate(offsets), messages
+                    )
                     values, partitions, offsets, messages = [], [], [], []
         finally:
             consumer.close()

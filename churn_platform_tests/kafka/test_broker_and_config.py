@@ -200,3 +200,14 @@ def test_a_read_never_blocks_for_a_full_batch_yet_keeps_whole_chunks(
     )
     assert waits and max(waits) <= 0.1
     assert all(len(c) >= 300 for c in chunks[:-1])
+
+
+def test_a_batchs_last_offset_per_partition_is_the_end_of_its_last_run():
+    import numpy as np
+
+    from churn_platform.kafka.reader import _last_offsets
+
+    partitions = np.array([0, 0, 1, 1, 0, 0, 2], np.int32)
+    offsets = np.array([10, 11, 5, 6, 12, 13, 0], np.int64)
+    assert _last_offsets(partitions, offsets) == {0: 13, 1: 6, 2: 0}
+    assert _last_offsets(partitions[:0], offsets[:0]) == {}
