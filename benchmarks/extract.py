@@ -22,9 +22,7 @@ from pathlib import Path
 
 from common import raw_consume, result_header
 
-from churn_platform.events.simulator import SimulatorConfig, produce_simulation
 from churn_platform.ingestion.extract import ExtractConfig, extract_topic
-from churn_platform.kafka.broker import EmbeddedBroker
 from churn_platform.lake.store import Lake
 
 RESULTS = Path(__file__).parent / "results"
@@ -39,6 +37,11 @@ def main() -> None:
     parser.add_argument("--note", default="")
     args = parser.parse_args()
     load_before = os.getloadavg()
+    # Imported here, not above: the extract's spawned worker imports this script's
+    # module again (as `churn-platform extract`'s worker imports the CLI's), and
+    # the simulator would add polars to its start-up, which no user's worker pays.
+    from churn_platform.events.simulator import SimulatorConfig, produce_simulation
+    from churn_platform.kafka.broker import EmbeddedBroker
 
     # the simulator makes ~1 event per customer-day at the scale plan's density
     customers = max(100, round(args.events / 89))  # ~89 events per customer over 90 days
