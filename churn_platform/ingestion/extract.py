@@ -76,10 +76,14 @@ class ExtractConfig:
     # Small chunks keep the freshly allocated objects in cache and memory reused:
     # 20k read+validated faster than 100k, with less system time (docs/benchmarks.md).
     chunk_size: int = 20_000
-    # Rows buffered before a flush. With at most one flush in flight a worker holds
-    # about two flushes' worth, ~140 bytes a row: ~70 MiB at 250k. At 1M rows a 2M
-    # extract peaked higher and was no faster (docs/benchmarks.md, Scale).
+    # What a flush writes, whichever bound comes first: rows, or their Arrow bytes
+    # (one raw row is ~120 bytes for a ~140-byte JSON event, so the rows bind first
+    # on such events; the bytes keep a worker's memory bounded when messages are
+    # large). With at most one flush in flight a worker holds about two flushes'
+    # worth: ~60 MiB. At 1M rows a 2M extract peaked higher and was no faster
+    # (docs/benchmarks.md, Scale).
     flush_rows: int = 250_000
+    flush_bytes: int = 32 * 2**20
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     dead_letter_topic: str | None = None
     stall_timeout: float = 30.0
@@ -90,6 +94,7 @@ class ExtractConfig:
             ("workers", self.workers, 1, True),
             ("chunk_size", self.chunk_size, 1, False),
             ("flush_rows", self.flush_rows, 1, False),
+            ("flush_bytes", self.flush_bytes, 1, False),
             ("max_message_bytes", self.max_message_bytes, 1, False),
         ]
         for name, value, minimum, optional in checks:
@@ -482,7 +487,10 @@ def extract_partitions(
         try:
             for chunk in reader.chunks():
                 sink.add(chunk, config.max_message_bytes, now)
-                if sink.buffered_rows >= config.flush_rows:
+                if (
+                    sink.buffered_rows >= config.flush_rows
+                    or sink.buffered_bytes >= config.flush_bytes
+                ):
                     sink.flush()
                 if board is not None:
                     board.record(worker, reader.next_offsets, sink.rows_added, sink.rejects_added)
@@ -666,6 +674,7 @@ class _Sink:
         self.tables: list[pa.Table] = []
         self.rejects: list[QuarantineRow] = []
         self.buffered_rows = 0
+        self.buffered_bytes = 0  # the buffered rows' Arrow bytes and the rejects' values
         self.rows_added = 0  # valid rows and rejects seen so far (for progress)
         self.rejects_added = 0
         self.dead_letters = dead_letters
@@ -692,6 +701,7 @@ class _Sink:
             )
             self.tables.append(table)
             self.buffered_rows += n
+            self.buffered_bytes += table.nbytes
             self.rows_added += n
         for reject in batch.rejects:
             position = reject.position
@@ -711,6 +721,7 @@ class _Sink:
                 )
             )
         self.buffered_rows += len(batch.rejects)
+        self.buffered_bytes += sum(len(chunk.values[r.position] or b"") for r in batch.rejects)
         self.rejects_added += len(batch.rejects)
 
     def flush(self) -> None:
@@ -765,6 +776,7 @@ class _Sink:
                             ],
                         )
         self.buffered_rows = 0
+        self.buffered_bytes = 0
 
     def _submit(
         self,

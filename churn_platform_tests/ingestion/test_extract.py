@@ -358,3 +358,48 @@ def test_a_run_writes_one_raw_file_per_event_day_whatever_partitions_it_read(
     assert {p: o.rows for p, o in result.partitions.items()} == dict(
         events.group_by("_partition").len().rows()
     )
+
+
+def test_large_messages_flush_by_bytes_and_every_row_lands_once(kafka_settings, topic, tmp_path):
+    """The rows a worker buffers are bounded by their bytes, not only by their count:
+    a team's events with large attributes must not hold flush_rows of them in memory."""
+    import json
+    import time
+
+    from churn_platform.kafka.producer import EventProducer
+
+    now_ms = time.time_ns() // 1_000_000
+    with EventProducer(kafka_settings) as producer:
+        for i in range(600):
+            event = {
+                "event_id": f"big-{i}",
+                "customer_id": f"c{i % 37}",
+                "event_type": "page_view",
+                "ts": now_ms - i,
+                "attributes": {"note": "x" * 1000, "more": "y" * 1000, "rest": "z" * 1000},
+            }
+            producer.send(topic, json.dumps(event).encode(), f"c{i % 37}")
+    small = ExtractConfig(
+        topic=topic, workers=1, chunk_size=50, flush_rows=10**6, flush_bytes=256 * 1024
+    )
+    by_bytes = extract_topic(kafka_settings, Lake(tmp_path / "by-bytes"), small)
+    whole = extract_topic(
+        kafka_settings, Lake(tmp_path / "default"), ExtractConfig(topic=topic, workers=1)
+    )
+    days = {part for f in whole.files for part in f.split("/") if part.startswith("event_date=")}
+    assert days  # one or two (a run across midnight), each one file in one flush
+    # ~3 KB a row: 256 KiB is ~85 rows, so 600 rows make several flushes a day
+    assert len(by_bytes.files) >= 4 * len(days)
+    assert len(whole.files) == len(days)
+    for lake_dir in ("by-bytes", "default"):
+        events = read_raw_events(Lake(tmp_path / lake_dir), [topic])
+        assert sorted(events["event_id"].to_list()) == sorted(f"big-{i}" for i in range(600))
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("flush_bytes", 0), ("flush_rows", 0), ("chunk_size", 1.5), ("workers", 0)],
+)
+def test_a_bad_extract_setting_is_named(field, value):
+    with pytest.raises(ValueError, match=f"extract setting {field} must be an integer >= 1"):
+        ExtractConfig(**{field: value})

@@ -6,14 +6,14 @@ each peak is that run's alone. Peaks are the kernel's resident high-water
 marks (VmHWM) of the child and of every process it starts, summed.
 
 What bounds the extract's memory, per process: the rows buffered before a
-flush (`flush_rows`; at most one flush in flight besides) and the consumer's
+flush (`flush_rows`, `flush_bytes`; at most one flush in flight besides) and the consumer's
 prefetch queue (`queued.max.messages.kbytes` in the reader's config). The
 test pins:
 
 * `flush_rows` = 50,000, so the 200k run already flushes several times. The
-  default (1,000,000) is a bound too, but one the 200k run never reaches:
-  with it the 2M run peaked at ~505 MiB against ~235 MiB at 200k (measured),
-  growing with the backlog up to the flush size.
+  default (250,000 rows, or 32 MiB of them, whichever comes first) is a bound
+  too; at 1,000,000 rows the 2M run peaked at ~505 MiB against ~235 MiB at
+  200k (measured), growing with the backlog up to the flush size.
 * `workers` = 1 for both runs. The default gives a 2M backlog one worker per
   core (two here): that multiplies a per-process bound by at most
   min(cores, partitions), never by the backlog; it is not what this measures.
