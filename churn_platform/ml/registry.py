@@ -367,8 +367,9 @@ def load_model(
         build_estimator=build,
         predictor=predictor,
     )
-    if estimator is not None:  # built now: `estimator_built` says so from the start
-        loaded.__dict__["estimator"] = estimator
+    if estimator is not None:
+        # built now: cache it (`_same` hands it back) so `estimator_built` says so at once
+        loaded.estimator  # noqa: B018
     return loaded
 
 
