@@ -256,6 +256,75 @@ def test_texts_the_batch_parses_per_column_are_parsed_as_msgspec_parses_them(val
     assert undecided == [row for row, ms in enumerate(settled.to_pylist()) if ms is None]
 
 
+@st.composite
+def _one_layout_columns(draw):
+    """Columns of texts in one RFC 3339 layout with any digits, now and then one byte changed."""
+    fraction = draw(st.integers(0, 7))
+    zone = draw(st.sampled_from(["Z", "+hh:mm", "-hh:mm", "+hhmm"]))
+    separator = draw(st.sampled_from(["T", " "]))
+    layout = "dddd-dd-dd" + separator + "dd:dd:dd"
+    layout += ("." + "d" * fraction) if fraction else ""
+    layout += zone.replace("h", "d").replace("m", "d")
+    digits = st.text("0123456789", min_size=layout.count("d"), max_size=layout.count("d"))
+
+    def fill(ds: str) -> str:
+        it = iter(ds)
+        return "".join(next(it) if c == "d" else c for c in layout)
+
+    texts = draw(st.lists(digits.map(fill), min_size=1, max_size=12))
+    if draw(st.booleans()):
+        row = draw(st.integers(0, len(texts) - 1))
+        at = draw(st.integers(0, len(layout) - 1))
+        texts[row] = (
+            texts[row][:at] + draw(st.sampled_from("0:T tZz.-+,\x00é")) + texts[row][at + 1 :]
+        )
+    return texts
+
+
+@settings(max_examples=300, deadline=None)
+@given(_one_layout_columns())
+def test_a_column_in_one_layout_is_settled_as_the_pattern_settles_it(values):
+    """Checking a column's bytes stands in for the pattern only where the pattern agrees."""
+    from churn_platform.events import validation
+
+    settled, undecided = validation._batch_timestamps(values)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(validation, "_one_common_layout", lambda text: False)
+        by_pattern, undecided_by_pattern = validation._batch_timestamps(values)
+    assert settled.to_pylist() == by_pattern.to_pylist(), values
+    assert undecided == undecided_by_pattern
+
+
+def test_only_a_column_in_one_common_layout_skips_the_pattern():
+    from churn_platform.events.validation import _one_common_layout
+
+    def one(*texts):
+        return _one_common_layout(pa.array(list(texts), pa.string()))
+
+    good = ["2026-09-01T10:00:00.250Z", "1999-12-31T23:59:59.999Z", "2026-09-01 10:00:00.000Z"]
+    assert one(*good)
+    assert one("2026-09-01T10:00:00+02:00", "2026-09-01T10:00:00-05:30")
+    assert one("2026-09-01T10:00:00.123456Z") and one("2026-09-01T10:00:00Z")
+    assert one(*(good * 3000))  # more than one block of rows
+    assert not one(*(good * 3000), "2026-09-01T10:00:0x.250Z")  # in the last block
+    for odd in [
+        "2026-09-01T10:00:00.25Z",  # another length
+        "2026-09-01t10:00:00.250Z",  # lower-case t
+        "2026-09-01:10:00:00.250Z",  # within the bytes a T or a space spans
+        "2026-09-01T10:00:00.250z",
+        "2026-09-01T10-00:00.250Z",
+        "2026-09-0aT10:00:00.250Z",
+        "0000-09-01T10:00:00.250Z",  # year 0
+    ]:
+        assert not one(*good, odd), odd
+    assert one("0001-09-01T10:00:00+02:00", "1000-09-01T10:00:00-02:00")
+    assert not one("2026-09-01T10:00:00+02:00", "2026-09-01T10:00:00,02:00")
+    assert not one("2026-09-01T10:00:00+0200")  # an offset without its colon
+    assert not one("2026-09-01T10:00:00.1234567Z")  # seven digits: msgspec rounds them
+    assert not one("2026-09-01T10:00:00.Z")
+    assert not one("2026-09-01T10:00:00.250Z", None)
+
+
 def test_a_batch_settles_each_form_of_ts_as_validate_does():
     texts = [
         "2026-09-01T10:00:00.25Z",
