@@ -301,19 +301,33 @@ def test_offsets_beyond_the_topic_are_an_error_not_a_silent_skip(kafka_settings,
         extract_topic(kafka_settings, lake, ExtractConfig(topic=topic, stall_timeout=2))
 
 
-@pytest.mark.parametrize("arrival", ["in offset order", "shuffled"])
+@pytest.mark.parametrize(
+    "arrival", ["in runs of a day", "in runs, two offsets swapped", "in offset order", "shuffled"]
+)
 def test_rows_are_grouped_into_a_file_per_day_in_partition_and_offset_order(arrival):
-    """The flush's one-key stable sort gives what sorting on the three columns gives, and
-    falls back to that sort when rows of a partition did not arrive in offset order; each
-    event day is one file, with each partition's offset range and rows."""
+    """The flush's one-key stable sort (or the slices of its runs, when they are long) gives
+    what sorting on the three columns gives, and falls back to that sort when rows of a
+    partition did not arrive in offset order; each event day is one file, with each
+    partition's offset range and rows."""
     rng = random.Random(16)
-    rows = [
-        (p, date(2026, 9, 1) + timedelta(days=rng.randrange(5)), offset)
-        for offset in range(300)
-        for p in (2, 0, 5)  # partitions interleave, as chunks of several partitions do
-    ]
+    start = date(2026, 9, 1)
+    if arrival.startswith("in runs"):  # a backlog: each partition's events in time order
+        rows = [
+            (p, start + timedelta(days=offset // 150), offset)
+            for block in range(0, 600, 200)
+            for p in (2, 0, 5)  # a fetch brings one partition's block, then the next
+            for offset in range(block, block + 200)
+        ]
+    else:
+        rows = [
+            (p, start + timedelta(days=rng.randrange(5)), offset)
+            for offset in range(300)
+            for p in (2, 0, 5)  # partitions interleave, as chunks of several partitions do
+        ]
     if arrival == "shuffled":
         rng.shuffle(rows)
+    if arrival == "in runs, two offsets swapped":  # not expected of Kafka; sorted all the same
+        rows[10], rows[11] = rows[11], rows[10]
     table = pa.table(
         {
             "_partition": pa.array([r[0] for r in rows], pa.int32()),
@@ -323,6 +337,8 @@ def test_rows_are_grouped_into_a_file_per_day_in_partition_and_offset_order(arri
         }
     )
     ordered, groups = _by_day(table)
+    sliced = ordered.column("row").num_chunks > 1  # runs sliced, not taken
+    assert sliced == (arrival == "in runs of a day")
     keys = ["event_date", "_partition", "_offset"]
     assert ordered.equals(table.sort_by([(k, "ascending") for k in keys]))
     assert [g.day for g in groups] == sorted({day for _, day, _ in rows})
