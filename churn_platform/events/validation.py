@@ -402,11 +402,11 @@ _LAYOUT_BLOCK_ROWS = 4096
 
 @functools.lru_cache(maxsize=8)
 def _layout_bytes(width: int, zone: int, fraction: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per byte of `_LAYOUT_BLOCK_ROWS` texts of one of `_COMMON_RFC3339`'s forms:
-    its lowest value and its range.
+    """Each byte's lowest value and range, tiled over `_LAYOUT_BLOCK_ROWS` texts of one form.
 
-    `zone` is 1 (`Z`) or 6 (`+hh:mm`), `fraction` 0 or the length of `.` and its
-    digits. A digit's range is 0–9; a separator's is the one byte.
+    The forms are `_COMMON_RFC3339`'s; `zone` is 1 (`Z`) or 6 (`+hh:mm`), `fraction`
+    0 or the length of `.` and its digits. A digit's range is 0–9; a separator's
+    is the one byte.
     """
     lowest = np.full(width, ord("0"), np.uint8)
     highest = np.full(width, ord("9"), np.uint8)

@@ -655,7 +655,7 @@ def _by_day(table: pa.Table) -> tuple[pa.Table, list[_DayGroup]]:
         key, in_order = group_key[order], offsets[order]
     if runs is None:
         table = table.take(pa.array(order))
-    else:  # slices of the table, no copy (a take of every column was half the flush's work)
+    else:  # slices of the table, no copy (a take of every column was most of this function)
         table = pa.concat_tables([table.slice(start, end - start) for start, end in runs])
     day_of, part_of = days[order], partitions[order]
     # runs of one (day, partition); a day's file is its consecutive runs
