@@ -379,12 +379,10 @@ def _batch_timestamps(values: list) -> tuple[pa.Array, list[int]]:
             return pa.array(values, pa.int64()), []
         ints = pa.array([v if type(v) is int else None for v in values], pa.int64())
         text = pa.array([v if type(v) is str else None for v in values], pa.string())
-    if ints is None and _one_common_layout(text):
-        common = None  # every text is in one of the forms (the pattern would say the same)
-    else:
+    if not _one_common_layout(text):  # else every text is in one of the pattern's forms
         common = pc.fill_null(pc.match_substring_regex(text, _COMMON_RFC3339), False)
-    if common is not None and not pc.all(common).as_py():
-        text = pc.if_else(common, text, pa.scalar(None, pa.string()))
+        if not pc.all(common).as_py():
+            text = pc.if_else(common, text, pa.scalar(None, pa.string()))
     micros = _cast_or_null(text).cast(pa.int64())
     # floor, as `_ts_ms` does (before 1970 too: the detail of a reject names the value)
     ms = pa.array(np.floor_divide(micros.fill_null(0).to_numpy(), 1000))
@@ -432,14 +430,13 @@ def _one_common_layout(text: pa.StringArray) -> bool:
     not year 0.
     """
     n = len(text)
-    if n == 0 or text.null_count:
+    if n == 0 or text.null_count:  # a null among them: an epoch-ms int's row
         return False
-    offsets = np.frombuffer(text.buffers()[1], np.int32, n + 1, text.offset * 4)
-    first = int(offsets[0])
-    width = int(offsets[1]) - first
+    offsets, data = _string_bytes(text)
+    width = int(offsets[1] - offsets[0])
     if width < 20 or (np.diff(offsets) != width).any():
         return False
-    rows = np.frombuffer(text.buffers()[2], np.uint8, n * width, first).reshape(n, width)
+    rows = data.reshape(n, width)
     head = rows[0].tobytes()
     if head.endswith(b"Z"):
         zone = 1
@@ -451,7 +448,6 @@ def _one_common_layout(text: pa.StringArray) -> bool:
     if fraction == 1 or fraction > 7 or (fraction and head[19] != ord(".")):
         return False
     lowest, span = _layout_bytes(width, zone, fraction)
-    data = rows.reshape(-1)
     for start in range(0, len(data), len(lowest)):
         block = data[start : start + len(lowest)]
         # a byte below its lowest wraps around past its range
@@ -463,6 +459,15 @@ def _one_common_layout(text: pa.StringArray) -> bool:
         return False
     # year 0 (msgspec refuses it): four digits OR to "0" only when all are "0"
     return not ((rows[:, 0] | rows[:, 1] | rows[:, 2] | rows[:, 3]) == ord("0")).any()
+
+
+def _string_bytes(column: pa.StringArray) -> tuple[np.ndarray, np.ndarray]:
+    """A string column's offsets and the bytes of its rows (its own rows only, when sliced)."""
+    offsets = np.frombuffer(column.buffers()[1], np.int32, len(column) + 1, column.offset * 4)
+    start, end = int(offsets[0]), int(offsets[-1])
+    if end == start:
+        return offsets, np.empty(0, np.uint8)
+    return offsets, np.frombuffer(column.buffers()[2], np.uint8, end - start, start)
 
 
 def _cast_or_null(text: pa.Array) -> pa.Array:
@@ -484,11 +489,7 @@ def _has_control_chars(*columns: pa.StringArray) -> bool:
     answers for every row; only then does a regex say which rows.
     """
     for column in columns:
-        offsets = np.frombuffer(column.buffers()[1], np.int32, len(column) + 1, column.offset * 4)
-        start, end = int(offsets[0]), int(offsets[-1])
-        if end == start:
-            continue
-        data = np.frombuffer(column.buffers()[2], np.uint8, end - start, start)
+        _, data = _string_bytes(column)
         if (data < 0x20).any() or (data == 0x7F).any():
             return True
     return False
