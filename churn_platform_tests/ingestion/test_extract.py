@@ -419,3 +419,43 @@ def test_large_messages_flush_by_bytes_and_every_row_lands_once(kafka_settings, 
 def test_a_bad_extract_setting_is_named(field, value):
     with pytest.raises(ValueError, match=f"extract setting {field} must be an integer >= 1"):
         ExtractConfig(**{field: value})
+
+
+_WORKER_EXIT = """
+import atexit, sys
+from pathlib import Path
+from churn_platform.ingestion import extract
+atexit.register(lambda: Path(sys.argv[1]).write_text("torn down"))
+extract._init_worker(None)
+extract._worker_done = sys.argv[2] == "done"
+sys.exit(3)
+"""
+
+
+@pytest.mark.parametrize("done", [True, False])
+def test_a_worker_skips_its_teardown_only_once_its_job_returned(tmp_path, done):
+    """A finished worker exits 0 before the interpreter's teardown; a failed one exits as it would."""
+    import subprocess
+    import sys
+
+    marker = tmp_path / "teardown"
+    state = "done" if done else "failed"
+    ended = subprocess.run([sys.executable, "-c", _WORKER_EXIT, str(marker), state], timeout=60)
+    assert ended.returncode == (0 if done else 3)
+    assert marker.exists() is not done
+
+
+def test_only_a_job_that_returned_marks_its_worker_done(monkeypatch):
+    from churn_platform.ingestion import extract
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("the broker went away")
+
+    monkeypatch.setattr(extract, "_worker_done", False)
+    monkeypatch.setattr(extract, "extract_partitions", fail)
+    with pytest.raises(RuntimeError):
+        extract._extract_job((), 1)
+    assert extract._worker_done is False
+    monkeypatch.setattr(extract, "extract_partitions", lambda *args, **kwargs: {})
+    assert extract._extract_job((), 1) == {}
+    assert extract._worker_done is True
