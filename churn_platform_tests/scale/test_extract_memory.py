@@ -11,9 +11,10 @@ prefetch queue (`queued.max.messages.kbytes` in the reader's config). The
 test pins:
 
 * `flush_rows` = 50,000, so the 200k run already flushes several times. The
-  default (250,000 rows, or 32 MiB of them, whichever comes first) is a bound
-  too; at 1,000,000 rows the 2M run peaked at ~505 MiB against ~235 MiB at
-  200k (measured), growing with the backlog up to the flush size.
+  default (1,000,000 rows, or 128 MiB of them, whichever comes first) is a
+  bound too, but one the 2M run reaches: it peaked at ~505 MiB against
+  ~235 MiB at 200k (measured in one process), growing with the backlog up to
+  the flush size.
 * `workers` = 1 for both runs. The default gives a 2M backlog one worker per
   core (two here): that multiplies a per-process bound by at most
   min(cores, partitions), never by the backlog; it is not what this measures.
