@@ -19,7 +19,7 @@ machine, in one run, in this order:
 * the latency reference, per rate: the same producer as below, to a topic of
   its own, read by a bare consumer in this process: what the broker and the
   clients alone take (`--reference-seconds`; 0 skips it);
-* latency, rate by rate, `--rounds` times each: one `churn-platform serve`
+* latency, rate by rate, `--rounds` times each: a `churn-platform serve`
   process, warm (bootstrapped), and a producer process that sends `rate`
   events/s for `--warmup` + `--seconds` seconds (paced every millisecond or
   so; existing active customers, keyed by customer; ts = now; librdkafka's
@@ -48,7 +48,12 @@ Latency goes first and rate by rate because the embedded broker costs more CPU
 as it holds more messages (at 100 events/s it went from 0.2 to 0.9 of a core
 over one run), and it shares the 2 cores with the scorer: each fetch that finds
 data lists every batch the partition ever received (docs/benchmarks.md,
-Streaming).
+Streaming). So by default (`--topics per-round`) every latency round runs on a
+topic of its own, holding the same history (produced and extracted like the
+first), with a scorer of its own: a fresh topic beside filled ones answers as
+fast as on an empty broker, so the rounds see the broker in the same state.
+`--topics shared` runs them all on one topic with one scorer, and its later
+rounds measure the broker's growth too.
 
 CPU seconds of the scorer, the broker, the producer and this process (which
 reads the scores) are sampled with psutil over each measured window; the
@@ -212,6 +217,7 @@ def build_world(settings, topic: str, lake, customers: int, days: int) -> dict:
     started = time.perf_counter()
     config = SimulatorConfig(customers=customers, days=days, seed=SEED, end=datetime.now(UTC))
     produced = produce_simulation(settings, topic, config, partitions=PARTITIONS)
+    out["config"] = config
     out["history_events"] = produced.messages_produced
     out["produce_history_s"] = round(time.perf_counter() - started, 1)
     started = time.perf_counter()
@@ -243,6 +249,17 @@ def build_world(settings, topic: str, lake, customers: int, days: int) -> dict:
     out["active_customers"] = active.len()
     out["active"] = sorted(active.to_list())
     return out
+
+
+def history_topic(settings, lake, config, name: str) -> str:
+    """A new topic holding the world's history, extracted into `lake` (for one latency round)."""
+    from churn_platform.events.simulator import produce_simulation
+
+    topic = f"{TOPIC_PREFIX}events-{name}-{uuid.uuid4().hex[:6]}"
+    produced = produce_simulation(settings, topic, config, partitions=PARTITIONS)
+    extracted = extract(settings, lake, topic)
+    assert extracted.messages == produced.messages_produced, extracted
+    return topic
 
 
 def produce_backlog(settings, topic: str, customers: list[str], n: int, tag: str) -> float:
@@ -658,17 +675,29 @@ def latency_phase(args, settings, topic, scorer, reader, cpu, customers_file, ra
     return result
 
 
-def latency_runs(args, settings, lake, topic, customers_file, work, broker_pid) -> dict:
-    scorer = Scorer(settings, lake, topic, work, "latency", args.scorer_arg, args.scorer_env)
-    reader = ScoreReader(settings, scorer.scores_topic)
+def latency_runs(args, settings, lake, topic, customers_file, work, broker_pid, config) -> dict:
+    """Every rate's rounds: each on a topic and a scorer of its own, or all on `topic`.
+
+    The embedded broker answers a fetch more slowly the more batches the
+    partition read has received since it started (a fresh topic beside a
+    filled one answers as fast as on an empty broker: docs/benchmarks.md,
+    Streaming), so rounds on one topic measure the broker's history as much
+    as the scorer. By default (`--topics per-round`) each round gets a new
+    topic holding the same history (produced and extracted into the lake as
+    for the first), a new scores topic and a freshly bootstrapped scorer:
+    the rounds see the broker's partitions in the same state, as a broker
+    that finds offsets in an index would be. `--topics shared` runs every
+    round on `topic` with one scorer, warm from the rate before.
+    """
     runs: dict[int, list[dict]] = {rate: [] for rate in args.rates}
-    try:
-        scorer.wait_ready()
-        cpu = MutableSampler({"scorer": scorer.pid, "broker": broker_pid})
-        # rate by rate: the embedded broker slows down as it holds more messages, so
-        # the rounds of one rate should see it in about the same state
-        for rate in args.rates:
-            for number in range(1, args.rounds + 1):
+    if args.topics == "shared":
+        rounds = [(rate, number) for rate in args.rates for number in range(1, args.rounds + 1)]
+        with scoring(args, settings, lake, topic, work, "latency", broker_pid) as (
+            scorer,
+            reader,
+            cpu,
+        ):
+            for rate, number in rounds:
                 runs[rate].append(
                     latency_phase(
                         args,
@@ -684,11 +713,46 @@ def latency_runs(args, settings, lake, topic, customers_file, work, broker_pid) 
                     )
                 )
                 time.sleep(1)
+        return runs
+    for rate in args.rates:
+        for number in range(1, args.rounds + 1):
+            name = f"r{rate}-{number}"
+            round_topic = history_topic(settings, lake, config, name)
+            with scoring(args, settings, lake, round_topic, work, name, broker_pid) as (
+                scorer,
+                reader,
+                cpu,
+            ):
+                runs[rate].append(
+                    latency_phase(
+                        args,
+                        settings,
+                        round_topic,
+                        scorer,
+                        reader,
+                        cpu,
+                        customers_file,
+                        rate,
+                        work,
+                        number,
+                    )
+                )
+            time.sleep(1)
+    return runs
+
+
+@contextlib.contextmanager
+def scoring(args, settings, lake, topic, work, name, broker_pid):
+    """A warm `churn-platform serve` on `topic`, a reader of its scores and a CPU sampler."""
+    scorer = Scorer(settings, lake, topic, work, name, args.scorer_arg, args.scorer_env)
+    reader = ScoreReader(settings, scorer.scores_topic)
+    try:
+        scorer.wait_ready()
+        yield scorer, reader, MutableSampler({"scorer": scorer.pid, "broker": broker_pid})
     finally:
         reader.close()
         log_text = scorer.stop()
-    (work / "serve-latency.tail.log").write_text(log_text[-20_000:])
-    return runs
+        (work / f"serve-{name}.tail.log").write_text(log_text[-20_000:])
 
 
 def transport_runs(args, settings, customers_file, work, broker_pid) -> dict:
@@ -883,6 +947,13 @@ def main() -> None:
         help="seconds per rate of the bare-consumer reference (0: none)",
     )
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--topics",
+        choices=("per-round", "shared"),
+        default="per-round",
+        help="latency rounds each on a new topic holding the same history with a new scorer "
+        "(default), or all on one topic with one scorer",
+    )
     parser.add_argument("--skip", choices=("throughput", "latency"), default=None)
     parser.add_argument(
         "--scorer-arg", action="append", default=[], help="passed to `churn-platform serve`"
@@ -937,6 +1008,7 @@ def main() -> None:
             print(f"building the world: {args.customers:,} customers x {args.days} days ...")
             world = build_world(settings, topic, lake, args.customers, args.days)
             active = world.pop("active")
+            config = world.pop("config")
             customers_file = work / "customers.txt"
             customers_file.write_text("\n".join(active))
             print(json.dumps(world), flush=True)
@@ -946,7 +1018,7 @@ def main() -> None:
                 if args.reference_seconds > 0:
                     transport = transport_runs(args, settings, customers_file, work, broker.pid)
                 latency = latency_runs(
-                    args, settings, lake, topic, customers_file, work, broker.pid
+                    args, settings, lake, topic, customers_file, work, broker.pid, config
                 )
                 extract(settings, lake, topic)
             if args.skip != "throughput":
@@ -986,6 +1058,7 @@ def main() -> None:
             "measured_seconds": args.seconds,
             "warmup_seconds": args.warmup,
             "rounds": args.rounds,
+            "topics": args.topics,
             "scorer_args": args.scorer_arg,
             "scorer_env": args.scorer_env,
             "broker": f"external {args.bootstrap}" if args.bootstrap else "embedded Tansu",
