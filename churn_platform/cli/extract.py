@@ -41,6 +41,20 @@ def add_parser(subparsers) -> None:
     add_lake_argument(parser)
     parser.add_argument("--max-messages-per-partition", type=int, default=None, help="cap per run")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: auto)")
+    parser.add_argument(
+        "--flush-rows",
+        type=int,
+        default=None,
+        help=f"rows a worker buffers before it writes files (default {ExtractConfig.flush_rows:,}; "
+        "fewer: less memory, more and smaller files)",
+    )
+    parser.add_argument(
+        "--flush-bytes",
+        type=int,
+        default=None,
+        help="the same bound in the rows' Arrow bytes, whichever comes first "
+        f"(default {ExtractConfig.flush_bytes:,})",
+    )
     parser.add_argument("--dead-letter-topic", default=None, help="also produce rejects here")
     parser.add_argument(
         "--reset-offsets",
@@ -58,10 +72,12 @@ def run(args: argparse.Namespace) -> int:
     settings = kafka_settings(args)
     lake = Lake(args.lake or lake_root())
     try:
-        config = ExtractConfig(
+        config = ExtractConfig.with_overrides(
             topic=args.topic,
             max_messages_per_partition=args.max_messages_per_partition,
             workers=args.workers,
+            flush_rows=args.flush_rows,
+            flush_bytes=args.flush_bytes,
             dead_letter_topic=args.dead_letter_topic,
         )
     except ValueError as exc:

@@ -93,6 +93,11 @@ class ExtractConfig:
     dead_letter_topic: str | None = None
     stall_timeout: float = 30.0
 
+    @classmethod
+    def with_overrides(cls, **settings: object) -> ExtractConfig:
+        """The defaults, with every setting given that is not None (a CLI flag, a run config)."""
+        return cls(**{k: v for k, v in settings.items() if v is not None})
+
     def __post_init__(self) -> None:
         checks = [
             ("max_messages_per_partition", self.max_messages_per_partition, 1, True),

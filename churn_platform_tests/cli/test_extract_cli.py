@@ -25,3 +25,21 @@ def test_extract_prints_the_lag_after_the_run_and_keeps_json_on_stdout(
     printed = capsys.readouterr()
     result = json.loads(printed.out)
     assert result["lag"] == {"0": 0, "1": 0, "2": 0}
+
+
+def test_the_flush_bounds_are_flags_and_a_bad_one_is_named(
+    kafka_settings, topic, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", kafka_settings.bootstrap_servers)
+    # ~24k messages: more than one 20k-message chunk, so a small bound flushes twice
+    produce_round(kafka_settings, topic, seed=404, customers=1000, bad_fraction=0.0)
+    files = {}
+    for name, flags in (("default", []), ("rows", ["--flush-rows", "40"])):
+        lake = str(tmp_path / name)
+        assert main(["extract", "--topic", topic, "--lake", lake, "--json", *flags]) == 0
+        files[name] = json.loads(capsys.readouterr().out)["files"]
+    assert files["rows"] > files["default"] > 0
+    for flag in ("--flush-rows", "--flush-bytes"):
+        assert main(["extract", "--topic", topic, "--lake", str(tmp_path / "bad"), flag, "0"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and flag[2:].replace("-", "_") in err, err

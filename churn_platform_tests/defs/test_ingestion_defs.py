@@ -298,3 +298,23 @@ def test_resource_round_trips_security_settings():
     again = KafkaResource.from_settings(settings, "events").settings()
     assert again.client_config()["sasl.password"] == "pw-123"
     assert again.security == settings.security
+
+
+def test_the_flush_bounds_come_from_the_run_config(kafka_settings, topic, tmp_path, instance):
+    """A smaller flush writes more, smaller files of the same rows; unset keeps the defaults."""
+    # ~24k messages: more than one 20k-message chunk, so a small bound flushes twice
+    valid, _ = produce_round(kafka_settings, topic, seed=304, customers=1000, bad_fraction=0.0)
+    files = {}
+    for name, config in (("default", {}), ("small", {"flush_rows": 40})):
+        root = tmp_path / name
+        result = dg.materialize(
+            [raw_customer_events],
+            instance=instance,
+            resources=resources(kafka_settings, topic, root),
+            run_config={"ops": {"raw_customer_events": {"config": config}}},
+        )
+        assert result.success
+        events = read_raw_events(Lake(root), [topic])
+        assert sorted(events["event_id"].to_list()) == sorted(valid)
+        files[name] = len(list(root.rglob("*.parquet")))
+    assert files["small"] > files["default"] > 0

@@ -30,6 +30,10 @@ class ExtractRunConfig(dg.Config):
 
     max_messages_per_partition: int | None = None
     workers: int | None = None
+    # rows, or their Arrow bytes, buffered per worker before a flush writes files
+    # (None: the extract's defaults); fewer: less memory, more and smaller files
+    flush_rows: int | None = None
+    flush_bytes: int | None = None
     dead_letter_topic: str | None = None
     max_rejected_rate: float = 0.01
     progress_seconds: float = PROGRESS_EVERY_S  # at most one progress line this often
@@ -60,10 +64,12 @@ def raw_customer_events(
     result = extract_topic(
         kafka.settings(),
         lake.lake(),
-        ExtractConfig(
+        ExtractConfig.with_overrides(
             topic=kafka.events_topic,
             max_messages_per_partition=config.max_messages_per_partition,
             workers=config.workers,
+            flush_rows=config.flush_rows,
+            flush_bytes=config.flush_bytes,
             dead_letter_topic=config.dead_letter_topic,
         ),
         run_id=context.run_id[:12],
