@@ -690,54 +690,41 @@ def latency_runs(args, settings, lake, topic, customers_file, work, broker_pid, 
     round on `topic` with one scorer, warm from the rate before.
     """
     runs: dict[int, list[dict]] = {rate: [] for rate in args.rates}
-    if args.topics == "shared":
-        rounds = [(rate, number) for rate in args.rates for number in range(1, args.rounds + 1)]
-        with scoring(args, settings, lake, topic, work, "latency", broker_pid) as (
-            scorer,
-            reader,
-            cpu,
-        ):
-            for rate, number in rounds:
-                runs[rate].append(
-                    latency_phase(
-                        args,
-                        settings,
-                        topic,
-                        scorer,
-                        reader,
-                        cpu,
-                        customers_file,
-                        rate,
-                        work,
-                        number,
+    with contextlib.ExitStack() as run:
+        shared = None
+        if args.topics == "shared":
+            shared = (
+                topic,
+                *run.enter_context(
+                    scoring(args, settings, lake, topic, work, "latency", broker_pid)
+                ),
+            )
+        for rate in args.rates:
+            for number in range(1, args.rounds + 1):
+                with contextlib.ExitStack() as one_round:
+                    if shared is not None:
+                        round_topic, scorer, reader, cpu = shared
+                    else:
+                        name = f"r{rate}-{number}"
+                        round_topic = history_topic(settings, lake, config, name)
+                        scorer, reader, cpu = one_round.enter_context(
+                            scoring(args, settings, lake, round_topic, work, name, broker_pid)
+                        )
+                    runs[rate].append(
+                        latency_phase(
+                            args,
+                            settings,
+                            round_topic,
+                            scorer,
+                            reader,
+                            cpu,
+                            customers_file,
+                            rate,
+                            work,
+                            number,
+                        )
                     )
-                )
                 time.sleep(1)
-        return runs
-    for rate in args.rates:
-        for number in range(1, args.rounds + 1):
-            name = f"r{rate}-{number}"
-            round_topic = history_topic(settings, lake, config, name)
-            with scoring(args, settings, lake, round_topic, work, name, broker_pid) as (
-                scorer,
-                reader,
-                cpu,
-            ):
-                runs[rate].append(
-                    latency_phase(
-                        args,
-                        settings,
-                        round_topic,
-                        scorer,
-                        reader,
-                        cpu,
-                        customers_file,
-                        rate,
-                        work,
-                        number,
-                    )
-                )
-            time.sleep(1)
     return runs
 
 
