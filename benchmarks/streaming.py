@@ -207,23 +207,14 @@ def build_world(settings, topic: str, lake, customers: int, days: int) -> dict:
     import polars as pl
 
     from churn_platform.events.contract import LIFECYCLE_EVENT_TYPES, SUBSCRIPTION_CANCELLED
-    from churn_platform.events.simulator import SimulatorConfig, produce_simulation
+    from churn_platform.events.simulator import SimulatorConfig
     from churn_platform.lake.raw import read_raw_events
     from churn_platform.ml.train import TrainConfig, train_models
     from churn_platform.ml.training_set import build_training_set, ensure_inputs, training_dates
     from churn_platform.testing.serving import register_champion
 
-    out: dict = {}
-    started = time.perf_counter()
     config = SimulatorConfig(customers=customers, days=days, seed=SEED, end=datetime.now(UTC))
-    produced = produce_simulation(settings, topic, config, partitions=PARTITIONS)
-    out["config"] = config
-    out["history_events"] = produced.messages_produced
-    out["produce_history_s"] = round(time.perf_counter() - started, 1)
-    started = time.perf_counter()
-    extracted = extract(settings, lake, topic)
-    out["extract_history_s"] = round(time.perf_counter() - started, 1)
-    assert extracted.messages == produced.messages_produced, extracted
+    out: dict = {"config": config, **load_history(settings, lake, topic, config)}
     started = time.perf_counter()
     dates = training_dates(lake).dates
     ensure_inputs(lake, dates, engine="polars")
@@ -251,14 +242,27 @@ def build_world(settings, topic: str, lake, customers: int, days: int) -> dict:
     return out
 
 
-def history_topic(settings, lake, config, name: str) -> str:
-    """A new topic holding the world's history, extracted into `lake` (for one latency round)."""
+def load_history(settings, lake, topic: str, config) -> dict:
+    """The simulated history `config` produced to `topic` and extracted into `lake`; its timings."""
     from churn_platform.events.simulator import produce_simulation
 
-    topic = f"{TOPIC_PREFIX}events-{name}-{uuid.uuid4().hex[:6]}"
+    started = time.perf_counter()
     produced = produce_simulation(settings, topic, config, partitions=PARTITIONS)
+    produce_s = time.perf_counter() - started
+    started = time.perf_counter()
     extracted = extract(settings, lake, topic)
     assert extracted.messages == produced.messages_produced, extracted
+    return {
+        "history_events": produced.messages_produced,
+        "produce_history_s": round(produce_s, 1),
+        "extract_history_s": round(time.perf_counter() - started, 1),
+    }
+
+
+def history_topic(settings, lake, config, name: str) -> str:
+    """A new topic holding the world's history, extracted into `lake` (for one latency round)."""
+    topic = f"{TOPIC_PREFIX}events-{name}-{uuid.uuid4().hex[:6]}"
+    load_history(settings, lake, topic, config)
     return topic
 
 
