@@ -696,11 +696,11 @@ def _by_day(table: pa.Table) -> tuple[pa.Table, list[_DayGroup]]:
         by_day.setdefault(int(day_of[start]), []).append((start, end))
     day_column = table.column("event_date")
     groups = []
-    for runs in by_day.values():
-        first_row, last_row = runs[0][0], runs[-1][1]
+    for day_runs in by_day.values():
+        first_row, last_row = day_runs[0][0], day_runs[-1][1]
         spans = {
             int(part_of[start]): (int(in_order[start]), int(in_order[end - 1]), end - start)
-            for start, end in runs
+            for start, end in day_runs
         }
         groups.append(
             _DayGroup(day_column[first_row].as_py(), first_row, last_row - first_row, spans)
